@@ -1,0 +1,49 @@
+# Two commands: `make demo` and `make test`. Both set up .venv (idempotent: each step re-runs only when
+# its inputs change) and keep all ROS 2 traffic on loopback.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+# pip prints a warning for each package about this machine's extra index folders; hide only those lines.
+PIP_QUIET := 2>&1 | { grep -v "^WARNING: Location 'file://" || true; }
+
+export FASTDDS_DEFAULT_PROFILES_FILE := $(CURDIR)/config/fastdds_loopback.xml
+export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
+# A per-run DDS domain so that concurrent runs on one machine do not hear each other.
+export ROS_DOMAIN_ID ?= $(shell echo $$(( $$$$ % 90 + 10 )))
+
+.PHONY: help setup demo test lint clean
+
+help:
+	@echo "make demo   set up .venv and run the demo on the bundled nuScenes keyframe"
+	@echo "make test   set up .venv and run lint + every test"
+	@echo "make clean  remove .venv and build/"
+
+$(VENV)/.deps: requirements.txt constraints.txt
+	test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install -q -r requirements.txt -c constraints.txt $(PIP_QUIET)
+	touch $@
+
+$(VENV)/.editable: $(VENV)/.deps setup.py
+	$(PYTHON) -m pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=compat $(PIP_QUIET)
+	touch $@
+
+$(VENV)/.ros_interfaces: $(VENV)/.deps CMakeLists.txt package.xml srv/QueryScene.srv scripts/build_ros_interfaces.sh
+	scripts/build_ros_interfaces.sh $(VENV)
+	touch $@
+
+setup: $(VENV)/.editable $(VENV)/.ros_interfaces
+
+demo: setup
+	$(PYTHON) -m distillnerf_ros.demo_plumbing --dataroot data/nuscenes_sample
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: lint
+	$(PYTHON) -m pytest test -q
+
+clean:
+	rm -rf $(VENV) build

@@ -1,0 +1,562 @@
+"""A procedural driving town with exact ground truth, rendered by analytic vectorised ray casting.
+
+The town lives in a "town frame": the road runs along +x, z is up, the ground is the plane z = 0.
+Everything is made of three primitives whose ray intersections are closed-form: the ground plane,
+axis-aligned boxes (buildings, sidewalks, car bodies and cabins, pedestrians, tree trunks, poles) and
+spheres (tree crowns, pedestrian heads). Cars and pedestrians move at constant velocity, so every
+sensor sees the world at its own timestamp.
+
+Layout across the road (town y, metres): driving lanes |y| < 7 (centres +-1.75, +-5.25; traffic
+drives on the right, i.e. +x at y < 0), parking strips 7 < |y| < 9, raised sidewalks (0.15 m)
+9 < |y| < 12.5 with trees and poles, then buildings set back from the sidewalk, grass in between.
+Lane markings: double yellow centre line, dashed white lane dividers, solid white edge lines.
+
+Rendering outputs per camera: RGB (simple Lambert + sky light + distance fog), camera z-depth
+(0 where the ray hits nothing, i.e. sky) and a semantic class per pixel (`SEMANTIC_CLASSES`).
+The LiDAR is a 32-beam spinning sensor (HDL-32E elevations, instantaneous sweep at its timestamp).
+The semantic voxel grid (`VoxelSpec`) labels each voxel of an ego-frame grid with the class of the
+primitive that overlaps it (0 = free); lane markings count as road there.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from distillnerf_core.geometry import invert_transform, make_transform
+
+SEMANTIC_CLASSES = (
+    "sky",  # images: no surface hit. Voxels: 0 = free space.
+    "road",
+    "lane_marking",
+    "sidewalk",
+    "terrain",
+    "building",
+    "car",
+    "pedestrian",
+    "vegetation",
+    "pole",
+)
+CLASS_ID = {name: i for i, name in enumerate(SEMANTIC_CLASSES)}
+# RGB colours for pictures of the semantic labels (index = class id).
+SEMANTIC_PALETTE = np.array(
+    [
+        [135, 190, 235],
+        [90, 90, 90],
+        [255, 255, 255],
+        [244, 35, 232],
+        [152, 251, 152],
+        [220, 130, 60],
+        [0, 0, 142],
+        [220, 20, 60],
+        [60, 150, 40],
+        [255, 220, 0],
+    ],
+    dtype=np.uint8,
+)
+
+# Texture ids of boxes.
+TEX_PLAIN, TEX_FACADE, TEX_CABIN, TEX_PAVING = 0, 1, 2, 3
+
+ROAD_HALF = 9.0  # lanes + parking strips
+LANE_EDGE = 7.0  # solid white edge line, start of the parking strip
+SIDEWALK_OUTER = 12.5
+SIDEWALK_HEIGHT = 0.15
+EGO_LANE_Y = -1.75
+LIDAR_ELEVATIONS_DEG = np.linspace(-30.67, 10.67, 32)  # Velodyne HDL-32E, as on nuScenes
+LIDAR_AZIMUTH_STEPS = 1084  # 32 x 1084 = 34,688 beams per sweep (the real keyframe has 34,688 points)
+LIDAR_MAX_RANGE = 100.0
+CAMERA_FAR = 400.0  # ground hits beyond this render as sky (fog has hidden them by then)
+
+
+@dataclass
+class VoxelSpec:
+    """Ego-frame semantic voxel grid (Occ3D-nuScenes extent and resolution by default)."""
+
+    pc_range: tuple[float, float, float, float, float, float] = (-40.0, -40.0, -1.0, 40.0, 40.0, 5.4)
+    voxel_size: float = 0.4
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        lo, hi = np.array(self.pc_range[:3]), np.array(self.pc_range[3:])
+        return tuple(int(round(v)) for v in (hi - lo) / self.voxel_size)
+
+    def centers(self) -> np.ndarray:
+        """(X, Y, Z, 3) voxel centres in the ego frame."""
+        axes = [
+            self.pc_range[i] + (np.arange(n) + 0.5) * self.voxel_size for i, n in enumerate(self.shape)
+        ]
+        return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
+
+
+@dataclass
+class SceneObject:
+    """An annotated dynamic-capable object (car or pedestrian) for the sample_annotation table."""
+
+    instance: int
+    category: str  # nuScenes category name
+    center0: np.ndarray  # box centre (town frame) at t = 0
+    velocity: np.ndarray
+    size_wlh: tuple[float, float, float]
+    yaw: float  # town frame
+
+
+@dataclass
+class Town:
+    """All primitives of one scene, positions at scene time t = 0 (seconds) plus constant velocities."""
+
+    box_center: np.ndarray
+    box_half: np.ndarray
+    box_vel: np.ndarray
+    box_albedo: np.ndarray
+    box_cls: np.ndarray
+    box_tex: np.ndarray
+    sph_center: np.ndarray
+    sph_radius: np.ndarray
+    sph_vel: np.ndarray
+    sph_albedo: np.ndarray
+    sph_cls: np.ndarray
+    ego_x0: float
+    ego_speed: float
+    weave_amp: float
+    weave_period: float
+    town2global: np.ndarray
+    sun: np.ndarray
+    objects: list[SceneObject] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ ego motion
+    def ego_pose(self, t: float) -> np.ndarray:
+        """4x4 ego-to-town pose at scene time t (s): constant speed along +x with a gentle weave."""
+        w = 2 * math.pi / self.weave_period
+        x = self.ego_x0 + self.ego_speed * t
+        y = EGO_LANE_Y + self.weave_amp * math.sin(w * t)
+        yaw = math.atan2(self.weave_amp * w * math.cos(w * t), self.ego_speed)
+        c, s = math.cos(yaw), math.sin(yaw)
+        return make_transform(np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]]), [x, y, 0.0])
+
+    def boxes_at(self, t: float) -> tuple[np.ndarray, np.ndarray]:
+        """(lo, hi) corners (B, 3) of all boxes at scene time t."""
+        c = self.box_center + self.box_vel * t
+        return c - self.box_half, c + self.box_half
+
+    def spheres_at(self, t: float) -> np.ndarray:
+        return self.sph_center + self.sph_vel * t
+
+
+# ---------------------------------------------------------------------------------------------- town
+def _hsv(h: float, s: float, v: float) -> list[float]:
+    import colorsys
+
+    return list(colorsys.hsv_to_rgb(h % 1.0, s, v))
+
+
+def generate_town(seed: int, scene_index: int = 0, duration: float = 10.0) -> Town:
+    """A town long enough for `duration` seconds of driving, deterministic from (seed, scene_index)."""
+    rng = np.random.default_rng([int(seed), int(scene_index), 4242])
+    speed = float(rng.uniform(7.0, 10.0))
+    x_min, x_max = -150.0, speed * duration + 200.0
+    boxes: list[tuple] = []  # (center, half, vel, albedo, cls, tex)
+    spheres: list[tuple] = []  # (center, radius, vel, albedo, cls)
+    objects: list[SceneObject] = []
+    zero = np.zeros(3)
+
+    def box(lo, hi, albedo, cls, tex=TEX_PLAIN, vel=zero):
+        lo, hi = np.asarray(lo, float), np.asarray(hi, float)
+        boxes.append(((lo + hi) / 2, (hi - lo) / 2, np.asarray(vel, float), albedo, CLASS_ID[cls], tex))
+
+    # Sidewalks (raised slabs) on both sides.
+    for side in (-1, 1):
+        ys = sorted([side * ROAD_HALF, side * SIDEWALK_OUTER])
+        box([x_min - 50, ys[0], 0], [x_max + 50, ys[1], SIDEWALK_HEIGHT], [0.62, 0.6, 0.57], "sidewalk",
+            TEX_PAVING)
+
+    # Buildings: rows of blocks with random size, gaps, setback, colour.
+    palette = [(0.07, 0.45, 0.75), (0.1, 0.25, 0.85), (0.0, 0.55, 0.6), (0.58, 0.2, 0.8), (0.12, 0.1, 0.9),
+               (0.3, 0.2, 0.7), (0.0, 0.0, 0.8)]
+    for side in (-1, 1):
+        x = x_min + rng.uniform(0, 10)
+        while x < x_max:
+            width = rng.uniform(8, 24)
+            depth = rng.uniform(8, 18)
+            height = rng.uniform(5, 28)
+            setback = rng.uniform(0.5, 4.0)
+            h, s, v = palette[rng.integers(len(palette))]
+            albedo = _hsv(h + rng.uniform(-0.04, 0.04), s * rng.uniform(0.7, 1.1), v * rng.uniform(0.8, 1.05))
+            y0 = SIDEWALK_OUTER + setback
+            ys = sorted([side * y0, side * (y0 + depth)])
+            box([x, ys[0], 0], [x + width, ys[1], height], albedo, "building", TEX_FACADE)
+            x += width + (rng.uniform(10, 16) if rng.random() < 0.15 else rng.uniform(0.0, 5.0))
+
+    # Trees and poles on the sidewalks.
+    for side in (-1, 1):
+        x = x_min + rng.uniform(0, 8)
+        while x < x_max:
+            y = side * (SIDEWALK_OUTER - 1.2)
+            trunk_h = rng.uniform(2.2, 3.2)
+            box([x - 0.15, y - 0.15, 0], [x + 0.15, y + 0.15, trunk_h], [0.35, 0.25, 0.15], "vegetation")
+            r = rng.uniform(1.3, 2.1)
+            green = _hsv(rng.uniform(0.22, 0.33), rng.uniform(0.5, 0.8), rng.uniform(0.35, 0.6))
+            spheres.append((np.array([x, y, trunk_h + 0.7 * r]), r, zero, green, CLASS_ID["vegetation"]))
+            x += rng.uniform(9, 20)
+        x = x_min + rng.uniform(0, 15)
+        while x < x_max:
+            y = side * (ROAD_HALF + 0.45)
+            box([x - 0.09, y - 0.09, 0], [x + 0.09, y + 0.09, 6.5], [0.55, 0.55, 0.6], "pole")
+            x += rng.uniform(18, 35)
+
+    def car(cx, cy, vx, heading_sign, parked):
+        length, width = rng.uniform(3.9, 4.9), rng.uniform(1.75, 2.0)
+        albedo = _hsv(rng.random(), rng.uniform(0.0, 0.9), rng.uniform(0.25, 0.95))
+        vel = np.array([vx, 0.0, 0.0])
+        body_top = rng.uniform(0.95, 1.1)
+        box([cx - length / 2, cy - width / 2, 0.15], [cx + length / 2, cy + width / 2, body_top], albedo, "car",
+            TEX_PLAIN, vel)
+        cab_len = 0.55 * length
+        cab_c = cx - heading_sign * 0.08 * length
+        box([cab_c - cab_len / 2, cy - width / 2 + 0.08, body_top], [cab_c + cab_len / 2, cy + width / 2 - 0.08,
+            body_top + rng.uniform(0.42, 0.55)], albedo, "car", TEX_CABIN, vel)
+        objects.append(SceneObject(len(objects), "vehicle.car", np.array([cx, cy, (body_top + 0.55) / 2 + 0.05]),
+                                   vel, (width, length, body_top + 0.5), 0.0 if heading_sign > 0 else math.pi))
+
+    # Parked cars along both parking strips.
+    for side in (-1, 1):
+        x = x_min + rng.uniform(0, 10)
+        while x < x_max:
+            if rng.random() < 0.6:
+                car(x, side * (LANE_EDGE + 1.0), 0.0, 1 if side < 0 else -1, True)
+            x += rng.uniform(5.5, 12)
+    # Moving traffic: per lane one speed (no overtaking inside a lane).
+    lanes = [(-5.25, speed * rng.uniform(0.7, 1.3)), (1.75, -rng.uniform(6, 11)), (5.25, -rng.uniform(6, 11))]
+    for lane_y, v in lanes:
+        x = x_min + rng.uniform(0, 20)
+        while x < x_max:
+            car(x, lane_y, v, 1 if v > 0 else -1, False)
+            x += rng.uniform(14, 40)
+    # A lead car in the ego lane, same speed as the ego, 15-30 m ahead (present in most scenes).
+    if rng.random() < 0.8:
+        car(rng.uniform(15, 30), EGO_LANE_Y, speed, 1, False)
+
+    # Pedestrians walking along the sidewalks.
+    for side in (-1, 1):
+        x = x_min + rng.uniform(0, 10)
+        while x < x_max:
+            y = side * rng.uniform(ROAD_HALF + 1.0, SIDEWALK_OUTER - 0.4)
+            v = np.array([rng.choice([-1, 1]) * rng.uniform(0.8, 1.6) * (rng.random() < 0.8), 0, 0])
+            height = rng.uniform(1.45, 1.65)
+            shirt = _hsv(rng.random(), rng.uniform(0.3, 0.9), rng.uniform(0.3, 0.9))
+            box([x - 0.22, y - 0.18, SIDEWALK_HEIGHT], [x + 0.22, y + 0.18, SIDEWALK_HEIGHT + height], shirt,
+                "pedestrian", TEX_PLAIN, v)
+            spheres.append((np.array([x, y, SIDEWALK_HEIGHT + height + 0.12]), 0.13, v, [0.85, 0.65, 0.5],
+                            CLASS_ID["pedestrian"]))
+            objects.append(SceneObject(len(objects), "human.pedestrian.adult",
+                                       np.array([x, y, SIDEWALK_HEIGHT + (height + 0.25) / 2]), v,
+                                       (0.5, 0.5, height + 0.25), 0.0 if v[0] >= 0 else math.pi))
+            x += rng.uniform(4, 25)
+
+    yaw_g = rng.uniform(-math.pi, math.pi)
+    c, s = math.cos(yaw_g), math.sin(yaw_g)
+    town2global = make_transform(np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]]),
+                                 [rng.uniform(300, 1500), rng.uniform(300, 1500), 0.0])
+    sun = np.array([rng.uniform(-0.6, 0.6), rng.uniform(-0.6, 0.6), 0.85])
+    bc, bh, bv, ba, bk, bt = (np.array(v) for v in zip(*boxes, strict=True))
+    sc, sr, sv, sa, sk = (np.array(v) for v in zip(*spheres, strict=True))
+    return Town(bc, bh, bv, ba, bk.astype(np.int64), bt.astype(np.int64), sc, sr.astype(float), sv, sa,
+                sk.astype(np.int64), ego_x0=0.0, ego_speed=speed, weave_amp=float(rng.uniform(0.1, 0.35)),
+                weave_period=float(rng.uniform(6, 12)), town2global=town2global, sun=sun / np.linalg.norm(sun),
+                objects=objects)
+
+
+# ---------------------------------------------------------------------------------------------- casting
+@dataclass
+class Hits:
+    t: torch.Tensor  # (R,) ray parameter (inf = no hit)
+    kind: torch.Tensor  # (R,) 0 none, 1 ground, 2 box, 3 sphere
+    index: torch.Tensor  # (R,) primitive index within its kind
+    point: torch.Tensor  # (R, 3) hit point (town)
+    normal: torch.Tensor  # (R, 3)
+    cls: torch.Tensor  # (R,) semantic class
+    albedo: torch.Tensor  # (R, 3)
+
+
+def _hash2(ix: torch.Tensor, iy: torch.Tensor, salt: int) -> torch.Tensor:
+    h = (ix * 73856093) ^ (iy * 19349663) ^ (salt * 83492791)
+    h = (h ^ (h >> 13)) * 1274126177
+    return ((h ^ (h >> 16)) & 0xFFFF).float() / 65535.0
+
+
+def value_noise(u: torch.Tensor, v: torch.Tensor, scale: float, salt: int = 0) -> torch.Tensor:
+    """Smooth value noise in [0, 1] on a lattice of `scale` metres (bilinear, smoothstep)."""
+    u, v = u / scale, v / scale
+    iu, iv = torch.floor(u), torch.floor(v)
+    fu, fv = u - iu, v - iv
+    fu, fv = fu * fu * (3 - 2 * fu), fv * fv * (3 - 2 * fv)
+    iu, iv = iu.long(), iv.long()
+    a, b = _hash2(iu, iv, salt), _hash2(iu + 1, iv, salt)
+    c, d = _hash2(iu, iv + 1, salt), _hash2(iu + 1, iv + 1, salt)
+    return (a * (1 - fu) + b * fu) * (1 - fv) + (c * (1 - fu) + d * fu) * fv
+
+
+def _frustum_keep(lo: np.ndarray, hi: np.ndarray, world2cam: np.ndarray, K: np.ndarray, size: tuple[int, int],
+                  far: float) -> np.ndarray:
+    """Boxes (B,) that may be visible: not entirely outside one frustum plane, not beyond `far`."""
+    corners = np.stack([np.where(np.array([(i >> k) & 1 for k in range(3)], bool), hi, lo) for i in range(8)], 1)
+    cam = corners @ world2cam[:3, :3].T + world2cam[:3, 3]  # (B, 8, 3)
+    x, y, z = cam[..., 0], cam[..., 1], cam[..., 2]
+    w, h = size
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    planes = [z, fx * x + cx * z, (w - cx) * z - fx * x, fy * y + cy * z, (h - cy) * z - fy * y, far - z]
+    keep = np.ones(len(lo), bool)
+    for p in planes:
+        keep &= ~(p < 0).all(axis=1)
+    return keep
+
+
+def cast_rays(town: Town, t: float, origin: np.ndarray, dirs: torch.Tensor, far: float,
+              box_keep: np.ndarray | None = None) -> Hits:
+    """Closest hit of rays origin + s * dirs (dirs need not be unit; s is returned) at scene time t."""
+    n = dirs.shape[0]
+    o = torch.as_tensor(origin, dtype=torch.float32)
+    # Ray parameter limit: far measured in metres along the ray.
+    dnorm = dirs.norm(dim=1)
+    best = torch.full((n,), math.inf)
+    kind = torch.zeros(n, dtype=torch.long)
+    index = torch.zeros(n, dtype=torch.long)
+    # Ground plane z = 0.
+    dz = dirs[:, 2]
+    s_ground = torch.where(dz < -1e-9, -o[2] / dz.clamp(max=-1e-9), torch.full_like(dz, math.inf))
+    ok = s_ground * dnorm < far
+    best = torch.where(ok, s_ground, best)
+    kind[ok] = 1
+    # Boxes (slab test), culled by distance and (optionally) the caller's frustum mask.
+    lo, hi = town.boxes_at(t)
+    centre, radius = (lo + hi) / 2, np.linalg.norm(hi - lo, axis=1) / 2
+    keep = np.linalg.norm(centre - origin, axis=1) - radius < far
+    if box_keep is not None:
+        keep &= box_keep
+    safe = torch.where(dirs.abs() < 1e-12, torch.full_like(dirs, 1e-12), dirs)
+    inv = 1.0 / safe
+    lo_t, hi_t = torch.as_tensor(lo, dtype=torch.float32), torch.as_tensor(hi, dtype=torch.float32)
+    for b in np.nonzero(keep)[0].tolist():
+        t1 = (lo_t[b] - o) * inv
+        t2 = (hi_t[b] - o) * inv
+        tmin = torch.minimum(t1, t2).amax(dim=1)
+        tmax = torch.maximum(t1, t2).amin(dim=1)
+        hit = (tmax >= tmin) & (tmin > 1e-4) & (tmin < best)
+        best = torch.where(hit, tmin, best)
+        kind[hit] = 2
+        index[hit] = b
+    # Spheres.
+    sc = town.spheres_at(t)
+    skeep = np.linalg.norm(sc - origin, axis=1) - town.sph_radius < far
+    a = (dirs * dirs).sum(1)
+    for k in np.nonzero(skeep)[0].tolist():
+        oc = o - torch.as_tensor(sc[k], dtype=torch.float32)
+        b_ = (dirs * oc).sum(1)
+        c_ = (oc * oc).sum() - float(town.sph_radius[k]) ** 2
+        disc = b_ * b_ - a * c_
+        s = (-b_ - disc.clamp(min=0).sqrt()) / a
+        hit = (disc >= 0) & (s > 1e-4) & (s < best)
+        best = torch.where(hit, s, best)
+        kind[hit] = 3
+        index[hit] = k
+    return _shade_attributes(town, t, o, dirs, best, kind, index)
+
+
+def _shade_attributes(town: Town, t: float, o: torch.Tensor, dirs: torch.Tensor, best: torch.Tensor,
+                      kind: torch.Tensor, index: torch.Tensor) -> Hits:
+    n = dirs.shape[0]
+    point = o + dirs * torch.where(torch.isfinite(best), best, torch.zeros_like(best))[:, None]
+    normal = torch.zeros(n, 3)
+    cls = torch.zeros(n, dtype=torch.long)
+    albedo = torch.zeros(n, 3)
+    px, py, pz = point[:, 0], point[:, 1], point[:, 2]
+
+    g = kind == 1
+    if g.any():
+        gx, gy = px[g], py[g]
+        ay = gy.abs()
+        on_road = ay < ROAD_HALF
+        n1 = value_noise(gx, gy, 0.7, 1)
+        n2 = value_noise(gx, gy, 6.0, 2)
+        asphalt = (0.26 + 0.1 * n1 + 0.06 * n2)[:, None] * torch.tensor([1.0, 1.0, 1.04])
+        grass = (0.6 + 0.4 * n1)[:, None] * torch.tensor([0.25, 0.42, 0.16]) * (0.8 + 0.4 * n2)[:, None]
+        col = torch.where(on_road[:, None], asphalt, grass)
+        yellow = (ay > 0.06) & (ay < 0.2)
+        dashed = ((ay - 3.5).abs() < 0.075) & (torch.remainder(gx, 9.0) < 3.0)
+        edge = (ay - LANE_EDGE).abs() < 0.1
+        white = dashed | edge
+        col = torch.where(yellow[:, None], torch.tensor([0.85, 0.7, 0.15]), col)
+        col = torch.where(white[:, None], torch.tensor([0.9, 0.9, 0.88]), col)
+        k = torch.where(on_road, CLASS_ID["road"], CLASS_ID["terrain"])
+        k = torch.where(yellow | white, CLASS_ID["lane_marking"], k)
+        albedo[g] = col
+        cls[g] = k
+        normal[g] = torch.tensor([0.0, 0.0, 1.0])
+
+    b = kind == 2
+    if b.any():
+        idx = index[b]
+        lo, hi = town.boxes_at(t)
+        c = torch.as_tensor((lo + hi) / 2, dtype=torch.float32)[idx]
+        h = torch.as_tensor(town.box_half, dtype=torch.float32)[idx]
+        p = point[b]
+        local = (p - c) / h
+        axis = local.abs().argmax(dim=1)
+        nrm = torch.zeros_like(p)
+        nrm.scatter_(1, axis[:, None], torch.sign(local.gather(1, axis[:, None])))
+        normal[b] = nrm
+        cls[b] = torch.as_tensor(town.box_cls)[idx]
+        col = torch.as_tensor(town.box_albedo, dtype=torch.float32)[idx].clone()
+        tex = torch.as_tensor(town.box_tex)[idx]
+        # Face coordinates (u along the face, v up) for textures.
+        u = torch.where(axis == 0, p[:, 1], p[:, 0])
+        v = p[:, 2]
+        wall_noise = 0.85 + 0.3 * value_noise(u * 3.0, v * 3.0, 1.0, 3)
+        col = col * torch.where(tex[:, None] == TEX_PLAIN, 0.92 + 0.16 * value_noise(u, v, 0.5, 4)[:, None],
+                                torch.ones(1))
+        facade = tex == TEX_FACADE
+        side = axis != 2
+        floor_v = torch.remainder(v, 3.2)
+        win = facade & side & (v > 2.2) & (floor_v > 0.9) & (floor_v < 2.4) & (torch.remainder(u, 2.6) > 0.8) \
+            & (torch.remainder(u, 2.6) < 2.0)
+        door_band = facade & side & (v < 2.2) & (torch.remainder(u, 7.0) < 1.6)
+        col = torch.where(facade[:, None], col * wall_noise[:, None], col)
+        glass = torch.tensor([0.16, 0.22, 0.3]) * (0.8 + 0.5 * value_noise(u, v, 2.0, 5))[:, None]
+        col = torch.where(win[:, None], glass, col)
+        col = torch.where(door_band[:, None], torch.tensor([0.22, 0.16, 0.12]), col)
+        cabin_glass = (tex == TEX_CABIN) & side
+        col = torch.where(cabin_glass[:, None], torch.tensor([0.08, 0.1, 0.13]), col)
+        paving = tex == TEX_PAVING
+        tile = (torch.remainder(p[:, 0], 1.5) < 0.05) | (torch.remainder(p[:, 1], 1.5) < 0.05)
+        pav = col * (0.85 + 0.3 * value_noise(p[:, 0], p[:, 1], 0.75, 6))[:, None]
+        pav = torch.where(tile[:, None], pav * 0.7, pav)
+        col = torch.where(paving[:, None], pav, col)
+        albedo[b] = col
+
+    s = kind == 3
+    if s.any():
+        idx = index[s]
+        sc = torch.as_tensor(town.spheres_at(t), dtype=torch.float32)[idx]
+        p = point[s]
+        nrm = (p - sc) / torch.as_tensor(town.sph_radius, dtype=torch.float32)[idx][:, None]
+        normal[s] = nrm
+        cls[s] = torch.as_tensor(town.sph_cls)[idx]
+        leaf = 0.75 + 0.5 * value_noise(p[:, 0] + p[:, 2] * 1.7, p[:, 1] - p[:, 2], 0.35, 7)
+        albedo[s] = torch.as_tensor(town.sph_albedo, dtype=torch.float32)[idx] * leaf[:, None]
+    return Hits(best, kind, index, point, normal, cls, albedo)
+
+
+SKY_HORIZON = torch.tensor([0.80, 0.86, 0.94])
+SKY_ZENITH = torch.tensor([0.33, 0.52, 0.84])
+
+
+def shade(town: Town, hits: Hits, dirs: torch.Tensor) -> torch.Tensor:
+    """(R, 3) colours in [0, 1]: Lambert with sun + sky light, distance fog, gradient sky."""
+    unit = dirs / dirs.norm(dim=1, keepdim=True)
+    elev = unit[:, 2].clamp(min=0.0) ** 0.6
+    sky = SKY_HORIZON * (1 - elev[:, None]) + SKY_ZENITH * elev[:, None]
+    sun = torch.as_tensor(town.sun, dtype=torch.float32)
+    lambert = (hits.normal @ sun).clamp(min=0.0)
+    skylight = 0.5 + 0.15 * hits.normal[:, 2]
+    col = hits.albedo * (skylight + 0.75 * lambert)[:, None]
+    dist = torch.where(hits.kind > 0, hits.t * dirs.norm(dim=1), torch.zeros_like(hits.t))
+    fog = (1 - torch.exp(-dist / 350.0))[:, None]
+    col = col * (1 - fog) + SKY_HORIZON * fog
+    return torch.where((hits.kind > 0)[:, None], col, sky).clamp(0, 1)
+
+
+# ---------------------------------------------------------------------------------------------- sensors
+def render_camera(town: Town, t: float, cam2town: np.ndarray, K: np.ndarray, size: tuple[int, int]
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """RGB uint8 (H, W, 3), z-depth float32 (H, W) (0 = sky) and semantics uint8 (H, W) of one camera.
+
+    Rays go through pixel centres (u + 0.5, v + 0.5): pixel u covers [u, u + 1) in the continuous
+    image coordinates that K maps to (the convention the data loader uses when resizing).
+    """
+    w, h = size
+    vs, us = torch.meshgrid(torch.arange(h, dtype=torch.float32) + 0.5, torch.arange(w, dtype=torch.float32) + 0.5,
+                            indexing="ij")
+    Kinv = torch.as_tensor(np.linalg.inv(K), dtype=torch.float32)
+    pix = torch.stack([us.reshape(-1), vs.reshape(-1), torch.ones(h * w)], dim=1)
+    d_cam = pix @ Kinv.T  # z = 1: the ray parameter IS the camera z-depth
+    R = torch.as_tensor(cam2town[:3, :3], dtype=torch.float32)
+    dirs = d_cam @ R.T
+    lo, hi = town.boxes_at(t)
+    keep = _frustum_keep(lo, hi, invert_transform(cam2town), K, size, CAMERA_FAR)
+    hits = cast_rays(town, t, cam2town[:3, 3], dirs, CAMERA_FAR, keep)
+    rgb = shade(town, hits, dirs)
+    depth = torch.where(hits.kind > 0, hits.t, torch.zeros_like(hits.t))
+    sem = torch.where(hits.kind > 0, hits.cls, torch.zeros_like(hits.cls))
+    rgb8 = (rgb * 255 + 0.5).to(torch.uint8).reshape(h, w, 3).numpy()
+    return rgb8, depth.reshape(h, w).numpy().astype(np.float32), sem.reshape(h, w).numpy().astype(np.uint8)
+
+
+# nuScenes-like LiDAR reflectivity per class (intensity = 255 * reflectivity * |cos incidence|-ish).
+REFLECTIVITY = np.array([0.0, 0.12, 0.8, 0.2, 0.15, 0.25, 0.5, 0.2, 0.2, 0.4], dtype=np.float32)
+
+
+def lidar_beam_directions() -> tuple[np.ndarray, np.ndarray]:
+    """Unit directions (32 * 1084, 3) in the sensor frame and their ring index (0 = lowest beam)."""
+    elev = np.deg2rad(LIDAR_ELEVATIONS_DEG)
+    az = np.linspace(-math.pi, math.pi, LIDAR_AZIMUTH_STEPS, endpoint=False)
+    e, a = np.meshgrid(elev, az, indexing="ij")
+    d = np.stack([np.cos(e) * np.cos(a), np.cos(e) * np.sin(a), np.sin(e)], -1).reshape(-1, 3)
+    ring = np.repeat(np.arange(len(elev)), len(az))
+    return d, ring
+
+
+def simulate_lidar(town: Town, t: float, lidar2town: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(P, 5) float32 points [x, y, z, intensity 0-255, ring] in the LiDAR frame, and (P,) uint8 classes.
+
+    An instantaneous sweep at time t (a real sensor rotates over 50 ms); beams that hit nothing within
+    LIDAR_MAX_RANGE or hit closer than 0.5 m give no point.
+    """
+    d_lidar, ring = lidar_beam_directions()
+    dirs = torch.as_tensor(d_lidar @ lidar2town[:3, :3].T, dtype=torch.float32)
+    hits = cast_rays(town, t, lidar2town[:3, 3], dirs, LIDAR_MAX_RANGE)
+    rng_m = hits.t.numpy()
+    ok = (hits.kind.numpy() > 0) & (rng_m < LIDAR_MAX_RANGE) & (rng_m > 0.5)
+    pts = d_lidar[ok] * rng_m[ok, None]
+    cos_inc = np.abs((hits.normal.numpy()[ok] * dirs.numpy()[ok]).sum(1))
+    cls = hits.cls.numpy()[ok]
+    intensity = np.clip(255 * REFLECTIVITY[cls] * (0.3 + 0.7 * cos_inc), 0, 255)
+    out = np.concatenate([pts, intensity[:, None], ring[ok, None]], 1).astype(np.float32)
+    return out, cls.astype(np.uint8)
+
+
+def semantic_voxels(town: Town, t: float, ego2town: np.ndarray, spec: VoxelSpec | None = None) -> np.ndarray:
+    """uint8 (X, Y, Z) labels of the ego-frame grid at time t (0 = free).
+
+    A voxel takes the class of a box or sphere it overlaps (tested on its centre against the primitive
+    grown by half a voxel), otherwise of the ground if its z-interval contains the ground plane.
+    """
+    spec = spec or VoxelSpec()
+    centers = spec.centers()
+    shape = centers.shape[:3]
+    pts = torch.as_tensor(centers.reshape(-1, 3) @ ego2town[:3, :3].T + ego2town[:3, 3], dtype=torch.float32)
+    half = spec.voxel_size / 2
+    labels = torch.zeros(pts.shape[0], dtype=torch.uint8)
+    # Ground (z = 0 plane) by region; lane markings are labelled road at this resolution.
+    zc = pts[:, 2]
+    ground = (zc - half <= 0) & (zc + half > 0)
+    on_road = pts[:, 1].abs() < ROAD_HALF
+    labels[ground & on_road] = CLASS_ID["road"]
+    labels[ground & ~on_road] = CLASS_ID["terrain"]
+    lo, hi = town.boxes_at(t)
+    reach = np.abs(spec.pc_range).max() * 1.5 + 5
+    near = np.linalg.norm((lo + hi) / 2 - ego2town[:3, 3], axis=1) - np.linalg.norm(hi - lo, axis=1) / 2 < reach
+    for b in np.nonzero(near)[0].tolist():
+        blo = torch.as_tensor(lo[b] - half, dtype=torch.float32)
+        bhi = torch.as_tensor(hi[b] + half, dtype=torch.float32)
+        inside = ((pts >= blo) & (pts <= bhi)).all(dim=1)
+        labels[inside] = int(town.box_cls[b])
+    sc = town.spheres_at(t)
+    for k in range(len(sc)):
+        if np.linalg.norm(sc[k] - ego2town[:3, 3]) > reach:
+            continue
+        d = (pts - torch.as_tensor(sc[k], dtype=torch.float32)).norm(dim=1)
+        labels[d <= float(town.sph_radius[k]) + half] = int(town.sph_cls[k])
+    return labels.reshape(shape).numpy()

