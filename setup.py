@@ -17,6 +17,7 @@ setup(
     install_requires=["torch", "numpy", "pyyaml", "safetensors", "pillow", "tqdm"],
     entry_points={
         "console_scripts": [
+            "distillnerf-bench=distillnerf_core.bench:main",
         ],
     },
 )

@@ -83,6 +83,7 @@ class RendererConfig:
     jitter: bool = True  # jitter coarse samples inside their bins in training mode
     max_depth: float = 120.0
     chunk_rays: int = 16384  # rays rendered at once (bounds peak memory)
+    feature_weight_threshold: float = 1e-4  # skip feature lookups of samples below this weight (0 = exact)
 
 
 @dataclass
@@ -134,7 +135,9 @@ class ModelConfig:
         if len(v.radius) != 3 or min(v.radius) <= 0:
             raise ValueError(f"voxels.radius must be 3 positive numbers, got {v.radius}")
         if self.renderer.lookup not in ("nearest", "trilinear"):
-            raise ValueError(f"renderer.lookup must be 'nearest' or 'trilinear', got {self.renderer.lookup!r}")
+            raise ValueError(
+                f"renderer.lookup must be 'nearest' or 'trilinear', got {self.renderer.lookup!r}"
+            )
         if len(self.image_hw) != 2:
             raise ValueError(f"image_hw must be [H, W], got {self.image_hw}")
         if not 0.0 < self.lift.near < self.lift.linear_far <= self.lift.far:

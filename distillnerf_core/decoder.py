@@ -46,15 +46,19 @@ class RGBDecoder(nn.Module):
         self.num_embeddings = cfg.num_camera_embeddings
         self.embed = nn.Embedding(cfg.num_camera_embeddings, cfg.camera_embed_dim)
         self.inp = ConditionedBlock(in_channels, cfg.width, cfg.groups, cfg.camera_embed_dim)
-        self.low = nn.ModuleList(ConditionedBlock(cfg.width, cfg.width, cfg.groups, cfg.camera_embed_dim)
-                                 for _ in range(cfg.num_blocks))
+        self.low = nn.ModuleList(
+            ConditionedBlock(cfg.width, cfg.width, cfg.groups, cfg.camera_embed_dim)
+            for _ in range(cfg.num_blocks)
+        )
         self.high = ConditionedBlock(cfg.width, cfg.width // 2, cfg.groups, cfg.camera_embed_dim)
         self.out = nn.Conv2d(cfg.width // 2, 3, 3, padding=1)
 
     def forward(self, feats: torch.Tensor, camera_ids: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
         if int(camera_ids.max()) >= self.num_embeddings:
-            raise ValueError(f"camera id {int(camera_ids.max())} >= decoder.num_camera_embeddings "
-                             f"({self.num_embeddings}); raise it in the config")
+            raise ValueError(
+                f"camera id {int(camera_ids.max())} >= decoder.num_camera_embeddings "
+                f"({self.num_embeddings}); raise it in the config"
+            )
         embed = self.embed(camera_ids)
         x = self.inp(feats, embed)
         for block in self.low:
@@ -71,8 +75,9 @@ class FeatureHead(nn.Module):
 
     def __init__(self, cfg: FeatureHeadConfig, in_channels: int) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(in_channels, cfg.hidden), nn.ReLU(inplace=True),
-                                 nn.Linear(cfg.hidden, cfg.dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(in_channels, cfg.hidden), nn.ReLU(inplace=True), nn.Linear(cfg.hidden, cfg.dim)
+        )
 
     def forward(self, sample_features: torch.Tensor) -> torch.Tensor:
         return self.mlp(sample_features)

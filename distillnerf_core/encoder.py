@@ -49,7 +49,9 @@ class FPNEncoder(nn.Module):
             feats.append(x)
         top = self.laterals[-1](feats[-1])
         for lateral, feat in zip(reversed(self.laterals[:-1]), reversed(feats[:-1]), strict=True):
-            top = lateral(feat) + F.interpolate(top, size=feat.shape[-2:], mode="bilinear", align_corners=False)
+            top = lateral(feat) + F.interpolate(
+                top, size=feat.shape[-2:], mode="bilinear", align_corners=False
+            )
         return self.smooth(top)
 
 
@@ -60,8 +62,14 @@ class PretrainedViT(nn.Module):
     for when a DistillNeRF checkpoint already carries the weights.
     """
 
-    def __init__(self, name: str, weights_path: str, out_channels: int, timm_kwargs: dict | None = None,
-                 load_weights: bool = True) -> None:
+    def __init__(
+        self,
+        name: str,
+        weights_path: str,
+        out_channels: int,
+        timm_kwargs: dict | None = None,
+        load_weights: bool = True,
+    ) -> None:
         super().__init__()
         import timm  # optional dependency, only needed for this encoder
 
@@ -86,10 +94,12 @@ class PretrainedViT(nn.Module):
         """images (B, 3, H, W) in [0, 1] -> projected patch features (B, out_channels, H/p, W/p)."""
         h, w = images.shape[-2:]
         gh, gw = max(1, round(h / self.patch)), max(1, round(w / self.patch))
-        x = F.interpolate(images, size=(gh * self.patch, gw * self.patch), mode="bilinear", align_corners=False)
+        x = F.interpolate(
+            images, size=(gh * self.patch, gw * self.patch), mode="bilinear", align_corners=False
+        )
         x = (x - self.mean) / self.std
         with torch.no_grad():
-            tokens = self.vit.forward_features(x)[:, self.vit.num_prefix_tokens:]
+            tokens = self.vit.forward_features(x)[:, self.vit.num_prefix_tokens :]
         grid = tokens.transpose(1, 2).reshape(tokens.shape[0], -1, gh, gw)
         return self.proj(grid)
 
@@ -101,7 +111,9 @@ def load_safetensors_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"pretrained encoder weights not found: {path} (weights are never downloaded)")
+        raise FileNotFoundError(
+            f"pretrained encoder weights not found: {path} (weights are never downloaded)"
+        )
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
@@ -117,8 +129,9 @@ class ImageEncoder(nn.Module):
         self.vit: PretrainedViT | None = None
         self.out_channels = cfg.out_channels
         if cfg.vit_name is not None:
-            self.vit = PretrainedViT(cfg.vit_name, cfg.vit_weights, cfg.vit_channels, cfg.vit_kwargs,
-                                     load_weights=load_pretrained)
+            self.vit = PretrainedViT(
+                cfg.vit_name, cfg.vit_weights, cfg.vit_channels, cfg.vit_kwargs, load_weights=load_pretrained
+            )
             self.fuse = nn.Conv2d(cfg.out_channels + cfg.vit_channels, cfg.out_channels, 1)
 
     def forward(self, images: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:

@@ -29,7 +29,10 @@ def depth_bin_edges(cfg: LiftConfig) -> torch.Tensor:
         radius = cfg.linear_far
         s0 = contract_distance(linear[-1:], radius)
         s1 = contract_distance(torch.tensor([cfg.far], dtype=torch.float64), radius)
-        s = s0 + (s1 - s0) * torch.arange(1, cfg.contracted_bins + 1, dtype=torch.float64) / cfg.contracted_bins
+        s = (
+            s0
+            + (s1 - s0) * torch.arange(1, cfg.contracted_bins + 1, dtype=torch.float64) / cfg.contracted_bins
+        )
         linear = torch.cat([linear, uncontract_distance(s, radius)])
     return linear.float()
 
@@ -52,7 +55,9 @@ def march(density: torch.Tensor, deltas: torch.Tensor, dim: int = -1) -> torch.T
     return torch.exp(-excl) - torch.exp(-cum)
 
 
-def expected_depth(weights: torch.Tensor, t: torch.Tensor, dim: int = -1, max_depth: float = 120.0) -> torch.Tensor:
+def expected_depth(
+    weights: torch.Tensor, t: torch.Tensor, dim: int = -1, max_depth: float = 120.0
+) -> torch.Tensor:
     """sum(w t) / sum(w), clamped to [1e-5, max_depth] (the reference's normalised expectation)."""
     num = (weights * t).sum(dim)
     den = weights.sum(dim).clamp_min(1e-6)
@@ -91,8 +96,12 @@ class LiftSplat(nn.Module):
         if cfg.two_stage:
             self.fine_pixel = nn.Conv2d(cfg.feature_dim + 1, cfg.fine_hidden, 1)
             self.fine_candidate = nn.Linear(2, cfg.fine_hidden)
-            self.fine_out = nn.Sequential(nn.ReLU(), nn.Linear(cfg.fine_hidden, cfg.fine_hidden), nn.ReLU(),
-                                          nn.Linear(cfg.fine_hidden, 1))
+            self.fine_out = nn.Sequential(
+                nn.ReLU(),
+                nn.Linear(cfg.fine_hidden, cfg.fine_hidden),
+                nn.ReLU(),
+                nn.Linear(cfg.fine_hidden, 1),
+            )
 
     @property
     def bin_centers(self) -> torch.Tensor:
@@ -104,7 +113,7 @@ class LiftSplat(nn.Module):
         b, n, h, w = rays.z_per_distance.shape
         out = self.coarse(features)
         logits = soft_clamp(out[:, : self.num_bins], cfg.logit_clamp)  # (BN, D, h, w)
-        feat = out[:, self.num_bins:]  # (BN, F, h, w)
+        feat = out[:, self.num_bins :]  # (BN, F, h, w)
         centers = self.bin_centers.view(1, -1, 1, 1)
         widths = (self.bin_edges[1:] - self.bin_edges[:-1]).view(1, -1, 1, 1)
         coarse_w = march(logits_to_density(logits), widths, dim=1)
@@ -116,11 +125,18 @@ class LiftSplat(nn.Module):
             spacing = (cfg.fine_spacing_ratio * t_c).clamp(cfg.fine_spacing_min, cfg.fine_spacing_max)
             k = cfg.fine_candidates
             offsets = torch.arange(k, device=features.device, dtype=features.dtype) - (k - 1) / 2
-            t = (t_c[:, None] + offsets.view(1, -1, 1, 1) * spacing[:, None]).clamp_min(cfg.near)  # (BN,K,h,w)
+            t = (t_c[:, None] + offsets.view(1, -1, 1, 1) * spacing[:, None]).clamp_min(
+                cfg.near
+            )  # (BN,K,h,w)
             norm_depth = torch.log(t_c[:, None]) / torch.log(torch.tensor(cfg.far))
             pixel = self.fine_pixel(torch.cat([feat, norm_depth], dim=1))  # (BN, Hf, h, w)
-            cand = torch.stack([offsets.view(1, -1, 1, 1).expand_as(t) / max(k / 2, 1.0),
-                                torch.log(t) / torch.log(torch.tensor(cfg.far))], dim=-1)  # (BN,K,h,w,2)
+            cand = torch.stack(
+                [
+                    offsets.view(1, -1, 1, 1).expand_as(t) / max(k / 2, 1.0),
+                    torch.log(t) / torch.log(torch.tensor(cfg.far)),
+                ],
+                dim=-1,
+            )  # (BN,K,h,w,2)
             hidden = pixel.permute(0, 2, 3, 1)[:, None] + self.fine_candidate(cand)
             point_logits = soft_clamp(self.fine_out(hidden).squeeze(-1), cfg.logit_clamp)  # (BN, K, h, w)
             point_w = march(logits_to_density(point_logits), spacing[:, None], dim=1)
@@ -134,9 +150,12 @@ class LiftSplat(nn.Module):
 
         dirs = rays.directions.reshape(b * n, 1, h, w, 3)
         origins = rays.origins.reshape(b * n, 1, h, w, 3)
-        points = origins + t.detach()[..., None] * dirs  # positions: no gradient (voxel assignment is discrete)
-        values = torch.cat([point_w[..., None] * feat[:, None].permute(0, 1, 3, 4, 2),
-                            point_logits[..., None]], dim=-1)  # (BN, K, h, w, F + 1)
+        points = (
+            origins + t.detach()[..., None] * dirs
+        )  # positions: no gradient (voxel assignment is discrete)
+        values = torch.cat(
+            [point_w[..., None] * feat[:, None].permute(0, 1, 3, 4, 2), point_logits[..., None]], dim=-1
+        )  # (BN, K, h, w, F + 1)
         return LiftOutput(
             points=points.reshape(b, -1, 3),
             values=values.reshape(b, -1, values.shape[-1]),
@@ -145,4 +164,3 @@ class LiftSplat(nn.Module):
             coarse_weights=coarse_w.view(b, n, self.num_bins, h, w),
             fine_weights=fine_weights,
         )
-

@@ -78,8 +78,9 @@ def as_rig(cameras: CameraRig | dict[str, Any]) -> CameraRig:
     """Accept a CameraRig or a dict with intrinsics, cam2ego, image_hw (and optional camera_ids)."""
     if isinstance(cameras, CameraRig):
         return cameras
-    return CameraRig(cameras["intrinsics"], cameras["cam2ego"], tuple(cameras["image_hw"]),
-                     cameras.get("camera_ids"))
+    return CameraRig(
+        cameras["intrinsics"], cameras["cam2ego"], tuple(cameras["image_hw"]), cameras.get("camera_ids")
+    )
 
 
 class DistillNeRFModel(nn.Module):
@@ -134,8 +135,13 @@ class DistillNeRFModel(nn.Module):
         with self._stage("lift", dev):
             lifted = self.lift(feats, rig.resized(lift_hw).rays())
         with self._stage("voxelize", dev):
-            coarse, fine = voxelize(lifted.points, lifted.values, cfg.voxels.coarse_resolution,
-                                    cfg.voxels.fine_resolution, cfg.voxels.radius)
+            coarse, fine = voxelize(
+                lifted.points,
+                lifted.values,
+                cfg.voxels.coarse_resolution,
+                cfg.voxels.fine_resolution,
+                cfg.voxels.radius,
+            )
         with self._stage("sparse_conv", dev):
             coarse = self.sparse_cnn(coarse, fine)
         field = VoxelField(coarse, fine, tuple(cfg.voxels.radius), cfg.lift.logit_clamp)
@@ -152,11 +158,22 @@ class DistillNeRFModel(nn.Module):
             depth_channel = (out.depth / self.config.renderer.max_depth)[:, :, None]
             dec_in = torch.cat([out.features, depth_channel], dim=2).flatten(0, 1)
             rgb = self.decoder(dec_in, rig.camera_ids.repeat(b), rig.image_hw)
-        return RenderedViews(rgb=rgb.view(b, m, 3, *rig.image_hw), depth=out.depth, opacity=out.opacity,
-                             features=out.head_features, weights=out.weights, field_features=out.features)
+        return RenderedViews(
+            rgb=rgb.view(b, m, 3, *rig.image_hw),
+            depth=out.depth,
+            opacity=out.opacity,
+            features=out.head_features,
+            weights=out.weights,
+            field_features=out.features,
+        )
 
-    def forward(self, images: torch.Tensor, intrinsics: torch.Tensor, cam2ego: torch.Tensor,
-                targets: CameraRig | dict[str, Any] | None = None) -> ModelOutput:
+    def forward(
+        self,
+        images: torch.Tensor,
+        intrinsics: torch.Tensor,
+        cam2ego: torch.Tensor,
+        targets: CameraRig | dict[str, Any] | None = None,
+    ) -> ModelOutput:
         """Encode the input cameras and render `targets` (default: the input cameras at input size)."""
         self.stage_ms = dict.fromkeys(STAGES, 0.0)
         scene = self.encode(images, intrinsics, cam2ego)

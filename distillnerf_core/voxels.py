@@ -31,8 +31,9 @@ class SparseVoxels:
 
     def with_features(self, features: torch.Tensor) -> SparseVoxels:
         """Same voxels, new per-voxel features (e.g. after the sparse CNN)."""
-        return SparseVoxels(self.keys, self.coords, self.batch, features, self.counts, self.resolution,
-                            self.batch_size)
+        return SparseVoxels(
+            self.keys, self.coords, self.batch, features, self.counts, self.resolution, self.batch_size
+        )
 
     def find(self, query_keys: torch.Tensor) -> torch.Tensor:
         """Row index of each query key, -1 where the voxel is not occupied (sorted-key binary search)."""
@@ -50,8 +51,9 @@ class SparseVoxels:
         return padded[rows], found
 
 
-def pool(batch: torch.Tensor, index: torch.Tensor, values: torch.Tensor, resolution: int,
-         batch_size: int) -> SparseVoxels:
+def pool(
+    batch: torch.Tensor, index: torch.Tensor, values: torch.Tensor, resolution: int, batch_size: int
+) -> SparseVoxels:
     """Mean of `values` (M, C) per voxel `index` (M, 3) of batch element `batch` (M,)."""
     keys = linearize(batch, index, resolution)
     uniq, inverse, counts = torch.unique(keys, sorted=True, return_inverse=True, return_counts=True)
@@ -60,11 +62,16 @@ def pool(batch: torch.Tensor, index: torch.Tensor, values: torch.Tensor, resolut
     feats = sums / counts[:, None]
     r = resolution
     coords = torch.stack([(uniq // (r * r)) % r, (uniq // r) % r, uniq % r], dim=-1)
-    return SparseVoxels(uniq, coords, uniq // (r ** 3), feats, counts, resolution, batch_size)
+    return SparseVoxels(uniq, coords, uniq // (r**3), feats, counts, resolution, batch_size)
 
 
-def voxelize(points: torch.Tensor, values: torch.Tensor, coarse_resolution: int, fine_resolution: int,
-             radius: tuple[float, float, float] | list[float]) -> tuple[SparseVoxels, SparseVoxels]:
+def voxelize(
+    points: torch.Tensor,
+    values: torch.Tensor,
+    coarse_resolution: int,
+    fine_resolution: int,
+    radius: tuple[float, float, float] | list[float],
+) -> tuple[SparseVoxels, SparseVoxels]:
     """Pool ego-frame points (B, P, 3) with values (B, P, C) into the (coarse, fine) levels.
 
     The coarse index is derived from the fine one by integer division, so every fine voxel's parent is

@@ -1,0 +1,163 @@
+"""Checkpoints: safetensors weights + a JSON sidecar (config, format and package versions, checksum).
+
+Loading never unpickles: pickle-based files (.pt / .pth / .ckpt / .pkl, or any file that starts like
+a pickle or a torch zip archive) are refused. Both files are written atomically (temp file +
+os.replace) so a crash never leaves a half-written checkpoint under the final name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .config import config_from_dict
+from .model import DistillNeRFModel
+
+FORMAT_VERSION = 1
+PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is unusable; the message names the file and what is wrong."""
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """The JSON written beside `<name>.safetensors`: `<name>.json`."""
+    return Path(path).with_suffix(".json")
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_checkpoint(model: DistillNeRFModel, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write `path` (.safetensors) and its JSON sidecar; `extra` (JSON-able) is stored in the sidecar."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"checkpoint path must end in .safetensors, got {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format_version": str(FORMAT_VERSION)}))
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "package_version": __version__,
+        "torch_version": torch.__version__,
+        "config": model.config.to_dict(),
+        "weights_file": path.name,
+        "weights_sha256": _sha256(path),
+        "extra": extra or {},
+    }
+    side = sidecar_path(path)
+    _atomic_write(side, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, sort_keys=True)))
+    return path
+
+
+def _refuse_pickle(path: Path) -> None:
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise CheckpointError(
+            f"{path}: refusing a pickle-based checkpoint ({path.suffix}); "
+            "only .safetensors + .json checkpoints are loaded (pickle can run code)"
+        )
+    with open(path, "rb") as handle:
+        head = handle.read(2)
+    if head[:1] == b"\x80" or head == b"PK":
+        raise CheckpointError(
+            f"{path}: file is a pickle / torch.save archive, not safetensors; refusing to load"
+        )
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The JSON sidecar of a checkpoint, validated."""
+    side = sidecar_path(path)
+    if not side.is_file():
+        raise FileNotFoundError(f"checkpoint metadata not found: {side} (expected beside {Path(path).name})")
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{side}: not valid JSON ({err})") from err
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{side}: checkpoint format_version {version!r}, this code reads {FORMAT_VERSION}"
+        )
+    if "config" not in meta:
+        raise CheckpointError(f"{side}: no 'config' entry")
+    return meta
+
+
+def load_state(path: str | Path, verify_checksum: bool = True) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors checkpoint, refusing pickles and reporting corruption by file name."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint weights not found: {path}")
+    _refuse_pickle(path)
+    if verify_checksum and sidecar_path(path).is_file():
+        expected = read_metadata(path).get("weights_sha256")
+        if expected and expected != _sha256(path):
+            raise CheckpointError(
+                f"{path}: checksum mismatch with {sidecar_path(path).name} (file corrupted or replaced)"
+            )
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
+
+
+def load_weights(model: DistillNeRFModel, path: str | Path) -> None:
+    """Load weights into an existing model; any missing, unexpected or mis-shaped tensor is an error."""
+    state = load_state(path)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: tensors missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+        )
+    for key, value in own.items():
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise CheckpointError(
+                f"{path}: shape mismatch for '{key}': file {tuple(state[key].shape)}, "
+                f"model {tuple(value.shape)}"
+            )
+        if state[key].dtype != value.dtype:
+            raise CheckpointError(
+                f"{path}: dtype mismatch for '{key}': file {state[key].dtype}, model {value.dtype}"
+            )
+    model.load_state_dict(state)
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> DistillNeRFModel:
+    """Rebuild the model from the sidecar config and load its weights (the ViT file is not needed)."""
+    meta = read_metadata(path)
+    try:
+        config = config_from_dict(meta["config"])
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{sidecar_path(path)}: invalid config ({err})") from err
+    model = DistillNeRFModel(config, load_pretrained=False)
+    load_weights(model, path)
+    return model.to(device)

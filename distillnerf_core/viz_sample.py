@@ -1,0 +1,101 @@
+"""`distillnerf-viz-sample`: a contact sheet of one sample for checking data by eye.
+
+Rows of camera panels (3 per row): the images with the motion-compensated LiDAR points overlaid as
+dots coloured by depth (turbo, near = red... far = blue, 1-80 m); for dataroots with ground truth
+(the synthetic world) also the dense z-depth and the semantic labels of every camera.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from distillnerf_core.datasets import NUSCENES_CAMERAS, NuScenesDataset
+
+DISPLAY_ORDER = ("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT")
+
+
+def _display_order(cameras: list[str]) -> list[str]:
+    if set(cameras) == set(DISPLAY_ORDER):
+        return list(DISPLAY_ORDER)
+    return list(cameras)
+
+
+def render_contact_sheet(dataroot: str | Path, version: str, sample_token: str | None, out: str | Path,
+                         width: int = 480, cameras: list[str] | None = None, max_depth: float = 80.0) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from nuscenes.nuscenes import NuScenes
+
+    nusc = NuScenes(version=version, dataroot=str(dataroot), verbose=False)
+    if cameras is None:
+        first = nusc.sample[0] if sample_token is None else nusc.get("sample", sample_token)
+        cameras = [c for c in NUSCENES_CAMERAS if c in first["data"]] or sorted(
+            ch for ch in first["data"] if ch.startswith("CAM"))
+    cameras = _display_order(cameras)
+    # Display size from the first camera's native aspect.
+    sample = nusc.sample[0] if sample_token is None else nusc.get("sample", sample_token)
+    sd0 = nusc.get("sample_data", sample["data"][cameras[0]])
+    height = max(1, round(width * sd0["height"] / sd0["width"]))
+    ds = NuScenesDataset(dataroot, version, image_size=(height, width), render_size=(height, width), cameras=cameras,
+                         load_next=False, nusc=nusc)
+    index = ds.sample_tokens.index(sample["token"])
+    item = ds[index]
+    projections = ds.lidar_projections(index, 1.0, max_depth)
+    sections = [("RGB + LiDAR", "rgb")]
+    if "dense_depth" in item:
+        sections += [("dense z-depth (GT)", "depth"), ("semantics (GT)", "sem")]
+    palette = np.array(ds.gt_meta["palette"], np.uint8) if ds.gt_meta else None
+    cols = 3
+    rows_per_section = (len(cameras) + cols - 1) // cols
+    n_rows = rows_per_section * len(sections)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(cols * 4.0, n_rows * 4.0 * height / width + 0.6), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for s, (title, kind) in enumerate(sections):
+        for i, ch in enumerate(cameras):
+            ax = axes[s * rows_per_section + i // cols, i % cols]
+            if kind == "rgb":
+                ax.imshow(item["images"][i].permute(1, 2, 0).numpy())
+                u, v, z = projections[i]
+                sd = ds.nusc.get("sample_data", ds.nusc.get("sample", sample["token"])["data"][ch])
+                ax.scatter(u * width / sd["width"], v * height / sd["height"], c=z, s=0.6, cmap="turbo_r", vmin=1,
+                           vmax=max_depth / 2, linewidths=0)
+            elif kind == "depth":
+                d = item["dense_depth"][i].numpy()
+                ax.imshow(np.where(d > 0, d, np.nan), cmap="turbo_r", vmin=1, vmax=max_depth / 2)
+            else:
+                ax.imshow(palette[item["semantics"][i].numpy()])
+            ax.set_xlim(0, width)
+            ax.set_ylim(height, 0)
+            ax.set_title(f"{ch} - {title}" if i == 0 else ch, fontsize=8)
+    fig.suptitle(f"{version} sample {sample['token']}  (LiDAR depth colour: red near, blue far)", fontsize=9)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dataroot", required=True)
+    p.add_argument("--version", required=True, help="table folder, e.g. v1.0-synthetic, v1.0-test, v1.0-mini")
+    p.add_argument("--sample", default=None, help="sample token (default: the first sample)")
+    p.add_argument("--out", required=True, help="output PNG")
+    p.add_argument("--width", type=int, default=480, help="panel width in pixels")
+    p.add_argument("--cameras", default=None, help="comma list of channels (default: the sample's cameras)")
+    a = p.parse_args(argv)
+    cams = a.cameras.split(",") if a.cameras else None
+    out = render_contact_sheet(a.dataroot, a.version, a.sample, a.out, a.width, cams)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
