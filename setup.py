@@ -18,6 +18,9 @@ setup(
     entry_points={
         "console_scripts": [
             "distillnerf-bench=distillnerf_core.bench:main",
+            "distillnerf-synth=distillnerf_core.synthetic_export:main",
+            "distillnerf-nusc-sample=distillnerf_core.nuscenes_sample:main",
+            "distillnerf-viz-sample=distillnerf_core.viz_sample:main",
         ],
     },
 )

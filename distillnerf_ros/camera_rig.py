@@ -4,7 +4,8 @@ A RigFrame holds, for the cameras of one instant, RGB arrays, intrinsics and the
 extrinsics looked up at each image's own stamp (never "latest"). When a fixed frame (map/odom) is on /tf,
 each camera is placed in the output frame of the trigger stamp through it, which compensates the ego
 motion between camera stamps. TF that is not there yet is waited for (retried on a timer, never
-blocking a callback) up to `tf_wait_s`; after that the set is dropped and the reason reported.
+blocking a callback) up to `tf_wait_s`, and so is a CameraInfo (it travels on its own topic); after that
+the cameras without them are left out and the reason reported.
 """
 
 from __future__ import annotations
@@ -154,8 +155,9 @@ class CameraRigInput:
             return
         camera_set, deadline = self._waiting
         extrinsics, tf_errors, compensated = self._extrinsics(camera_set)
-        if tf_errors and time.monotonic() < deadline:
-            return  # retried on the next timer tick
+        no_info = [camera for camera in camera_set.messages if camera not in self._infos]
+        if (tf_errors or no_info) and time.monotonic() < deadline:
+            return  # TF or CameraInfo may still be on its way (other topics): retried on the next tick
         self._waiting = None
         for camera, error in tf_errors.items():
             camera_set.missing[camera] = f"TF not available within {self._tf_wait_s:.2f} s: {error}"
@@ -199,7 +201,7 @@ class CameraRigInput:
             msg = camera_set.messages[camera]
             try:
                 if camera not in self._infos:
-                    raise CameraInfoError("no CameraInfo received yet")
+                    raise CameraInfoError(f"no CameraInfo received within {self._tf_wait_s:.2f} s")
                 rgb = message_to_rgb(msg)
                 intrinsics = camera_info_to_intrinsics(self._infos[camera], (rgb.shape[1], rgb.shape[0]))
             except (ImageConversionError, CameraInfoError) as error:

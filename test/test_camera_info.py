@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+from std_msgs.msg import Header
+
+from distillnerf_ros.camera_info import (
+    CameraInfoError,
+    CameraIntrinsics,
+    camera_info_to_intrinsics,
+    intrinsics_to_camera_info,
+)
+
+K = np.array([[1266.417, 0, 816.267], [0, 1266.417, 491.507], [0, 0, 1]])
+
+
+def info(k=K, width=1600, height=900):
+    return intrinsics_to_camera_info(CameraIntrinsics(np.asarray(k, float), width, height), Header(frame_id="cam"))
+
+
+def test_round_trip_and_projection_matrix():
+    msg = info()
+    assert np.allclose(np.reshape(msg.p, (3, 4)), np.hstack([K, np.zeros((3, 1))]))
+    assert list(msg.d) == [0.0] * 5 and np.allclose(np.reshape(msg.r, (3, 3)), np.eye(3))
+    intrinsics = camera_info_to_intrinsics(msg, image_size=(1600, 900))
+    assert np.allclose(intrinsics.K, K) and (intrinsics.width, intrinsics.height) == (1600, 900)
+
+
+def test_zero_focal_length_is_rejected():
+    bad = K.copy()
+    bad[0, 0] = 0
+    with pytest.raises(CameraInfoError, match="focal length"):
+        camera_info_to_intrinsics(info(bad))
+
+
+def test_size_mismatch_with_the_image_is_rejected():
+    with pytest.raises(CameraInfoError, match="1600x900 but the image is 800x450"):
+        camera_info_to_intrinsics(info(), image_size=(800, 450))
+
+
+def test_empty_size_and_non_finite_k_are_rejected():
+    with pytest.raises(CameraInfoError, match="size"):
+        camera_info_to_intrinsics(info(width=0))
+    bad = K.copy()
+    bad[1, 2] = np.nan
+    with pytest.raises(CameraInfoError, match="non-finite"):
+        camera_info_to_intrinsics(info(bad))
+
+
+def test_resize_keeps_relative_pixel_positions():
+    intrinsics = CameraIntrinsics(K, 1600, 900).resized(228, 128)
+    point = np.array([2.0, -1.0, 10.0])
+    full = K @ point
+    small = intrinsics.K @ point
+    assert np.allclose(full[:2] / full[2] / [1600, 900], small[:2] / small[2] / [228, 128])

@@ -1,0 +1,93 @@
+import numpy as np
+import pytest
+from geometry_msgs.msg import TransformStamped
+from tf2_msgs.msg import TFMessage
+
+from distillnerf_core.geometry import invert_transform, make_transform, quaternion_to_matrix
+from distillnerf_ros.nuscenes_messages import transform_stamped
+from distillnerf_ros.tf_cache import ExtrapolationError, FrameNotAvailableError, TfCache
+
+S = 1_000_000_000
+
+
+def yaw(angle: float, translation=(0.0, 0.0, 0.0)) -> np.ndarray:
+    return make_transform([np.cos(angle / 2), 0, 0, np.sin(angle / 2)], translation)
+
+
+def cache_with_rig() -> TfCache:
+    cache = TfCache(cache_duration_s=10.0)
+    cam = make_transform(quaternion_to_matrix([0.5, -0.5, 0.5, -0.5]), [1.7, 0.0, 1.5])  # optical, forward
+    cache.set_transform("base_link", "cam_front", 0, cam, static=True)
+    cache.set_transform("map", "base_link", 10 * S, yaw(0.0, (100, 0, 0)), static=False)
+    cache.set_transform("map", "base_link", 11 * S, yaw(np.pi / 2, (110, 0, 0)), static=False)
+    return cache
+
+
+def test_static_chain_and_inverse():
+    cache = cache_with_rig()
+    base_from_cam = cache.lookup("base_link", "cam_front", 10 * S)
+    assert np.allclose(base_from_cam[:3, 2], [1, 0, 0]), "optical z axis must point forward (x) in base_link"
+    assert np.allclose(cache.lookup("cam_front", "base_link", 10 * S), invert_transform(base_from_cam))
+
+
+def test_dynamic_transform_is_interpolated_in_time():
+    cache = cache_with_rig()
+    middle = cache.lookup("map", "base_link", int(10.5 * S))
+    assert np.allclose(middle[:3, 3], [105, 0, 0]), "translation must be linearly interpolated"
+    assert np.allclose(middle[:3, :3], yaw(np.pi / 4)[:3, :3]), "rotation must be slerped to 45 degrees"
+    chained = cache.lookup("map", "cam_front", int(10.5 * S))
+    assert np.allclose(chained, middle @ cache.lookup("base_link", "cam_front", 0))
+
+
+def test_extrapolation_and_unknown_frames_are_clear_errors():
+    cache = cache_with_rig()
+    with pytest.raises(ExtrapolationError, match=r"map' -> 'base_link'.*500\.0 ms after the newest"):
+        cache.lookup("map", "cam_front", int(11.5 * S))
+    with pytest.raises(FrameNotAvailableError, match="'cam_back' has not been received"):
+        cache.lookup("base_link", "cam_back", 10 * S)
+    cache.set_transform("odom", "wheel", 10 * S, np.eye(4), static=True)
+    with pytest.raises(FrameNotAvailableError, match="no TF chain connects"):
+        cache.lookup("map", "wheel", 10 * S)
+
+
+def test_backwards_time_jump_clears_dynamic_history_but_keeps_static():
+    cache = cache_with_rig()
+    cache.set_transform("map", "base_link", 1 * S, yaw(0.0, (5, 0, 0)), static=False)  # a looped bag
+    assert cache.resets == 1
+    assert np.allclose(cache.lookup("map", "base_link", 1 * S)[:3, 3], [5, 0, 0])
+    with pytest.raises(ExtrapolationError):
+        cache.lookup("map", "base_link", 10 * S)
+    assert cache.can_transform("base_link", "cam_front", 1 * S), "static transforms must survive a reset"
+
+
+def test_history_is_bounded_by_duration():
+    cache = TfCache(cache_duration_s=2.0)
+    for second in range(100):
+        cache.set_transform("map", "base_link", second * S, yaw(0.0, (second, 0, 0)), static=False)
+    with pytest.raises(ExtrapolationError, match="before the oldest"):
+        cache.lookup("map", "base_link", 90 * S)
+    assert np.allclose(cache.lookup("map", "base_link", int(98.5 * S))[:3, 3], [98.5, 0, 0])
+    assert len(cache._dynamic["base_link"].stamps) == 3, "history must hold only cache_duration_s of data"
+
+
+def test_out_of_order_messages_are_inserted_in_time_order():
+    cache = TfCache()
+    for second in (3, 1, 2):
+        cache.set_transform("map", "base_link", second * S, yaw(0.0, (second, 0, 0)), static=False)
+    assert np.allclose(cache.lookup("map", "base_link", int(1.5 * S))[:3, 3], [1.5, 0, 0])
+
+
+def test_tf_message_feeding_and_ego_motion_compensation():
+    cache = TfCache()
+    camera = make_transform(quaternion_to_matrix([0.5, -0.5, 0.5, -0.5]), [1.0, 0.0, 1.5])
+    static = TFMessage(transforms=[transform_stamped("base_link", "cam_front", TransformStamped().header.stamp,
+                                                     camera)])
+    cache.add_message(static, static=True)
+    for second, x in ((10, 0.0), (11, 9.0)):  # driving forward at 9 m/s
+        msg = TFMessage(transforms=[transform_stamped("map", "base_link", TransformStamped().header.stamp,
+                                                      yaw(0.0, (x, 0, 0)))])
+        msg.transforms[0].header.stamp.sec = second
+        cache.add_message(msg, static=False)
+    # A camera that fired 0.5 s before the trigger sits 4.5 m behind in the trigger's base_link.
+    compensated = cache.lookup_across_time("base_link", 11 * S, "cam_front", int(10.5 * S), "map")
+    assert np.allclose(compensated[:3, 3], [1.0 - 4.5, 0.0, 1.5])

@@ -1,0 +1,61 @@
+"""Sparse voxel pooling: exact means, batch separation, fine/coarse hierarchy."""
+
+import torch
+
+from distillnerf_core.cameras import contract, voxel_index
+from distillnerf_core.voxels import downsample, voxelize
+
+RADIUS = (50.0, 50.0, 6.4)
+
+
+def _brute_mean(points, values, res):
+    sums, counts = {}, {}
+    for b in range(points.shape[0]):
+        idx = voxel_index(contract(points[b], RADIUS), res)
+        for i in range(points.shape[1]):
+            key = (b, *idx[i].tolist())
+            sums[key] = sums.get(key, 0) + values[b, i]
+            counts[key] = counts.get(key, 0) + 1
+    return {k: sums[k] / counts[k] for k in sums}, counts
+
+
+def test_pooled_features_equal_brute_force_mean():
+    torch.manual_seed(0)
+    points = torch.randn(2, 400, 3) * torch.tensor([3.0, 3.0, 1.0])
+    values = torch.randn(2, 400, 5, dtype=torch.float64)
+    coarse, fine = voxelize(points, values, 16, 64, RADIUS)
+    for level in (coarse, fine):
+        want, counts = _brute_mean(points, values, level.resolution)
+        assert level.num_voxels == len(want), f"res {level.resolution}: {level.num_voxels} voxels, brute {len(want)}"
+        for row in range(level.num_voxels):
+            key = (int(level.batch[row]), *level.coords[row].tolist())
+            assert key in want, f"voxel {key} not produced by brute force"
+            assert torch.allclose(level.features[row], want[key]), f"mean of voxel {key} differs"
+            assert int(level.counts[row]) == counts[key], f"count of voxel {key} differs"
+        assert (level.keys[1:] > level.keys[:-1]).all(), "keys must be sorted and unique"
+
+
+def test_batches_are_separate():
+    points = torch.zeros(2, 1, 3)
+    values = torch.tensor([[[1.0]], [[3.0]]])
+    coarse, fine = voxelize(points, values, 8, 16, RADIUS)
+    assert fine.num_voxels == 2 and fine.batch.tolist() == [0, 1], "same point in two batch elements = 2 voxels"
+    assert fine.features.squeeze(-1).tolist() == [1.0, 3.0]
+
+
+def test_fine_voxels_have_coarse_parents_and_downsample_is_mean():
+    torch.manual_seed(1)
+    points = torch.randn(1, 2000, 3) * 20
+    values = torch.randn(1, 2000, 3, dtype=torch.float64)
+    coarse, fine = voxelize(points, values, 8, 32, RADIUS)
+    parents = torch.cat([fine.batch[:, None], fine.coords // 4], -1)
+    coarse_set = {tuple(r) for r in torch.cat([coarse.batch[:, None], coarse.coords], -1).tolist()}
+    assert all(tuple(p) in coarse_set for p in parents.tolist()), "every fine voxel needs its coarse parent"
+    down = downsample(fine, 8)
+    assert torch.equal(down.keys, coarse.keys), "downsampled fine level must occupy the coarse voxels"
+    for row in range(down.num_voxels):
+        mask = (parents == torch.cat([down.batch[row : row + 1], down.coords[row]])).all(-1)
+        assert torch.allclose(down.features[row], fine.features[mask].mean(0)), "downsample must average children"
+    idx = down.find(coarse.keys)
+    assert (idx == torch.arange(coarse.num_voxels)).all()
+    assert (down.find(torch.tensor([-5, 10**12])) == -1).all(), "absent keys must map to -1"
