@@ -21,7 +21,7 @@ help:
 	@echo "make test   set up .venv and run lint + every test"
 	@echo "make clean  remove .venv and build/"
 
-$(VENV)/.deps: requirements.txt constraints.txt
+$(VENV)/.deps: requirements.txt requirements-core.txt constraints.txt
 	test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install -q -r requirements.txt -c constraints.txt $(PIP_QUIET)
 	touch $@

@@ -372,7 +372,7 @@ def _shade_attributes(town: Town, t: float, o: torch.Tensor, dirs: torch.Tensor,
     normal = torch.zeros(n, 3)
     cls = torch.zeros(n, dtype=torch.long)
     albedo = torch.zeros(n, 3)
-    px, py, pz = point[:, 0], point[:, 1], point[:, 2]
+    px, py = point[:, 0], point[:, 1]
 
     g = kind == 1
     if g.any():

@@ -87,7 +87,7 @@ def test_resize_keeps_projections_consistent(root):
             err = np.abs(r - rel[0]).max()
             assert err < 1e-6, f"camera {n}: relative pixel differs by {err} between native and {(h, w)}"
     # Projecting LiDAR at native resolution then pooling equals pooling the same points at another grid size.
-    u = np.array([0.2, 10.7, 127.9]); v = np.array([0.0, 35.5, 71.99]); z = np.array([5.0, 6.0, 7.0])
+    u, v, z = np.array([0.2, 10.7, 127.9]), np.array([0.0, 35.5, 71.99]), np.array([5.0, 6.0, 7.0])
     grid = min_pool_depth(u, v, z, (NATIVE_W, NATIVE_H), (36, 64))
     assert grid[0, 0] == 5.0 and grid[17, 5] == 6.0 and grid[35, 63] == 7.0, "min-pool cell assignment wrong"
     u2, v2, z2 = project_points(np.array([[0.0, 0.0, 0.5], [0.0, 0.0, 10.0], [100.0, 0.0, 10.0]]),

@@ -36,7 +36,7 @@ def test_devkit_loads_the_converted_keyframe(dataset):
 
 def test_projected_lidar_counts_match_readme(dataset):
     projections = dataset.lidar_projections(0, min_depth=1.0, max_depth=None)
-    for channel, (u, v, z) in zip(dataset.cameras, projections, strict=True):
+    for channel, (_u, _v, z) in zip(dataset.cameras, projections, strict=True):
         expected = README_COUNTS[channel]
         assert abs(len(z) - expected) <= 0.01 * expected, \
             f"{channel}: {len(z)} LiDAR points project into the image, README says {expected} (1% tolerance)"

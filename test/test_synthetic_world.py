@@ -54,7 +54,8 @@ def test_devkit_loads_synthetic_dataroot(synth_root):
                 cam_stamps.append(sd["timestamp"])
                 assert (sd["width"], sd["height"]) == (W, H), f"{ch} size {(sd['width'], sd['height'])} != {(W, H)}"
         offsets = (np.array(cam_stamps) - lidar["timestamp"]) / 1e3
-        assert (offsets < 5).all() and (offsets > -50).all(), f"camera offsets vs LiDAR (ms) {offsets} not nuScenes-like"
+        assert (offsets < 5).all() and (offsets > -50).all(), \
+            f"camera offsets vs LiDAR (ms) {offsets} not nuScenes-like"
         assert len(set(cam_stamps)) == 6, "cameras must fire at different times"
         pts = np.fromfile(synth_root / lidar["filename"], np.float32).reshape(-1, 5)
         assert 15_000 < len(pts) <= 32 * 1084, f"implausible LiDAR point count {len(pts)}"

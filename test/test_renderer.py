@@ -1,0 +1,92 @@
+"""Volume rendering of hand-built voxel fields: wall depth, z-depth output, lookups, empty space."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from distillnerf_core.cameras import contract, ring_rig, uncontract, voxel_centers
+from distillnerf_core.config import RendererConfig, load_config
+from distillnerf_core.lift import depth_bin_edges
+from distillnerf_core.renderer import VolumeRenderer, VoxelField
+from distillnerf_core.voxels import pool
+
+RADIUS = (50.0, 50.0, 6.4)
+FINE_RES, COARSE_RES = 512, 128
+
+
+def _empty(res):
+    return pool(torch.zeros(0, dtype=torch.long), torch.zeros(0, 3, dtype=torch.long), torch.zeros(0, 3), res, 1)
+
+
+def _wall_field(first_index=338, thickness=4, channels=2):
+    """Fine voxels with x index in [first_index, first_index + thickness), |y| < 10 m, |z| < 5 m, logit 30."""
+    s_y, s_z = contract(torch.tensor([0.0, 10.0, 5.0]), RADIUS)[1:]
+    ys = torch.arange(int((1 - s_y) * FINE_RES / 2), int((1 + s_y) * FINE_RES / 2))
+    zs = torch.arange(int((1 - s_z) * FINE_RES / 2), int((1 + s_z) * FINE_RES / 2))
+    xs = torch.arange(first_index, first_index + thickness)
+    idx = torch.stack(torch.meshgrid(xs, ys, zs, indexing="ij"), -1).reshape(-1, 3)
+    values = torch.cat([torch.ones(idx.shape[0], channels - 1), torch.full((idx.shape[0], 1), 30.0)], -1)
+    fine = pool(torch.zeros(idx.shape[0], dtype=torch.long), idx, values, FINE_RES, 1)
+    surface = float(uncontract(voxel_centers(torch.tensor([first_index, 0, 0]), FINE_RES) - 1 / FINE_RES,
+                               RADIUS)[0])
+    coarse = _empty(COARSE_RES)
+    coarse = coarse.with_features(torch.zeros(0, channels))
+    return VoxelField(coarse, fine, RADIUS), surface
+
+
+def _renderer(lookup):
+    edges = depth_bin_edges(load_config("paper").lift)
+    cfg = RendererConfig(render_scale=1.0, lookup=lookup, fine_samples=30, fine_sample_spacing=0.1, jitter=False)
+    return VolumeRenderer(cfg, edges).eval()
+
+
+@pytest.mark.parametrize("lookup", ["nearest", "trilinear"])
+def test_wall_depth_within_one_percent(lookup):
+    field, surface = _wall_field()
+    assert abs(surface - 20.02) < 0.01, f"test setup: wall surface at {surface}"
+    rig = ring_rig(1, (12, 16), hfov_deg=40.0, height=0.0, radius=0.0)  # at origin, looking along +x
+    out = _renderer(lookup)(field, rig)
+    rel = ((out.depth - surface).abs() / surface).max().item()
+    assert rel < 0.01, f"{lookup}: rendered z-depth off the wall at {surface:.2f} m by {100 * rel:.2f}%"
+    assert out.opacity.min() > 0.99, f"{lookup}: the wall must be opaque, min opacity {out.opacity.min():.3f}"
+    # The wall is perpendicular to the optical axis: z-depth is constant while ray distances are not.
+    z_factor = rig.rays().z_per_distance[0, 0, 0, 0]
+    assert z_factor < 0.95, "test setup: corner rays must be noticeably off-axis"
+    assert (out.depth[0, 0, 0, 0] - surface).abs() < 0.01 * surface, "corner depth must be z-depth, not distance"
+    assert out.features.shape == (1, 1, 1, 12, 16), "features = fine (1) + coarse (1) - logits excluded? "[:0] or (
+        f"feature image shape {tuple(out.features.shape)}")
+
+
+def test_empty_field_renders_nothing():
+    coarse = _empty(COARSE_RES).with_features(torch.zeros(0, 3))
+    fine = _empty(FINE_RES).with_features(torch.zeros(0, 3))
+    out = _renderer("trilinear")(VoxelField(coarse, fine, RADIUS), ring_rig(2, (4, 6)))
+    assert out.opacity.abs().max() == 0, "empty space must have zero opacity"
+    assert out.features.abs().max() == 0
+
+
+def test_fine_level_overrides_coarse():
+    field, surface = _wall_field(channels=2)
+    # a coarse wall nearer (about 10 m) is ignored only where the fine level is occupied; here it is not
+    s_x = contract(torch.tensor([10.0, 0.0, 0.0]), RADIUS)[0]
+    ci = int((s_x + 1) * COARSE_RES / 2)
+    idx = torch.stack(torch.meshgrid(torch.tensor([ci]), torch.arange(40, 88), torch.arange(0, 128),
+                                     indexing="ij"), -1).reshape(-1, 3)
+    coarse = pool(torch.zeros(len(idx), dtype=torch.long), idx, torch.tensor([[0.0, 30.0]]).expand(len(idx), 2),
+                  COARSE_RES, 1)
+    both = VoxelField(coarse, field.fine, RADIUS)
+    out = _renderer("nearest")(both, ring_rig(1, (4, 4), hfov_deg=20.0, height=0.0, radius=0.0))
+    assert (out.depth < 12).all(), f"the nearer coarse wall must be seen where fine is empty: {out.depth}"
+
+
+def test_trilinear_renders_smooth_field_better():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "lookup_accuracy.py"
+    spec = importlib.util.spec_from_file_location("lookup_accuracy", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    near, tri = mod.feature_rmse("nearest", 4000), mod.feature_rmse("trilinear", 4000)
+    assert tri < 0.5 * near, f"trilinear feature RMSE {tri:.4f} should beat nearest {near:.4f}"
+    near_d, tri_d = mod.wall_depth_error("nearest"), mod.wall_depth_error("trilinear")
+    assert tri_d < near_d, f"trilinear depth error {tri_d:.4f} m should beat nearest {near_d:.4f} m"
