@@ -46,8 +46,9 @@ def region_field(lo: list[float], hi: list[float], values) -> VoxelField:
     idx = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
     centres = uncontract(voxel_centers(idx, FINE_RES), RADIUS)
     fine = pool(torch.zeros(idx.shape[0], dtype=torch.long), idx, values(centres), FINE_RES, 1)
-    coarse = pool(torch.zeros(0, dtype=torch.long), torch.zeros(0, 3, dtype=torch.long),
-                  torch.zeros(0, 2), COARSE_RES, 1)
+    coarse = pool(
+        torch.zeros(0, dtype=torch.long), torch.zeros(0, 3, dtype=torch.long), torch.zeros(0, 2), COARSE_RES, 1
+    )
     return VoxelField(coarse, fine, RADIUS)
 
 
@@ -64,8 +65,10 @@ def wall_depth_error(lookup: str) -> float:
     field = region_field([10, -10, -5], [30, 10, 5], lambda c: torch.stack([torch.zeros(len(c)), wall_logit(c)], -1))
     lift = LiftConfig(near=12.0, linear_far=28.0, linear_step=0.05, far=28.0, contracted_bins=0)
     edges = depth_bin_edges(lift)
-    renderer = VolumeRenderer(RendererConfig(render_scale=1.0, lookup=lookup, fine_samples=0, jitter=False,
-                                             feature_weight_threshold=1.0), edges).eval()
+    renderer = VolumeRenderer(
+        RendererConfig(render_scale=1.0, lookup=lookup, fine_samples=0, jitter=False, feature_weight_threshold=1.0),
+        edges,
+    ).eval()
     rig = ring_rig(1, (16, 32), hfov_deg=30.0, height=0.0, radius=0.0)  # stays inside the box
     out = renderer(field, rig)
     rays = rig.rays()

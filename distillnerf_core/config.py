@@ -135,9 +135,7 @@ class ModelConfig:
         if len(v.radius) != 3 or min(v.radius) <= 0:
             raise ValueError(f"voxels.radius must be 3 positive numbers, got {v.radius}")
         if self.renderer.lookup not in ("nearest", "trilinear"):
-            raise ValueError(
-                f"renderer.lookup must be 'nearest' or 'trilinear', got {self.renderer.lookup!r}"
-            )
+            raise ValueError(f"renderer.lookup must be 'nearest' or 'trilinear', got {self.renderer.lookup!r}")
         if len(self.image_hw) != 2:
             raise ValueError(f"image_hw must be [H, W], got {self.image_hw}")
         if not 0.0 < self.lift.near < self.lift.linear_far <= self.lift.far:
@@ -146,6 +144,9 @@ class ModelConfig:
             raise ValueError("lift.fine_candidates must be >= 1 and lift.contracted_bins >= 0")
         if (self.encoder.vit_name is None) != (self.encoder.vit_weights is None):
             raise ValueError("encoder.vit_name and encoder.vit_weights must be given together")
+
+
+_SCALARS = {int: int, float: float, bool: bool, str: str}
 
 
 def _build(cls: type, data: Any, where: str) -> Any:
@@ -162,12 +163,17 @@ def _build(cls: type, data: Any, where: str) -> Any:
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             kwargs[key] = _build(hint, value, path)
-        elif hint is float and isinstance(value, int):
-            kwargs[key] = float(value)
-        elif hint is list[float] or (isinstance(hint, types.GenericAlias) and hint.__origin__ is list):
-            kwargs[key] = list(value)
-        else:
-            kwargs[key] = value
+            continue
+        if hint is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        expected = _SCALARS.get(hint)
+        if expected is not None and (not isinstance(value, expected) or isinstance(value, bool) != (hint is bool)):
+            raise ValueError(f"config key '{path}' must be {hint.__name__}, got {value!r}")
+        if isinstance(hint, types.GenericAlias) and hint.__origin__ is list:
+            if not isinstance(value, list | tuple):
+                raise ValueError(f"config key '{path}' must be a list, got {value!r}")
+            value = list(value)
+        kwargs[key] = value
     return cls(**kwargs)
 
 

@@ -9,6 +9,7 @@ returned for supervision is camera Z-DEPTH (distance x z_per_distance).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -29,10 +30,7 @@ def depth_bin_edges(cfg: LiftConfig) -> torch.Tensor:
         radius = cfg.linear_far
         s0 = contract_distance(linear[-1:], radius)
         s1 = contract_distance(torch.tensor([cfg.far], dtype=torch.float64), radius)
-        s = (
-            s0
-            + (s1 - s0) * torch.arange(1, cfg.contracted_bins + 1, dtype=torch.float64) / cfg.contracted_bins
-        )
+        s = s0 + (s1 - s0) * torch.arange(1, cfg.contracted_bins + 1, dtype=torch.float64) / cfg.contracted_bins
         linear = torch.cat([linear, uncontract_distance(s, radius)])
     return linear.float()
 
@@ -55,9 +53,7 @@ def march(density: torch.Tensor, deltas: torch.Tensor, dim: int = -1) -> torch.T
     return torch.exp(-excl) - torch.exp(-cum)
 
 
-def expected_depth(
-    weights: torch.Tensor, t: torch.Tensor, dim: int = -1, max_depth: float = 120.0
-) -> torch.Tensor:
+def expected_depth(weights: torch.Tensor, t: torch.Tensor, dim: int = -1, max_depth: float = 120.0) -> torch.Tensor:
     """sum(w t) / sum(w), clamped to [1e-5, max_depth] (the reference's normalised expectation)."""
     num = (weights * t).sum(dim)
     den = weights.sum(dim).clamp_min(1e-6)
@@ -125,15 +121,13 @@ class LiftSplat(nn.Module):
             spacing = (cfg.fine_spacing_ratio * t_c).clamp(cfg.fine_spacing_min, cfg.fine_spacing_max)
             k = cfg.fine_candidates
             offsets = torch.arange(k, device=features.device, dtype=features.dtype) - (k - 1) / 2
-            t = (t_c[:, None] + offsets.view(1, -1, 1, 1) * spacing[:, None]).clamp_min(
-                cfg.near
-            )  # (BN,K,h,w)
-            norm_depth = torch.log(t_c[:, None]) / torch.log(torch.tensor(cfg.far))
+            t = (t_c[:, None] + offsets.view(1, -1, 1, 1) * spacing[:, None]).clamp_min(cfg.near)  # (BN,K,h,w)
+            norm_depth = torch.log(t_c[:, None]) / math.log(cfg.far)
             pixel = self.fine_pixel(torch.cat([feat, norm_depth], dim=1))  # (BN, Hf, h, w)
             cand = torch.stack(
                 [
                     offsets.view(1, -1, 1, 1).expand_as(t) / max(k / 2, 1.0),
-                    torch.log(t) / torch.log(torch.tensor(cfg.far)),
+                    torch.log(t) / math.log(cfg.far),
                 ],
                 dim=-1,
             )  # (BN,K,h,w,2)
@@ -150,9 +144,7 @@ class LiftSplat(nn.Module):
 
         dirs = rays.directions.reshape(b * n, 1, h, w, 3)
         origins = rays.origins.reshape(b * n, 1, h, w, 3)
-        points = (
-            origins + t.detach()[..., None] * dirs
-        )  # positions: no gradient (voxel assignment is discrete)
+        points = origins + t.detach()[..., None] * dirs  # positions: no gradient (voxel assignment is discrete)
         values = torch.cat(
             [point_w[..., None] * feat[:, None].permute(0, 1, 3, 4, 2), point_logits[..., None]], dim=-1
         )  # (BN, K, h, w, F + 1)

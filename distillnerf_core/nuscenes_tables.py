@@ -1,6 +1,7 @@
 """Read the sensor records of a nuScenes-format dataroot straight from its JSON tables.
 
-Needs only sensor, calibrated_sensor, ego_pose and sample_data, so it also reads partial dataroots (like the
+Needs only the sensor, calibrated_sensor, ego_pose, sample_data, sample and scene tables, so it also reads
+partial dataroots (like the
 bundled keyframe, which nuscenes-devkit cannot load as is). Full dataset loading goes through the devkit
 (datasets.py).
 """
@@ -15,7 +16,7 @@ import numpy as np
 
 from distillnerf_core.geometry import make_transform
 
-REQUIRED_TABLES = ("sensor", "calibrated_sensor", "ego_pose", "sample_data")
+REQUIRED_TABLES = ("sensor", "calibrated_sensor", "ego_pose", "sample_data", "sample", "scene")
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class SensorRecord:
 
     token: str
     sample_token: str
+    scene_name: str
     channel: str  # e.g. CAM_FRONT, LIDAR_TOP
     modality: str  # camera, lidar, radar
     path: Path  # absolute path of the data file
@@ -62,13 +64,23 @@ def _load_table(folder: Path, name: str) -> dict[str, dict]:
     return {row["token"]: row for row in rows}
 
 
-def load_sensor_records(dataroot: str | Path, version: str | None = None) -> list[SensorRecord]:
-    """All sample_data rows as SensorRecords, in timestamp order; every data file must exist."""
+def load_sensor_records(dataroot: str | Path, version: str | None = None, scenes: list[str] | None = None
+                        ) -> list[SensorRecord]:
+    """sample_data rows (keyframes and sweeps) as SensorRecords in timestamp order, optionally only those of
+    the named scenes; every selected data file must exist."""
     dataroot = Path(dataroot).resolve()
     folder = find_version_dir(dataroot, version)
     tables = {name: _load_table(folder, name) for name in REQUIRED_TABLES}
+    scene_names = {token: row["name"] for token, row in tables["scene"].items()}
+    if scenes is not None:
+        unknown = sorted(set(scenes) - set(scene_names.values()))
+        if unknown:
+            raise ValueError(f"unknown scene(s) {unknown} in {folder}; available: {sorted(scene_names.values())}")
     records = []
     for row in tables["sample_data"].values():
+        scene_name = scene_names[tables["sample"][row["sample_token"]]["scene_token"]]
+        if scenes is not None and scene_name not in scenes:
+            continue
         calibration = tables["calibrated_sensor"][row["calibrated_sensor_token"]]
         sensor = tables["sensor"][calibration["sensor_token"]]
         pose = tables["ego_pose"][row["ego_pose_token"]]
@@ -79,6 +91,7 @@ def load_sensor_records(dataroot: str | Path, version: str | None = None) -> lis
         records.append(SensorRecord(
             token=row["token"],
             sample_token=row["sample_token"],
+            scene_name=scene_name,
             channel=sensor["channel"],
             modality=sensor["modality"],
             path=path,

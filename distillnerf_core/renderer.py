@@ -43,9 +43,7 @@ class Hits:
         return Hits(fn(self.fine_rows), fn(self.fine_w), fn(self.coarse_rows), fn(self.coarse_w))
 
 
-def _locate(
-    level: SparseVoxels, s: torch.Tensor, batch: torch.Tensor, mode: str
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _locate(level: SparseVoxels, s: torch.Tensor, batch: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows (M, c) and weights (M, c) of contracted points s (M, 3) in one level."""
     r = level.resolution
     if mode == "nearest":
@@ -94,9 +92,7 @@ class VoxelField:
         cr, cw = _locate(self.coarse, s, batch, lookup)
         return Hits(fr, fw, cr, cw)
 
-    def _level_density(
-        self, name: str, rows: torch.Tensor, w: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _level_density(self, name: str, rows: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Density of one level (mass-scaled) and its occupied mass."""
         mass = w.sum(-1)
         logit = (w * self._padded[name][rows, -1]).sum(-1) / mass.clamp_min(1e-8)
@@ -109,13 +105,15 @@ class VoxelField:
         return fine + (1.0 - fine_mass) * coarse
 
     def features(self, hits: Hits) -> torch.Tensor:
-        """[fine | coarse] features (.., C), each weighted by its occupied mass (zero in empty space)."""
+        """[fine | coarse] features (.., C): the occupied corners' weighted mean per level, zero where empty.
+
+        Normalising by the occupied mass keeps a surface sample's feature intact even when only part of
+        its trilinear neighbourhood is occupied (its density is already opaque there).
+        """
         parts = []
-        for name, rows, w in (
-            ("fine", hits.fine_rows, hits.fine_w),
-            ("coarse", hits.coarse_rows, hits.coarse_w),
-        ):
-            parts.append((w[..., None] * self._padded[name][rows, :-1]).sum(-2))
+        for name, rows, w in (("fine", hits.fine_rows, hits.fine_w), ("coarse", hits.coarse_rows, hits.coarse_w)):
+            acc = (w[..., None] * self._padded[name][rows, :-1]).sum(-2)
+            parts.append(acc / w.sum(-1, keepdim=True).clamp_min(1e-8))
         return torch.cat(parts, dim=-1)
 
     def query(
@@ -188,7 +186,8 @@ class VolumeRenderer(nn.Module):
         origins: torch.Tensor,
         dirs: torch.Tensor,
         sample_head: Callable[[torch.Tensor], torch.Tensor] | None,
-    ):
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Rays (B, R, 3) -> distance (B, R), opacity, features (B, R, C), head (B, R, D), weights (B, R, S)."""
         cfg = self.cfg
         b, r, _ = origins.shape
         edges = self.bin_edges
@@ -216,10 +215,7 @@ class VolumeRenderer(nn.Module):
                 t_fine = (best + offsets * cfg.fine_sample_spacing).clamp(edges[0], edges[-1])
             hits_fine = locate(t_fine)
             hits = Hits(
-                *(
-                    torch.cat([a, c], dim=2)
-                    for a, c in zip(vars(hits).values(), vars(hits_fine).values(), strict=True)
-                )
+                *(torch.cat([a, c], dim=2) for a, c in zip(vars(hits).values(), vars(hits_fine).values(), strict=True))
             )
             t_all = torch.cat([t_coarse, t_fine], -1)
             density = torch.cat([density, field.density(hits_fine)], -1)
@@ -237,9 +233,7 @@ class VolumeRenderer(nn.Module):
         ray_idx = sel // n_samples
         w_sel = weights[sel, None]
         sample_feats = field.features(hits_sel)
-        feat_img = sample_feats.new_zeros(b * r, sample_feats.shape[-1]).index_add(
-            0, ray_idx, w_sel * sample_feats
-        )
+        feat_img = sample_feats.new_zeros(b * r, sample_feats.shape[-1]).index_add(0, ray_idx, w_sel * sample_feats)
         head = None
         if sample_head is not None:
             head_vals = sample_head(sample_feats)

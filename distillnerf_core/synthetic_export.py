@@ -70,9 +70,23 @@ def _yaw_quaternion(yaw: float) -> list[float]:
 
 def write_dataroot(out: str | Path, scenes: int = 1, frames: int = 10, seed: int = 0, cameras: str = "nuscenes",
                    width: int = 400, height: int = 224, voxel_spec: VoxelSpec | None = None,
-                   jpeg_quality: int = 92, progress: bool = True) -> dict:
-    """Render `scenes` x `frames` keyframes into a nuScenes dataroot at `out`. Returns timing stats."""
-    out = Path(out)
+                   jpeg_quality: int = 92, progress: bool = True, threads: int | None = None) -> dict:
+    """Render `scenes` x `frames` keyframes into a nuScenes dataroot at `out`. Returns timing stats.
+
+    `threads` sets torch's intra-op threads for the call (restored afterwards); None keeps the current.
+    """
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _write_dataroot(Path(out), scenes, frames, seed, cameras, width, height, voxel_spec, jpeg_quality,
+                               progress)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _write_dataroot(out: Path, scenes: int, frames: int, seed: int, cameras: str, width: int, height: int,
+                    voxel_spec: VoxelSpec | None, jpeg_quality: int, progress: bool) -> dict:
     voxel_spec = voxel_spec or VoxelSpec()
     rig = load_rig(cameras, width, height)
     table_dir = out / VERSION
@@ -227,13 +241,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    stats = write_dataroot(a.out, a.scenes, a.frames, a.seed, a.cameras, a.width, a.height, progress=not a.quiet)
+    stats = write_dataroot(a.out, a.scenes, a.frames, a.seed, a.cameras, a.width, a.height, progress=not a.quiet,
+                           threads=a.threads or None)
     print(f"wrote {stats['keyframes']} keyframes ({stats['images']} images, {stats['cameras']} cameras, "
           f"{a.width}x{a.height}) to {a.out}/{VERSION} in {stats['wall_s']:.1f} s")
     print(f"speed: {stats['keyframes_per_min']:.1f} frames/min with {stats['cameras']} cameras "
-          f"({stats['images_per_min']:.0f} camera images/min, {torch.get_num_threads()} threads)")
+          f"({stats['images_per_min']:.0f} camera images/min, {a.threads or torch.get_num_threads()} threads)")
     return 0
 
 

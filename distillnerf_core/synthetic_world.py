@@ -299,70 +299,96 @@ def value_noise(u: torch.Tensor, v: torch.Tensor, scale: float, salt: int = 0) -
     return (a * (1 - fu) + b * fu) * (1 - fv) + (c * (1 - fu) + d * fu) * fv
 
 
-def _frustum_keep(lo: np.ndarray, hi: np.ndarray, world2cam: np.ndarray, K: np.ndarray, size: tuple[int, int],
-                  far: float) -> np.ndarray:
-    """Boxes (B,) that may be visible: not entirely outside one frustum plane, not beyond `far`."""
-    corners = np.stack([np.where(np.array([(i >> k) & 1 for k in range(3)], bool), hi, lo) for i in range(8)], 1)
-    cam = corners @ world2cam[:3, :3].T + world2cam[:3, 3]  # (B, 8, 3)
+def _box_corners(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """(B, 8, 3) corners of axis-aligned boxes."""
+    return np.stack([np.where(np.array([(i >> k) & 1 for k in range(3)], bool), hi, lo) for i in range(8)], 1)
+
+
+def screen_rects(corners: np.ndarray, world2cam: np.ndarray, K: np.ndarray, size: tuple[int, int],
+                 far: float) -> np.ndarray:
+    """(B, 4) pixel rectangles [row0, row1, col0, col1) that contain the projection of each convex set given
+    by its corners (B, C, 3); empty (all zeros) when the set is outside the frustum or beyond `far`, the
+    whole image when it crosses the camera plane."""
+    cam = corners @ world2cam[:3, :3].T + world2cam[:3, 3]
     x, y, z = cam[..., 0], cam[..., 1], cam[..., 2]
     w, h = size
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
-    planes = [z, fx * x + cx * z, (w - cx) * z - fx * x, fy * y + cy * z, (h - cy) * z - fy * y, far - z]
-    keep = np.ones(len(lo), bool)
-    for p in planes:
-        keep &= ~(p < 0).all(axis=1)
-    return keep
+    outside = np.zeros(len(cam), bool)
+    for plane in (z, fx * x + cx * z, (w - cx) * z - fx * x, fy * y + cy * z, (h - cy) * z - fy * y, far - z):
+        outside |= (plane < 0).all(axis=1)
+    rects = np.zeros((len(cam), 4), np.int64)
+    front = (z > 1e-3).all(axis=1) & ~outside
+    zs = np.where(z > 1e-3, z, 1.0)
+    u, v = fx * x / zs + cx, fy * y / zs + cy
+    rects[front] = np.stack([np.floor(v.min(1)) - 1, np.ceil(v.max(1)) + 1, np.floor(u.min(1)) - 1,
+                             np.ceil(u.max(1)) + 1], 1)[front].astype(np.int64)
+    rects[~front & ~outside] = [0, h, 0, w]
+    rects[:, :2] = rects[:, :2].clip(0, h)
+    rects[:, 2:] = rects[:, 2:].clip(0, w)
+    return rects
 
 
 def cast_rays(town: Town, t: float, origin: np.ndarray, dirs: torch.Tensor, far: float,
-              box_keep: np.ndarray | None = None) -> Hits:
-    """Closest hit of rays origin + s * dirs (dirs need not be unit; s is returned) at scene time t."""
-    n = dirs.shape[0]
+              box_rects: np.ndarray | None = None, sphere_rects: np.ndarray | None = None) -> Hits:
+    """Closest hit of rays origin + s * dirs at scene time t; dirs (H, W, 3) or (R, 3), need not be unit.
+
+    `box_rects` / `sphere_rects` (from `screen_rects`) restrict each primitive to the ray sub-grid
+    [row0:row1, col0:col1] that can see it (cameras); without them every ray is tested. Returns flat (R,)
+    hits with s, the ray parameter (the camera z-depth when dirs have z = 1 in the camera frame).
+    """
+    grid = dirs if dirs.dim() == 3 else dirs[None]
+    hh, ww = grid.shape[:2]
     o = torch.as_tensor(origin, dtype=torch.float32)
-    # Ray parameter limit: far measured in metres along the ray.
-    dnorm = dirs.norm(dim=1)
-    best = torch.full((n,), math.inf)
-    kind = torch.zeros(n, dtype=torch.long)
-    index = torch.zeros(n, dtype=torch.long)
-    # Ground plane z = 0.
-    dz = dirs[:, 2]
+    best = torch.full((hh, ww), math.inf)
+    kind = torch.zeros(hh, ww, dtype=torch.long)
+    index = torch.zeros(hh, ww, dtype=torch.long)
+    # Ground plane z = 0, up to `far` metres along the ray.
+    dz = grid[..., 2]
     s_ground = torch.where(dz < -1e-9, -o[2] / dz.clamp(max=-1e-9), torch.full_like(dz, math.inf))
-    ok = s_ground * dnorm < far
+    ok = s_ground * grid.norm(dim=-1) < far
     best = torch.where(ok, s_ground, best)
     kind[ok] = 1
-    # Boxes (slab test), culled by distance and (optionally) the caller's frustum mask.
+    full = np.array([0, hh, 0, ww])
+    # Boxes (slab test), culled by distance and by the caller's rectangles.
     lo, hi = town.boxes_at(t)
-    centre, radius = (lo + hi) / 2, np.linalg.norm(hi - lo, axis=1) / 2
-    keep = np.linalg.norm(centre - origin, axis=1) - radius < far
-    if box_keep is not None:
-        keep &= box_keep
-    safe = torch.where(dirs.abs() < 1e-12, torch.full_like(dirs, 1e-12), dirs)
-    inv = 1.0 / safe
+    keep = np.linalg.norm((lo + hi) / 2 - origin, axis=1) - np.linalg.norm(hi - lo, axis=1) / 2 < far
+    if box_rects is not None:
+        keep &= (box_rects[:, 1] > box_rects[:, 0]) & (box_rects[:, 3] > box_rects[:, 2])
+    inv = 1.0 / torch.where(grid.abs() < 1e-12, torch.full_like(grid, 1e-12), grid)
     lo_t, hi_t = torch.as_tensor(lo, dtype=torch.float32), torch.as_tensor(hi, dtype=torch.float32)
     for b in np.nonzero(keep)[0].tolist():
-        t1 = (lo_t[b] - o) * inv
-        t2 = (hi_t[b] - o) * inv
-        tmin = torch.minimum(t1, t2).amax(dim=1)
-        tmax = torch.maximum(t1, t2).amin(dim=1)
-        hit = (tmax >= tmin) & (tmin > 1e-4) & (tmin < best)
-        best = torch.where(hit, tmin, best)
-        kind[hit] = 2
-        index[hit] = b
+        r0, r1, c0, c1 = (box_rects[b] if box_rects is not None else full).tolist()
+        iv = inv[r0:r1, c0:c1]
+        t1 = (lo_t[b] - o) * iv
+        t2 = (hi_t[b] - o) * iv
+        tmin = torch.minimum(t1, t2).amax(dim=-1)
+        tmax = torch.maximum(t1, t2).amin(dim=-1)
+        sub = best[r0:r1, c0:c1]
+        hit = (tmax >= tmin) & (tmin > 1e-4) & (tmin < sub)
+        sub[hit] = tmin[hit]
+        kind[r0:r1, c0:c1][hit] = 2
+        index[r0:r1, c0:c1][hit] = b
     # Spheres.
     sc = town.spheres_at(t)
     skeep = np.linalg.norm(sc - origin, axis=1) - town.sph_radius < far
-    a = (dirs * dirs).sum(1)
+    if sphere_rects is not None:
+        skeep &= (sphere_rects[:, 1] > sphere_rects[:, 0]) & (sphere_rects[:, 3] > sphere_rects[:, 2])
     for k in np.nonzero(skeep)[0].tolist():
+        r0, r1, c0, c1 = (sphere_rects[k] if sphere_rects is not None else full).tolist()
+        d = grid[r0:r1, c0:c1]
         oc = o - torch.as_tensor(sc[k], dtype=torch.float32)
-        b_ = (dirs * oc).sum(1)
+        b_ = d @ oc
         c_ = (oc * oc).sum() - float(town.sph_radius[k]) ** 2
+        a = (d * d).sum(-1)
         disc = b_ * b_ - a * c_
         s = (-b_ - disc.clamp(min=0).sqrt()) / a
-        hit = (disc >= 0) & (s > 1e-4) & (s < best)
-        best = torch.where(hit, s, best)
-        kind[hit] = 3
-        index[hit] = k
-    return _shade_attributes(town, t, o, dirs, best, kind, index)
+        sub = best[r0:r1, c0:c1]
+        hit = (disc >= 0) & (s > 1e-4) & (s < sub)
+        sub[hit] = s[hit]
+        kind[r0:r1, c0:c1][hit] = 3
+        index[r0:r1, c0:c1][hit] = k
+    flat = grid.reshape(-1, 3)
+    return _shade_attributes(town, t, o, flat, best.reshape(-1), kind.reshape(-1), index.reshape(-1))
 
 
 def _shade_attributes(town: Town, t: float, o: torch.Tensor, dirs: torch.Tensor, best: torch.Tensor,
@@ -485,8 +511,11 @@ def render_camera(town: Town, t: float, cam2town: np.ndarray, K: np.ndarray, siz
     R = torch.as_tensor(cam2town[:3, :3], dtype=torch.float32)
     dirs = d_cam @ R.T
     lo, hi = town.boxes_at(t)
-    keep = _frustum_keep(lo, hi, invert_transform(cam2town), K, size, CAMERA_FAR)
-    hits = cast_rays(town, t, cam2town[:3, 3], dirs, CAMERA_FAR, keep)
+    world2cam = invert_transform(cam2town)
+    sc, sr = town.spheres_at(t), town.sph_radius[:, None]
+    box_rects = screen_rects(_box_corners(lo, hi), world2cam, K, size, CAMERA_FAR)
+    sph_rects = screen_rects(_box_corners(sc - sr, sc + sr), world2cam, K, size, CAMERA_FAR)
+    hits = cast_rays(town, t, cam2town[:3, 3], dirs.reshape(h, w, 3), CAMERA_FAR, box_rects, sph_rects)
     rgb = shade(town, hits, dirs)
     depth = torch.where(hits.kind > 0, hits.t, torch.zeros_like(hits.t))
     sem = torch.where(hits.kind > 0, hits.cls, torch.zeros_like(hits.cls))
@@ -532,31 +561,49 @@ def semantic_voxels(town: Town, t: float, ego2town: np.ndarray, spec: VoxelSpec 
 
     A voxel takes the class of a box or sphere it overlaps (tested on its centre against the primitive
     grown by half a voxel), otherwise of the ground if its z-interval contains the ground plane.
+    Later primitives overwrite earlier ones where they share a voxel.
     """
     spec = spec or VoxelSpec()
     centers = spec.centers()
     shape = centers.shape[:3]
-    pts = torch.as_tensor(centers.reshape(-1, 3) @ ego2town[:3, :3].T + ego2town[:3, 3], dtype=torch.float32)
-    half = spec.voxel_size / 2
-    labels = torch.zeros(pts.shape[0], dtype=torch.uint8)
+    pts = torch.as_tensor(centers @ ego2town[:3, :3].T + ego2town[:3, 3], dtype=torch.float32)  # (X, Y, Z, 3)
+    half, size = spec.voxel_size / 2, spec.voxel_size
+    labels = torch.zeros(shape, dtype=torch.uint8)
     # Ground (z = 0 plane) by region; lane markings are labelled road at this resolution.
-    zc = pts[:, 2]
+    zc = pts[..., 2]
     ground = (zc - half <= 0) & (zc + half > 0)
-    on_road = pts[:, 1].abs() < ROAD_HALF
+    on_road = pts[..., 1].abs() < ROAD_HALF
     labels[ground & on_road] = CLASS_ID["road"]
     labels[ground & ~on_road] = CLASS_ID["terrain"]
+    town2ego = invert_transform(ego2town)
+    origin = np.array(spec.pc_range[:3])
+
+    def block(corners_town: np.ndarray) -> tuple[slice, slice, slice] | None:
+        """Index ranges of the voxels whose centres may fall in the set spanned by these corners."""
+        e = corners_town @ town2ego[:3, :3].T + town2ego[:3, 3]
+        lo_i = np.floor((e.min(0) - origin) / size - 0.5).astype(int)
+        hi_i = np.ceil((e.max(0) - origin) / size + 0.5).astype(int) + 1
+        lo_i, hi_i = np.maximum(lo_i, 0), np.minimum(hi_i, shape)
+        if (hi_i <= lo_i).any():
+            return None
+        return tuple(slice(a, b) for a, b in zip(lo_i, hi_i, strict=True))
+
     lo, hi = town.boxes_at(t)
-    reach = np.abs(spec.pc_range).max() * 1.5 + 5
-    near = np.linalg.norm((lo + hi) / 2 - ego2town[:3, 3], axis=1) - np.linalg.norm(hi - lo, axis=1) / 2 < reach
-    for b in np.nonzero(near)[0].tolist():
-        blo = torch.as_tensor(lo[b] - half, dtype=torch.float32)
-        bhi = torch.as_tensor(hi[b] + half, dtype=torch.float32)
-        inside = ((pts >= blo) & (pts <= bhi)).all(dim=1)
-        labels[inside] = int(town.box_cls[b])
+    corners = _box_corners(lo - half, hi + half)
+    for b in range(len(lo)):
+        sl = block(corners[b])
+        if sl is None:
+            continue
+        sub = pts[sl]
+        inside = ((sub >= torch.as_tensor(lo[b] - half, dtype=torch.float32))
+                  & (sub <= torch.as_tensor(hi[b] + half, dtype=torch.float32))).all(dim=-1)
+        labels[sl][inside] = int(town.box_cls[b])
     sc = town.spheres_at(t)
     for k in range(len(sc)):
-        if np.linalg.norm(sc[k] - ego2town[:3, 3]) > reach:
+        r = float(town.sph_radius[k]) + half
+        sl = block(_box_corners(sc[k:k + 1] - r, sc[k:k + 1] + r)[0])
+        if sl is None:
             continue
-        d = (pts - torch.as_tensor(sc[k], dtype=torch.float32)).norm(dim=1)
-        labels[d <= float(town.sph_radius[k]) + half] = int(town.sph_cls[k])
-    return labels.reshape(shape).numpy()
+        d = (pts[sl] - torch.as_tensor(sc[k], dtype=torch.float32)).norm(dim=-1)
+        labels[sl][d <= r] = int(town.sph_cls[k])
+    return labels.numpy()

@@ -9,13 +9,14 @@ from __future__ import annotations
 import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import TransformStamped
-from sensor_msgs.msg import CameraInfo, CompressedImage
+from sensor_msgs.msg import CameraInfo, CompressedImage, PointCloud2
 from std_msgs.msg import Header
 from tf2_msgs.msg import TFMessage
 
 from distillnerf_core.geometry import matrix_to_quaternion
 from distillnerf_core.nuscenes_tables import SensorRecord
 from distillnerf_ros.camera_info import CameraIntrinsics, intrinsics_to_camera_info
+from distillnerf_ros.pointcloud import make_points, points_to_pointcloud2
 
 MAP_FRAME = "map"
 BASE_FRAME = "base_link"
@@ -64,3 +65,15 @@ def camera_messages(record: SensorRecord) -> tuple[CompressedImage, CameraInfo]:
     image = CompressedImage(header=header, format="jpeg", data=record.path.read_bytes())
     info = intrinsics_to_camera_info(CameraIntrinsics(record.intrinsics, record.width, record.height), header)
     return image, info
+
+
+def lidar_message(record: SensorRecord) -> PointCloud2:
+    """The record's sweep (.pcd.bin, float32 x, y, z, intensity, ring) as PointCloud2 in the LiDAR frame."""
+    raw = np.fromfile(record.path, dtype=np.float32)
+    if raw.size % 5:
+        raise ValueError(f"{record.path} holds {raw.size} floats, not a multiple of 5 (x, y, z, intensity, ring)")
+    points = raw.reshape(-1, 5)
+    header = Header(stamp=stamp_from_us(record.timestamp_us), frame_id=frame_id(record.channel))
+    return points_to_pointcloud2(
+        make_points(points[:, :3], intensity=points[:, 3].astype(np.float32), ring=points[:, 4].astype(np.uint16)),
+        header)

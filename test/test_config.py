@@ -45,5 +45,9 @@ def test_invalid_values_rejected(tmp_path):
         config_from_dict({"renderer": {"lookup": "cubic"}})
     with pytest.raises(ValueError, match="fine_resolution"):
         config_from_dict({"voxels": {"coarse_resolution": 100, "fine_resolution": 256}})
+    with pytest.raises(ValueError, match=r"lift\.fine_candidates' must be int"):
+        config_from_dict({"lift": {"fine_candidates": "15"}})
+    with pytest.raises(ValueError, match=r"feature_head\.enabled' must be bool"):
+        config_from_dict({"feature_head": {"enabled": 1}})
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load_config(tmp_path / "nope.yaml")

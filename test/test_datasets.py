@@ -19,10 +19,9 @@ IMAGE = (56, 96)
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    torch.set_num_threads(2)
     path = tmp_path_factory.mktemp("synth_ds")
     write_dataroot(path, scenes=2, frames=2, seed=7, width=NATIVE_W, height=NATIVE_H,
-                   voxel_spec=VoxelSpec(voxel_size=0.8), progress=False)
+                   voxel_spec=VoxelSpec(voxel_size=0.8), progress=False, threads=1)
     return path
 
 

@@ -33,8 +33,9 @@ def test_fpn_shape_and_grad():
 def test_vit_loads_local_safetensors(tmp_path):
     path = tmp_path / "tiny_vit.safetensors"
     vit = _save_tiny_vit(path)
-    cfg = EncoderConfig(fpn_widths=[8, 16], out_channels=16, vit_name=VIT, vit_weights=str(path),
-                        vit_kwargs=VIT_KWARGS, vit_channels=8)
+    cfg = EncoderConfig(
+        fpn_widths=[8, 16], out_channels=16, vit_name=VIT, vit_weights=str(path), vit_kwargs=VIT_KWARGS, vit_channels=8
+    )
     enc = ImageEncoder(cfg)
     for key, value in vit.state_dict().items():
         assert torch.equal(enc.vit.vit.state_dict()[key], value), f"ViT weight {key} not loaded from file"

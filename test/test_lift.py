@@ -24,8 +24,9 @@ def test_march_constant_density():
     deltas = torch.full((10,), 0.5)
     w = march(density, deltas)
     assert torch.isclose(w.sum(), 1 - torch.exp(torch.tensor(-1.5))), "weights must sum to 1 - T_final"
-    assert torch.isclose(expected_depth(torch.tensor([0.0, 1.0, 0.0]), torch.tensor([1.0, 2.0, 3.0])),
-                         torch.tensor(2.0))
+    assert torch.isclose(
+        expected_depth(torch.tensor([0.0, 1.0, 0.0]), torch.tensor([1.0, 2.0, 3.0])), torch.tensor(2.0)
+    )
 
 
 def _lift(two_stage=True):
@@ -49,14 +50,16 @@ def test_depth_outputs_are_z_depth():
     centre = lift.bin_centers[target_bin]
     want = centre * rays.z_per_distance
     assert torch.allclose(out.coarse_depth, want, rtol=1e-3), (
-        f"coarse depth must be camera z-depth = distance {centre:.2f} x z_per_distance")
+        f"coarse depth must be camera z-depth = distance {centre:.2f} x z_per_distance"
+    )
     corner_ratio = out.coarse_depth[0, 0, 0, 0] / centre
     assert corner_ratio < 0.8, f"wide-angle corner pixel z/distance ratio {corner_ratio:.3f} should be < 0.8"
     spacing = min(max(cfg.fine_spacing_ratio * float(centre), cfg.fine_spacing_min), cfg.fine_spacing_max)
     half = spacing * (cfg.fine_candidates - 1) / 2
     dist = out.fine_depth / rays.z_per_distance
     assert ((dist >= centre - half - 1e-3) & (dist <= centre + half + 1e-3)).all(), (
-        "fine depth must lie within the candidate span around the coarse depth")
+        "fine depth must lie within the candidate span around the coarse depth"
+    )
 
 
 def test_points_lie_on_rays():

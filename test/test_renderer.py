@@ -29,8 +29,7 @@ def _wall_field(first_index=338, thickness=4, channels=2):
     idx = torch.stack(torch.meshgrid(xs, ys, zs, indexing="ij"), -1).reshape(-1, 3)
     values = torch.cat([torch.ones(idx.shape[0], channels - 1), torch.full((idx.shape[0], 1), 30.0)], -1)
     fine = pool(torch.zeros(idx.shape[0], dtype=torch.long), idx, values, FINE_RES, 1)
-    surface = float(uncontract(voxel_centers(torch.tensor([first_index, 0, 0]), FINE_RES) - 1 / FINE_RES,
-                               RADIUS)[0])
+    surface = float(uncontract(voxel_centers(torch.tensor([first_index, 0, 0]), FINE_RES) - 1 / FINE_RES, RADIUS)[0])
     coarse = _empty(COARSE_RES)
     coarse = coarse.with_features(torch.zeros(0, channels))
     return VoxelField(coarse, fine, RADIUS), surface
@@ -72,10 +71,12 @@ def test_fine_level_overrides_coarse():
     # a coarse wall nearer (about 10 m) is ignored only where the fine level is occupied; here it is not
     s_x = contract(torch.tensor([10.0, 0.0, 0.0]), RADIUS)[0]
     ci = int((s_x + 1) * COARSE_RES / 2)
-    idx = torch.stack(torch.meshgrid(torch.tensor([ci]), torch.arange(40, 88), torch.arange(0, 128),
-                                     indexing="ij"), -1).reshape(-1, 3)
-    coarse = pool(torch.zeros(len(idx), dtype=torch.long), idx, torch.tensor([[0.0, 30.0]]).expand(len(idx), 2),
-                  COARSE_RES, 1)
+    idx = torch.stack(
+        torch.meshgrid(torch.tensor([ci]), torch.arange(40, 88), torch.arange(0, 128), indexing="ij"), -1
+    ).reshape(-1, 3)
+    coarse = pool(
+        torch.zeros(len(idx), dtype=torch.long), idx, torch.tensor([[0.0, 30.0]]).expand(len(idx), 2), COARSE_RES, 1
+    )
     both = VoxelField(coarse, field.fine, RADIUS)
     out = _renderer("nearest")(both, ring_rig(1, (4, 4), hfov_deg=20.0, height=0.0, radius=0.0))
     assert (out.depth < 12).all(), f"the nearer coarse wall must be seen where fine is empty: {out.depth}"

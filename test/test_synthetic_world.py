@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from distillnerf_core.datasets import NuScenesDataset
 from distillnerf_core.geometry import invert_transform
@@ -21,9 +20,8 @@ W, H = 160, 90
 
 @pytest.fixture(scope="module")
 def synth_root(tmp_path_factory):
-    torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("synth")
-    stats = write_dataroot(root, scenes=1, frames=FRAMES, seed=3, width=W, height=H, progress=False)
+    stats = write_dataroot(root, scenes=1, frames=FRAMES, seed=3, width=W, height=H, progress=False, threads=1)
     assert stats["images"] == 6 * FRAMES, f"expected {6 * FRAMES} camera images, wrote {stats['images']}"
     return root
 
@@ -127,7 +125,7 @@ def _digest(root):
 
 
 def test_deterministic_from_seed(tmp_path):
-    kw = dict(scenes=1, frames=1, width=64, height=36, voxel_spec=VoxelSpec(voxel_size=1.6), progress=False)
+    kw = dict(scenes=1, frames=1, width=64, height=36, voxel_spec=VoxelSpec(voxel_size=1.6), progress=False, threads=1)
     write_dataroot(tmp_path / "a", seed=11, **kw)
     write_dataroot(tmp_path / "b", seed=11, **kw)
     write_dataroot(tmp_path / "c", seed=12, **kw)
@@ -150,7 +148,7 @@ def test_other_rigs(tmp_path):
     assert front.channel == "CAM_FRONT" and abs(front.K[0, 0] - 1266.417203046554 * 0.25) < 1e-6, \
         "nuScenes CAM_FRONT intrinsics not scaled from the real calibration"
     write_dataroot(tmp_path / "f3", scenes=1, frames=2, seed=1, cameras="front3", width=72, height=48,
-                   voxel_spec=VoxelSpec(voxel_size=1.6), progress=False)
+                   voxel_spec=VoxelSpec(voxel_size=1.6), progress=False, threads=1)
     ds = NuScenesDataset(tmp_path / "f3", VERSION, image_size=(48, 72),
                          cameras=["CAM_FRONT", "CAM_FRONT_LEFT", "CAM_FRONT_RIGHT"])
     item = ds[0]
