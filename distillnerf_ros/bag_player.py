@@ -114,7 +114,8 @@ class BagPlayer(Node):
     def wait_for_subscribers(self, timeout_s: float) -> None:
         """Give discovery time to match, so the first messages are not published into the void."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and not any(p.get_subscription_count() for p in self._topic_publishers.values()):
+        publishers = self._topic_publishers.values()
+        while time.monotonic() < deadline and not any(p.get_subscription_count() for p in publishers):
             time.sleep(0.05)
 
 
