@@ -85,7 +85,12 @@ def min_pool_depth(u: np.ndarray, v: np.ndarray, z: np.ndarray, full_wh: tuple[i
 
 
 def nearest_resize(array: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """Sample a (H, W) array at the centres of an (h, w) grid covering the same image."""
+    """Nearest-neighbour resize of a (H, W) array to (h, w) (no mixing of depths or labels across edges).
+
+    Target pixel i takes source pixel floor((i + 0.5) * H / h): for an even downsampling factor that source
+    pixel's centre lies a quarter of a target pixel right/below the target centre; use render_size equal to
+    the native size where sub-pixel exactness matters.
+    """
     H, W = array.shape[:2]
     rows = np.minimum(((np.arange(hw[0]) + 0.5) * H / hw[0]).astype(np.int64), H - 1)
     cols = np.minimum(((np.arange(hw[1]) + 0.5) * W / hw[1]).astype(np.int64), W - 1)

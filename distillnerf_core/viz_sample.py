@@ -34,8 +34,8 @@ def render_contact_sheet(dataroot: str | Path, version: str, sample_token: str |
     nusc = NuScenes(version=version, dataroot=str(dataroot), verbose=False)
     if cameras is None:
         first = nusc.sample[0] if sample_token is None else nusc.get("sample", sample_token)
-        cameras = [c for c in NUSCENES_CAMERAS if c in first["data"]] or sorted(
-            ch for ch in first["data"] if ch.startswith("CAM"))
+        present = [ch for ch in first["data"] if ch.startswith("CAM")]
+        cameras = [c for c in NUSCENES_CAMERAS if c in present] + sorted(set(present) - set(NUSCENES_CAMERAS))
     cameras = _display_order(cameras)
     # Display size from the first camera's native aspect.
     sample = nusc.sample[0] if sample_token is None else nusc.get("sample", sample_token)
@@ -50,7 +50,7 @@ def render_contact_sheet(dataroot: str | Path, version: str, sample_token: str |
     if "dense_depth" in item:
         sections += [("dense z-depth (GT)", "depth"), ("semantics (GT)", "sem")]
     palette = np.array(ds.gt_meta["palette"], np.uint8) if ds.gt_meta else None
-    cols = 3
+    cols = min(3, len(cameras))
     rows_per_section = (len(cameras) + cols - 1) // cols
     n_rows = rows_per_section * len(sections)
     fig, axes = plt.subplots(n_rows, cols, figsize=(cols * 4.0, n_rows * 4.0 * height / width + 0.6), squeeze=False)

@@ -111,12 +111,23 @@ class BagPlayer(Node):
         stats.seconds += time.monotonic() - wall_start
         stats.loops += 1
 
-    def wait_for_subscribers(self, timeout_s: float) -> None:
-        """Give discovery time to match, so the first messages are not published into the void."""
+    def wait_for_subscribers(self, timeout_s: float, settle_s: float = 0.5) -> None:
+        """Wait for a first subscriber, then until discovery settles (no new match for settle_s), so the
+        first messages are not published before every listening topic has matched."""
         deadline = time.monotonic() + timeout_s
-        publishers = self._topic_publishers.values()
-        while time.monotonic() < deadline and not any(p.get_subscription_count() for p in publishers):
-            time.sleep(0.05)
+        publishers = list(self._topic_publishers.values())
+        matched, last_change = 0, time.monotonic()
+        while time.monotonic() < deadline:
+            now_matched = sum(p.get_subscription_count() for p in publishers)
+            if now_matched != matched:
+                matched, last_change = now_matched, time.monotonic()
+            elif matched and time.monotonic() - last_change >= settle_s:
+                return
+            time.sleep(0.02)
+
+    def drain(self, seconds: float) -> None:
+        """Stay alive briefly after the last message so reliable subscribers can receive resends."""
+        time.sleep(seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             player.play_once(args.rate, args.start_offset, args.clock_hz, stats)
             if not args.loop or (args.max_loops and stats.loops >= args.max_loops):
                 break
+        player.drain(0.5)
     except BagError as error:
         print(f"distillnerf-play: error: {error}", file=sys.stderr)
         return 2

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from rclpy.clock import JumpThreshold
+from rclpy.clock import Clock, ClockType, JumpThreshold
 from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import (
@@ -83,6 +83,8 @@ def input_qos(reliability: str, depth: int) -> QoSProfile:
                       durability=DurabilityPolicy.VOLATILE)
 
 
+STEADY_CLOCK = Clock(clock_type=ClockType.STEADY_TIME)
+
 TF_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
                     durability=DurabilityPolicy.VOLATILE)
 TF_STATIC_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
@@ -119,7 +121,8 @@ class CameraRigInput:
                 image_type, camera.image_topic, self._image_callback(camera.name), qos))
             self._subscriptions.append(node.create_subscription(
                 CameraInfo, camera.info_topic, self._info_callback(camera.name), qos))
-        self._retry_timer = node.create_timer(0.02, self._retry_waiting)
+        # Steady clock: with use_sim_time a ROS-time timer would stall whenever /clock pauses (end of a bag).
+        self._retry_timer = node.create_timer(0.02, self._retry_waiting, clock=STEADY_CLOCK)
         self._jump_handler = node.get_clock().create_jump_callback(
             JumpThreshold(min_forward=None, min_backward=Duration(seconds=-0.1), on_clock_change=True),
             post_callback=lambda _jump: self.reset())

@@ -14,7 +14,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 
-from distillnerf_ros.camera_rig import RigFrame, declare_rig_parameters, rig_input_from_parameters
+from distillnerf_ros.camera_rig import STEADY_CLOCK, RigFrame, declare_rig_parameters, rig_input_from_parameters
 
 
 def describe_frame(frame: RigFrame) -> str:
@@ -42,7 +42,7 @@ class RigMonitorNode(Node):
         self.frames: list[RigFrame] = []
         self.rig = rig_input_from_parameters(self, self._on_frame)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_timer(1.0, self._publish_diagnostics)
+        self.create_timer(1.0, self._publish_diagnostics, clock=STEADY_CLOCK)
 
     @property
     def done(self) -> bool:

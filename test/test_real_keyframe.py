@@ -81,3 +81,16 @@ def test_lidar_depth_targets(dataset):
     assert item["has_next"] is False and "dense_depth" not in item, "real keyframe has no next sample and no GT"
     offsets = item["time_offsets"].numpy()
     assert offsets.min() > -0.045 and offsets.max() < 0, f"camera times vs LiDAR {offsets} s (README: -43..-0.5 ms)"
+
+
+def test_cli_and_contact_sheet(tmp_path, capsys):
+    from distillnerf_core import nuscenes_sample, viz_sample
+
+    assert nuscenes_sample.main(["--src", str(SRC), "--out", str(tmp_path / "root"), "--link"]) == 0
+    out = tmp_path / "sheet.png"
+    assert viz_sample.main(["--dataroot", str(tmp_path / "root"), "--version", VERSION, "--sample", SAMPLE,
+                            "--out", str(out), "--width", "320"]) == 0
+    from PIL import Image
+
+    with Image.open(out) as im:
+        assert im.size[0] > 600 and im.size[1] > 300, f"contact sheet too small: {im.size}"

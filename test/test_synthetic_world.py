@@ -155,3 +155,12 @@ def test_other_rigs(tmp_path):
     assert item["images"].shape == (3, 3, 48, 72) and item["has_next"], "front3 sample malformed"
     lidar2cam = invert_transform(item["cam2ego"][0].double().numpy()) @ item["lidar2ego"].double().numpy()
     assert np.isfinite(lidar2cam).all()
+
+
+def test_cli_prints_speed(tmp_path, capsys):
+    from distillnerf_core.synthetic_export import main
+
+    assert main(["--out", str(tmp_path / "cli"), "--frames", "1", "--width", "48", "--height", "32", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "frames/min" in printed, f"CLI must print its speed, printed: {printed!r}"
+    assert (tmp_path / "cli" / VERSION / "sample_data.json").is_file()
