@@ -1,7 +1,8 @@
 """pip install of the ROS-free library `distillnerf_core` (training clusters have no ROS).
 
 The ROS 2 package (nodes, the QueryScene service, launch/config/rviz) is built by CMakeLists.txt with
-colcon or plain cmake; see README.md.
+colcon or plain cmake; see README.md. The `distillnerf_ros` modules are installed here too, so that the
+bag tools exist as commands on the pip-only setup; they import rclpy only when run.
 """
 
 from setuptools import find_packages, setup
@@ -12,7 +13,7 @@ setup(
     description="DistillNeRF (NeurIPS 2024) in plain PyTorch: model, data, training, evaluation",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["distillnerf_core", "distillnerf_core.*"]),
+    packages=find_packages(include=["distillnerf_core", "distillnerf_core.*", "distillnerf_ros"]),
     package_data={"distillnerf_core": ["configs/*.yaml"]},
     install_requires=["torch", "numpy", "pyyaml", "safetensors", "pillow", "tqdm"],
     entry_points={
@@ -21,6 +22,8 @@ setup(
             "distillnerf-synth=distillnerf_core.synthetic_export:main",
             "distillnerf-nusc-sample=distillnerf_core.nuscenes_sample:main",
             "distillnerf-viz-sample=distillnerf_core.viz_sample:main",
+            "distillnerf-nusc2bag=distillnerf_ros.nusc2bag:main",
+            "distillnerf-play=distillnerf_ros.bag_player:main",
         ],
     },
 )

@@ -49,7 +49,7 @@ def test_package_xml_names_the_package_and_its_interface_group():
 
 def test_installed_programs_and_directories_exist():
     cmake = (REPO / "CMakeLists.txt").read_text()
-    for program in ("scripts/rig_monitor", "scripts/dataroot_publisher"):
+    for program in ("scripts/rig_monitor", "scripts/dataroot_publisher", "scripts/nusc2bag", "scripts/play"):
         assert program in cmake and (REPO / program).stat().st_mode & 0o111, f"{program} missing or not executable"
     for directory in ("launch", "config", "rviz"):
         assert any((REPO / directory).iterdir()), f"{directory}/ is installed but empty"
