@@ -76,12 +76,25 @@ def save_checkpoint(model: DistillNeRFModel, path: str | Path, extra: dict[str, 
     return path
 
 
+def _looks_like_safetensors(path: Path) -> bool:
+    """A safetensors file starts with an 8-byte little-endian header length, then a JSON object."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    if len(head) < 9:
+        return False
+    header_length = int.from_bytes(head[:8], "little")
+    return 0 < header_length <= size - 8 and head[8:9] == b"{"
+
+
 def _refuse_pickle(path: Path) -> None:
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise CheckpointError(
             f"{path}: refusing a pickle-based checkpoint ({path.suffix}); "
             "only .safetensors + .json checkpoints are loaded (pickle can run code)"
         )
+    if _looks_like_safetensors(path):
+        return
     with open(path, "rb") as handle:
         head = handle.read(2)
     if head[:1] == b"\x80" or head == b"PK":

@@ -1,0 +1,230 @@
+"""Run a trained model on one multi-camera frame given as plain arrays: what a ROS node (or any other
+runtime) needs, with no ROS in it.
+
+`ScenePredictor` loads a checkpoint onto a device, resizes each camera to the model's input size (scaling
+its intrinsics), encodes the scene once and produces only the outputs asked for: per-camera depth (camera
+z-depth) and rendered RGB, occupied voxels with colour and density, and a bird's-eye occupancy map.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import load_checkpoint
+from .model import DistillNeRFModel
+from .occupancy import query_occupancy
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class DeviceUnavailableError(RuntimeError):
+    """The requested device does not exist on this machine."""
+
+
+def resolve_device(requested: str) -> torch.device:
+    """`auto` -> cuda when available else cpu; `cuda` / `cuda:N` must exist (DeviceUnavailableError)."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError as error:
+        raise ValueError(f"invalid device '{requested}' (use auto, cpu, cuda or cuda:N)") from error
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceUnavailableError(f"device '{requested}' requested but CUDA is not available here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceUnavailableError(f"device '{requested}' requested but only {torch.cuda.device_count()}"
+                                         " CUDA device(s) exist")
+    elif device.type != "cpu":
+        raise ValueError(f"unsupported device '{requested}' (use auto, cpu, cuda or cuda:N)")
+    return device
+
+
+@dataclass(frozen=True)
+class OccupancySettings:
+    """The ego-frame grid occupancy is queried on (the paper's defaults)."""
+
+    x_range: tuple[float, float] = (-40.0, 40.0)
+    y_range: tuple[float, float] = (-40.0, 40.0)
+    z_range: tuple[float, float] = (-5.0, 3.0)
+    voxel_size: float = 0.5
+    threshold: float = 0.1
+
+
+@dataclass
+class FramePrediction:
+    """Outputs for one frame; fields not asked for are None. Arrays are numpy, ego frame = output frame."""
+
+    depth: np.ndarray | None = None  # (N, h, w) float32 camera z-depth in metres
+    depth_intrinsics: np.ndarray | None = None  # (N, 3, 3) K of the depth images
+    rgb: np.ndarray | None = None  # (N, H, W, 3) uint8 rendered at the model's input size
+    rgb_intrinsics: np.ndarray | None = None
+    voxel_centers: np.ndarray | None = None  # (V, 3) float32
+    voxel_density: np.ndarray | None = None  # (V,) float32
+    voxel_rgb: np.ndarray | None = None  # (V, 3) uint8, from the input image that sees the voxel
+    voxel_features: torch.Tensor | None = None  # (V, F) for semantic queries
+    bev_probability: np.ndarray | None = None  # (ny, nx) occupancy probability, NaN where no camera sees
+    bev_origin: tuple[float, float] = (0.0, 0.0)  # x, y of the grid corner
+    voxel_size: float = 0.0
+    model_ms: float = 0.0
+    stage_ms: dict[str, float] = field(default_factory=dict)
+
+
+def scaled_intrinsics(K: np.ndarray, from_hw: tuple[int, int], to_hw: tuple[int, int]) -> np.ndarray:
+    """K of an image resized from from_hw to to_hw (aspect ratio may change)."""
+    scale = np.diag([to_hw[1] / from_hw[1], to_hw[0] / from_hw[0], 1.0])
+    return scale @ np.asarray(K, dtype=np.float64)
+
+
+def occupancy_probability(density: torch.Tensor, voxel_size: float) -> torch.Tensor:
+    """Chance a ray crossing one voxel is stopped in it: 1 - exp(-density * voxel_size)."""
+    return 1.0 - torch.exp(-density.clamp(min=0) * voxel_size)
+
+
+def project_points(points: torch.Tensor, K: torch.Tensor, ego_from_camera: torch.Tensor, hw: tuple[int, int]
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pixel u, v and a visibility mask of ego-frame points (P, 3) in each camera: K (N,3,3), (N,4,4)."""
+    camera_from_ego = torch.linalg.inv(ego_from_camera)
+    cam = points[None] @ camera_from_ego[:, :3, :3].transpose(1, 2) + camera_from_ego[:, None, :3, 3]
+    z = cam[..., 2]
+    pix = cam @ K.transpose(1, 2)
+    u = pix[..., 0] / z.clamp(min=1e-6)
+    v = pix[..., 1] / z.clamp(min=1e-6)
+    visible = (z > 0.1) & (u >= 0) & (u < hw[1]) & (v >= 0) & (v < hw[0])
+    return u, v, visible
+
+
+class ScenePredictor:
+    """A loaded model that turns camera arrays into FramePredictions; one instance serves all cameras."""
+
+    def __init__(self, model: DistillNeRFModel | str | Path, device: str = "auto", precision: str = "fp32",
+                 occupancy: OccupancySettings | None = None) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got '{precision}'")
+        self.device = resolve_device(device)
+        if precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("precision fp16 needs a CUDA device (use fp32 or bf16 on the CPU)")
+        self.precision = precision
+        self.model = load_checkpoint(model, self.device) if isinstance(model, str | Path) else model.to(self.device)
+        self.model.eval()
+        self.occupancy = occupancy or OccupancySettings()
+
+    @property
+    def has_feature_head(self) -> bool:
+        return self.model.feature_head is not None
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        return tuple(self.model.config.image_hw)
+
+    def release(self) -> None:
+        """Free the model's memory (the GPU's cache too)."""
+        self.model = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _inputs(self, images: list[np.ndarray], intrinsics: list[np.ndarray], ego_from_camera: list[np.ndarray]
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not images or not (len(images) == len(intrinsics) == len(ego_from_camera)):
+            raise ValueError(f"need the same non-zero number of images ({len(images)}), intrinsics"
+                             f" ({len(intrinsics)}) and extrinsics ({len(ego_from_camera)})")
+        hw = self.input_hw
+        resized, scaled = [], []
+        for image, K in zip(images, intrinsics, strict=True):
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise ValueError(f"images must be HxWx3 uint8, got {image.shape} {image.dtype}")
+            pixels = image if image.flags.writeable else image.copy()  # torch refuses read-only buffers
+            tensor = torch.from_numpy(pixels).to(self.device).permute(2, 0, 1)[None].float() / 255.0
+            if tuple(image.shape[:2]) != hw:
+                tensor = F.interpolate(tensor, size=hw, mode="bilinear", align_corners=False, antialias=True)
+            resized.append(tensor[0])
+            scaled.append(scaled_intrinsics(K, image.shape[:2], hw))
+        images_t = torch.stack(resized)[None]
+        K_t = torch.as_tensor(np.stack(scaled), dtype=torch.float32, device=self.device)[None]
+        E_t = torch.as_tensor(np.stack(ego_from_camera), dtype=torch.float32, device=self.device)[None]
+        return images_t, K_t, E_t
+
+    @torch.no_grad()
+    def predict(self, images: list[np.ndarray], intrinsics: list[np.ndarray], ego_from_camera: list[np.ndarray],
+                depth: bool = True, rgb: bool = False, occupancy: bool = True) -> FramePrediction:
+        """Encode one frame (N cameras, any sizes) and compute the requested outputs."""
+        started = time.perf_counter()
+        images_t, K_t, E_t = self._inputs(images, intrinsics, ego_from_camera)
+        autocast = torch.autocast(self.device.type, dtype=PRECISIONS[self.precision],
+                                  enabled=self.precision != "fp32")
+        result = FramePrediction()
+        self.model.stage_ms = {}
+        with autocast:
+            scene = self.model.encode(images_t, K_t, E_t)
+            if depth or rgb:
+                views = self.model.render(scene, {"intrinsics": K_t, "cam2ego": E_t, "image_hw": self.input_hw})
+                render_hw = tuple(views.depth.shape[-2:])
+                if depth:
+                    result.depth = views.depth[0].float().cpu().numpy()
+                    result.depth_intrinsics = np.stack(
+                        [scaled_intrinsics(K, self.input_hw, render_hw) for K in K_t[0].cpu().numpy()])
+                if rgb:
+                    frames = (views.rgb[0].float().clamp(0, 1) * 255).round().byte()
+                    result.rgb = frames.permute(0, 2, 3, 1).cpu().numpy()
+                    result.rgb_intrinsics = K_t[0].cpu().numpy()
+            if occupancy:
+                self._occupancy(scene, images_t, K_t, E_t, result)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        result.model_ms = 1000.0 * (time.perf_counter() - started)
+        result.stage_ms = dict(self.model.stage_ms)
+        return result
+
+    def _occupancy(self, scene, images_t: torch.Tensor, K_t: torch.Tensor, E_t: torch.Tensor,
+                   result: FramePrediction) -> None:
+        settings = self.occupancy
+        grid = query_occupancy(self.model, scene, 0, settings.x_range, settings.y_range, settings.z_range,
+                               settings.voxel_size, settings.threshold)
+        centers = grid.centers.float()
+        result.voxel_centers = centers.cpu().numpy()
+        result.voxel_density = grid.density.float().cpu().numpy()
+        result.voxel_features = grid.features.float()
+        result.voxel_rgb = self._colour(centers, images_t[0], K_t[0], E_t[0])
+        probability = occupancy_probability(grid.density_grid.float(), settings.voxel_size).amax(dim=-1)
+        seen = self._seen_columns(grid.density_grid.shape, settings, K_t[0], E_t[0], self.input_hw)
+        bev = torch.where(seen, probability, torch.full_like(probability, float("nan")))
+        result.bev_probability = bev.T.cpu().numpy()  # (X, Y) -> rows = y, columns = x (OccupancyGrid order)
+        result.bev_origin = (settings.x_range[0], settings.y_range[0])
+        result.voxel_size = settings.voxel_size
+
+    def _colour(self, centers: torch.Tensor, images: torch.Tensor, K: torch.Tensor, E: torch.Tensor) -> np.ndarray:
+        """Colour of each voxel from the first input camera that sees it (grey when none does)."""
+        colours = torch.full((centers.shape[0], 3), 128, dtype=torch.uint8, device=centers.device)
+        if centers.shape[0] == 0:
+            return colours.cpu().numpy()
+        hw = tuple(images.shape[-2:])
+        u, v, visible = project_points(centers, K, E, hw)
+        assigned = torch.zeros(centers.shape[0], dtype=torch.bool, device=centers.device)
+        for camera in range(images.shape[0]):
+            pick = visible[camera] & ~assigned
+            if pick.any():
+                x = u[camera, pick].long().clamp(0, hw[1] - 1)
+                y = v[camera, pick].long().clamp(0, hw[0] - 1)
+                colours[pick] = (images[camera, :, y, x].T * 255).round().byte()
+                assigned |= pick
+        return colours.cpu().numpy()
+
+    @staticmethod
+    def _seen_columns(grid_shape: tuple[int, ...], settings: OccupancySettings, K: torch.Tensor, E: torch.Tensor,
+                      hw: tuple[int, int]) -> torch.Tensor:
+        """(X, Y) mask of BEV columns of which some cell lies in some camera's view; the rest are unknown."""
+        nx, ny, nz = grid_shape
+        s = settings.voxel_size
+        device = K.device
+        xs = settings.x_range[0] + s * (torch.arange(nx, device=device) + 0.5)
+        ys = settings.y_range[0] + s * (torch.arange(ny, device=device) + 0.5)
+        zs = settings.z_range[0] + s * (torch.arange(nz, device=device) + 0.5)
+        cells = torch.stack(torch.meshgrid(xs, ys, zs, indexing="ij"), dim=-1).reshape(-1, 3)
+        _, _, visible = project_points(cells, K, E, hw)
+        return visible.any(dim=0).view(nx, ny, nz).any(dim=-1)
