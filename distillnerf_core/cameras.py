@@ -36,9 +36,7 @@ class CameraRig:
         if k.dim() != 4 or k.shape[-2:] != (3, 3):
             raise ValueError(f"intrinsics must be (B, N, 3, 3), got {tuple(k.shape)}")
         if e.dim() != 4 or e.shape[-2:] != (4, 4) or e.shape[:2] != k.shape[:2]:
-            raise ValueError(
-                f"cam2ego must be (B, N, 4, 4) matching intrinsics {tuple(k.shape)}, got {tuple(e.shape)}"
-            )
+            raise ValueError(f"cam2ego must be (B, N, 4, 4) matching intrinsics {tuple(k.shape)}, got {tuple(e.shape)}")
         self.image_hw = (int(self.image_hw[0]), int(self.image_hw[1]))
         if self.camera_ids is None:
             self.camera_ids = torch.arange(k.shape[1], device=k.device)
@@ -52,9 +50,7 @@ class CameraRig:
         return self.intrinsics.shape[1]
 
     def to(self, device: torch.device | str) -> CameraRig:
-        return CameraRig(
-            self.intrinsics.to(device), self.cam2ego.to(device), self.image_hw, self.camera_ids.to(device)
-        )
+        return CameraRig(self.intrinsics.to(device), self.cam2ego.to(device), self.image_hw, self.camera_ids.to(device))
 
     def resized(self, hw: tuple[int, int]) -> CameraRig:
         """The same cameras for images resized to `hw` (H, W)."""
@@ -75,9 +71,7 @@ class Rays:
     z_per_distance: torch.Tensor
 
 
-def rescale_intrinsics(
-    intrinsics: torch.Tensor, from_hw: tuple[int, int], to_hw: tuple[int, int]
-) -> torch.Tensor:
+def rescale_intrinsics(intrinsics: torch.Tensor, from_hw: tuple[int, int], to_hw: tuple[int, int]) -> torch.Tensor:
     """Intrinsics for an image resized from `from_hw` to `to_hw` (aspect need not be kept)."""
     sy = to_hw[0] / from_hw[0]
     sx = to_hw[1] / from_hw[1]

@@ -98,9 +98,7 @@ def _refuse_pickle(path: Path) -> None:
     with open(path, "rb") as handle:
         head = handle.read(2)
     if head[:1] == b"\x80" or head == b"PK":
-        raise CheckpointError(
-            f"{path}: file is a pickle / torch.save archive, not safetensors; refusing to load"
-        )
+        raise CheckpointError(f"{path}: file is a pickle / torch.save archive, not safetensors; refusing to load")
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -114,9 +112,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{side}: not valid JSON ({err})") from err
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{side}: checkpoint format_version {version!r}, this code reads {FORMAT_VERSION}"
-        )
+        raise CheckpointError(f"{side}: checkpoint format_version {version!r}, this code reads {FORMAT_VERSION}")
     if "config" not in meta:
         raise CheckpointError(f"{side}: no 'config' entry")
     return meta
@@ -154,13 +150,10 @@ def load_weights(model: DistillNeRFModel, path: str | Path) -> None:
     for key, value in own.items():
         if tuple(state[key].shape) != tuple(value.shape):
             raise CheckpointError(
-                f"{path}: shape mismatch for '{key}': file {tuple(state[key].shape)}, "
-                f"model {tuple(value.shape)}"
+                f"{path}: shape mismatch for '{key}': file {tuple(state[key].shape)}, model {tuple(value.shape)}"
             )
         if state[key].dtype != value.dtype:
-            raise CheckpointError(
-                f"{path}: dtype mismatch for '{key}': file {state[key].dtype}, model {value.dtype}"
-            )
+            raise CheckpointError(f"{path}: dtype mismatch for '{key}': file {state[key].dtype}, model {value.dtype}")
     model.load_state_dict(state)
 
 

@@ -47,8 +47,7 @@ class RGBDecoder(nn.Module):
         self.embed = nn.Embedding(cfg.num_camera_embeddings, cfg.camera_embed_dim)
         self.inp = ConditionedBlock(in_channels, cfg.width, cfg.groups, cfg.camera_embed_dim)
         self.low = nn.ModuleList(
-            ConditionedBlock(cfg.width, cfg.width, cfg.groups, cfg.camera_embed_dim)
-            for _ in range(cfg.num_blocks)
+            ConditionedBlock(cfg.width, cfg.width, cfg.groups, cfg.camera_embed_dim) for _ in range(cfg.num_blocks)
         )
         self.high = ConditionedBlock(cfg.width, cfg.width // 2, cfg.groups, cfg.camera_embed_dim)
         self.out = nn.Conv2d(cfg.width // 2, 3, 3, padding=1)

@@ -49,9 +49,7 @@ class FPNEncoder(nn.Module):
             feats.append(x)
         top = self.laterals[-1](feats[-1])
         for lateral, feat in zip(reversed(self.laterals[:-1]), reversed(feats[:-1]), strict=True):
-            top = lateral(feat) + F.interpolate(
-                top, size=feat.shape[-2:], mode="bilinear", align_corners=False
-            )
+            top = lateral(feat) + F.interpolate(top, size=feat.shape[-2:], mode="bilinear", align_corners=False)
         return self.smooth(top)
 
 
@@ -94,9 +92,7 @@ class PretrainedViT(nn.Module):
         """images (B, 3, H, W) in [0, 1] -> projected patch features (B, out_channels, H/p, W/p)."""
         h, w = images.shape[-2:]
         gh, gw = max(1, round(h / self.patch)), max(1, round(w / self.patch))
-        x = F.interpolate(
-            images, size=(gh * self.patch, gw * self.patch), mode="bilinear", align_corners=False
-        )
+        x = F.interpolate(images, size=(gh * self.patch, gw * self.patch), mode="bilinear", align_corners=False)
         x = (x - self.mean) / self.std
         with torch.no_grad():
             tokens = self.vit.forward_features(x)[:, self.vit.num_prefix_tokens :]
@@ -111,9 +107,7 @@ def load_safetensors_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"pretrained encoder weights not found: {path} (weights are never downloaded)"
-        )
+        raise FileNotFoundError(f"pretrained encoder weights not found: {path} (weights are never downloaded)")
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:

@@ -123,6 +123,16 @@ class ScenePredictor:
     def input_hw(self) -> tuple[int, int]:
         return tuple(self.model.config.image_hw)
 
+    def to_host(self) -> None:
+        """Move the model to the CPU, freeing GPU memory while the node is inactive."""
+        if self.device.type == "cuda":
+            self.model.to("cpu")
+            torch.cuda.empty_cache()
+
+    def to_device(self) -> None:
+        """Move the model back to its device (after to_host)."""
+        self.model.to(self.device)
+
     def release(self) -> None:
         """Free the model's memory (the GPU's cache too)."""
         self.model = None

@@ -78,9 +78,7 @@ def as_rig(cameras: CameraRig | dict[str, Any]) -> CameraRig:
     """Accept a CameraRig or a dict with intrinsics, cam2ego, image_hw (and optional camera_ids)."""
     if isinstance(cameras, CameraRig):
         return cameras
-    return CameraRig(
-        cameras["intrinsics"], cameras["cam2ego"], tuple(cameras["image_hw"]), cameras.get("camera_ids")
-    )
+    return CameraRig(cameras["intrinsics"], cameras["cam2ego"], tuple(cameras["image_hw"]), cameras.get("camera_ids"))
 
 
 class DistillNeRFModel(nn.Module):

@@ -31,9 +31,7 @@ class SparseVoxels:
 
     def with_features(self, features: torch.Tensor) -> SparseVoxels:
         """Same voxels, new per-voxel features (e.g. after the sparse CNN)."""
-        return SparseVoxels(
-            self.keys, self.coords, self.batch, features, self.counts, self.resolution, self.batch_size
-        )
+        return SparseVoxels(self.keys, self.coords, self.batch, features, self.counts, self.resolution, self.batch_size)
 
     def find(self, query_keys: torch.Tensor) -> torch.Tensor:
         """Row index of each query key, -1 where the voxel is not occupied (sorted-key binary search)."""
