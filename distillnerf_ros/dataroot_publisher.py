@@ -24,8 +24,8 @@ from distillnerf_ros.nuscenes_messages import camera_messages, ego_pose_tf_messa
 
 
 class DatarootPublisher(Node):
-    def __init__(self, dataroot: str, version: str | None) -> None:
-        super().__init__("nuscenes_dataroot_publisher")
+    def __init__(self, dataroot: str, version: str | None, **node_options) -> None:
+        super().__init__("nuscenes_dataroot_publisher", **node_options)
         self.records = load_sensor_records(dataroot, version)
         self.cameras = sorted({r.channel for r in self.records if r.modality == "camera"})
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)

@@ -363,7 +363,8 @@ class PerceptionNode(LifecycleNode):
         if self.rig is not None:
             values["sets_dropped_tf"] = self.rig.stats.sets_dropped_tf
             values["tf_resets"] = self.rig.tf.resets
-            values.update({f"sync_missing/{camera}/{kind}": n for (camera, kind), n in self.rig.sync.stats.missing.items()})
+            sync_missing = self.rig.sync.stats.missing.items()
+            values.update({f"sync_missing/{camera}/{kind}": n for (camera, kind), n in sync_missing})
         status = DiagnosticStatus(level=level, name=f"{self.get_name()}: perception", hardware_id="distillnerf",
                                   message=message, values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
         array = DiagnosticArray(status=[status])
@@ -381,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        node.trigger_shutdown() if node.status_message not in ("finalized",) else None
+        if node.status_message != "finalized":
+            node.trigger_shutdown()
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
