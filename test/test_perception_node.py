@@ -11,6 +11,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Float64, Header
+from test_package_layout import REPO
 from tf2_msgs.msg import TFMessage
 
 from distillnerf_core.checkpoint import save_checkpoint
@@ -25,7 +26,6 @@ from distillnerf_ros.perception_node import PerceptionNode
 from distillnerf_ros.pointcloud import pointcloud2_to_points
 from distillnerf_ros.srv import QueryScene
 from ros_helpers import RosSession, wait_for_match
-from test_package_layout import REPO
 
 NODE = "/distillnerf_perception"
 RELIABLE = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
