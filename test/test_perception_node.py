@@ -29,6 +29,7 @@ from ros_helpers import RosSession, wait_for_match
 
 NODE = "/distillnerf_perception"
 RELIABLE = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +55,7 @@ def start_node(session: RosSession, **parameters) -> PerceptionNode:
 def listen(session: RosSession, node, topics: dict[str, type]) -> dict:
     received = {}
     for topic, kind in topics.items():
-        qos = RELIABLE
-        if kind is OccupancyGrid:
-            qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        qos = LATCHED if kind is OccupancyGrid else RELIABLE
         node.create_subscription(kind, topic, lambda m, t=topic: received.setdefault(t, m), qos)
     return received
 
