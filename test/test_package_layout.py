@@ -49,21 +49,22 @@ def test_package_xml_names_the_package_and_its_interface_group():
 
 def test_installed_programs_and_directories_exist():
     cmake = (REPO / "CMakeLists.txt").read_text()
-    for program in ("scripts/rig_monitor", "scripts/dataroot_publisher", "scripts/nusc2bag", "scripts/play"):
+    programs = ("perception_node", "rig_monitor", "dataroot_publisher", "nusc2bag", "play")
+    for program in (f"scripts/{name}" for name in programs):
         assert program in cmake and (REPO / program).stat().st_mode & 0o111, f"{program} missing or not executable"
     for directory in ("launch", "config", "rviz"):
         assert any((REPO / directory).iterdir()), f"{directory}/ is installed but empty"
 
 
 def test_parameter_file_sets_only_declared_parameters_and_loads_into_the_node():
-    from distillnerf_ros.rig_monitor_node import RigMonitorNode
+    from distillnerf_ros.perception_node import PerceptionNode
 
     params_file = REPO / "config" / "perception.yaml"
     values = yaml.safe_load(params_file.read_text())["/**"]["ros__parameters"]
     context = rclpy.Context()
     rclpy.init(context=context, args=["--ros-args", "--params-file", str(params_file)])
     try:
-        node = RigMonitorNode(context=context)
+        node = PerceptionNode(context=context)
         for name, value in values.items():
             assert node.has_parameter(name), f"config/perception.yaml sets '{name}', which the node does not declare"
             assert node.get_parameter(name).value == value, f"parameter '{name}' did not load from the YAML file"
