@@ -289,6 +289,17 @@ class TrainStep(nn.Module):
         return total, terms, out
 
 
+def weights_digest(model: nn.Module) -> str:
+    """sha256 over every state_dict tensor's bytes (names sorted): equal digests = identical weights."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def lr_lambda(cfg: OptimConfig, max_steps: int):
     def fn(step: int) -> float:
         warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
@@ -510,6 +521,14 @@ def train(cfg: TrainConfig, dataroot: str, version: str, out: str | Path, max_st
     if rank == 0:
         (run / "train_summary.json").write_text(json.dumps(summary, indent=2))
     if distributed:
+        # Consistency check: every rank must hold bit-identical weights (DDP averages gradients).
+        hashes: list[Any] = [None] * world
+        dist.all_gather_object(hashes, weights_digest(model))
+        summary["rank_weight_sha256"] = hashes
+        if rank == 0:
+            (run / "train_summary.json").write_text(json.dumps(summary, indent=2))
+            if len(set(hashes)) != 1:
+                print(f"WARNING: ranks hold different weights: {hashes}", file=sys.stderr)
         dist.barrier()
         dist.destroy_process_group()
     return summary

@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+import torch
+
+from distillnerf_core.geometry import make_transform, quaternion_to_matrix
+from distillnerf_core.inference import (
+    DeviceUnavailableError,
+    OccupancySettings,
+    ScenePredictor,
+    occupancy_probability,
+    project_points,
+    resolve_device,
+    scaled_intrinsics,
+)
+from distillnerf_core.model import DistillNeRFModel
+
+OPTICAL = quaternion_to_matrix([0.5, -0.5, 0.5, -0.5])  # camera looking along ego +x
+
+
+def ring(n: int, width: int, height: int):
+    K = np.array([[width / 2, 0, width / 2], [0, width / 2, height / 2], [0, 0, 1.0]])
+    angles = np.linspace(0, 2 * np.pi, n + 1)[:-1]
+    yaw = [make_transform([np.cos(a / 2), 0, 0, np.sin(a / 2)], [0, 0, 1.5]) for a in angles]
+    return [K] * n, [y @ make_transform(OPTICAL, [0, 0, 0]) for y in yaw]
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    torch.manual_seed(0)
+    return ScenePredictor(DistillNeRFModel("tiny", load_pretrained=False), "cpu",
+                          occupancy=OccupancySettings(voxel_size=1.0, threshold=0.0))
+
+
+def test_outputs_have_the_promised_shapes_for_cameras_of_any_size(predictor):
+    Ks, extrinsics = ring(3, 160, 90)
+    images = [np.random.default_rng(i).integers(0, 255, (90, 160, 3), dtype=np.uint8) for i in range(3)]
+    images[1] = np.zeros((45, 80, 3), np.uint8)  # a camera with a different resolution
+    Ks[1] = scaled_intrinsics(Ks[1], (90, 160), (45, 80))
+    out = predictor.predict(images, Ks, extrinsics, depth=True, rgb=True, occupancy=True)
+    h, w = predictor.input_hw
+    assert out.rgb.shape == (3, h, w, 3) and out.rgb.dtype == np.uint8
+    assert out.depth.shape[0] == 3 and out.depth.dtype == np.float32 and (out.depth > 0).all()
+    render_h, render_w = out.depth.shape[1:]
+    assert np.allclose(out.depth_intrinsics[0][0, 0], Ks[0][0, 0] * render_w / 160)
+    assert out.bev_probability.shape == (80, 80), "rows = y cells, columns = x cells of the 80 m grid at 1 m"
+    assert len(out.voxel_centers) == len(out.voxel_density) == len(out.voxel_rgb) == len(out.voxel_features)
+    assert out.model_ms > 0 and set(out.stage_ms) >= {"encoder", "lift", "render"}
+
+
+def test_only_requested_outputs_are_computed(predictor):
+    Ks, extrinsics = ring(2, 64, 32)
+    out = predictor.predict([np.zeros((32, 64, 3), np.uint8)] * 2, Ks, extrinsics, depth=True, rgb=False,
+                            occupancy=False)
+    assert out.depth is not None and out.rgb is None and out.voxel_centers is None and out.bev_probability is None
+
+
+def test_projection_and_occupancy_probability():
+    K = torch.tensor([[[100.0, 0, 50], [0, 100.0, 25], [0, 0, 1]]])
+    ego_from_camera = torch.tensor(make_transform(OPTICAL, [0, 0, 0]), dtype=torch.float32)[None]
+    u, v, visible = project_points(torch.tensor([[10.0, 0, 0], [-10.0, 0, 0], [10.0, 1.0, 0.5]]), K,
+                                   ego_from_camera, (50, 100))
+    assert visible.tolist() == [[True, False, True]], "a point behind the camera must not be visible"
+    assert torch.allclose(u[0, [0, 2]], torch.tensor([50.0, 40.0])) and torch.allclose(v[0, [0, 2]],
+                                                                                       torch.tensor([25.0, 20.0]))
+    density = torch.tensor([0.0, float(np.log(2) / 0.5)])
+    assert torch.allclose(occupancy_probability(density, 0.5), torch.tensor([0.0, 0.5]))
+
+
+def test_bad_arguments_are_clear_errors(predictor):
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceUnavailableError, match="CUDA is not available"):
+            resolve_device("cuda")
+    with pytest.raises(ValueError, match="unsupported device"):
+        resolve_device("mps")
+    with pytest.raises(ValueError, match="precision"):
+        ScenePredictor(DistillNeRFModel("tiny", load_pretrained=False), "cpu", precision="int8")
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        ScenePredictor(DistillNeRFModel("tiny", load_pretrained=False), "cpu", precision="fp16")
+    Ks, extrinsics = ring(2, 64, 32)
+    with pytest.raises(ValueError, match="same non-zero number"):
+        predictor.predict([np.zeros((32, 64, 3), np.uint8)], Ks, extrinsics)
+    with pytest.raises(ValueError, match="HxWx3 uint8"):
+        predictor.predict([np.zeros((32, 64), np.uint8)] * 2, Ks, extrinsics)
