@@ -62,3 +62,20 @@ def intrinsics_to_camera_info(intrinsics: CameraIntrinsics, header: Header) -> C
     msg.r = np.eye(3).ravel().tolist()
     msg.p = np.hstack([K, np.zeros((3, 1))]).ravel().tolist()
     return msg
+
+
+def intrinsics_for_image(msg: CameraInfo, image_size: tuple[int, int], reduced_ok: bool) -> CameraIntrinsics:
+    """Intrinsics for an image of `image_size` = (width, height) described by `msg`.
+
+    With `reduced_ok`, the image may also be a JPEG DCT reduction (1/2, 1/4, 1/8, sizes rounded up) of the
+    size the CameraInfo describes; K is scaled to it. Any other size is a CameraInfoError.
+    """
+    full = camera_info_to_intrinsics(msg)
+    if tuple(image_size) == (full.width, full.height):
+        return full
+    if reduced_ok:
+        for factor in (2, 4, 8):
+            if tuple(image_size) == (-(-full.width // factor), -(-full.height // factor)):
+                return full.resized(*image_size)
+    raise CameraInfoError(f"CameraInfo of '{msg.header.frame_id or '<no frame_id>'}' is for {full.width}x"
+                          f"{full.height} but the image is {image_size[0]}x{image_size[1]}")

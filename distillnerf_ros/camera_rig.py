@@ -28,7 +28,7 @@ from rclpy.qos import (
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from tf2_msgs.msg import TFMessage
 
-from distillnerf_ros.camera_info import CameraInfoError, CameraIntrinsics, camera_info_to_intrinsics
+from distillnerf_ros.camera_info import CameraInfoError, CameraIntrinsics, intrinsics_for_image
 from distillnerf_ros.camera_sync import CameraSet, LatestCameraSynchronizer
 from distillnerf_ros.image_conversion import ImageConversionError, message_to_rgb
 from distillnerf_ros.tf_cache import TfCache, TfLookupError, stamp_to_ns
@@ -44,18 +44,46 @@ class CameraTopics:
 
 @dataclass
 class RigFrame:
-    """Everything the model needs about one synchronised instant (cameras in a fixed order)."""
+    """One synchronised instant: per camera (fixed order) its message, CameraInfo and extrinsics.
+
+    Images are decoded by `decode()`, on the consumer's thread and only for frames it actually processes
+    (a frame dropped because inference is busy costs no JPEG decoding).
+    """
 
     stamp_ns: int
     output_frame: str
     cameras: list[str]
     frame_ids: list[str]
     stamps_ns: list[int]
-    images: list[np.ndarray]  # HxWx3 uint8 RGB
-    intrinsics: list[CameraIntrinsics]
+    messages: list[Image | CompressedImage]
+    infos: list[CameraInfo]
     output_from_camera: list[np.ndarray]  # 4x4, optical camera frame -> output frame at stamp_ns
     missing: dict[str, str] = field(default_factory=dict)
     motion_compensated: bool = False
+    images: list[np.ndarray] = field(default_factory=list)  # HxWx3 uint8 RGB, filled by decode()
+    intrinsics: list[CameraIntrinsics] = field(default_factory=list)
+
+    def decode(self, min_hw: tuple[int, int] | None = None) -> dict[str, str]:
+        """Convert the messages to RGB + intrinsics; cameras that fail move to `missing` (returned too).
+
+        min_hw lets JPEGs decode at a reduced size no smaller than (height, width), with K scaled to match.
+        """
+        failures, keep = {}, []
+        for index, camera in enumerate(self.cameras):
+            try:
+                rgb = message_to_rgb(self.messages[index], min_hw)
+                intrinsics = intrinsics_for_image(self.infos[index], (rgb.shape[1], rgb.shape[0]),
+                                                  reduced_ok=min_hw is not None)
+            except (ImageConversionError, CameraInfoError) as error:
+                failures[camera] = str(error)
+                continue
+            keep.append(index)
+            self.images.append(rgb)
+            self.intrinsics.append(intrinsics)
+        self.missing.update(failures)
+        for name in ("cameras", "frame_ids", "stamps_ns", "messages", "infos", "output_from_camera"):
+            setattr(self, name, [getattr(self, name)[i] for i in keep])
+        return failures
 
 
 @dataclass
@@ -63,7 +91,13 @@ class RigStatistics:
     frames: int = 0
     sets_dropped_tf: int = 0
     sets_replaced_waiting: int = 0
-    camera_errors: Counter = field(default_factory=Counter)  # camera -> conversion / CameraInfo failures
+    camera_errors: Counter = field(default_factory=Counter)  # camera -> decode / CameraInfo failures
+
+    def count_failures(self, failures: dict[str, str]) -> None:
+        """Record the cameras a consumer could not decode (RigFrame.decode's result)."""
+        for camera, reason in failures.items():
+            self.camera_errors[camera] += 1
+            self.last_errors[camera] = reason
     last_errors: dict[str, str] = field(default_factory=dict)  # camera or "tf" -> latest reason
 
 
@@ -196,30 +230,22 @@ class CameraRigInput:
     def _build_frame(self, camera_set: CameraSet, extrinsics: dict[str, np.ndarray], compensated: bool
                      ) -> RigFrame:
         frame = RigFrame(stamp_ns=camera_set.trigger_stamp_ns, output_frame=self.output_frame, cameras=[],
-                         frame_ids=[], stamps_ns=[], images=[], intrinsics=[], output_from_camera=[],
+                         frame_ids=[], stamps_ns=[], messages=[], infos=[], output_from_camera=[],
                          missing=dict(camera_set.missing), motion_compensated=compensated)
         for camera in self.sync.camera_names:
             if camera not in extrinsics:
                 continue
-            msg = camera_set.messages[camera]
-            try:
-                if camera not in self._infos:
-                    raise CameraInfoError(f"no CameraInfo received within {self._tf_wait_s:.2f} s")
-                rgb = message_to_rgb(msg)
-                intrinsics = camera_info_to_intrinsics(self._infos[camera], (rgb.shape[1], rgb.shape[0]))
-            except (ImageConversionError, CameraInfoError) as error:
-                frame.missing[camera] = str(error)
-                self.stats.camera_errors[camera] += 1
-                self.stats.last_errors[camera] = str(error)
+            if camera not in self._infos:
+                frame.missing[camera] = f"no CameraInfo received within {self._tf_wait_s:.2f} s"
                 continue
+            msg = camera_set.messages[camera]
             frame.cameras.append(camera)
             frame.frame_ids.append(msg.header.frame_id)
             frame.stamps_ns.append(camera_set.stamps_ns[camera])
-            frame.images.append(rgb)
-            frame.intrinsics.append(intrinsics)
+            frame.messages.append(msg)
+            frame.infos.append(self._infos[camera])
             frame.output_from_camera.append(extrinsics[camera])
         return frame
-
 
 NUSCENES_CAMERAS = ["CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT"]
 

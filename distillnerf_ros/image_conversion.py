@@ -52,8 +52,12 @@ def image_to_rgb(msg: Image) -> np.ndarray:
     return np.ascontiguousarray(pixels[:, :, list(rgb_order)])
 
 
-def compressed_image_to_rgb(msg: CompressedImage) -> np.ndarray:
-    """HxWx3 uint8 RGB array of a JPEG or PNG CompressedImage."""
+def compressed_image_to_rgb(msg: CompressedImage, min_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """HxWx3 uint8 RGB array of a JPEG or PNG CompressedImage.
+
+    With `min_hw`, a JPEG is decoded at the smallest DCT reduction (1/2, 1/4, 1/8) that stays at least that
+    large: several times faster when the model needs far fewer pixels than the camera sends.
+    """
     data = bytes(msg.data)  # PIL needs a bytes-like stream
     fmt = msg.format.lower()
     if not any(kind in fmt for kind in ("jpeg", "jpg", "png")):
@@ -65,6 +69,8 @@ def compressed_image_to_rgb(msg: CompressedImage) -> np.ndarray:
                 raise ImageConversionError(f"compressed image of {width}x{height} exceeds the pixel limit")
             if image.format not in ("JPEG", "PNG"):
                 raise ImageConversionError(f"compressed data is {image.format}, not JPEG or PNG")
+            if min_hw is not None and image.format == "JPEG":
+                image.draft("RGB", (min_hw[1], min_hw[0]))
             return np.asarray(image.convert("RGB"))
     except ImageConversionError:
         raise
@@ -74,10 +80,10 @@ def compressed_image_to_rgb(msg: CompressedImage) -> np.ndarray:
         ) from error
 
 
-def message_to_rgb(msg: Image | CompressedImage) -> np.ndarray:
-    """RGB array of either image message type."""
+def message_to_rgb(msg: Image | CompressedImage, min_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """RGB array of either image message type (min_hw: see compressed_image_to_rgb)."""
     if isinstance(msg, CompressedImage):
-        return compressed_image_to_rgb(msg)
+        return compressed_image_to_rgb(msg, min_hw)
     return image_to_rgb(msg)
 
 

@@ -87,7 +87,8 @@ class PerceptionNode(LifecycleNode):
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
-        self.counters = {"processed": 0, "dropped_busy": 0, "skipped_no_subscribers": 0, "errors": 0}
+        self.counters = {"processed": 0, "dropped_busy": 0, "skipped_no_subscribers": 0, "skipped_no_cameras": 0,
+                         "errors": 0}
         self.last = {"processing_ms": 0.0, "latency_ms": 0.0, "model_ms": 0.0, "missing": {}, "error": ""}
         self.status_message = "unconfigured"
         self._outputs_ready = False
@@ -230,6 +231,9 @@ class PerceptionNode(LifecycleNode):
         self.grid_pub = self.create_publisher(OccupancyGrid, "~/occupancy_grid", latched)
         self.latency_pub = self.create_publisher(Float64, "~/debug/pipeline_latency_ms", 10)
         self.processing_pub = self.create_publisher(Float64, "~/debug/processing_time_ms", 10)
+        self.model_time_pub = self.create_publisher(Float64, "~/debug/model_time_ms", 10)
+        # stamp -> the worker takes the frame: transport + sync + waiting for the previous inference
+        self.input_delay_pub = self.create_publisher(Float64, "~/debug/input_delay_ms", 10)
         self.depth_pubs, self.depth_info_pubs, self.rendered_pubs = {}, {}, {}
         for camera in self.get_parameter("cameras").value:
             name = camera_topic_name(camera)
@@ -242,8 +246,8 @@ class PerceptionNode(LifecycleNode):
     def _release(self) -> None:
         if self._outputs_ready:
             for publisher in (self.occupancy_pub, self.grid_pub, self.latency_pub, self.processing_pub,
-                              *self.depth_pubs.values(), *self.depth_info_pubs.values(),
-                              *self.rendered_pubs.values()):
+                              self.model_time_pub, self.input_delay_pub, *self.depth_pubs.values(),
+                              *self.depth_info_pubs.values(), *self.rendered_pubs.values()):
                 self.destroy_publisher(publisher)
             self.destroy_service(self.query_service)
             self._outputs_ready = False
@@ -290,10 +294,17 @@ class PerceptionNode(LifecycleNode):
 
     def _process(self, frame: RigFrame) -> None:
         started = time.perf_counter()
-        self.last["missing"] = dict(frame.missing)
+        self.input_delay_pub.publish(Float64(data=(self.get_clock().now().nanoseconds - frame.stamp_ns) / 1e6))
         wanted = self._wanted(frame)
         if not any(wanted.values()):
             self.counters["skipped_no_subscribers"] += 1
+            self.last["missing"] = dict(frame.missing)
+            return
+        if self.rig is not None:
+            self.rig.stats.count_failures(frame.decode(min_hw=self.predictor.input_hw))
+        self.last["missing"] = dict(frame.missing)
+        if not frame.cameras:
+            self.counters["skipped_no_cameras"] += 1
             return
         try:
             prediction = self.predictor.predict(frame.images, [k.K for k in frame.intrinsics],
@@ -311,6 +322,7 @@ class PerceptionNode(LifecycleNode):
         self.last["model_ms"] = prediction.model_ms
         self.last["latency_ms"] = (self.get_clock().now().nanoseconds - frame.stamp_ns) / 1e6
         self.processing_pub.publish(Float64(data=self.last["processing_ms"]))
+        self.model_time_pub.publish(Float64(data=self.last["model_ms"]))
         self.latency_pub.publish(Float64(data=self.last["latency_ms"]))
 
     def _publish(self, frame: RigFrame, prediction: FramePrediction, header: Header) -> None:

@@ -49,6 +49,7 @@ class RigMonitorNode(Node):
         return 0 < self.max_frames <= len(self.frames)
 
     def _on_frame(self, frame: RigFrame) -> None:
+        self.rig.stats.count_failures(frame.decode())
         self.frames = (self.frames + [frame])[-max(self.max_frames, 1):]
         self.get_logger().info(describe_frame(frame))
 

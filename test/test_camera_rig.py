@@ -32,10 +32,15 @@ def header(camera: str, stamp_us: int) -> Header:
 
 def test_rig_frames_carry_images_intrinsics_and_extrinsics_and_report_bad_cameras(session):
     frames = []
+
+    def decode_and_keep(frame):
+        rig.stats.count_failures(frame.decode())
+        frames.append(frame)
+
     receiver = session.node("rig_receiver")
     rig = CameraRigInput(receiver, topics_from_format(CAMERAS, "/test_rig/{camera}/image", "/test_rig/{camera}/info",
                                                       compressed=False),
-                         frames.append, output_frame="base_link", fixed_frame="map", max_camera_delay_s=0.05,
+                         decode_and_keep, output_frame="base_link", fixed_frame="map", max_camera_delay_s=0.05,
                          reference_camera=None, qos=input_qos("reliable", 10), tf_wait_s=2.0)
     sender = session.node("rig_sender")
     qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)

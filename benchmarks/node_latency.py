@@ -1,0 +1,151 @@
+"""Latency of perception_node on loopback DDS: cameras published at a fixed rate with live stamps.
+
+Starts the node as its own process (as in deployment), publishes one nuScenes-format sample's 6 JPEGs +
+CameraInfo (+ /tf_static) re-stamped with the current time at --hz, subscribes to the occupancy output so
+the node works, and reports per frame: pipeline latency (image stamp -> output), model time, ROS overhead
+(latency - model time), the drop rate and the node's RSS over time.
+
+    .venv/bin/python benchmarks/node_latency.py [--dataroot data/nuscenes_sample] [--model M] [--seconds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, CompressedImage, PointCloud2
+from std_msgs.msg import Float64
+from tf2_msgs.msg import TFMessage
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from distillnerf_core.nuscenes_tables import load_sensor_records  # noqa: E402
+from distillnerf_ros.camera_rig import TF_STATIC_QOS  # noqa: E402
+from distillnerf_ros.nuscenes_messages import camera_messages, static_tf_message  # noqa: E402
+
+NODE = "/distillnerf_perception"
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"n": 0}
+    array = np.asarray(values)
+    return {"n": len(values), "median": float(np.median(array)), "p90": float(np.percentile(array, 90)),
+            "max": float(array.max())}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataroot", default=str(REPO / "data" / "nuscenes_sample"))
+    parser.add_argument("--model", default="", help="checkpoint (default: the node's bundled model)")
+    parser.add_argument("--hz", type=float, default=12.0)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", default="")
+    args = parser.parse_args()
+
+    records = [r for r in load_sensor_records(args.dataroot) if r.modality == "camera"]
+    first_sample = records[0].sample_token
+    records = [r for r in records if r.sample_token == first_sample]
+    node_cmd = [sys.executable, str(REPO / "scripts" / "perception_node"), "--ros-args", "--params-file",
+                str(REPO / "config" / "perception.yaml"), "-p", "fixed_frame:=none", "-p", f"device:={args.device}",
+                "-p", "input_reliability:=reliable"]
+    if args.model:
+        node_cmd += ["-p", f"model_path:={args.model}"]
+    node_process = subprocess.Popen(node_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    rclpy.init()
+    bench = rclpy.create_node("node_latency_bench")
+    series: dict[str, list[float]] = {"latency": [], "model": [], "processing": []}
+    counters: dict[str, str] = {}
+    qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+    for name, key in (("pipeline_latency_ms", "latency"), ("model_time_ms", "model"),
+                      ("processing_time_ms", "processing")):
+        bench.create_subscription(Float64, f"{NODE}/debug/{name}", lambda m, k=key: series[k].append(m.data), 10)
+    bench.create_subscription(PointCloud2, f"{NODE}/occupancy", lambda m: None, qos)
+
+    def on_diagnostics(message: DiagnosticArray) -> None:
+        for status in message.status:
+            if status.name.startswith("distillnerf_perception"):
+                counters.update({kv.key: kv.value for kv in status.values})
+                counters["message"] = status.message
+
+    bench.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
+    images = {r.channel: bench.create_publisher(CompressedImage, f"/{r.channel}/image_rect_compressed", qos)
+              for r in records}
+    infos = {r.channel: bench.create_publisher(CameraInfo, f"/{r.channel}/camera_info", qos) for r in records}
+    bench.create_publisher(TFMessage, "/tf_static", TF_STATIC_QOS).publish(static_tf_message(records))
+    messages = {r.channel: camera_messages(r) for r in records}
+
+    deadline = time.monotonic() + 120
+    while counters.get("message") != "active" and time.monotonic() < deadline:
+        rclpy.spin_once(bench, timeout_sec=0.1)
+    if counters.get("message") != "active":
+        node_process.kill()
+        print(f"the node did not become active: {counters} {node_process.stderr.read()[-2000:]}")
+        return 1
+    rss, sent = [], 0
+    start = time.monotonic()
+    next_frame = start
+    while time.monotonic() - start < args.seconds:
+        if time.monotonic() >= next_frame:
+            stamp = bench.get_clock().now().to_msg()
+            for channel, (image, info) in messages.items():
+                image.header.stamp = info.header.stamp = stamp
+                infos[channel].publish(info)
+                images[channel].publish(image)
+            sent += 1
+            next_frame += 1.0 / args.hz
+            if sent % int(args.hz) == 0:
+                rss.append((time.monotonic() - start, rss_mb(node_process.pid)))
+        rclpy.spin_once(bench, timeout_sec=max(0.0, min(0.01, next_frame - time.monotonic())))
+    settle = time.monotonic() + 5
+    while time.monotonic() < settle:
+        rclpy.spin_once(bench, timeout_sec=0.1)
+    node_process.terminate()
+    try:
+        node_process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        node_process.kill()
+
+    overhead = [lat - mod for lat, mod in zip(series["latency"], series["model"], strict=False)]
+    processed = int(counters.get("processed", 0))
+    result = {
+        "dataroot": args.dataroot, "hz": args.hz, "seconds": args.seconds, "frames_sent": sent,
+        "frames_processed": processed, "drop_rate": 1 - processed / sent if sent else None,
+        "latency_ms": percentiles(series["latency"]), "model_ms": percentiles(series["model"]),
+        "processing_ms": percentiles(series["processing"]), "ros_overhead_ms": percentiles(overhead),
+        "rss_mb": rss, "device": counters.get("device"), "cpu_count": os.cpu_count(),
+    }
+    print(f"{'metric':<18}{'median':>10}{'p90':>10}{'max':>10}   (ms, {len(series['latency'])} frames)")
+    for key in ("latency_ms", "model_ms", "processing_ms", "ros_overhead_ms"):
+        row = result[key]
+        if row.get("n"):
+            print(f"{key:<18}{row['median']:>10.1f}{row['p90']:>10.1f}{row['max']:>10.1f}")
+    print(f"frames sent {sent} at {args.hz} Hz, processed {processed}, drop rate {result['drop_rate']:.1%}")
+    if rss:
+        print(f"node RSS {rss[0][1]:.0f} MB at {rss[0][0]:.0f} s -> {rss[-1][1]:.0f} MB at {rss[-1][0]:.0f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
