@@ -51,3 +51,14 @@ def test_resize_keeps_relative_pixel_positions():
     full = K @ point
     small = intrinsics.K @ point
     assert np.allclose(full[:2] / full[2] / [1600, 900], small[:2] / small[2] / [228, 128])
+
+
+def test_intrinsics_follow_a_jpeg_dct_reduction_only_when_allowed():
+    from distillnerf_ros.camera_info import intrinsics_for_image
+
+    quarter = intrinsics_for_image(info(), (400, 225), reduced_ok=True)
+    assert np.allclose(quarter.K[0], K[0] * 0.25) and np.allclose(quarter.K[1], K[1] * 0.25)
+    with pytest.raises(CameraInfoError, match="1600x900 but the image is 400x225"):
+        intrinsics_for_image(info(), (400, 225), reduced_ok=False)
+    with pytest.raises(CameraInfoError, match="but the image is 500x300"):
+        intrinsics_for_image(info(), (500, 300), reduced_ok=True)

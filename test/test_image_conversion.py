@@ -95,3 +95,12 @@ def test_depth_is_32fc1_metres_with_nan_for_invalid():
     back = image_to_depth(msg)
     assert back[0, 0] == 1.5 and back[1, 1] == 80.25
     assert np.isnan(back[0, 1]) and np.isnan(back[1, 0]), "zero / infinite depth must become NaN (REP-118)"
+
+
+def test_jpeg_decodes_at_a_dct_reduction_no_smaller_than_asked():
+    path = next((Path(__file__).parents[1] / "data/nuscenes_sample/samples/CAM_FRONT").glob("*.jpg"))
+    msg = CompressedImage(format="jpeg", data=path.read_bytes())
+    assert compressed_image_to_rgb(msg, min_hw=(128, 228)).shape == (225, 400, 3), "1/4 keeps >= 128x228"
+    assert compressed_image_to_rgb(msg, min_hw=(500, 900)).shape == (900, 1600, 3), "no reduction fits: full size"
+    png = rgb_to_compressed_image(RGB, fmt="png")
+    assert compressed_image_to_rgb(png, min_hw=(2, 2)).shape == RGB.shape, "PNG has no DCT reduction"
