@@ -141,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--topics", nargs="+", default=None, help="only these topics")
     parser.add_argument("--wait-subscribers", type=float, default=2.0,
                         help="seconds to wait for a first subscriber before playing")
+    parser.add_argument("--delay", type=float, default=0.0,
+                        help="extra seconds to wait after discovery before playing (as ros2 bag play --delay)")
     parser.add_argument("--max-loops", type=int, default=0, help="with --loop: stop after this many (0: never)")
     args = parser.parse_args(argv)
     rclpy.init()
@@ -153,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         player.wait_for_subscribers(args.wait_subscribers)
+        time.sleep(args.delay)
         while True:
             player.play_once(args.rate, args.start_offset, args.clock_hz, stats)
             if not args.loop or (args.max_loops and stats.loops >= args.max_loops):

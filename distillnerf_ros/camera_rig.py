@@ -143,6 +143,7 @@ class CameraRigInput:
                                              min_cameras)
         self.stats = RigStatistics()
         self._infos: dict[str, CameraInfo] = {}
+        self._info_paired: set[str] = set()  # cameras whose CameraInfo carries each image's own stamp
         self._waiting: tuple[CameraSet, float] | None = None  # a set whose TF has not arrived yet
         self._subscriptions = [
             node.create_subscription(TFMessage, "/tf", lambda m: self.tf.add_message(m, static=False), TF_QOS),
@@ -177,6 +178,18 @@ class CameraRigInput:
             self._infos[camera] = msg
         return callback
 
+    def _info_pending(self, camera: str, image_stamp_ns: int) -> bool:
+        """No CameraInfo yet, or, for a camera whose CameraInfo comes with every image (same stamp), the one of
+        this image is still on its way: it travels on its own topic, and using the previous one is wrong when
+        the calibration changes (another bag starts). A CameraInfo that never matches (latched) is used as is."""
+        if camera not in self._infos:
+            return True
+        info_stamp = stamp_to_ns(self._infos[camera].header.stamp)
+        if info_stamp == image_stamp_ns:
+            self._info_paired.add(camera)
+            return False
+        return camera in self._info_paired and info_stamp < image_stamp_ns
+
     def _image_callback(self, camera: str) -> Callable[[Image | CompressedImage], None]:
         def callback(msg: Image | CompressedImage) -> None:
             camera_set = self.sync.add(camera, stamp_to_ns(msg.header.stamp), msg)
@@ -192,7 +205,7 @@ class CameraRigInput:
             return
         camera_set, deadline = self._waiting
         extrinsics, tf_errors, compensated = self._extrinsics(camera_set)
-        no_info = [camera for camera in camera_set.messages if camera not in self._infos]
+        no_info = [c for c in camera_set.messages if self._info_pending(c, camera_set.stamps_ns[c])]
         if (tf_errors or no_info) and time.monotonic() < deadline:
             return  # TF or CameraInfo may still be on its way (other topics): retried on the next tick
         self._waiting = None
