@@ -37,7 +37,7 @@ $(VENV)/.ros_interfaces: $(VENV)/.deps CMakeLists.txt package.xml srv/QueryScene
 setup: $(VENV)/.editable $(VENV)/.ros_interfaces
 
 demo: setup
-	$(PYTHON) -m distillnerf_ros.demo_plumbing --dataroot data/nuscenes_sample
+	$(PYTHON) -m distillnerf_ros.demo
 
 lint: setup
 	$(VENV)/bin/ruff check .

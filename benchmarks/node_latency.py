@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -29,26 +28,13 @@ from tf2_msgs.msg import TFMessage
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from node_metrics import percentiles, rss_mb  # noqa: E402
+
 from distillnerf_core.nuscenes_tables import load_sensor_records  # noqa: E402
 from distillnerf_ros.camera_rig import TF_STATIC_QOS  # noqa: E402
 from distillnerf_ros.nuscenes_messages import camera_messages, static_tf_message  # noqa: E402
 
 NODE = "/distillnerf_perception"
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def percentiles(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {"n": 0}
-    array = np.asarray(values)
-    return {"n": len(values), "median": float(np.median(array)), "p90": float(np.percentile(array, 90)),
-            "max": float(array.max())}
 
 
 def main() -> int:

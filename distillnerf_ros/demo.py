@@ -157,9 +157,9 @@ def input_images(bag: Path, trigger: int, window_ns: int = 100_000_000) -> dict[
     return images
 
 
-def draw(name: str, index: int, stamp: int, bag: Path, frame: FrameOutputs, out: Path) -> list[Path]:
+def draw(name: str, index: int, stamp: int, bag: Path, frame: FrameOutputs, out: Path, model: str) -> list[Path]:
     images = input_images(bag, stamp)
-    title = f"{name} frame {index} at {stamp / 1e9:.3f} s (bundled model)"
+    title = f"{name} frame {index} at {stamp / 1e9:.3f} s ({model})"
     sheet = demo_pictures.contact_sheet(
         CAMERAS, [images.get(c) for c in CAMERAS], [frame.depth.get(c) for c in CAMERAS],
         [frame.rendered.get(c) for c in CAMERAS], out / f"{name}_{index:02d}_cameras.png", title)
@@ -227,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                           f" {recorder.describe(stamp)}", flush=True)
                     continue
                 processed[name] = processed.get(name, 0) + 1
-                pictures += draw(name, index, stamp, bag, recorder.frames[stamp], args.out)
+                pictures += draw(name, index, stamp, bag, recorder.frames[stamp], args.out,
+                                 Path(args.model).name if args.model else "bundled model")
             player.wait(timeout=120)
     finally:
         recorder.close()
