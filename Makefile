@@ -17,7 +17,7 @@ export ROS_DOMAIN_ID ?= $(shell echo $$(( $$$$ % 90 + 10 )))
 .PHONY: help setup demo test lint clean
 
 help:
-	@echo "make demo   set up .venv and run the demo on the bundled nuScenes keyframe"
+	@echo "make demo   set up .venv and run the perception node on replayed nuScenes + synthetic bags (demo_out/)"
 	@echo "make test   set up .venv and run lint + every test"
 	@echo "make clean  remove .venv and build/"
 

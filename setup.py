@@ -22,6 +22,8 @@ setup(
             "distillnerf-synth=distillnerf_core.synthetic_export:main",
             "distillnerf-nusc-sample=distillnerf_core.nuscenes_sample:main",
             "distillnerf-viz-sample=distillnerf_core.viz_sample:main",
+            "distillnerf-train=distillnerf_core.train:main",
+            "distillnerf-eval=distillnerf_core.eval:main",
             "distillnerf-nusc2bag=distillnerf_ros.nusc2bag:main",
             "distillnerf-play=distillnerf_ros.bag_player:main",
         ],

@@ -140,7 +140,8 @@ def format_table(metrics: dict[str, Any], details: dict[str, Any] | None = None)
         ("LiDAR d1 / d2 / d3", f"{f(metrics['delta1'])} / {f(metrics['delta2'])} / {f(metrics['delta3'])}"),
     ]
     if "dense_abs_rel" in metrics:
-        rows.append(("dense AbsRel (<=80 m / <=50 m)", f"{f(metrics['dense_abs_rel'])} / {f(d.get('dense50_abs_rel'))}"))
+        dense = f"{f(metrics['dense_abs_rel'])} / {f(d.get('dense50_abs_rel'))}"
+        rows.append(("dense AbsRel (<=80 m / <=50 m)", dense))
         rows.append(("dense RMSE / d1", f"{f(d.get('dense_rmse'))} / {f(d.get('dense_delta1'))}"))
     rows.append(("samples", f(metrics["num_samples"])))
     width = max(len(k) for k, _ in rows)

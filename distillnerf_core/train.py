@@ -286,7 +286,10 @@ class TrainStep(nn.Module):
         if self.loss.cfg.nvs_l1 and "next_images" in batch and bool(batch["has_next"].any()):
             nvs_rgb = m.render(scene, CameraRig(batch["next_intrinsics"], batch["next_cam2ego"], image_hw)).rgb
         total, terms = self.loss(out, batch, nvs_rgb)
-        return total, terms, out
+        # Only the loss may carry the graph out of forward: DDP (find_unused_parameters) walks the graph of
+        # every returned tensor, and e.g. the unsupervised feature head would count as used but get no grad.
+        detached = ModelOutput(**{k: v.detach() if torch.is_tensor(v) else v for k, v in vars(out).items()})
+        return total, {k: v.detach() for k, v in terms.items()}, detached
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -563,7 +566,8 @@ def main(argv: list[str] | None = None) -> int:
                     args.device, args.threads, not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"done: step {summary['step']} ({summary['steps_per_s']:.3f} steps/s, "
-              f"data wait {100 * summary['data_wait_fraction']:.1f}%), final weights {Path(args.out) / 'model.safetensors'}")
+              f"data wait {100 * summary['data_wait_fraction']:.1f}%), "
+              f"final weights {Path(args.out) / 'model.safetensors'}")
     return 0
 
 

@@ -37,10 +37,12 @@ class DatarootPublisher(Node):
         self.tf_static_pub.publish(static_tf_message(self.records))
 
     def wait_for_subscribers(self, timeout_s: float) -> bool:
-        """Wait until every image topic has a subscriber (so nothing published is lost to discovery)."""
+        """Wait until every image and CameraInfo topic has a subscriber (so nothing published is lost to
+        discovery: each topic is matched on its own, so images being matched says nothing about CameraInfo)."""
+        publishers = [*self.image_pubs.values(), *self.info_pubs.values()]
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if all(pub.get_subscription_count() > 0 for pub in self.image_pubs.values()):
+            if all(pub.get_subscription_count() > 0 for pub in publishers):
                 return True
             rclpy.spin_once(self, timeout_sec=0.05)
         return False
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     node = DatarootPublisher(args.dataroot, args.version)
     try:
         if not node.wait_for_subscribers(args.wait_subscribers):
-            node.get_logger().error(f"no subscriber on the image topics after {args.wait_subscribers} s")
+            node.get_logger().error(f"image or CameraInfo topic without subscriber after {args.wait_subscribers} s")
             return 1
         sent = node.publish_all()
         node.get_logger().info(f"published {sent} messages from {len(node.cameras)} cameras")

@@ -71,11 +71,12 @@ def test_missing_bag_and_unknown_topic_are_clear_errors(keyframe_bag, tmp_path):
 
 
 def test_looped_bag_with_sim_time_keeps_the_perception_node_working(keyframe_bag, tmp_path):
+    from sensor_msgs.msg import PointCloud2
+    from std_msgs.msg import Float64
+
     from distillnerf_core.checkpoint import save_checkpoint
     from distillnerf_core.model import DistillNeRFModel
     from distillnerf_ros.perception_node import PerceptionNode
-    from sensor_msgs.msg import PointCloud2
-    from std_msgs.msg import Float64
 
     checkpoint = tmp_path / "tiny.safetensors"
     save_checkpoint(DistillNeRFModel("tiny", load_pretrained=False), checkpoint)
