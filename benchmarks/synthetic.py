@@ -10,8 +10,8 @@ the reference evaluation protocol (distillnerf-eval) on the held-out set; prints
 --ablations trains, in the same run and the SAME total budget split evenly, three variants side by side:
   two-stage / two-level  the reference design (lift.two_stage, fine level folded into the sparse CNN input)
   one-stage              lift.two_stage = false: the coarse depth bins become the lifted points
-  coarse-only            sparse_conv.coarse_only = true: the sparse CNN sees only the coarse level (the fine
-                         level is not folded into it); rendering still uses the fine level where occupied
+  coarse-only            voxels.fine_level = false: no fine level at all; the sparse CNN, the renderer and the
+                         decoder see only the coarse level (its fine feature channels are zero)
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from distillnerf_core.train import DataConfig, load_train_config, make_dataset, 
 VARIANTS = {
     "two-stage/two-level": {},
     "one-stage": {"lift": {"two_stage": False}},
-    "coarse-only": {"sparse_conv": {"coarse_only": True}},
+    "coarse-only": {"voxels": {"fine_level": False}},
 }
 ROWS = [("recon PSNR", "psnr"), ("recon SSIM", "ssim"), ("novel-view PSNR", "nvs_psnr"),
         ("novel-view SSIM", "nvs_ssim"), ("LiDAR AbsRel", "abs_rel"), ("LiDAR RMSE (m)", "rmse"),

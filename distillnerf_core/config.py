@@ -60,6 +60,7 @@ class VoxelConfig:
     coarse_resolution: int = 128
     fine_resolution: int = 512
     radius: list[float] = field(default_factory=lambda: [50.0, 50.0, 6.4])
+    fine_level: bool = True  # False = coarse-only ablation: no fine level (rendering and the CNN see coarse only)
 
 
 @dataclass

@@ -140,6 +140,8 @@ class DistillNeRFModel(nn.Module):
                 cfg.voxels.fine_resolution,
                 cfg.voxels.radius,
             )
+            if not cfg.voxels.fine_level:
+                fine = fine.emptied()
         with self._stage("sparse_conv", dev):
             coarse = self.sparse_cnn(coarse, fine)
         field = VoxelField(coarse, fine, tuple(cfg.voxels.radius), cfg.lift.logit_clamp)

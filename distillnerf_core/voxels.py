@@ -33,6 +33,12 @@ class SparseVoxels:
         """Same voxels, new per-voxel features (e.g. after the sparse CNN)."""
         return SparseVoxels(self.keys, self.coords, self.batch, features, self.counts, self.resolution, self.batch_size)
 
+    def emptied(self) -> SparseVoxels:
+        """The same level with no occupied voxel (same resolution and channel count)."""
+        none = self.keys[:0]
+        return SparseVoxels(none, self.coords[:0], self.batch[:0], self.features[:0], self.counts[:0],
+                            self.resolution, self.batch_size)
+
     def find(self, query_keys: torch.Tensor) -> torch.Tensor:
         """Row index of each query key, -1 where the voxel is not occupied (sorted-key binary search)."""
         if self.keys.numel() == 0:

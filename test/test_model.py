@@ -136,6 +136,17 @@ def test_resized_input_and_ablations(capsys):
     assert capsys.readouterr().out == "", "forward must not print"
 
 
+def test_coarse_only_ablation_has_no_fine_level_and_still_trains():
+    images, rig = _inputs(3)
+    model = _model(voxels={"fine_level": False})
+    scene = model.encode(images, rig.intrinsics, rig.cam2ego)
+    assert scene.field.fine.num_voxels == 0 and scene.field.coarse.num_voxels > 0
+    out = model.render(scene, rig)
+    assert torch.isfinite(out.depth).all() and (out.depth > 0).all(), "coarse level alone must give depth"
+    out.rgb.mean().backward()
+    assert model.sparse_cnn.stem.weight.grad.abs().sum() > 0, "the sparse CNN must still learn"
+
+
 def test_camera_id_out_of_range_is_an_error():
     model = _model().eval()
     images, rig = _inputs(1)
