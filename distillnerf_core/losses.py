@@ -32,7 +32,7 @@ class LossConfig:
 
     rgb_l1: float = 1.0
     rgb_ssim: float = 0.2
-    lpips: float = 0.0  # needs lpips_vgg_weights (a LOCAL file); off otherwise
+    lpips: float = 0.0  # > 0 needs lpips_vgg_weights (a LOCAL VGG16 safetensors file)
     lpips_vgg_weights: str | None = None
     lidar_coarse: float = 10.0
     lidar_render: float = 10.0
@@ -148,7 +148,10 @@ class DistillNeRFLoss(torch.nn.Module):
         super().__init__()
         self.cfg = cfg or LossConfig()
         self.lpips = None
-        if self.cfg.lpips > 0 and self.cfg.lpips_vgg_weights:
+        if self.cfg.lpips > 0:
+            if not self.cfg.lpips_vgg_weights:
+                raise ValueError("loss.lpips > 0 needs loss.lpips_vgg_weights (a local VGG16 .safetensors file; "
+                                 "weights are never downloaded); set loss.lpips to 0 to train without LPIPS")
             self.lpips = LPIPSVGG(self.cfg.lpips_vgg_weights)
 
     def forward(self, out: Any, batch: dict[str, Any], nvs_rgb: torch.Tensor | None = None
@@ -161,7 +164,7 @@ class DistillNeRFLoss(torch.nn.Module):
             terms["rgb_l1"] = rgb_l1_loss(pred, images)
         if cfg.rgb_ssim:
             terms["rgb_ssim"] = rgb_ssim_loss(pred, images)
-        if cfg.lpips and self.lpips is not None:
+        if self.lpips is not None:
             terms["lpips"] = self.lpips(pred.flatten(0, 1), images.flatten(0, 1))
         lidar = batch.get("lidar_depth")
         if lidar is not None:

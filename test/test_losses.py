@@ -110,5 +110,7 @@ def test_lpips_needs_a_local_file():
     pytest.importorskip("torchvision")
     with pytest.raises(FileNotFoundError, match="never downloaded"):
         DistillNeRFLoss(LossConfig(lpips=1.0, lpips_vgg_weights="/nonexistent/vgg16.safetensors"))
-    # no path: LPIPS stays off, no error, no download
-    assert DistillNeRFLoss(LossConfig(lpips=1.0)).lpips is None
+    # asked for without a file: an error, never a silent switch-off or a download
+    with pytest.raises(ValueError, match="needs loss.lpips_vgg_weights"):
+        DistillNeRFLoss(LossConfig(lpips=1.0))
+    assert DistillNeRFLoss(LossConfig(lpips=0.0)).lpips is None
