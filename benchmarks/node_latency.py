@@ -3,7 +3,10 @@
 Starts the node as its own process (as in deployment), publishes one nuScenes-format sample's 6 JPEGs +
 CameraInfo (+ /tf_static) re-stamped with the current time at --hz, subscribes to the occupancy output so
 the node works, and reports per frame: pipeline latency (image stamp -> output), model time, ROS overhead
-(latency - model time), the drop rate and the node's RSS over time.
+(latency - model time), split into the input delay (image stamp -> worker start: DDS transport, sync and
+waiting for the worker to finish the previous frame) and the in-node work outside the model (processing -
+model time: JPEG decode, resize, message conversion and publishing), the drop rate and the node's RSS over
+time. At a rate the model keeps up with (e.g. --hz 1) nothing waits, so the overhead is the ROS cost alone.
 
     .venv/bin/python benchmarks/node_latency.py [--dataroot data/nuscenes_sample] [--model M] [--seconds 30]
 """
@@ -58,11 +61,11 @@ def main() -> int:
     node_process = subprocess.Popen(node_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     rclpy.init()
     bench = rclpy.create_node("node_latency_bench")
-    series: dict[str, list[float]] = {"latency": [], "model": [], "processing": []}
+    series: dict[str, list[float]] = {"latency": [], "model": [], "processing": [], "input_delay": []}
     counters: dict[str, str] = {}
     qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
     for name, key in (("pipeline_latency_ms", "latency"), ("model_time_ms", "model"),
-                      ("processing_time_ms", "processing")):
+                      ("processing_time_ms", "processing"), ("input_delay_ms", "input_delay")):
         bench.create_subscription(Float64, f"{NODE}/debug/{name}", lambda m, k=key: series[k].append(m.data), 10)
     bench.create_subscription(PointCloud2, f"{NODE}/occupancy", lambda m: None, qos)
 
@@ -111,19 +114,21 @@ def main() -> int:
         node_process.kill()
 
     overhead = [lat - mod for lat, mod in zip(series["latency"], series["model"], strict=False)]
+    in_node = [proc - mod for proc, mod in zip(series["processing"], series["model"], strict=False)]
     processed = int(counters.get("processed", 0))
     result = {
         "dataroot": args.dataroot, "hz": args.hz, "seconds": args.seconds, "frames_sent": sent,
         "frames_processed": processed, "drop_rate": 1 - processed / sent if sent else None,
         "latency_ms": percentiles(series["latency"]), "model_ms": percentiles(series["model"]),
         "processing_ms": percentiles(series["processing"]), "ros_overhead_ms": percentiles(overhead),
+        "input_delay_ms": percentiles(series["input_delay"]), "in_node_overhead_ms": percentiles(in_node),
         "rss_mb": rss, "device": counters.get("device"), "cpu_count": os.cpu_count(),
     }
-    print(f"{'metric':<18}{'median':>10}{'p90':>10}{'max':>10}   (ms, {len(series['latency'])} frames)")
-    for key in ("latency_ms", "model_ms", "processing_ms", "ros_overhead_ms"):
+    print(f"{'metric':<20}{'median':>10}{'p90':>10}{'max':>10}   (ms, {len(series['latency'])} frames)")
+    for key in ("latency_ms", "model_ms", "processing_ms", "ros_overhead_ms", "input_delay_ms", "in_node_overhead_ms"):
         row = result[key]
         if row.get("n"):
-            print(f"{key:<18}{row['median']:>10.1f}{row['p90']:>10.1f}{row['max']:>10.1f}")
+            print(f"{key:<20}{row['median']:>10.1f}{row['p90']:>10.1f}{row['max']:>10.1f}")
     print(f"frames sent {sent} at {args.hz} Hz, processed {processed}, drop rate {result['drop_rate']:.1%}")
     if rss:
         print(f"node RSS {rss[0][1]:.0f} MB at {rss[0][0]:.0f} s -> {rss[-1][1]:.0f} MB at {rss[-1][0]:.0f} s")
