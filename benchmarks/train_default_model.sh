@@ -15,6 +15,6 @@ cd "$REPO"
 $PY -m distillnerf_core.train --config train_default --dataroot "$WORK/train" --version v1.0-synthetic \
   --out "$WORK/run" --max-minutes "$MINUTES" --threads "$(nproc)"
 mkdir -p models/default
-cp "$WORK/run/model.safetensors" "$WORK/run/model.json" models/default/
+cp "$WORK/run/model.safetensors" "$WORK/run/model.json" "$WORK/run/train_config.json" "$WORK/run/train_summary.json" models/default/
 $PY -m distillnerf_core.eval --checkpoint models/default/model.safetensors --dataroot "$WORK/heldout" \
   --version v1.0-synthetic --json models/default/eval.json --images "$WORK/eval_images" --threads "$(nproc)"
