@@ -210,10 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     pictures: list[Path] = []
     processed: dict[str, int] = {}
     try:
-        if not spin_until(executor, lambda: recorder.status == "active" or node_process.poll() is not None, 120):
+        settled = ("active", "configure failed")
+        if not spin_until(executor, lambda: recorder.status in settled or node_process.poll() is not None, 120):
             raise RuntimeError("perception_node did not become active within 120 s")
         if recorder.status != "active":
-            raise RuntimeError(f"perception_node stopped: see {args.out / 'perception_node.log'}")
+            node_log.flush()
+            tail = (args.out / "perception_node.log").read_text(errors="replace").strip().splitlines()[-5:]
+            raise RuntimeError(f"perception_node is not running ({recorder.status or 'exited'}):\n  "
+                               + "\n  ".join(tail))
         for name, bag in bags.items():
             stamps = keyframe_stamps(bag)
             print(f"playing {name} ({len(stamps)} frames) ...", flush=True)

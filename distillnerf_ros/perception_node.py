@@ -44,13 +44,11 @@ def bundled_model_path() -> Path | None:
     """The shipped default model: the installed share directory first, then this source tree."""
     candidates = []
     try:
-        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-        try:
-            candidates.append(Path(get_package_share_directory("distillnerf_ros")) / BUNDLED_MODEL)
-        except PackageNotFoundError:
-            pass
-    except ImportError:
-        pass
+        from ament_index_python.packages import get_package_share_directory
+
+        candidates.append(Path(get_package_share_directory("distillnerf_ros")) / BUNDLED_MODEL)
+    except (ImportError, LookupError, OSError, ValueError):
+        pass  # no ament index (pip-only setup, AMENT_PREFIX_PATH unset) or the package is not installed there
     candidates.append(REPO_ROOT / BUNDLED_MODEL)
     return next((path for path in candidates if path.is_file()), None)
 

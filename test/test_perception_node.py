@@ -158,6 +158,19 @@ def test_bad_model_path_fails_configure_cleanly(session, tiny_checkpoint, tmp_pa
     assert status.level == status.ERROR and any(expected in kv.value for kv in status.values)
 
 
+@pytest.mark.parametrize("ament_prefix_path", [None, "/nonexistent/ros/prefix"])
+def test_empty_model_path_loads_the_bundled_model(session, monkeypatch, ament_prefix_path):
+    # pip-only setups have no ament index at all; a sourced workspace may not hold this package
+    if ament_prefix_path is None:
+        monkeypatch.delenv("AMENT_PREFIX_PATH", raising=False)
+    else:
+        monkeypatch.setenv("AMENT_PREFIX_PATH", ament_prefix_path)
+    node = start_node(session, model_path="")
+    assert node.status_message == "active", node.last
+    assert node.model_path == REPO / "models" / "default" / "model.safetensors"
+    assert node.predictor.model.config.name == "small"
+
+
 def test_cuda_requested_but_absent(session, tiny_checkpoint):
     import torch
 
