@@ -62,6 +62,7 @@ class OutputRecorder:
         self.frames: dict[int, FrameOutputs] = {}
         self.series: dict[str, list[float]] = {"model": []}
         self.status = ""
+        self.diagnostics: dict[str, str] = {}
         self._staging = Path(tempfile.mkdtemp(prefix=".outputs.", dir=bag_path.parent))
         self._final = bag_path
         self._writer = Writer(self._staging / bag_path.name, version=9)
@@ -82,6 +83,7 @@ class OutputRecorder:
         for status in message.status:
             if status.name.startswith(NODE):
                 self.status = status.message
+                self.diagnostics = {kv.key: kv.value for kv in status.values}
 
     def _on_output(self, topic: str, message) -> None:
         msgtype = type(message).__module__.split(".")[0] + "/msg/" + type(message).__name__
@@ -208,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     executor.add_node(recorder_node)
     recorder = OutputRecorder(recorder_node, args.out / "outputs")
     pictures: list[Path] = []
+    to_draw: list[tuple[str, int, int, Path]] = []
     processed: dict[str, int] = {}
     try:
         settled = ("active", "configure failed")
@@ -231,9 +234,14 @@ def main(argv: list[str] | None = None) -> int:
                           f" {recorder.describe(stamp)}", flush=True)
                     continue
                 processed[name] = processed.get(name, 0) + 1
-                pictures += draw(name, index, stamp, bag, recorder.frames[stamp], args.out,
-                                 Path(args.model).name if args.model else "bundled model")
+                to_draw.append((name, index, stamp, bag))
             player.wait(timeout=120)
+        done = sum(processed.values())
+        spin_until(executor, lambda: int(recorder.diagnostics.get("processed", 0)) >= done, 3.0)  # fresh counters
+        # Drawn after playback: matplotlib competing with the node for 2 CPU cores made frames late.
+        model_name = Path(args.model).name if args.model else "bundled model"
+        for name, index, stamp, bag in to_draw:
+            pictures += draw(name, index, stamp, bag, recorder.frames[stamp], args.out, model_name)
     finally:
         recorder.close()
         node_process.terminate()
@@ -251,7 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     if len(model):
         # Latency in sim time would be scaled by the slowed playback; the wall-clock model time is the number.
         print(f"model time per 6-camera frame: median {np.median(model):.0f} ms, max {model.max():.0f} ms over"
-              f" {len(model)} frames; benchmarks/node_latency.py measures live latency and ROS overhead")
+              f" {len(model)} frames ({', '.join(f'{m:.0f}' for m in model)}); benchmarks/node_latency.py measures"
+              " live latency and ROS overhead")
+    counters = {k: recorder.diagnostics.get(k, "?") for k in ("processed", "dropped_busy", "errors")}
+    print(f"node counters: {counters}")
     print(f"outputs bag: {args.out / 'outputs'}")
     print(f"pictures ({len(pictures)}): {args.out}/*_cameras.png, *_bev.png, *_occupancy_3d.png")
     print(f"node log: {args.out / 'perception_node.log'}; total {time.monotonic() - started:.0f} s")
