@@ -46,8 +46,9 @@ def main() -> int:
     node = subprocess.Popen(node_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     rclpy.init()
     bench = rclpy.create_node("soak_bench")
-    latency, model, counters = [], [], {}
-    bench.create_subscription(Float64, f"{NODE}/debug/processing_time_ms", lambda m: latency.append(m.data), 10)
+    latency, processing, model, counters = [], [], [], {}
+    bench.create_subscription(Float64, f"{NODE}/debug/pipeline_latency_ms", lambda m: latency.append(m.data), 10)
+    bench.create_subscription(Float64, f"{NODE}/debug/processing_time_ms", lambda m: processing.append(m.data), 10)
     bench.create_subscription(Float64, f"{NODE}/debug/model_time_ms", lambda m: model.append(m.data), 10)
     bench.create_subscription(PointCloud2, f"{NODE}/occupancy", lambda m: None,
                               QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
@@ -85,7 +86,8 @@ def main() -> int:
     baseline = next((mb for t, mb in rss if t >= 60), rss[0][1])
     result = {"minutes": args.minutes, "crashed": crashed, "processed": int(counters.get("processed", 0)),
               "dropped_busy": int(counters.get("dropped_busy", 0)), "errors": int(counters.get("errors", 0)),
-              "processing_ms": percentiles(latency), "model_ms": percentiles(model),
+              "pipeline_latency_ms": percentiles(latency), "processing_ms": percentiles(processing),
+              "model_ms": percentiles(model),
               "rss_mb_start": rss[0][1], "rss_mb_after_1min": baseline, "rss_mb_end": rss[-1][1],
               "rss_growth_after_1min": rss[-1][1] / baseline - 1, "tf_resets": counters.get("tf_resets")}
     print(json.dumps(result, indent=2))
