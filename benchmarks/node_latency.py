@@ -36,6 +36,7 @@ from node_metrics import percentiles, rss_mb  # noqa: E402
 from distillnerf_core.nuscenes_tables import load_sensor_records  # noqa: E402
 from distillnerf_ros.camera_rig import TF_STATIC_QOS  # noqa: E402
 from distillnerf_ros.nuscenes_messages import camera_messages, static_tf_message  # noqa: E402
+from distillnerf_ros.processes import stop_process  # noqa: E402
 
 NODE = "/distillnerf_perception"
 
@@ -107,11 +108,7 @@ def main() -> int:
     settle = time.monotonic() + 5
     while time.monotonic() < settle:
         rclpy.spin_once(bench, timeout_sec=0.1)
-    node_process.terminate()
-    try:
-        node_process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        node_process.kill()
+    stop_process(node_process)
 
     overhead = [lat - mod for lat, mod in zip(series["latency"], series["model"], strict=False)]
     in_node = [proc - mod for proc, mod in zip(series["processing"], series["model"], strict=False)]

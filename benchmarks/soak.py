@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO))
 from node_metrics import percentiles, rss_mb  # noqa: E402
 
 from distillnerf_ros.demo import build_bags  # noqa: E402
+from distillnerf_ros.processes import stop_process  # noqa: E402
 
 NODE = "/distillnerf_perception"
 
@@ -75,13 +76,8 @@ def main() -> int:
         if time.monotonic() - start - rss[-1][0] >= 10:
             rss.append((time.monotonic() - start, rss_mb(node.pid)))
     crashed = node.poll() is not None
-    player.terminate()
-    node.terminate()
     for process in (player, node):
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process)
     # The first samples include the model's warm-up allocations; growth is measured from the first minute on.
     baseline = next((mb for t, mb in rss if t >= 60), rss[0][1])
     result = {"minutes": args.minutes, "crashed": crashed, "processed": int(counters.get("processed", 0)),

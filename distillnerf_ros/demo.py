@@ -36,6 +36,7 @@ from distillnerf_core.synthetic_export import write_dataroot
 from distillnerf_ros.image_conversion import compressed_image_to_rgb, image_to_depth, image_to_rgb
 from distillnerf_ros.nusc2bag import convert
 from distillnerf_ros.pointcloud import pointcloud2_to_points, unpack_rgb
+from distillnerf_ros.processes import stop_process
 from distillnerf_ros.tf_cache import stamp_to_ns
 
 REPO = Path(__file__).resolve().parents[1]
@@ -244,11 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             pictures += draw(name, index, stamp, bag, recorder.frames[stamp], args.out, model_name)
     finally:
         recorder.close()
-        node_process.terminate()
-        try:
-            node_process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            node_process.kill()
+        stop_process(node_process)
         node_log.close()
         executor.shutdown()
         recorder_node.destroy_node()

@@ -21,6 +21,7 @@ from rclpy.parameter import Parameter
 from distillnerf_core.geometry import invert_transform
 from distillnerf_core.nuscenes_tables import load_sensor_records
 from distillnerf_ros.camera_rig import RigFrame
+from distillnerf_ros.processes import stop_process
 from distillnerf_ros.rig_monitor_node import RigMonitorNode, describe_frame
 
 
@@ -70,11 +71,7 @@ def receive_one_frame(dataroot: str, timeout_s: float) -> RigFrame:
             raise TimeoutError(f"no synchronised frame within {timeout_s} s")
         return node.frames[-1]
     finally:
-        publisher.terminate()
-        try:
-            publisher.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            publisher.kill()
+        stop_process(publisher, timeout_s=5)
         node.destroy_node()
         rclpy.try_shutdown()
 

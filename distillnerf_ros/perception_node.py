@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from nav_msgs.msg import OccupancyGrid
 from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -28,6 +28,7 @@ from std_msgs.msg import Float64, Header
 from distillnerf_core.inference import DeviceUnavailableError, FramePrediction, OccupancySettings, ScenePredictor
 from distillnerf_ros.camera_info import CameraIntrinsics, intrinsics_to_camera_info
 from distillnerf_ros.camera_rig import STEADY_CLOCK, RigFrame, declare_rig_parameters, rig_input_from_parameters
+from distillnerf_ros.diagnostics import publish_status
 from distillnerf_ros.image_conversion import depth_to_image, rgb_to_image
 from distillnerf_ros.pointcloud import make_points, occupancy_grid_from_probabilities, points_to_pointcloud2
 from distillnerf_ros.srv import QueryScene
@@ -375,11 +376,8 @@ class PerceptionNode(LifecycleNode):
             values["tf_resets"] = self.rig.tf.resets
             sync_missing = self.rig.sync.stats.missing.items()
             values.update({f"sync_missing/{camera}/{kind}": n for (camera, kind), n in sync_missing})
-        status = DiagnosticStatus(level=level, name=f"{self.get_name()}: perception", hardware_id="distillnerf",
-                                  message=message, values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
-        array = DiagnosticArray(status=[status])
-        array.header.stamp = self.get_clock().now().to_msg()
-        self.diagnostics_pub.publish(array)
+        publish_status(self, self.diagnostics_pub, level, f"{self.get_name()}: perception", "distillnerf", message,
+                       values)
 
 
 def main(argv: list[str] | None = None) -> int:

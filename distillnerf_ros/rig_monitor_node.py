@@ -10,11 +10,12 @@ from __future__ import annotations
 import sys
 
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 
 from distillnerf_ros.camera_rig import STEADY_CLOCK, RigFrame, declare_rig_parameters, rig_input_from_parameters
+from distillnerf_ros.diagnostics import publish_status
 
 
 def describe_frame(frame: RigFrame) -> str:
@@ -64,12 +65,8 @@ class RigMonitorNode(Node):
         values.update({f"missing/{camera}/{kind}": n for (camera, kind), n in sorted(sync.missing.items())})
         values.update({f"errors/{camera}": n for camera, n in sorted(stats.camera_errors.items())})
         values.update({f"last_error/{key}": reason for key, reason in stats.last_errors.items()})
-        status = DiagnosticStatus(level=level, name=f"{self.get_name()}: camera rig", hardware_id="camera_rig",
-                                  message=f"{stats.frames} frames, {missing} camera drops",
-                                  values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
-        array = DiagnosticArray(status=[status])
-        array.header.stamp = self.get_clock().now().to_msg()
-        self.diagnostics_pub.publish(array)
+        publish_status(self, self.diagnostics_pub, level, f"{self.get_name()}: camera rig", "camera_rig",
+                       f"{stats.frames} frames, {missing} camera drops", values)
 
 
 def main(argv: list[str] | None = None) -> int:
