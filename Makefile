@@ -37,7 +37,7 @@ $(VENV)/.ros_interfaces: $(VENV)/.deps CMakeLists.txt package.xml srv/QueryScene
 setup: $(VENV)/.editable $(VENV)/.ros_interfaces
 
 demo: setup
-	$(PYTHON) -m distillnerf_ros.demo
+	$(PYTHON) -m distillnerf_ros.tools.demo
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -17,11 +17,18 @@ from pathlib import Path
 
 import torch
 
-from distillnerf_core.cameras import contract, ring_rig, uncontract, voxel_centers
-from distillnerf_core.config import LiftConfig, RendererConfig
-from distillnerf_core.lift import depth_bin_edges, expected_depth, logits_to_density, march, soft_clamp
-from distillnerf_core.renderer import VolumeRenderer, VoxelField
-from distillnerf_core.voxels import pool
+from distillnerf_core.model.cameras import ring_rig
+from distillnerf_core.model.contraction import contract, uncontract, voxel_centers
+from distillnerf_core.model.lift import (
+    LiftConfig,
+    depth_bin_edges,
+    expected_depth,
+    logits_to_density,
+    march,
+    soft_clamp,
+)
+from distillnerf_core.model.renderer import RendererConfig, VolumeRenderer, VoxelField
+from distillnerf_core.model.voxels import pool
 
 RADIUS = (50.0, 50.0, 6.4)
 FINE_RES, COARSE_RES = 256, 64

@@ -33,10 +33,10 @@ sys.path.insert(0, str(REPO))
 
 from node_metrics import percentiles, rss_mb  # noqa: E402
 
-from distillnerf_core.nuscenes_tables import load_sensor_records  # noqa: E402
-from distillnerf_ros.camera_rig import TF_STATIC_QOS  # noqa: E402
-from distillnerf_ros.nuscenes_messages import camera_messages, static_tf_message  # noqa: E402
-from distillnerf_ros.processes import stop_process  # noqa: E402
+from distillnerf_core.data.nuscenes_tables import load_sensor_records  # noqa: E402
+from distillnerf_ros.conversions.nuscenes_messages import camera_messages, static_tf_message  # noqa: E402
+from distillnerf_ros.input.rig_input import TF_STATIC_QOS  # noqa: E402
+from distillnerf_ros.tools.processes import stop_process  # noqa: E402
 
 NODE = "/distillnerf_perception"
 

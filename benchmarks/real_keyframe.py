@@ -28,14 +28,14 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from distillnerf_core.checkpoint import load_weights, read_metadata  # noqa: E402
-from distillnerf_core.config import config_from_dict, load_config  # noqa: E402
-from distillnerf_core.datasets import NuScenesDataset, collate_samples  # noqa: E402
-from distillnerf_core.eval import evaluate, format_table  # noqa: E402
-from distillnerf_core.losses import DistillNeRFLoss, LossConfig  # noqa: E402
-from distillnerf_core.model import DistillNeRFModel  # noqa: E402
-from distillnerf_core.nuscenes_sample import build_dataroot, find_version  # noqa: E402
-from distillnerf_core.train import TrainStep, _deep_merge  # noqa: E402
+from distillnerf_core.configs import deep_merge  # noqa: E402
+from distillnerf_core.data.datasets import NuScenesDataset, collate_samples  # noqa: E402
+from distillnerf_core.data.nuscenes_sample import build_dataroot, find_version  # noqa: E402
+from distillnerf_core.model.distillnerf import DistillNeRFModel, ModelConfig  # noqa: E402
+from distillnerf_core.training.checkpoints import load_weights, read_metadata  # noqa: E402
+from distillnerf_core.training.eval import evaluate, format_table  # noqa: E402
+from distillnerf_core.training.losses import DistillNeRFLoss, LossConfig  # noqa: E402
+from distillnerf_core.training.trainer import TrainStep  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     version = find_version(args.src)
     root = build_dataroot(args.src, args.work / "root", link=True, version=version)
-    base = read_metadata(args.init)["config"] if args.init else load_config(args.config).to_dict()
+    base = read_metadata(args.init)["config"] if args.init else ModelConfig.load(args.config).to_dict()
     over = {"renderer": {"render_scale": args.render_scale}} if args.render_scale else {}
-    mcfg = config_from_dict(_deep_merge(base, over))
+    mcfg = ModelConfig.from_dict(deep_merge(base, over))
     model = DistillNeRFModel(mcfg)
     if args.init:
         load_weights(model, args.init)

@@ -26,8 +26,8 @@ sys.path.insert(0, str(REPO))
 
 from node_metrics import percentiles, rss_mb  # noqa: E402
 
-from distillnerf_ros.demo import build_bags  # noqa: E402
-from distillnerf_ros.processes import stop_process  # noqa: E402
+from distillnerf_ros.tools.demo import build_bags  # noqa: E402
+from distillnerf_ros.tools.processes import stop_process  # noqa: E402
 
 NODE = "/distillnerf_perception"
 
@@ -67,7 +67,7 @@ def main() -> int:
         node.kill()
         print(f"perception_node did not become active: {node.stderr.read()[-2000:]}")
         return 1
-    player = subprocess.Popen([sys.executable, "-m", "distillnerf_ros.bag_player", str(bag), "--clock", "--loop"],
+    player = subprocess.Popen([sys.executable, "-m", "distillnerf_ros.tools.play", str(bag), "--clock", "--loop"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     start = time.monotonic()
     rss = [(0.0, rss_mb(node.pid))]

@@ -30,10 +30,12 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from distillnerf_core.checkpoint import load_checkpoint  # noqa: E402
-from distillnerf_core.eval import evaluate  # noqa: E402
-from distillnerf_core.synthetic_export import VERSION, write_dataroot  # noqa: E402
-from distillnerf_core.train import DataConfig, load_train_config, make_dataset, train  # noqa: E402
+from distillnerf_core.data.datasets import DataConfig, make_dataset  # noqa: E402
+from distillnerf_core.data.synthetic.export import VERSION, write_dataroot  # noqa: E402
+from distillnerf_core.training.checkpoints import load_checkpoint  # noqa: E402
+from distillnerf_core.training.config import load_train_config  # noqa: E402
+from distillnerf_core.training.eval import evaluate  # noqa: E402
+from distillnerf_core.training.trainer import train  # noqa: E402
 
 VARIANTS = {
     "two-stage/two-level": {},
@@ -64,7 +66,8 @@ def run_variant(name: str, overrides: dict, args: argparse.Namespace, minutes: f
                     threads=args.threads, progress=not args.no_progress)
     model = load_checkpoint(run / "model.safetensors")
     render_hw = model.renderer.render_hw(tuple(model.config.image_hw))
-    dataset = make_dataset(str(work / "heldout"), VERSION, model.config, DataConfig(), render_hw, load_next=True)
+    dataset = make_dataset(str(work / "heldout"), VERSION, model.config.image_hw, DataConfig(), render_hw,
+                           load_next=True)
     result = evaluate(model, dataset, images_dir=run / "eval_images", num_images=2, progress=False)
     metrics = dict(result["metrics"])
     metrics.update(steps=summary["step"], minutes=summary["elapsed_s"] / 60.0)

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image as PILImage
 
-from .checkpoint import load_checkpoint
-from .model import DistillNeRFModel
-from .occupancy import query_occupancy
+from distillnerf_core.model.distillnerf import DistillNeRFModel
+from distillnerf_core.model.occupancy import OccupancyConfig, query_occupancy
+from distillnerf_core.training.checkpoints import load_checkpoint
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -45,17 +45,6 @@ def resolve_device(requested: str) -> torch.device:
     elif device.type != "cpu":
         raise ValueError(f"unsupported device '{requested}' (use auto, cpu, cuda or cuda:N)")
     return device
-
-
-@dataclass(frozen=True)
-class OccupancySettings:
-    """The ego-frame grid occupancy is queried on (the paper's defaults)."""
-
-    x_range: tuple[float, float] = (-40.0, 40.0)
-    y_range: tuple[float, float] = (-40.0, 40.0)
-    z_range: tuple[float, float] = (-5.0, 3.0)
-    voxel_size: float = 0.5
-    threshold: float = 0.1
 
 
 @dataclass
@@ -105,7 +94,7 @@ class ScenePredictor:
     """A loaded model that turns camera arrays into FramePredictions; one instance serves all cameras."""
 
     def __init__(self, model: DistillNeRFModel | str | Path, device: str = "auto", precision: str = "fp32",
-                 occupancy: OccupancySettings | None = None) -> None:
+                 occupancy: OccupancyConfig | None = None) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got '{precision}'")
         self.device = resolve_device(device)
@@ -114,7 +103,7 @@ class ScenePredictor:
         self.precision = precision
         self.model = load_checkpoint(model, self.device) if isinstance(model, str | Path) else model.to(self.device)
         self.model.eval()
-        self.occupancy = occupancy or OccupancySettings()
+        self.occupancy = occupancy or OccupancyConfig()
 
     @property
     def has_feature_head(self) -> bool:
@@ -202,8 +191,7 @@ class ScenePredictor:
     def _occupancy(self, scene, images_t: torch.Tensor, K_t: torch.Tensor, E_t: torch.Tensor,
                    result: FramePrediction) -> None:
         settings = self.occupancy
-        grid = query_occupancy(self.model, scene, 0, settings.x_range, settings.y_range, settings.z_range,
-                               settings.voxel_size, settings.threshold)
+        grid = query_occupancy(self.model, scene, 0, settings)
         centers = grid.centers.float()
         result.voxel_centers = centers.cpu().numpy()
         result.voxel_density = grid.density.float().cpu().numpy()
@@ -234,7 +222,7 @@ class ScenePredictor:
         return colours.cpu().numpy()
 
     @staticmethod
-    def _seen_columns(grid_shape: tuple[int, ...], settings: OccupancySettings, K: torch.Tensor, E: torch.Tensor,
+    def _seen_columns(grid_shape: tuple[int, ...], settings: OccupancyConfig, K: torch.Tensor, E: torch.Tensor,
                       hw: tuple[int, int]) -> torch.Tensor:
         """(X, Y) mask of BEV columns of which some cell lies in some camera's view; the rest are unknown."""
         nx, ny, nz = grid_shape

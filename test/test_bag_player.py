@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from rclpy.parameter import Parameter
 
-from distillnerf_ros.demo_plumbing import check_frame
-from distillnerf_ros.nusc2bag import convert
-from distillnerf_ros.rig_monitor_node import RigMonitorNode
+from distillnerf_ros.nodes.rig_monitor import RigMonitorNode
+from distillnerf_ros.tools.demo_plumbing import check_frame
+from distillnerf_ros.tools.nusc2bag import convert
 from ros_helpers import RosSession
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,7 +25,7 @@ def keyframe_bag(tmp_path_factory):
 
 
 def play(bag: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "distillnerf_ros.bag_player", str(bag), *args],
+    return subprocess.Popen([sys.executable, "-m", "distillnerf_ros.tools.play", str(bag), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -65,7 +65,7 @@ def test_corrupted_bag_gives_a_clear_error(keyframe_bag, tmp_path):
 def test_missing_bag_and_unknown_topic_are_clear_errors(keyframe_bag, tmp_path):
     for args, expected in (([str(tmp_path / "nope")], "not a rosbag2 directory"),
                            ([str(keyframe_bag), "--topics", "/nope"], "topics ['/nope'] are not in")):
-        result = subprocess.run([sys.executable, "-m", "distillnerf_ros.bag_player", *args],
+        result = subprocess.run([sys.executable, "-m", "distillnerf_ros.tools.play", *args],
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 2 and expected in result.stderr, result.stderr
 
@@ -74,9 +74,9 @@ def test_looped_bag_with_sim_time_keeps_the_perception_node_working(keyframe_bag
     from sensor_msgs.msg import PointCloud2
     from std_msgs.msg import Float64
 
-    from distillnerf_core.checkpoint import save_checkpoint
-    from distillnerf_core.model import DistillNeRFModel
-    from distillnerf_ros.perception_node import PerceptionNode
+    from distillnerf_core.model.distillnerf import DistillNeRFModel
+    from distillnerf_core.training.checkpoints import save_checkpoint
+    from distillnerf_ros.nodes.perception import PerceptionNode
 
     checkpoint = tmp_path / "tiny.safetensors"
     save_checkpoint(DistillNeRFModel("tiny", load_pretrained=False), checkpoint)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from std_msgs.msg import Header
 
-from distillnerf_ros.camera_info import (
+from distillnerf_ros.conversions.camera_info import (
     CameraInfoError,
     CameraIntrinsics,
     camera_info_to_intrinsics,
@@ -54,7 +54,7 @@ def test_resize_keeps_relative_pixel_positions():
 
 
 def test_intrinsics_follow_a_jpeg_dct_reduction_only_when_allowed():
-    from distillnerf_ros.camera_info import intrinsics_for_image
+    from distillnerf_ros.conversions.camera_info import intrinsics_for_image
 
     quarter = intrinsics_for_image(info(), (400, 225), reduced_ok=True)
     assert np.allclose(quarter.K[0], K[0] * 0.25) and np.allclose(quarter.K[1], K[1] * 0.25)

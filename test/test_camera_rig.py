@@ -8,10 +8,10 @@ from std_msgs.msg import Header
 from tf2_msgs.msg import TFMessage
 
 from distillnerf_core.geometry import make_transform, quaternion_to_matrix
-from distillnerf_ros.camera_info import CameraIntrinsics, intrinsics_to_camera_info
-from distillnerf_ros.camera_rig import TF_QOS, TF_STATIC_QOS, CameraRigInput, input_qos, topics_from_format
-from distillnerf_ros.image_conversion import rgb_to_image
-from distillnerf_ros.nuscenes_messages import stamp_from_us, transform_stamped
+from distillnerf_ros.conversions.camera_info import CameraIntrinsics, intrinsics_to_camera_info
+from distillnerf_ros.conversions.images import rgb_to_image
+from distillnerf_ros.conversions.nuscenes_messages import stamp_from_us, transform_stamped
+from distillnerf_ros.input.rig_input import TF_QOS, TF_STATIC_QOS, CameraRigInput, input_qos, topics_from_format
 from ros_helpers import RosSession, wait_for_match
 
 CAMERAS = ["front", "left", "back"]

@@ -1,6 +1,6 @@
 import pytest
 
-from distillnerf_ros.camera_sync import LatestCameraSynchronizer
+from distillnerf_ros.input.camera_sync import LatestCameraSynchronizer
 
 MS = 1_000_000
 CAMERAS = ["front", "left", "right"]

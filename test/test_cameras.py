@@ -4,16 +4,8 @@ import math
 
 import torch
 
-from distillnerf_core.cameras import (
-    CameraRig,
-    contract,
-    linearize,
-    pixel_rays,
-    rescale_intrinsics,
-    ring_rig,
-    uncontract,
-    voxel_index,
-)
+from distillnerf_core.model.cameras import CameraRig, pixel_rays, rescale_intrinsics, ring_rig
+from distillnerf_core.model.contraction import contract, linearize, uncontract, voxel_index
 
 
 def test_contraction_round_trip_and_range():

@@ -6,10 +6,9 @@ import pickle
 import pytest
 import torch
 
-from distillnerf_core.cameras import ring_rig
-from distillnerf_core.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
-from distillnerf_core.config import load_config
-from distillnerf_core.model import DistillNeRFModel
+from distillnerf_core.model.cameras import ring_rig
+from distillnerf_core.model.distillnerf import DistillNeRFModel, ModelConfig
+from distillnerf_core.training.checkpoints import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +83,7 @@ def test_corruption_and_missing_files(saved, tmp_path):
 
 def test_shape_mismatch_names_tensor(saved):
     _, path = saved
-    cfg = load_config("tiny")
+    cfg = ModelConfig.load("tiny")
     cfg.sparse_conv.width = 24
     other = DistillNeRFModel(cfg)
     with pytest.raises(CheckpointError, match=r"model\.safetensors: shape mismatch for 'sparse_cnn\.stem\.weight'"):

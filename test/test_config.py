@@ -2,19 +2,20 @@
 
 import pytest
 
-from distillnerf_core.config import CONFIG_NAMES, ModelConfig, config_from_dict, load_config
-from distillnerf_core.lift import depth_bin_edges
+from distillnerf_core import configs
+from distillnerf_core.model.distillnerf import ModelConfig
+from distillnerf_core.model.lift import depth_bin_edges
 
 
-@pytest.mark.parametrize("name", CONFIG_NAMES)
+@pytest.mark.parametrize("name", configs.MODEL_CONFIG_NAMES)
 def test_shipped_configs_load(name):
-    cfg = load_config(name)
+    cfg = ModelConfig.load(name)
     assert isinstance(cfg, ModelConfig)
     assert cfg.name == name, f"{name}.yaml declares name {cfg.name!r}"
 
 
 def test_paper_config_has_reference_sizes():
-    cfg = load_config("paper")
+    cfg = ModelConfig.load("paper")
     assert cfg.image_hw == [128, 228], f"paper input must be 128x228 (HxW), got {cfg.image_hw}"
     bins = depth_bin_edges(cfg.lift).numel() - 1
     assert bins == 286, f"paper must have D = 286 depth bins, got {bins}"
@@ -29,25 +30,25 @@ def test_unknown_key_is_named(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("lift:\n  fine_candidatez: 3\n")
     with pytest.raises(ValueError, match=r"lift\.fine_candidatez"):
-        load_config(path)
+        ModelConfig.load(path)
     with pytest.raises(ValueError, match="bogus"):
-        config_from_dict({"bogus": 1})
+        ModelConfig.from_dict({"bogus": 1})
 
 
 def test_dict_round_trip():
-    cfg = load_config("small")
-    again = config_from_dict(cfg.to_dict())
+    cfg = ModelConfig.load("small")
+    again = ModelConfig.from_dict(cfg.to_dict())
     assert again == cfg, "config -> dict -> config changed the config"
 
 
 def test_invalid_values_rejected(tmp_path):
     with pytest.raises(ValueError, match="lookup"):
-        config_from_dict({"renderer": {"lookup": "cubic"}})
+        ModelConfig.from_dict({"renderer": {"lookup": "cubic"}})
     with pytest.raises(ValueError, match="fine_resolution"):
-        config_from_dict({"voxels": {"coarse_resolution": 100, "fine_resolution": 256}})
+        ModelConfig.from_dict({"voxels": {"coarse_resolution": 100, "fine_resolution": 256}})
     with pytest.raises(ValueError, match=r"lift\.fine_candidates' must be int"):
-        config_from_dict({"lift": {"fine_candidates": "15"}})
+        ModelConfig.from_dict({"lift": {"fine_candidates": "15"}})
     with pytest.raises(ValueError, match=r"feature_head\.enabled' must be bool"):
-        config_from_dict({"feature_head": {"enabled": 1}})
+        ModelConfig.from_dict({"feature_head": {"enabled": 1}})
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
-        load_config(tmp_path / "nope.yaml")
+        ModelConfig.load(tmp_path / "nope.yaml")

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from distillnerf_core.datasets import NuScenesDataset, collate_samples, min_pool_depth, project_points
-from distillnerf_core.synthetic_export import VERSION, write_dataroot
-from distillnerf_core.synthetic_world import VoxelSpec
+from distillnerf_core.data.datasets import NuScenesDataset, collate_samples, min_pool_depth, project_points
+from distillnerf_core.data.synthetic.export import VERSION, write_dataroot
+from distillnerf_core.data.synthetic.world import VoxelSpec
 
 NATIVE_W, NATIVE_H = 128, 72
 IMAGE = (56, 96)

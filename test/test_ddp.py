@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from train_helpers import VERSION, make_tiny_dataroot
 
-from distillnerf_core.checkpoint import load_checkpoint
+from distillnerf_core.training.checkpoints import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ def test_two_process_gloo_ranks_identical(root, tmp_path):
                CUDA_VISIBLE_DEVICES="")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           "-m", "distillnerf_core.train", "--config", "train_tiny", "--dataroot", str(root), "--version", VERSION,
+           "-m", "distillnerf_core.cli.train", "--config", "train_tiny", "--dataroot", str(root), "--version", VERSION,
            "--out", str(run), "--max-steps", "3", "--no-progress", "--device", "cpu"]
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -43,8 +43,9 @@ def test_two_process_gloo_ranks_identical(root, tmp_path):
     # and the weights did change from the shared initialisation (the optimizer really stepped)
     import torch
 
-    from distillnerf_core.model import DistillNeRFModel
-    from distillnerf_core.train import load_train_config, model_config, weights_digest
+    from distillnerf_core.model.distillnerf import DistillNeRFModel
+    from distillnerf_core.training.config import load_train_config, model_config
+    from distillnerf_core.training.trainer import weights_digest
 
     torch.manual_seed(load_train_config("train_tiny").seed)
     init = DistillNeRFModel(model_config(load_train_config("train_tiny")))

@@ -8,7 +8,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_real_keyframe_goes_through_dds_sync_tf_and_converters():
-    result = subprocess.run([sys.executable, "-m", "distillnerf_ros.demo_plumbing", "--dataroot",
+    result = subprocess.run([sys.executable, "-m", "distillnerf_ros.tools.demo_plumbing", "--dataroot",
                              str(REPO / "data/nuscenes_sample"), "--timeout", "60"],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     output = result.stdout + result.stderr

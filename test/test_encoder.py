@@ -4,9 +4,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from distillnerf_core.config import EncoderConfig, load_config
-from distillnerf_core.encoder import FPNEncoder, ImageEncoder
-from distillnerf_core.model import DistillNeRFModel
+from distillnerf_core.model.distillnerf import DistillNeRFModel, ModelConfig
+from distillnerf_core.model.encoder import EncoderConfig, FPNEncoder, ImageEncoder
 
 VIT = "vit_small_patch14_dinov2"
 VIT_KWARGS = {"embed_dim": 32, "depth": 1, "num_heads": 2, "img_size": 56}
@@ -64,10 +63,10 @@ def test_vit_corrupted_file_is_clear(tmp_path):
 def test_model_with_vit_runs(tmp_path):
     path = tmp_path / "tiny_vit.safetensors"
     _save_tiny_vit(path)
-    cfg = load_config("tiny")
+    cfg = ModelConfig.load("tiny")
     cfg.encoder.vit_name, cfg.encoder.vit_weights = VIT, str(path)
     cfg.encoder.vit_kwargs, cfg.encoder.vit_channels = VIT_KWARGS, 8
-    from distillnerf_core.cameras import ring_rig
+    from distillnerf_core.model.cameras import ring_rig
 
     model = DistillNeRFModel(cfg)
     rig = ring_rig(2, (32, 64))

@@ -6,8 +6,9 @@ import shutil
 import pytest
 from train_helpers import VERSION, make_tiny_dataroot
 
-from distillnerf_core.eval import main as eval_main
-from distillnerf_core.train import load_train_config, train
+from distillnerf_core.cli.eval import main as eval_main
+from distillnerf_core.training.config import load_train_config
+from distillnerf_core.training.trainer import train
 
 EXPECTED = {"psnr", "ssim", "nvs_psnr", "nvs_ssim", "abs_rel", "sq_rel", "rmse", "rmse_log", "delta1", "delta2",
             "delta3", "num_samples"}

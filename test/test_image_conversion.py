@@ -6,7 +6,7 @@ import pytest
 from PIL import Image as PILImage
 from sensor_msgs.msg import CompressedImage, Image
 
-from distillnerf_ros.image_conversion import (
+from distillnerf_ros.conversions.images import (
     ImageConversionError,
     compressed_image_to_rgb,
     depth_to_image,

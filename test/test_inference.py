@@ -5,14 +5,14 @@ import torch
 from distillnerf_core.geometry import make_transform, quaternion_to_matrix
 from distillnerf_core.inference import (
     DeviceUnavailableError,
-    OccupancySettings,
+    OccupancyConfig,
     ScenePredictor,
     occupancy_probability,
     project_points,
     resolve_device,
     scaled_intrinsics,
 )
-from distillnerf_core.model import DistillNeRFModel
+from distillnerf_core.model.distillnerf import DistillNeRFModel
 
 OPTICAL = quaternion_to_matrix([0.5, -0.5, 0.5, -0.5])  # camera looking along ego +x
 
@@ -28,7 +28,7 @@ def ring(n: int, width: int, height: int):
 def predictor():
     torch.manual_seed(0)
     return ScenePredictor(DistillNeRFModel("tiny", load_pretrained=False), "cpu",
-                          occupancy=OccupancySettings(voxel_size=1.0, threshold=0.0))
+                          occupancy=OccupancyConfig(voxel_size=1.0, threshold=0.0))
 
 
 def test_outputs_have_the_promised_shapes_for_cameras_of_any_size(predictor):

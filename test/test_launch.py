@@ -15,9 +15,9 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
 from test_package_layout import REPO
 
-from distillnerf_core.checkpoint import save_checkpoint
-from distillnerf_core.model import DistillNeRFModel
-from distillnerf_ros.perception_node import PerceptionNode
+from distillnerf_core.model.distillnerf import DistillNeRFModel
+from distillnerf_core.training.checkpoints import save_checkpoint
+from distillnerf_ros.nodes.perception import PerceptionNode
 from ros_helpers import RosSession
 
 RVIZ_QOS = {"Reliable": ReliabilityPolicy.RELIABLE, "Best Effort": ReliabilityPolicy.BEST_EFFORT,

@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from distillnerf_core.cameras import ring_rig
-from distillnerf_core.config import load_config
-from distillnerf_core.lift import LiftSplat, depth_bin_edges, expected_depth, march
+from distillnerf_core.model.cameras import ring_rig
+from distillnerf_core.model.distillnerf import ModelConfig
+from distillnerf_core.model.lift import LiftSplat, depth_bin_edges, expected_depth, march
 
 
 def test_paper_bins():
-    cfg = load_config("paper").lift
+    cfg = ModelConfig.load("paper").lift
     edges = depth_bin_edges(cfg)
     assert edges.numel() - 1 == 286, f"paper D must be 286, got {edges.numel() - 1}"
     assert torch.isclose(edges[0], torch.tensor(0.1)) and torch.isclose(edges[-1], torch.tensor(120.0))
@@ -30,7 +30,7 @@ def test_march_constant_density():
 
 
 def _lift(two_stage=True):
-    cfg = load_config("tiny").lift
+    cfg = ModelConfig.load("tiny").lift
     cfg.two_stage = two_stage
     torch.manual_seed(0)
     return LiftSplat(cfg, in_channels=16), cfg

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from distillnerf_core.losses import (
+from distillnerf_core.training.losses import (
     DistillNeRFLoss,
     LossConfig,
     dense_depth_loss,

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from distillnerf_core.metrics import MeanAccumulator, depth_metrics, psnr, ssim
+from distillnerf_core.training.metrics import MeanAccumulator, depth_metrics, psnr, ssim
 
 
 def test_psnr_hand_values():

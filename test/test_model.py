@@ -5,9 +5,8 @@ import time
 import pytest
 import torch
 
-from distillnerf_core.cameras import CameraRig, ring_rig
-from distillnerf_core.config import load_config
-from distillnerf_core.model import DistillNeRFModel
+from distillnerf_core.model.cameras import CameraRig, ring_rig
+from distillnerf_core.model.distillnerf import DistillNeRFModel, ModelConfig
 
 HW = (32, 64)
 
@@ -19,7 +18,7 @@ def _inputs(n, b=1, seed=0):
 
 
 def _model(**overrides):
-    cfg = load_config("tiny")
+    cfg = ModelConfig.load("tiny")
     for section, values in overrides.items():
         for key, value in values.items():
             setattr(getattr(cfg, section), key, value)

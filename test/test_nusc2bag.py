@@ -8,9 +8,9 @@ import pytest
 from rosbags.rosbag2 import Reader
 from rosbags.typesys import Stores, get_typestore
 
+from distillnerf_core.data.nuscenes_tables import load_sensor_records
 from distillnerf_core.geometry import invert_transform, make_transform
-from distillnerf_core.nuscenes_tables import load_sensor_records
-from distillnerf_ros.nusc2bag import convert, main
+from distillnerf_ros.tools.nusc2bag import convert, main
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "nuscenes_sample"

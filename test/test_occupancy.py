@@ -2,11 +2,12 @@
 
 import torch
 
-from distillnerf_core.cameras import contract, ring_rig
-from distillnerf_core.model import DistillNeRFModel
-from distillnerf_core.occupancy import bev_max, grid_centers, query_occupancy
-from distillnerf_core.renderer import VoxelField
-from distillnerf_core.voxels import pool
+from distillnerf_core.model.cameras import ring_rig
+from distillnerf_core.model.contraction import contract
+from distillnerf_core.model.distillnerf import DistillNeRFModel
+from distillnerf_core.model.occupancy import bev_max, grid_centers, query_occupancy
+from distillnerf_core.model.renderer import VoxelField
+from distillnerf_core.model.voxels import pool
 
 RADIUS = (50.0, 50.0, 6.4)
 

@@ -57,7 +57,7 @@ def test_installed_programs_and_directories_exist():
 
 
 def test_parameter_file_sets_only_declared_parameters_and_loads_into_the_node():
-    from distillnerf_ros.perception_node import PerceptionNode
+    from distillnerf_ros.nodes.perception import PerceptionNode
 
     params_file = REPO / "config" / "perception.yaml"
     values = yaml.safe_load(params_file.read_text())["/**"]["ros__parameters"]

@@ -14,16 +14,16 @@ from std_msgs.msg import Float64, Header
 from test_package_layout import REPO
 from tf2_msgs.msg import TFMessage
 
-from distillnerf_core.checkpoint import save_checkpoint
 from distillnerf_core.geometry import make_transform, quaternion_to_matrix
-from distillnerf_core.model import DistillNeRFModel
-from distillnerf_ros.camera_info import CameraIntrinsics, intrinsics_to_camera_info
-from distillnerf_ros.camera_rig import TF_STATIC_QOS
-from distillnerf_ros.dataroot_publisher import DatarootPublisher
-from distillnerf_ros.image_conversion import image_to_depth, rgb_to_image
-from distillnerf_ros.nuscenes_messages import stamp_from_us, transform_stamped
-from distillnerf_ros.perception_node import PerceptionNode
-from distillnerf_ros.pointcloud import pointcloud2_to_points
+from distillnerf_core.model.distillnerf import DistillNeRFModel
+from distillnerf_core.training.checkpoints import save_checkpoint
+from distillnerf_ros.conversions.camera_info import CameraIntrinsics, intrinsics_to_camera_info
+from distillnerf_ros.conversions.images import image_to_depth, rgb_to_image
+from distillnerf_ros.conversions.nuscenes_messages import stamp_from_us, transform_stamped
+from distillnerf_ros.conversions.pointcloud import pointcloud2_to_points
+from distillnerf_ros.input.rig_input import TF_STATIC_QOS
+from distillnerf_ros.nodes.dataroot_publisher import DatarootPublisher
+from distillnerf_ros.nodes.perception import PerceptionNode
 from distillnerf_ros.srv import QueryScene
 from ros_helpers import RosSession, wait_for_match
 

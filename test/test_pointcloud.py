@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from std_msgs.msg import Header
 
-from distillnerf_ros.pointcloud import (
+from distillnerf_ros.conversions.pointcloud import (
     PointCloudError,
     make_points,
     occupancy_grid_from_probabilities,

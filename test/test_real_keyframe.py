@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distillnerf_core.datasets import NuScenesDataset
+from distillnerf_core.data.datasets import NuScenesDataset
+from distillnerf_core.data.nuscenes_sample import build_dataroot
 from distillnerf_core.geometry import invert_transform
-from distillnerf_core.nuscenes_sample import build_dataroot
 
 SRC = Path(__file__).resolve().parents[1] / "data" / "nuscenes_sample"
 VERSION = "v1.0-test"
@@ -84,9 +84,9 @@ def test_lidar_depth_targets(dataset):
 
 
 def test_cli_and_contact_sheet(tmp_path, capsys):
-    from distillnerf_core import nuscenes_sample, viz_sample
+    from distillnerf_core.cli import nusc_sample, viz_sample
 
-    assert nuscenes_sample.main(["--src", str(SRC), "--out", str(tmp_path / "root"), "--link"]) == 0
+    assert nusc_sample.main(["--src", str(SRC), "--out", str(tmp_path / "root"), "--link"]) == 0
     out = tmp_path / "sheet.png"
     assert viz_sample.main(["--dataroot", str(tmp_path / "root"), "--version", VERSION, "--sample", SAMPLE,
                             "--out", str(out), "--width", "320"]) == 0

@@ -6,11 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from distillnerf_core.cameras import contract, ring_rig, uncontract, voxel_centers
-from distillnerf_core.config import RendererConfig, load_config
-from distillnerf_core.lift import depth_bin_edges
-from distillnerf_core.renderer import VolumeRenderer, VoxelField
-from distillnerf_core.voxels import pool
+from distillnerf_core.model.cameras import ring_rig
+from distillnerf_core.model.contraction import contract, uncontract, voxel_centers
+from distillnerf_core.model.distillnerf import ModelConfig
+from distillnerf_core.model.lift import depth_bin_edges
+from distillnerf_core.model.renderer import RendererConfig, VolumeRenderer, VoxelField
+from distillnerf_core.model.voxels import pool
 
 RADIUS = (50.0, 50.0, 6.4)
 FINE_RES, COARSE_RES = 512, 128
@@ -36,7 +37,7 @@ def _wall_field(first_index=338, thickness=4, channels=2):
 
 
 def _renderer(lookup):
-    edges = depth_bin_edges(load_config("paper").lift)
+    edges = depth_bin_edges(ModelConfig.load("paper").lift)
     cfg = RendererConfig(render_scale=1.0, lookup=lookup, fine_samples=30, fine_sample_spacing=0.1, jitter=False)
     return VolumeRenderer(cfg, edges).eval()
 

@@ -6,8 +6,8 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, PointCloud2
 from std_msgs.msg import Header
 
-from distillnerf_ros.image_conversion import depth_to_image, image_to_depth
-from distillnerf_ros.pointcloud import (
+from distillnerf_ros.conversions.images import depth_to_image, image_to_depth
+from distillnerf_ros.conversions.pointcloud import (
     make_points,
     occupancy_grid_from_probabilities,
     pointcloud2_to_points,

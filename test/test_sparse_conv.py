@@ -3,9 +3,8 @@
 import torch
 from torch import nn
 
-from distillnerf_core.config import SparseConvConfig
-from distillnerf_core.sparse_conv import SparseCNN, SparseConv3d, neighbour_table
-from distillnerf_core.voxels import pool
+from distillnerf_core.model.sparse_conv import SparseCNN, SparseConv3d, SparseConvConfig, neighbour_table
+from distillnerf_core.model.voxels import pool
 
 
 def _random_level(res=6, batch=2, channels=4, fill=0.35, seed=0):

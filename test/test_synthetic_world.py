@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 
-from distillnerf_core.datasets import NuScenesDataset
+from distillnerf_core.data.datasets import NuScenesDataset
+from distillnerf_core.data.synthetic.export import VERSION, write_dataroot
+from distillnerf_core.data.synthetic.rigs import load_rig
+from distillnerf_core.data.synthetic.world import CLASS_ID, VoxelSpec, generate_town
 from distillnerf_core.geometry import invert_transform
-from distillnerf_core.synthetic_export import VERSION, write_dataroot
-from distillnerf_core.synthetic_rigs import load_rig
-from distillnerf_core.synthetic_world import CLASS_ID, VoxelSpec, generate_town
 
 FRAMES = 3
 W, H = 160, 90
@@ -158,7 +158,7 @@ def test_other_rigs(tmp_path):
 
 
 def test_cli_prints_speed(tmp_path, capsys):
-    from distillnerf_core.synthetic_export import main
+    from distillnerf_core.cli.synth import main
 
     assert main(["--out", str(tmp_path / "cli"), "--frames", "1", "--width", "48", "--height", "32", "--quiet"]) == 0
     printed = capsys.readouterr().out

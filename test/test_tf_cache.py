@@ -4,8 +4,8 @@ from geometry_msgs.msg import TransformStamped
 from tf2_msgs.msg import TFMessage
 
 from distillnerf_core.geometry import invert_transform, make_transform, quaternion_to_matrix
-from distillnerf_ros.nuscenes_messages import transform_stamped
-from distillnerf_ros.tf_cache import ExtrapolationError, FrameNotAvailableError, TfCache
+from distillnerf_ros.conversions.nuscenes_messages import transform_stamped
+from distillnerf_ros.input.tf_cache import ExtrapolationError, FrameNotAvailableError, TfCache
 
 S = 1_000_000_000
 

@@ -14,14 +14,14 @@ import pytest
 import torch
 from train_helpers import VERSION, make_tiny_dataroot
 
-from distillnerf_core.checkpoint import load_checkpoint
-from distillnerf_core.train import (
+from distillnerf_core.training.checkpoints import (
     find_resumable,
     list_checkpoints,
-    load_train_config,
+    load_checkpoint,
     optimizer_from_flat,
     optimizer_to_flat,
 )
+from distillnerf_core.training.config import load_train_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ def root(tmp_path_factory):
 
 
 def _cmd(root, run, *extra):
-    return [sys.executable, "-m", "distillnerf_core.train", "--config", "train_tiny", "--dataroot", str(root),
+    return [sys.executable, "-m", "distillnerf_core.cli.train", "--config", "train_tiny", "--dataroot", str(root),
             "--version", VERSION, "--out", str(run), "--threads", "1", "--no-progress", *extra]
 
 

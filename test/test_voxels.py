@@ -2,8 +2,8 @@
 
 import torch
 
-from distillnerf_core.cameras import contract, voxel_index
-from distillnerf_core.voxels import downsample, voxelize
+from distillnerf_core.model.contraction import contract, voxel_index
+from distillnerf_core.model.voxels import downsample, voxelize
 
 RADIUS = (50.0, 50.0, 6.4)
 

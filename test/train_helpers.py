@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distillnerf_core.synthetic_export import VERSION, write_dataroot
-from distillnerf_core.synthetic_world import VoxelSpec
+from distillnerf_core.data.synthetic.export import VERSION, write_dataroot
+from distillnerf_core.data.synthetic.world import VoxelSpec
 
 __all__ = ["VERSION", "make_tiny_dataroot"]
 

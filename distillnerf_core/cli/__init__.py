@@ -1,0 +1,1 @@
+"""The `distillnerf-*` commands, one module per command (`distillnerf-eval` -> `cli/eval.py`)."""

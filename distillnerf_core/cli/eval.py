@@ -1,0 +1,75 @@
+"""`distillnerf-eval`: the reference evaluation protocol on any nuScenes-format dataroot.
+
+    distillnerf-eval --checkpoint CKPT --dataroot D --version V --json OUT [--split val] [--images DIR]
+
+- recon PSNR / SSIM: the input cameras rendered from their own frame, at the model's image size, [0, 1];
+- novel view (nvs_*): the NEXT keyframe's cameras rendered from the CURRENT frame's representation
+  (samples without a next keyframe are skipped);
+- depth vs LiDAR (min-pooled to the render resolution): AbsRel, SqRel, RMSE, RMSE-log, delta1-3 with GT in
+  (1e-3, 80] m and predictions clipped to [1e-3, 80] (camera z-depth on both sides);
+- depth vs dense GT where the dataroot has it (dense_abs_rel; the table also shows the within-50 m variant).
+
+Each metric is computed per sample (all cameras together) and averaged over samples. The JSON holds exactly
+psnr, ssim, nvs_psnr, nvs_ssim, abs_rel, sq_rel, rmse, rmse_log, delta1, delta2, delta3, num_samples and,
+when dense GT exists, dense_abs_rel (a metric with no valid sample is null). `--details-json` writes every
+number (dense metrics in full, within-50 m, timing). `--keyframes second` keeps only each scene's 2nd
+keyframe (the paper's val protocol). CKPT: a .safetensors file, a run dir (RUN/model.safetensors, else its
+newest complete checkpoint) or a checkpoint dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from distillnerf_core.data.datasets import DataConfig, make_dataset
+from distillnerf_core.training.checkpoints import load_checkpoint, resolve_checkpoint
+from distillnerf_core.training.eval import evaluate, format_table, select_second_keyframes
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="distillnerf-eval", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--dataroot", required=True)
+    parser.add_argument("--version", required=True)
+    parser.add_argument("--json", required=True, type=Path, help="write the metrics JSON here")
+    parser.add_argument("--split", default="all", help="nuScenes split (val, mini_val, ...) or all")
+    parser.add_argument("--keyframes", choices=["all", "second"], default="all",
+                        help="'second': only each scene's 2nd keyframe (the paper's val protocol)")
+    parser.add_argument("--max-samples", type=int)
+    parser.add_argument("--images", type=Path, help="save side-by-side PNGs of the first samples here")
+    parser.add_argument("--num-images", type=int, default=4)
+    parser.add_argument("--details-json", type=Path)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ckpt = resolve_checkpoint(args.checkpoint)
+    model = load_checkpoint(ckpt, args.device)
+    render_hw = model.renderer.render_hw(tuple(model.config.image_hw))
+    dataset = make_dataset(args.dataroot, args.version, model.config.image_hw, DataConfig(), render_hw, load_next=True,
+                           split=args.split)
+    indices = select_second_keyframes(dataset) if args.keyframes == "second" else list(range(len(dataset)))
+    if args.max_samples:
+        indices = indices[: args.max_samples]
+    result = evaluate(model, dataset, indices, args.images, args.num_images, args.device, not args.no_progress)
+    print(f"checkpoint {ckpt}  dataroot {args.dataroot} ({args.version}, split {args.split}, "
+          f"keyframes {args.keyframes})")
+    print(format_table(result["metrics"], result["details"]))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result["metrics"], indent=2) + "\n")
+    if args.details_json:
+        args.details_json.parent.mkdir(parents=True, exist_ok=True)
+        args.details_json.write_text(json.dumps(result["details"], indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data: nuScenes-format datasets through nuscenes-devkit, the bundled real keyframe, and the synthetic world."""

@@ -1,0 +1,311 @@
+"""One torch Dataset over any nuScenes-format dataroot (real nuScenes, the synthetic world, the real keyframe).
+
+Tables are read through nuscenes-devkit. Per sample (keyframe) it yields, for N cameras:
+
+    images          float32 (N, 3, H, W) in [0, 1], resized to the model input size (H, W)
+    intrinsics      float32 (N, 3, 3) for the resized images (pixel u covers [u, u+1): exact scale)
+    cam2ego         float32 (N, 4, 4) optical camera -> REFERENCE ego frame, motion-compensated:
+                    ref_ego <- global <- ego(t_cam) <- cam. The reference ego frame is the ego pose at
+                    the sample's LIDAR_TOP (keyframe) timestamp.
+    cam2ego_static  float32 (N, 4, 4) the calibrated camera extrinsic (camera -> ego at t_cam)
+    ego2global      float64 (N, 4, 4) ego pose at each camera's timestamp
+    ref_ego2global  float64 (4, 4);  lidar2ego float32 (4, 4) (LiDAR -> reference ego)
+    time_offsets    float32 (N,) camera timestamp minus LiDAR timestamp, seconds
+    lidar_depth     float32 (N, h, w) camera z-depth of the keyframe sweep at the render size (h, w):
+                    points moved lidar -> ego(t_lidar) -> global -> ego(t_cam) -> camera, kept when
+                    z in [min_depth, max_depth) and inside the full-resolution image, min-pooled into the
+                    render grid; 0 = no return
+    has_next        bool; next_images / next_intrinsics / next_cam2ego: the next keyframe's cameras,
+                    their poses expressed in THIS sample's reference ego frame (zeros / identity and
+                    has_next False when the sample is the last of its scene)
+    dense_depth     float32 (N, h, w), semantics int64 (N, h, w), voxel_semantics int64 (X, Y, Z):
+                    only where the dataroot has ground truth (gt/meta.json, written by distillnerf-synth);
+                    nearest-sampled at the render pixel centres
+    camera_names    list[str];  sample_token str
+
+Missing files raise FileNotFoundError naming the path; nothing is silently substituted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from distillnerf_core.data.nuscenes_tables import NUSCENES_CAMERAS
+from distillnerf_core.geometry import invert_transform, make_transform
+
+LIDAR_CHANNEL = "LIDAR_TOP"
+
+
+@dataclass
+class DataConfig:
+    """Which samples and cameras a dataset yields and how they are loaded."""
+
+    batch_size: int = 1
+    """Samples per step and process."""
+    num_workers: int = 2
+    """DataLoader worker processes (0 = load in the training process)."""
+    cameras: list[str] | None = None
+    """Camera channels in model order; None = the 6 nuScenes cameras."""
+    depth_range: list[float] = field(default_factory=lambda: [1.0, 80.0])
+    """LiDAR returns with camera z-depth outside [min, max) m are not targets."""
+    split: str = "all"
+    """nuScenes split name (train, val, mini_train, ...) or "all"."""
+    load_next: bool = False
+    """Also load the next keyframe (needed only when loss.nvs_l1 > 0)."""
+
+
+def _require(path: Path) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"missing data file: {path}")
+    return path
+
+
+def load_lidar_points(path: str | Path) -> np.ndarray:
+    """(P, 5) float32 [x, y, z, intensity, ring] from a nuScenes .pcd.bin."""
+    raw = np.fromfile(_require(Path(path)), dtype=np.float32)
+    if raw.size % 5:
+        raise ValueError(f"{path}: {raw.size} floats is not a multiple of 5 (x, y, z, intensity, ring)")
+    return raw.reshape(-1, 5)
+
+
+def project_points(points_cam: np.ndarray, K: np.ndarray, width: int, height: int, min_depth: float = 1.0,
+                   max_depth: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Continuous pixel coordinates (u, v) and z of camera-frame points inside [0, W) x [0, H)."""
+    z = points_cam[:, 2]
+    keep = z > min_depth
+    if max_depth is not None:
+        keep &= z < max_depth
+    p = points_cam[keep]
+    uvw = p @ K.T
+    u, v = uvw[:, 0] / uvw[:, 2], uvw[:, 1] / uvw[:, 2]
+    inside = (u >= 0) & (u < width) & (v >= 0) & (v < height)
+    return u[inside], v[inside], p[inside, 2]
+
+
+def min_pool_depth(u: np.ndarray, v: np.ndarray, z: np.ndarray, full_wh: tuple[int, int],
+                   grid_hw: tuple[int, int]) -> torch.Tensor:
+    """(h, w) float32 grid: the nearest z per cell of a full-resolution image split into h x w cells; 0 = none."""
+    h, w = grid_hw
+    col = np.clip(np.floor(u * w / full_wh[0]).astype(np.int64), 0, w - 1)
+    row = np.clip(np.floor(v * h / full_wh[1]).astype(np.int64), 0, h - 1)
+    grid = torch.full((h * w,), float("inf"))
+    grid.scatter_reduce_(0, torch.from_numpy(row * w + col), torch.from_numpy(z.astype(np.float32)), "amin")
+    return torch.where(torch.isinf(grid), torch.zeros_like(grid), grid).reshape(h, w)
+
+
+def nearest_resize(array: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a (H, W) array to (h, w) (no mixing of depths or labels across edges).
+
+    Target pixel i takes source pixel floor((i + 0.5) * H / h): for an even downsampling factor that source
+    pixel's centre lies a quarter of a target pixel right/below the target centre; use render_size equal to
+    the native size where sub-pixel exactness matters.
+    """
+    H, W = array.shape[:2]
+    rows = np.minimum(((np.arange(hw[0]) + 0.5) * H / hw[0]).astype(np.int64), H - 1)
+    cols = np.minimum(((np.arange(hw[1]) + 0.5) * W / hw[1]).astype(np.int64), W - 1)
+    return array[rows[:, None], cols[None, :]]
+
+
+class NuScenesDataset(Dataset):
+    """Keyframes of a nuScenes-format dataroot; see the module docstring for the per-sample dict."""
+
+    def __init__(self, dataroot: str | Path, version: str, image_size: tuple[int, int] = (224, 400),
+                 render_size: tuple[int, int] | None = None, cameras: Sequence[str] = NUSCENES_CAMERAS,
+                 scenes: Sequence[str] | None = None, depth_range: tuple[float, float] = (1.0, 80.0),
+                 load_next: bool = True, nusc: Any = None):
+        from nuscenes.nuscenes import NuScenes
+
+        self.dataroot = Path(dataroot)
+        table_dir = self.dataroot / version
+        if not table_dir.is_dir():
+            raise FileNotFoundError(f"nuScenes version folder not found: {table_dir}")
+        self.version = version
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.render_size = tuple(render_size) if render_size else (self.image_size[0] // 2, self.image_size[1] // 2)
+        self.cameras = list(cameras)
+        self.depth_range = depth_range
+        self.load_next = load_next
+        self.nusc = nusc or NuScenes(version=version, dataroot=str(self.dataroot), verbose=False)
+        gt_meta = self.dataroot / "gt" / "meta.json"
+        self.gt_meta = json.loads(gt_meta.read_text()) if gt_meta.is_file() else None
+        wanted = set(scenes) if scenes is not None else None
+        self.sample_tokens: list[str] = []
+        for scene in self.nusc.scene:
+            if wanted is not None and scene["name"] not in wanted:
+                continue
+            tok = scene["first_sample_token"]
+            while tok:
+                self.sample_tokens.append(tok)
+                tok = self.nusc.get("sample", tok)["next"]
+        if wanted is not None and not self.sample_tokens:
+            raise ValueError(f"no samples for scenes {sorted(wanted)} in {table_dir}")
+
+    def __len__(self) -> int:
+        return len(self.sample_tokens)
+
+    @property
+    def has_ground_truth(self) -> bool:
+        return self.gt_meta is not None
+
+    # ------------------------------------------------------------------------------------------ tables
+    def _sample_data(self, sample: dict, channel: str) -> dict:
+        if channel not in sample["data"]:
+            raise KeyError(f"sample {sample['token']} has no {channel} (has {sorted(sample['data'])})")
+        return self.nusc.get("sample_data", sample["data"][channel])
+
+    def _poses(self, sd: dict) -> tuple[np.ndarray, np.ndarray]:
+        """(sensor -> ego, ego -> global) of one sample_data record, float64."""
+        cs = self.nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+        ep = self.nusc.get("ego_pose", sd["ego_pose_token"])
+        return make_transform(cs["rotation"], cs["translation"]), make_transform(ep["rotation"], ep["translation"])
+
+    def _intrinsic(self, sd: dict) -> np.ndarray:
+        K = np.array(self.nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])["camera_intrinsic"], float)
+        if K.shape != (3, 3):
+            raise ValueError(f"sample_data {sd['token']} ({sd['filename']}) has no 3x3 camera_intrinsic")
+        return K
+
+    def reference(self, sample: dict) -> tuple[dict, np.ndarray, np.ndarray]:
+        """LiDAR sample_data, lidar -> ego and ego -> global at the keyframe (reference) timestamp."""
+        sd = self._sample_data(sample, LIDAR_CHANNEL)
+        lidar2ego, ego2global = self._poses(sd)
+        return sd, lidar2ego, ego2global
+
+    def _cameras(self, sample: dict, ref_ego2global: np.ndarray, with_images: bool = True) -> dict:
+        global2ref = invert_transform(ref_ego2global)
+        H, W = self.image_size
+        out: dict[str, list] = {k: [] for k in ("images", "intrinsics", "cam2ego", "cam2ego_static", "ego2global",
+                                                 "native_K", "native_wh", "sd", "timestamps")}
+        for ch in self.cameras:
+            sd = self._sample_data(sample, ch)
+            cam2ego, ego2global = self._poses(sd)
+            K = self._intrinsic(sd)
+            path = _require(self.dataroot / sd["filename"])
+            if with_images:
+                with Image.open(path) as im:
+                    native = im.size
+                    img = im.convert("RGB").resize((W, H), Image.BILINEAR) if im.size != (W, H) else im.convert("RGB")
+                out["images"].append(torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1))
+            else:
+                native = (sd["width"], sd["height"])
+            scale = np.diag([W / native[0], H / native[1], 1.0])
+            out["intrinsics"].append(scale @ K)
+            out["cam2ego"].append(global2ref @ ego2global @ cam2ego)
+            out["cam2ego_static"].append(cam2ego)
+            out["ego2global"].append(ego2global)
+            out["native_K"].append(K)
+            out["native_wh"].append(native)
+            out["sd"].append(sd)
+            out["timestamps"].append(sd["timestamp"])
+        return out
+
+    # ------------------------------------------------------------------------------------------ LiDAR
+    def lidar_projections(self, index: int, min_depth: float = 1.0, max_depth: float | None = None
+                          ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per camera (u, v, z) of the keyframe sweep at the camera's NATIVE resolution (motion-compensated)."""
+        sample = self.nusc.get("sample", self.sample_tokens[index])
+        lidar_sd, lidar2ego, ref_ego2global = self.reference(sample)
+        cams = self._cameras(sample, ref_ego2global, with_images=False)
+        points = load_lidar_points(self.dataroot / lidar_sd["filename"])[:, :3].astype(np.float64)
+        return self._project(points, lidar2ego, cams, min_depth, max_depth)
+
+    def _project(self, points: np.ndarray, lidar2ego: np.ndarray, cams: dict, min_depth: float,
+                 max_depth: float | None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        result = []
+        for cam2ref, K, (w, h) in zip(cams["cam2ego"], cams["native_K"], cams["native_wh"], strict=True):
+            lidar2cam = invert_transform(cam2ref) @ lidar2ego
+            pc = points @ lidar2cam[:3, :3].T + lidar2cam[:3, 3]
+            result.append(project_points(pc, K, w, h, min_depth, max_depth))
+        return result
+
+    # ------------------------------------------------------------------------------------------ item
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.nusc.get("sample", self.sample_tokens[index])
+        lidar_sd, lidar2ego, ref_ego2global = self.reference(sample)
+        cams = self._cameras(sample, ref_ego2global)
+        points = load_lidar_points(self.dataroot / lidar_sd["filename"])[:, :3].astype(np.float64)
+        projections = self._project(points, lidar2ego, cams, *self.depth_range)
+        lidar_depth = torch.stack([min_pool_depth(u, v, z, wh, self.render_size)
+                                   for (u, v, z), wh in zip(projections, cams["native_wh"], strict=True)])
+        f32 = lambda xs: torch.as_tensor(np.stack(xs), dtype=torch.float32)  # noqa: E731
+        item: dict[str, Any] = {
+            "images": torch.stack(cams["images"]),
+            "intrinsics": f32(cams["intrinsics"]),
+            "cam2ego": f32(cams["cam2ego"]),
+            "cam2ego_static": f32(cams["cam2ego_static"]),
+            "ego2global": torch.as_tensor(np.stack(cams["ego2global"]), dtype=torch.float64),
+            "ref_ego2global": torch.as_tensor(ref_ego2global, dtype=torch.float64),
+            "lidar2ego": torch.as_tensor(lidar2ego, dtype=torch.float32),
+            "time_offsets": torch.tensor([(t - lidar_sd["timestamp"]) / 1e6 for t in cams["timestamps"]],
+                                         dtype=torch.float32),
+            "lidar_depth": lidar_depth,
+            "camera_names": list(self.cameras),
+            "sample_token": sample["token"],
+        }
+        N, (H, W) = len(self.cameras), self.image_size
+        item["has_next"] = bool(self.load_next and sample["next"])
+        if self.load_next:
+            if item["has_next"]:
+                nxt = self._cameras(self.nusc.get("sample", sample["next"]), ref_ego2global)
+                item["next_images"] = torch.stack(nxt["images"])
+                item["next_intrinsics"] = f32(nxt["intrinsics"])
+                item["next_cam2ego"] = f32(nxt["cam2ego"])
+            else:
+                item["next_images"] = torch.zeros(N, 3, H, W)
+                item["next_intrinsics"] = torch.zeros(N, 3, 3)
+                item["next_cam2ego"] = torch.eye(4).expand(N, 4, 4).clone()
+        if self.gt_meta is not None:
+            depth, sem = [], []
+            for ch, sd in zip(self.cameras, cams["sd"], strict=True):
+                with np.load(_require(self.dataroot / "gt" / ch / f"{sd['token']}.npz")) as gt:
+                    depth.append(nearest_resize(gt["depth"], self.render_size))
+                    sem.append(nearest_resize(gt["semantics"], self.render_size))
+            item["dense_depth"] = torch.as_tensor(np.stack(depth), dtype=torch.float32)
+            item["semantics"] = torch.as_tensor(np.stack(sem).astype(np.int64))
+            with np.load(_require(self.dataroot / "gt" / LIDAR_CHANNEL / f"{lidar_sd['token']}.npz")) as gt:
+                item["voxel_semantics"] = torch.as_tensor(gt["voxel_semantics"].astype(np.int64))
+        return item
+
+
+def collate_samples(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack tensors along a new batch dim; bools become a bool tensor; strings / lists become lists."""
+    out: dict[str, Any] = {}
+    for key in batch[0]:
+        if any(key not in b for b in batch):
+            raise KeyError(f"collate: key {key!r} missing from some samples")
+        values = [b[key] for b in batch]
+        if isinstance(values[0], torch.Tensor):
+            out[key] = torch.stack(values)
+        elif isinstance(values[0], bool):
+            out[key] = torch.tensor(values, dtype=torch.bool)
+        else:
+            out[key] = values
+    return out
+
+
+def make_dataset(dataroot: str, version: str, image_hw: Sequence[int], data: DataConfig, render_hw: tuple[int, int],
+                 load_next: bool | None = None, split: str | None = None) -> NuScenesDataset:
+    """The dataset `data` describes, at the model's input size `image_hw` and render size `render_hw`."""
+    split = split or data.split
+    scenes = None
+    if split != "all":
+        from nuscenes.utils.splits import create_splits_scenes
+
+        splits = create_splits_scenes()
+        if split not in splits:
+            raise ValueError(f"unknown split {split!r}; one of all, {', '.join(sorted(splits))}")
+        scenes = splits[split]
+    return NuScenesDataset(
+        dataroot, version, image_size=tuple(image_hw), render_size=render_hw,
+        cameras=data.cameras or NUSCENES_CAMERAS, scenes=scenes, depth_range=tuple(data.depth_range),
+        load_next=data.load_next if load_next is None else load_next,
+    )

@@ -1,0 +1,110 @@
+"""Camera rigs for the synthetic world: the real nuScenes 6-camera rig and simpler ones.
+
+`nuscenes` reads the real calibration (intrinsics, camera-to-ego extrinsics, LiDAR-to-ego) and the
+real firing offsets of the cameras relative to the LiDAR from the keyframe in data/nuscenes_sample;
+intrinsics are scaled from the native 1600x900 to the requested resolution. `waymo5` (5 cameras:
+front, front-left/right at +-45 deg, side-left/right at +-90 deg) and `front3` (the Waymo variant's 3
+front cameras) are pinhole rigs with a 55 deg horizontal field of view on the roof. A comma-separated
+list of nuScenes channels selects a subset of the nuScenes rig.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from distillnerf_core.data.nuscenes_tables import NUSCENES_CAMERAS
+from distillnerf_core.geometry import make_transform
+
+DEFAULT_CALIBRATION = Path(__file__).resolve().parents[3] / "data" / "nuscenes_sample"
+RIG_NAMES = ("nuscenes", "waymo5", "front3")
+# LIDAR_TOP of the real keyframe (used by the non-nuScenes rigs, which need no calibration file).
+NUSCENES_LIDAR_TRANSLATION = [0.943713, 0.0, 1.84023]
+NUSCENES_LIDAR_ROTATION = [0.7077955119163518, -0.006492242056004365, 0.010646214713995808, -0.7063073142877817]
+
+
+@dataclass
+class CameraSpec:
+    channel: str
+    K: np.ndarray  # (3, 3) at the rig's render resolution
+    width: int
+    height: int
+    cam2ego: np.ndarray  # (4, 4) optical camera frame (x right, y down, z forward) to ego
+    time_offset_us: int  # firing time relative to the LiDAR keyframe timestamp
+
+
+@dataclass
+class Rig:
+    name: str
+    cameras: list[CameraSpec]
+    lidar2ego: np.ndarray
+
+
+def optical_to_ego(yaw_deg: float, translation, pitch_down_deg: float = 0.0) -> np.ndarray:
+    """cam2ego of a camera looking along ego yaw `yaw_deg` (x forward, y left), optical axes."""
+    yaw, pitch = math.radians(yaw_deg), math.radians(pitch_down_deg)
+    fwd = np.array([math.cos(yaw) * math.cos(pitch), math.sin(yaw) * math.cos(pitch), -math.sin(pitch)])
+    right = np.array([math.sin(yaw), -math.cos(yaw), 0.0])
+    down = np.cross(fwd, right)
+    return make_transform(np.stack([right, down, fwd], axis=1), translation)
+
+
+def _pinhole(width: int, height: int, hfov_deg: float) -> np.ndarray:
+    f = width / 2 / math.tan(math.radians(hfov_deg) / 2)
+    return np.array([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1.0]])
+
+
+def load_nuscenes_rig(width: int, height: int, channels=NUSCENES_CAMERAS,
+                      calibration_root: str | Path = DEFAULT_CALIBRATION) -> Rig:
+    root = Path(calibration_root)
+    table_dir = next((p for p in sorted(root.glob("v1.0-*")) if (p / "calibrated_sensor.json").exists()), None)
+    if table_dir is None:
+        raise FileNotFoundError(f"no v1.0-*/calibrated_sensor.json under {root} (the nuScenes rig is read from it)")
+    tables = {n: json.loads((table_dir / f"{n}.json").read_text()) for n in
+              ("sensor", "calibrated_sensor", "sample_data")}
+    channel_of = {s["token"]: s["channel"] for s in tables["sensor"]}
+    calib = {channel_of[c["sensor_token"]]: c for c in tables["calibrated_sensor"]}
+    stamp = {}
+    for sd in tables["sample_data"]:
+        stamp[channel_of[next(c["sensor_token"] for c in tables["calibrated_sensor"]
+                              if c["token"] == sd["calibrated_sensor_token"])]] = (sd["timestamp"], sd)
+    lidar_t = stamp["LIDAR_TOP"][0]
+    cams = []
+    for ch in channels:
+        if ch not in calib:
+            raise KeyError(f"camera {ch} not in {table_dir / 'calibrated_sensor.json'}")
+        c = calib[ch]
+        t, sd = stamp[ch]
+        sx, sy = width / sd["width"], height / sd["height"]
+        K = np.diag([sx, sy, 1.0]) @ np.array(c["camera_intrinsic"], dtype=float)
+        cams.append(CameraSpec(ch, K, width, height, make_transform(c["rotation"], c["translation"]),
+                               int(t - lidar_t)))
+    lid = calib["LIDAR_TOP"]
+    return Rig("nuscenes", cams, make_transform(lid["rotation"], lid["translation"]))
+
+
+def load_rig(name: str, width: int, height: int, calibration_root: str | Path = DEFAULT_CALIBRATION) -> Rig:
+    lidar2ego = make_transform(NUSCENES_LIDAR_ROTATION, NUSCENES_LIDAR_TRANSLATION)
+    if name == "nuscenes":
+        return load_nuscenes_rig(width, height, NUSCENES_CAMERAS, calibration_root)
+    if name == "waymo5":
+        layout = [("CAM_FRONT", 0), ("CAM_FRONT_LEFT", 45), ("CAM_FRONT_RIGHT", -45), ("CAM_SIDE_LEFT", 90),
+                  ("CAM_SIDE_RIGHT", -90)]
+    elif name == "front3":
+        layout = [("CAM_FRONT", 0), ("CAM_FRONT_LEFT", 45), ("CAM_FRONT_RIGHT", -45)]
+    elif all(ch.strip() in NUSCENES_CAMERAS for ch in name.split(",")):
+        rig = load_nuscenes_rig(width, height, [c.strip() for c in name.split(",")], calibration_root)
+        rig.name = "custom"
+        return rig
+    else:
+        raise ValueError(f"unknown rig {name!r}: use one of {RIG_NAMES} or a comma list of {NUSCENES_CAMERAS}")
+    offsets = np.linspace(-45000, -5000, len(layout)).astype(int)
+    cams = [CameraSpec(ch, _pinhole(width, height, 55.0), width, height,
+                       optical_to_ego(yaw, [1.5 * math.cos(math.radians(yaw)), 0.2 * math.sin(math.radians(yaw)),
+                                            2.0], 2.0), int(off))
+            for (ch, yaw), off in zip(layout, offsets, strict=True)]
+    return Rig(name, cams, lidar2ego)

@@ -1,0 +1,264 @@
+"""Differentiable volume rendering of the sparse voxel field for any set of target cameras.
+
+Density comes from the fine level where occupied, else the coarse level, else empty. Lookup is NEAREST
+(the reference) or TRILINEAR over the 8 surrounding voxels, both via binary search on the sorted keys.
+For trilinear lookup the occupied fraction of the 8 corner weights ("mass") blends smoothly between the
+levels and towards empty space; with nearest lookup the mass is exactly 0 or 1 and the rule is the
+reference's. Rays march in distance; the returned depth is camera z-depth.
+
+Speed: densities are needed at every sample, features only where the compositing weight matters, so
+features (and the per-sample feature head) are evaluated only for samples whose weight exceeds
+`feature_weight_threshold` (0 evaluates all samples).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from distillnerf_core.model.cameras import CameraRig
+from distillnerf_core.model.contraction import contract, linearize, voxel_index
+from distillnerf_core.model.lift import expected_depth, logits_to_density, march, soft_clamp
+from distillnerf_core.model.voxels import SparseVoxels
+
+
+@dataclass
+class RendererConfig:
+    """Volume rendering of the voxel field for arbitrary target cameras."""
+
+    render_scale: float = 0.5
+    """Render resolution as a fraction of the target image size (the decoder upsamples)."""
+    lookup: str = "nearest"
+    """Voxel lookup per sample: "nearest" (the reference) or "trilinear"."""
+    fine_samples: int = 30
+    """Samples per ray around the coarse surface, looked up in the fine level."""
+    fine_sample_spacing: float = 0.1
+    """Spacing (m) of the fine samples."""
+    jitter: bool = True
+    """Jitter coarse samples inside their bins in training mode."""
+    max_depth: float = 120.0
+    """Rays are marched up to this distance (m)."""
+    chunk_rays: int = 16384
+    """Rays rendered at once (bounds peak memory)."""
+    feature_weight_threshold: float = 1e-4
+    """Skip feature lookups of samples whose weight is below this (0 = exact)."""
+
+CORNERS = torch.tensor([(i, j, k) for i in (0, 1) for j in (0, 1) for k in (0, 1)])
+
+
+@dataclass
+class Hits:
+    """Where points fall in both levels: rows into the padded feature tables and corner weights (.., c).
+
+    Missing voxels point at the zero pad row with weight 0; c = 1 (nearest) or 8 (trilinear).
+    """
+
+    fine_rows: torch.Tensor
+    fine_w: torch.Tensor
+    coarse_rows: torch.Tensor
+    coarse_w: torch.Tensor
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Hits:
+        return Hits(fn(self.fine_rows), fn(self.fine_w), fn(self.coarse_rows), fn(self.coarse_w))
+
+
+def _locate(level: SparseVoxels, s: torch.Tensor, batch: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows (M, c) and weights (M, c) of contracted points s (M, 3) in one level."""
+    r = level.resolution
+    if mode == "nearest":
+        idx = level.find(linearize(batch, voxel_index(s, r), r))
+        found = idx >= 0
+        rows = torch.where(found, idx, torch.full_like(idx, level.num_voxels))
+        return rows[:, None], found.to(s.dtype)[:, None]
+    if mode != "trilinear":
+        raise ValueError(f"unknown lookup {mode!r}: use 'nearest' or 'trilinear'")
+    u = (s + 1.0) * (0.5 * r) - 0.5
+    base = torch.floor(u)
+    frac = (u - base)[:, None, :]  # (M, 1, 3)
+    corners = CORNERS.to(s.device)
+    idx = base.long()[:, None, :] + corners  # (M, 8, 3)
+    inside = ((idx >= 0) & (idx < r)).all(-1)
+    w = torch.where(corners.bool(), frac, 1.0 - frac).prod(-1)  # (M, 8)
+    found = level.find(linearize(batch[:, None].expand(-1, 8), idx.clamp(0, r - 1), r))
+    ok = inside & (found >= 0)
+    rows = torch.where(ok, found, torch.full_like(found, level.num_voxels))
+    return rows, w * ok.to(s.dtype)
+
+
+@dataclass
+class VoxelField:
+    """The scene representation: refined coarse level and pooled fine level; last channel = density logit."""
+
+    coarse: SparseVoxels
+    fine: SparseVoxels
+    radius: tuple[float, float, float]
+    logit_clamp: float = 30.0
+    _padded: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        for name, level in (("fine", self.fine), ("coarse", self.coarse)):
+            feats = level.features
+            self._padded[name] = torch.cat([feats, feats.new_zeros(1, feats.shape[-1])])
+
+    @property
+    def feature_dim(self) -> int:
+        return self._padded["fine"].shape[-1] - 1 + self._padded["coarse"].shape[-1] - 1
+
+    def locate(self, points: torch.Tensor, batch: torch.Tensor, lookup: str = "nearest") -> Hits:
+        """Voxel rows and weights of ego points (M, 3) belonging to batch elements (M,)."""
+        s = contract(points, self.radius)
+        fr, fw = _locate(self.fine, s, batch, lookup)
+        cr, cw = _locate(self.coarse, s, batch, lookup)
+        return Hits(fr, fw, cr, cw)
+
+    def _level_density(self, name: str, rows: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Density of one level (mass-scaled) and its occupied mass."""
+        mass = w.sum(-1)
+        logit = (w * self._padded[name][rows, -1]).sum(-1) / mass.clamp_min(1e-8)
+        return mass * logits_to_density(soft_clamp(logit, self.logit_clamp)), mass
+
+    def density(self, hits: Hits) -> torch.Tensor:
+        """Fine density where occupied, else coarse, else 0 (blended by occupied mass for trilinear)."""
+        fine, fine_mass = self._level_density("fine", hits.fine_rows, hits.fine_w)
+        coarse, _ = self._level_density("coarse", hits.coarse_rows, hits.coarse_w)
+        return fine + (1.0 - fine_mass) * coarse
+
+    def features(self, hits: Hits) -> torch.Tensor:
+        """[fine | coarse] features (.., C): the occupied corners' weighted mean per level, zero where empty.
+
+        Normalising by the occupied mass keeps a surface sample's feature intact even when only part of
+        its trilinear neighbourhood is occupied (its density is already opaque there).
+        """
+        parts = []
+        for name, rows, w in (("fine", hits.fine_rows, hits.fine_w), ("coarse", hits.coarse_rows, hits.coarse_w)):
+            acc = (w[..., None] * self._padded[name][rows, :-1]).sum(-2)
+            parts.append(acc / w.sum(-1, keepdim=True).clamp_min(1e-8))
+        return torch.cat(parts, dim=-1)
+
+    def query(
+        self, points: torch.Tensor, batch: torch.Tensor, lookup: str = "nearest"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Density (M,) and features (M, C) at ego points (M, 3)."""
+        hits = self.locate(points, batch, lookup)
+        return self.density(hits), self.features(hits)
+
+
+@dataclass
+class RenderOutput:
+    """Per target camera, at render resolution (h, w): depth is camera z-depth."""
+
+    depth: torch.Tensor  # (B, M, h, w)
+    opacity: torch.Tensor  # (B, M, h, w)
+    features: torch.Tensor  # (B, M, C, h, w) composited field features
+    head_features: torch.Tensor | None  # (B, M, D, h, w) composited per-sample head output
+    weights: torch.Tensor  # (B, M, h, w, S) sample weights in depth order (entropy loss)
+
+
+class VolumeRenderer(nn.Module):
+    """Coarse samples at the depth-bin midpoints + fine samples around the highest-weight coarse sample."""
+
+    def __init__(self, cfg: RendererConfig, bin_edges: torch.Tensor) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("bin_edges", bin_edges.clone(), persistent=False)
+
+    def render_hw(self, image_hw: tuple[int, int]) -> tuple[int, int]:
+        s = self.cfg.render_scale
+        return max(1, round(image_hw[0] * s)), max(1, round(image_hw[1] * s))
+
+    def forward(
+        self,
+        field: VoxelField,
+        targets: CameraRig,
+        sample_head: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> RenderOutput:
+        """Render every target camera at `render_scale` of its image size."""
+        h, w = self.render_hw(targets.image_hw)
+        rays = targets.resized((h, w)).rays()
+        b, m = targets.batch_size, targets.num_cameras
+        origins = rays.origins.reshape(b, -1, 3)
+        dirs = rays.directions.reshape(b, -1, 3)
+        chunks = []
+        step = max(1, self.cfg.chunk_rays // b)
+        for start in range(0, origins.shape[1], step):
+            sl = slice(start, start + step)
+            chunks.append(self._render_rays(field, origins[:, sl], dirs[:, sl], sample_head))
+        dist, opacity, feats, head, weights = (
+            torch.cat(parts, dim=1) if parts[0] is not None else None for parts in zip(*chunks, strict=True)
+        )
+        z = rays.z_per_distance.reshape(b, -1)
+
+        def image(x: torch.Tensor) -> torch.Tensor:  # (B, R, C) -> (B, M, C, h, w)
+            return x.view(b, m, h, w, -1).permute(0, 1, 4, 2, 3)
+
+        return RenderOutput(
+            depth=(dist * z).view(b, m, h, w),
+            opacity=opacity.view(b, m, h, w),
+            features=image(feats),
+            head_features=image(head) if head is not None else None,
+            weights=weights.view(b, m, h, w, -1),
+        )
+
+    def _render_rays(
+        self,
+        field: VoxelField,
+        origins: torch.Tensor,
+        dirs: torch.Tensor,
+        sample_head: Callable[[torch.Tensor], torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Rays (B, R, 3) -> distance (B, R), opacity, features (B, R, C), head (B, R, D), weights (B, R, S)."""
+        cfg = self.cfg
+        b, r, _ = origins.shape
+        edges = self.bin_edges
+        lo, widths = edges[:-1], edges[1:] - edges[:-1]
+        if self.training and cfg.jitter:
+            t_coarse = lo + widths * torch.rand(b, r, lo.numel(), device=origins.device, dtype=origins.dtype)
+        else:
+            t_coarse = (lo + 0.5 * widths).expand(b, r, -1)
+        batch = torch.arange(b, device=origins.device).view(b, 1, 1)
+
+        def locate(t: torch.Tensor) -> Hits:
+            pts = origins[:, :, None] + t[..., None] * dirs[:, :, None]
+            hits = field.locate(pts.reshape(-1, 3), batch.expand_as(t).reshape(-1), cfg.lookup)
+            return hits.map(lambda x: x.view(*t.shape, x.shape[-1]))
+
+        hits = locate(t_coarse)
+        density = field.density(hits)
+        t_all = t_coarse
+        if cfg.fine_samples > 0:
+            with torch.no_grad():
+                w_coarse = march(density, widths.expand_as(density))
+                best = torch.gather(t_coarse, -1, w_coarse.argmax(-1, keepdim=True))
+                n = cfg.fine_samples
+                offsets = torch.arange(n, device=origins.device, dtype=origins.dtype) - (n - 1) / 2
+                t_fine = (best + offsets * cfg.fine_sample_spacing).clamp(edges[0], edges[-1])
+            hits_fine = locate(t_fine)
+            hits = Hits(
+                *(torch.cat([a, c], dim=2) for a, c in zip(vars(hits).values(), vars(hits_fine).values(), strict=True))
+            )
+            t_all = torch.cat([t_coarse, t_fine], -1)
+            density = torch.cat([density, field.density(hits_fine)], -1)
+        t_sorted, order = torch.sort(t_all, dim=-1)
+        d_sorted = torch.gather(density, -1, order)
+        deltas = torch.cat([t_sorted[..., 1:] - t_sorted[..., :-1], widths[-1:].expand(b, r, 1)], -1)
+        w_sorted = march(d_sorted, deltas)
+        dist = expected_depth(w_sorted, t_sorted, max_depth=cfg.max_depth)
+        opacity = w_sorted.sum(-1)
+        # Features only where the weight matters; weights mapped back to the unsorted sample order.
+        weights = torch.zeros_like(w_sorted).scatter(-1, order, w_sorted).reshape(-1)
+        n_samples = t_all.shape[-1]
+        sel = (weights > cfg.feature_weight_threshold).nonzero().squeeze(-1)
+        hits_sel = hits.map(lambda x: x.reshape(-1, x.shape[-1])[sel])
+        ray_idx = sel // n_samples
+        w_sel = weights[sel, None]
+        sample_feats = field.features(hits_sel)
+        feat_img = sample_feats.new_zeros(b * r, sample_feats.shape[-1]).index_add(0, ray_idx, w_sel * sample_feats)
+        head = None
+        if sample_head is not None:
+            head_vals = sample_head(sample_feats)
+            head = head_vals.new_zeros(b * r, head_vals.shape[-1]).index_add(0, ray_idx, w_sel * head_vals)
+            head = head.view(b, r, -1)
+        return dist, opacity, feat_img.view(b, r, -1), head, w_sorted

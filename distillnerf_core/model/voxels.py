@@ -1,0 +1,110 @@
+"""Sparse hierarchical voxels in contracted space: mean pooling of lifted points at two levels.
+
+Only occupied voxels are stored, as sorted int64 keys (batch, i, j, k) with a feature row each; pooling
+uses native torch ops (`unique`, `index_add`), so any batch size works and no compiled extension is needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from distillnerf_core.model.contraction import contract, linearize, voxel_index
+
+
+@dataclass
+class VoxelConfig:
+    """Two sparse levels in contracted [-1, 1]^3 and the per-axis contraction radius (metres)."""
+
+    coarse_resolution: int = 128
+    """Voxels per axis of the coarse level."""
+    fine_resolution: int = 512
+    """Voxels per axis of the fine level; a multiple of `coarse_resolution`."""
+    radius: list[float] = field(default_factory=lambda: [50.0, 50.0, 6.4])
+    """Contraction radius per axis (x, y, z) in metres: linear inside, contracted beyond."""
+    fine_level: bool = True
+    """False = the coarse-only ablation: no fine level (rendering and the CNN see coarse only)."""
+
+
+@dataclass
+class SparseVoxels:
+    """Occupied voxels of one level, sorted by key. coords (V, 3) long, batch (V,) long, features (V, C)."""
+
+    keys: torch.Tensor
+    coords: torch.Tensor
+    batch: torch.Tensor
+    features: torch.Tensor
+    counts: torch.Tensor  # points (or child voxels) pooled into each voxel
+    resolution: int
+    batch_size: int
+
+    @property
+    def num_voxels(self) -> int:
+        return self.keys.numel()
+
+    def with_features(self, features: torch.Tensor) -> SparseVoxels:
+        """Same voxels, new per-voxel features (e.g. after the sparse CNN)."""
+        return SparseVoxels(self.keys, self.coords, self.batch, features, self.counts, self.resolution, self.batch_size)
+
+    def emptied(self) -> SparseVoxels:
+        """The same level with no occupied voxel (same resolution and channel count)."""
+        none = self.keys[:0]
+        return SparseVoxels(none, self.coords[:0], self.batch[:0], self.features[:0], self.counts[:0],
+                            self.resolution, self.batch_size)
+
+    def find(self, query_keys: torch.Tensor) -> torch.Tensor:
+        """Row index of each query key, -1 where the voxel is not occupied (sorted-key binary search)."""
+        if self.keys.numel() == 0:
+            return torch.full_like(query_keys, -1)
+        pos = torch.searchsorted(self.keys, query_keys).clamp_(max=self.keys.numel() - 1)
+        return torch.where(self.keys[pos] == query_keys, pos, torch.full_like(pos, -1))
+
+    def gather(self, query_keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features at query keys (zeros where empty) and the occupancy mask."""
+        idx = self.find(query_keys)
+        found = idx >= 0
+        padded = torch.cat([self.features, self.features.new_zeros(1, self.features.shape[-1])])
+        rows = torch.where(found, idx, torch.full_like(idx, self.num_voxels))
+        return padded[rows], found
+
+
+def pool(
+    batch: torch.Tensor, index: torch.Tensor, values: torch.Tensor, resolution: int, batch_size: int
+) -> SparseVoxels:
+    """Mean of `values` (M, C) per voxel `index` (M, 3) of batch element `batch` (M,)."""
+    keys = linearize(batch, index, resolution)
+    uniq, inverse, counts = torch.unique(keys, sorted=True, return_inverse=True, return_counts=True)
+    sums = values.new_zeros(uniq.numel(), values.shape[-1]).index_add(0, inverse, values)
+    counts = counts.to(values.dtype)
+    feats = sums / counts[:, None]
+    r = resolution
+    coords = torch.stack([(uniq // (r * r)) % r, (uniq // r) % r, uniq % r], dim=-1)
+    return SparseVoxels(uniq, coords, uniq // (r**3), feats, counts, resolution, batch_size)
+
+
+def voxelize(
+    points: torch.Tensor,
+    values: torch.Tensor,
+    coarse_resolution: int,
+    fine_resolution: int,
+    radius: tuple[float, float, float] | list[float],
+) -> tuple[SparseVoxels, SparseVoxels]:
+    """Pool ego-frame points (B, P, 3) with values (B, P, C) into the (coarse, fine) levels.
+
+    The coarse index is derived from the fine one by integer division, so every fine voxel's parent is
+    exactly the coarse voxel its points fall in (no float disagreement at boundaries).
+    """
+    b, p, _ = points.shape
+    fine_idx = voxel_index(contract(points.reshape(-1, 3), radius), fine_resolution)
+    batch = torch.arange(b, device=points.device).repeat_interleave(p)
+    flat = values.reshape(b * p, -1)
+    fine = pool(batch, fine_idx, flat, fine_resolution, b)
+    coarse = pool(batch, fine_idx // (fine_resolution // coarse_resolution), flat, coarse_resolution, b)
+    return coarse, fine
+
+
+def downsample(voxels: SparseVoxels, resolution: int) -> SparseVoxels:
+    """Mean of the occupied child voxels per parent voxel at a coarser `resolution`."""
+    ratio = voxels.resolution // resolution
+    return pool(voxels.batch, voxels.coords // ratio, voxels.features, resolution, voxels.batch_size)

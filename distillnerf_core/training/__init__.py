@@ -1,0 +1,1 @@
+"""Training and evaluation: configs, losses, metrics, checkpoints, the trainer loop and the evaluation protocol."""

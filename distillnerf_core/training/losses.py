@@ -1,0 +1,219 @@
+"""Self-supervised training losses (reference weights in `LossConfig`), each term returned for logging.
+
+    rgb_l1        L1 between decoded RGB and the target images ([0, 1])
+    rgb_ssim      1 - SSIM (gaussian 11x11, sigma 1.5), the local structural term used in place of LPIPS
+                  when no local VGG weights file is given (LPIPS is never downloaded)
+    lidar_coarse  LiDAR depth on the coarse lift depth;  lidar_render  ... on the volume-rendered depth:
+                  both clamped to [1e-5, 80] m, divided by 80, MSE + 0.1 L1 over valid (> 0) pixels only
+    dense_coarse / dense_render  dense depth (synthetic GT now, NeRF-distilled depth later): clamped to 120 m,
+                  pixels whose target is < 50 m normalised by 50, the rest by 120, MSE + 0.1 L1. Dense GT of 0
+                  (sky / no surface) becomes `dense_sky_depth` (the reference gives sky 115 m); None skips it
+    entropy       mean entropy of the normalised ray-sample weights (peaky rays)
+    opacity       BCE of the accumulated opacity against 1 (every ray hits something; sky is far, not empty)
+    nvs_l1        optional: L1 on the NEXT keyframe's cameras rendered from the current frame
+
+All depths are camera z-depths at the render resolution (what the model and the dataset both give).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from distillnerf_core.training.metrics import ssim as ssim_fn
+
+
+@dataclass
+class LossConfig:
+    """Weights of every term (0 disables it) and the reference's normalisation constants."""
+
+    rgb_l1: float = 1.0
+    """L1 between rendered and input RGB."""
+    rgb_ssim: float = 0.2
+    """1 - SSIM between rendered and input RGB."""
+    lpips: float = 0.0
+    """LPIPS (VGG); > 0 needs `lpips_vgg_weights`."""
+    lpips_vgg_weights: str | None = None
+    """LOCAL VGG16 .safetensors file for LPIPS; never downloaded."""
+    lidar_coarse: float = 10.0
+    """LiDAR depth loss on the lift's coarse depth."""
+    lidar_render: float = 10.0
+    """LiDAR depth loss on the rendered depth."""
+    lidar_max_depth: float = 80.0
+    """LiDAR loss clamps and normalises depth by this (m)."""
+    dense_coarse: float = 10.0
+    """Dense-depth loss on the lift's coarse depth (where the sample has dense depth)."""
+    dense_render: float = 10.0
+    """Dense-depth loss on the rendered depth."""
+    dense_near: float = 50.0
+    """Dense targets closer than this (m) are normalised by it..."""
+    dense_far: float = 120.0
+    """...the rest by this, which also clamps both sides (m)."""
+    dense_sky_depth: float | None = 115.0
+    """Depth (m) given to pixels without a dense target (sky); None leaves them out."""
+    entropy: float = 0.01
+    """Entropy of the ray weights (pushes each ray towards one surface)."""
+    opacity: float = 0.1
+    """-log(opacity): every ray should end on something."""
+    nvs_l1: float = 0.0
+    """L1 on the next keyframe's cameras rendered from this frame (novel views; loads the next keyframe)."""
+    l1_ratio: float = 0.1
+    """Depth losses are MSE + l1_ratio * L1."""
+
+
+def _mse_l1(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, l1_ratio: float) -> torch.Tensor:
+    """MSE + l1_ratio * L1 over valid pixels; exactly 0 (with a graph) when nothing is valid."""
+    valid = valid & torch.isfinite(target)
+    if not bool(valid.any()):
+        return pred.sum() * 0.0
+    diff = pred[valid] - target[valid]
+    return (diff**2).mean() + l1_ratio * diff.abs().mean()
+
+
+def lidar_depth_loss(pred: torch.Tensor, target: torch.Tensor, max_depth: float = 80.0,
+                     l1_ratio: float = 0.1) -> torch.Tensor:
+    """Reference LiDAR loss: clamp both to [1e-5, max_depth], divide by max_depth, MSE + 0.1 L1 where target > 0."""
+    valid = target > 0
+    p = pred.clamp(1e-5, max_depth) / max_depth
+    t = target.clamp(1e-5, max_depth) / max_depth
+    return _mse_l1(p, t, valid, l1_ratio)
+
+
+def dense_depth_loss(pred: torch.Tensor, target: torch.Tensor, near: float = 50.0, far: float = 120.0,
+                     sky_depth: float | None = 115.0, l1_ratio: float = 0.1) -> torch.Tensor:
+    """Reference dense-depth loss: clamp to `far`; target < near: both / near, else both / far; MSE + 0.1 L1."""
+    target = target.clone()
+    if sky_depth is not None:
+        target[target <= 0] = sky_depth
+    valid = target > 0
+    t = target.clamp(max=far)
+    p = pred.clamp(1e-5, far)
+    scale = torch.where(t < near, torch.full_like(t, near), torch.full_like(t, far))
+    return _mse_l1(p / scale, t / scale, valid, l1_ratio)
+
+
+def weight_entropy_loss(weights: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """Mean over rays of -sum p log p with p = w / sum(w) along the last dim (samples)."""
+    p = weights / weights.sum(-1, keepdim=True).clamp_min(eps)
+    return -(p * torch.log(p.clamp_min(eps))).sum(-1).mean()
+
+
+def opacity_loss(opacity: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """BCE(opacity, 1) = -log(opacity), opacity clamped to [eps, 1 - eps]."""
+    return -torch.log(opacity.clamp(eps, 1.0 - eps)).mean()
+
+
+def rgb_l1_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (pred - target).abs().mean()
+
+
+def rgb_ssim_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - mean SSIM over images; pred/target (..., 3, H, W)."""
+    return 1.0 - ssim_fn(pred.flatten(0, -4), target.flatten(0, -4)).mean()
+
+
+class LPIPSVGG(torch.nn.Module):
+    """LPIPS-style perceptual distance on a VGG16 trunk loaded ONLY from a local torchvision weights file.
+
+    Without the learned LPIPS linear heads this is the unweighted variant (channel-normalised feature
+    differences averaged over the 5 VGG stages). Raises FileNotFoundError when the file is missing.
+    """
+
+    def __init__(self, weights_path: str) -> None:
+        super().__init__()
+        from pathlib import Path
+
+        from safetensors.torch import load_file
+        from torchvision.models import vgg16
+
+        path = Path(weights_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"LPIPS VGG weights not found: {path} (they are never downloaded)")
+        if path.suffix != ".safetensors":
+            raise ValueError(f"{path}: only .safetensors VGG weights are loaded (no pickle)")
+        net = vgg16(weights=None)
+        net.load_state_dict(load_file(str(path)))
+        self.features = net.features.eval()
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.taps = {3, 8, 15, 22, 29}
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        x, y = (pred - self.mean) / self.std, (target - self.mean) / self.std
+        total = pred.new_zeros(())
+        for i, layer in enumerate(self.features):
+            x, y = layer(x), layer(y)
+            if i in self.taps:
+                nx = x / (x.norm(dim=1, keepdim=True) + 1e-10)
+                ny = y / (y.norm(dim=1, keepdim=True) + 1e-10)
+                total = total + ((nx - ny) ** 2).sum(1).mean()
+            if i >= max(self.taps):
+                break
+        return total
+
+
+class DistillNeRFLoss(torch.nn.Module):
+    """Weighted sum of the terms above. `forward` returns (total, {term: unweighted value})."""
+
+    def __init__(self, cfg: LossConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg or LossConfig()
+        self.lpips = None
+        if self.cfg.lpips > 0:
+            if not self.cfg.lpips_vgg_weights:
+                raise ValueError("loss.lpips > 0 needs loss.lpips_vgg_weights (a local VGG16 .safetensors file; "
+                                 "weights are never downloaded); set loss.lpips to 0 to train without LPIPS")
+            self.lpips = LPIPSVGG(self.cfg.lpips_vgg_weights)
+
+    def forward(self, out: Any, batch: dict[str, Any], nvs_rgb: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        cfg = self.cfg
+        terms: dict[str, torch.Tensor] = {}
+        images = batch["images"]
+        pred = out.rgb.float()
+        if cfg.rgb_l1:
+            terms["rgb_l1"] = rgb_l1_loss(pred, images)
+        if cfg.rgb_ssim:
+            terms["rgb_ssim"] = rgb_ssim_loss(pred, images)
+        if self.lpips is not None:
+            terms["lpips"] = self.lpips(pred.flatten(0, 1), images.flatten(0, 1))
+        lidar = batch.get("lidar_depth")
+        if lidar is not None:
+            if cfg.lidar_coarse and out.coarse_depth is not None:
+                terms["lidar_coarse"] = lidar_depth_loss(out.coarse_depth.float(), lidar, cfg.lidar_max_depth,
+                                                         cfg.l1_ratio)
+            if cfg.lidar_render:
+                terms["lidar_render"] = lidar_depth_loss(out.depth.float(), lidar, cfg.lidar_max_depth, cfg.l1_ratio)
+        dense = batch.get("dense_depth")
+        if dense is not None:
+            kw = dict(near=cfg.dense_near, far=cfg.dense_far, sky_depth=cfg.dense_sky_depth, l1_ratio=cfg.l1_ratio)
+            if cfg.dense_coarse and out.coarse_depth is not None:
+                terms["dense_coarse"] = dense_depth_loss(out.coarse_depth.float(), dense, **kw)
+            if cfg.dense_render:
+                terms["dense_render"] = dense_depth_loss(out.depth.float(), dense, **kw)
+        if cfg.entropy:
+            terms["entropy"] = weight_entropy_loss(out.weights.float())
+        if cfg.opacity:
+            terms["opacity"] = opacity_loss(out.opacity.float())
+        if cfg.nvs_l1 and nvs_rgb is not None and "next_images" in batch:
+            has = batch["has_next"].to(pred.device)
+            if bool(has.any()):
+                terms["nvs_l1"] = rgb_l1_loss(nvs_rgb.float()[has], batch["next_images"][has])
+        total = pred.new_zeros(())
+        for name, value in terms.items():
+            total = total + getattr(cfg, name) * value
+        return total, terms
+
+
+def resize_depth_like(depth: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """Nearest resize of (..., h, w) depth maps (no mixing across depth edges)."""
+    if tuple(depth.shape[-2:]) == tuple(hw):
+        return depth
+    lead = depth.shape[:-2]
+    flat = depth.reshape(-1, 1, *depth.shape[-2:])
+    return F.interpolate(flat, size=hw, mode="nearest").reshape(*lead, *hw)

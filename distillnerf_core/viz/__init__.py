@@ -1,0 +1,1 @@
+"""Pictures: depth colouring and camera grids, dataset contact sheets, demo pictures."""

@@ -1,0 +1,1 @@
+"""The camera input path: per-camera intake, latest-message synchronisation, the TF cache."""

@@ -1,0 +1,313 @@
+"""The input side every node shares: N camera subscriptions + CameraInfo + TF -> synchronised RigFrames.
+
+A RigFrame holds, for the cameras of one instant, RGB arrays, intrinsics and the camera -> output-frame
+extrinsics looked up at each image's own stamp (never "latest"). When a fixed frame (map/odom) is on /tf,
+each camera is placed in the output frame of the trigger stamp through it, which compensates the ego
+motion between camera stamps. TF that is not there yet is waited for (retried on a timer, never
+blocking a callback) up to `tf_wait_s`, and so is a CameraInfo (it travels on its own topic); after that
+the cameras without them are left out and the reason reported.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from rclpy.clock import Clock, ClockType, JumpThreshold
+from rclpy.duration import Duration
+from rclpy.node import Node
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+)
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from tf2_msgs.msg import TFMessage
+
+from distillnerf_core.data.nuscenes_tables import NUSCENES_CAMERAS
+from distillnerf_ros.conversions.camera_info import CameraInfoError, CameraIntrinsics, intrinsics_for_image
+from distillnerf_ros.conversions.images import ImageConversionError, message_to_rgb
+from distillnerf_ros.input.camera_sync import CameraSet, LatestCameraSynchronizer
+from distillnerf_ros.input.tf_cache import TfCache, TfLookupError, stamp_to_ns
+
+
+@dataclass(frozen=True)
+class CameraTopics:
+    name: str  # e.g. CAM_FRONT
+    image_topic: str
+    info_topic: str
+    compressed: bool
+
+
+@dataclass
+class RigFrame:
+    """One synchronised instant: per camera (fixed order) its message, CameraInfo and extrinsics.
+
+    Images are decoded by `decode()`, on the consumer's thread and only for frames it actually processes
+    (a frame dropped because inference is busy costs no JPEG decoding).
+    """
+
+    stamp_ns: int
+    output_frame: str
+    cameras: list[str]
+    frame_ids: list[str]
+    stamps_ns: list[int]
+    messages: list[Image | CompressedImage]
+    infos: list[CameraInfo]
+    output_from_camera: list[np.ndarray]  # 4x4, optical camera frame -> output frame at stamp_ns
+    missing: dict[str, str] = field(default_factory=dict)
+    motion_compensated: bool = False
+    images: list[np.ndarray] = field(default_factory=list)  # HxWx3 uint8 RGB, filled by decode()
+    intrinsics: list[CameraIntrinsics] = field(default_factory=list)
+
+    def decode(self, min_hw: tuple[int, int] | None = None) -> dict[str, str]:
+        """Convert the messages to RGB + intrinsics; cameras that fail move to `missing` (returned too).
+
+        min_hw lets JPEGs decode at a reduced size no smaller than (height, width), with K scaled to match.
+        """
+        failures, keep = {}, []
+        for index, camera in enumerate(self.cameras):
+            try:
+                rgb = message_to_rgb(self.messages[index], min_hw)
+                intrinsics = intrinsics_for_image(self.infos[index], (rgb.shape[1], rgb.shape[0]),
+                                                  reduced_ok=min_hw is not None)
+            except (ImageConversionError, CameraInfoError) as error:
+                failures[camera] = str(error)
+                continue
+            keep.append(index)
+            self.images.append(rgb)
+            self.intrinsics.append(intrinsics)
+        self.missing.update(failures)
+        for name in ("cameras", "frame_ids", "stamps_ns", "messages", "infos", "output_from_camera"):
+            setattr(self, name, [getattr(self, name)[i] for i in keep])
+        return failures
+
+
+@dataclass
+class RigStatistics:
+    frames: int = 0
+    sets_dropped_tf: int = 0
+    sets_replaced_waiting: int = 0
+    camera_errors: Counter = field(default_factory=Counter)  # camera -> decode / CameraInfo failures
+
+    def count_failures(self, failures: dict[str, str]) -> None:
+        """Record the cameras a consumer could not decode (RigFrame.decode's result)."""
+        for camera, reason in failures.items():
+            self.camera_errors[camera] += 1
+            self.last_errors[camera] = reason
+    last_errors: dict[str, str] = field(default_factory=dict)  # camera or "tf" -> latest reason
+
+
+def topics_from_format(cameras: list[str], image_format: str, info_format: str, compressed: bool
+                       ) -> list[CameraTopics]:
+    """Topics per camera from format strings with a `{camera}` placeholder (e.g. /{camera}/camera_info)."""
+    return [CameraTopics(name, image_format.format(camera=name), info_format.format(camera=name), compressed)
+            for name in cameras]
+
+
+def input_qos(reliability: str, depth: int) -> QoSProfile:
+    """QoS of the camera inputs: `best_effort` (sensor data) or `reliable`, keep-last depth."""
+    policies = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
+    if reliability not in policies:
+        raise ValueError(f"reliability must be one of {sorted(policies)}, got '{reliability}'")
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=policies[reliability],
+                      durability=DurabilityPolicy.VOLATILE)
+
+
+STEADY_CLOCK = Clock(clock_type=ClockType.STEADY_TIME)
+
+TF_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                    durability=DurabilityPolicy.VOLATILE)
+TF_STATIC_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                           durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+class CameraRigInput:
+    """Subscribes a rig's cameras, infos and TF on `node`, and calls `on_frame` with each RigFrame."""
+
+    def __init__(self, node: Node, cameras: list[CameraTopics], on_frame: Callable[[RigFrame], None], *,
+                 output_frame: str, fixed_frame: str, max_camera_delay_s: float,
+                 reference_camera: str | None, qos: QoSProfile, tf_wait_s: float = 0.5,
+                 min_cameras: int = 1) -> None:
+        self._node = node
+        self._cameras = cameras
+        self._on_frame = on_frame
+        self.output_frame = output_frame
+        self.fixed_frame = fixed_frame
+        self._tf_wait_s = tf_wait_s
+        self.tf = TfCache()
+        self.sync = LatestCameraSynchronizer([c.name for c in cameras], max_camera_delay_s, reference_camera,
+                                             min_cameras)
+        self.stats = RigStatistics()
+        self._infos: dict[str, CameraInfo] = {}
+        self._info_paired: set[str] = set()  # cameras whose CameraInfo carries each image's own stamp
+        self._waiting: tuple[CameraSet, float] | None = None  # a set whose TF has not arrived yet
+        self._subscriptions = [
+            node.create_subscription(TFMessage, "/tf", lambda m: self.tf.add_message(m, static=False), TF_QOS),
+            node.create_subscription(TFMessage, "/tf_static", lambda m: self.tf.add_message(m, static=True),
+                                     TF_STATIC_QOS),
+        ]
+        for camera in cameras:
+            image_type = CompressedImage if camera.compressed else Image
+            self._subscriptions.append(node.create_subscription(
+                image_type, camera.image_topic, self._image_callback(camera.name), qos))
+            self._subscriptions.append(node.create_subscription(
+                CameraInfo, camera.info_topic, self._info_callback(camera.name), qos))
+        # Steady clock: with use_sim_time a ROS-time timer would stall whenever /clock pauses (end of a bag).
+        self._retry_timer = node.create_timer(0.02, self._retry_waiting, clock=STEADY_CLOCK)
+        self._jump_handler = node.get_clock().create_jump_callback(
+            JumpThreshold(min_forward=None, min_backward=Duration(seconds=-0.1), on_clock_change=True),
+            post_callback=lambda _jump: self.reset())
+
+    def reset(self) -> None:
+        """Forget dynamic TF and pending images (time went backwards, e.g. a looped bag)."""
+        self.tf.clear_dynamic()
+        self.sync.reset()
+        self._waiting = None
+
+    def destroy(self) -> None:
+        for subscription in self._subscriptions:
+            self._node.destroy_subscription(subscription)
+        self._node.destroy_timer(self._retry_timer)
+
+    def _info_callback(self, camera: str) -> Callable[[CameraInfo], None]:
+        def callback(msg: CameraInfo) -> None:
+            self._infos[camera] = msg
+        return callback
+
+    def _info_pending(self, camera: str, image_stamp_ns: int) -> bool:
+        """No CameraInfo yet, or, for a camera whose CameraInfo comes with every image (same stamp), the one of
+        this image is still on its way: it travels on its own topic, and using the previous one is wrong when
+        the calibration changes (another bag starts). A CameraInfo that never matches (latched) is used as is."""
+        if camera not in self._infos:
+            return True
+        info_stamp = stamp_to_ns(self._infos[camera].header.stamp)
+        if info_stamp == image_stamp_ns:
+            self._info_paired.add(camera)
+            return False
+        return camera in self._info_paired and info_stamp < image_stamp_ns
+
+    def _image_callback(self, camera: str) -> Callable[[Image | CompressedImage], None]:
+        def callback(msg: Image | CompressedImage) -> None:
+            camera_set = self.sync.add(camera, stamp_to_ns(msg.header.stamp), msg)
+            if camera_set is not None:
+                if self._waiting is not None:
+                    self.stats.sets_replaced_waiting += 1
+                self._waiting = (camera_set, time.monotonic() + self._tf_wait_s)
+                self._retry_waiting()
+        return callback
+
+    def _retry_waiting(self) -> None:
+        if self._waiting is None:
+            return
+        camera_set, deadline = self._waiting
+        extrinsics, tf_errors, compensated = self._extrinsics(camera_set)
+        no_info = [c for c in camera_set.messages if self._info_pending(c, camera_set.stamps_ns[c])]
+        if (tf_errors or no_info) and time.monotonic() < deadline:
+            return  # TF or CameraInfo may still be on its way (other topics): retried on the next tick
+        self._waiting = None
+        for camera, error in tf_errors.items():
+            camera_set.missing[camera] = f"TF not available within {self._tf_wait_s:.2f} s: {error}"
+            self.stats.last_errors["tf"] = str(error)
+        if not extrinsics:
+            self.stats.sets_dropped_tf += 1
+            self._node.get_logger().warning(f"dropped a camera set: no camera had TF: {tf_errors}")
+            return
+        frame = self._build_frame(camera_set, extrinsics, compensated)
+        if frame.cameras:
+            self.stats.frames += 1
+            self._on_frame(frame)
+
+    def _extrinsics(self, camera_set: CameraSet) -> tuple[dict[str, np.ndarray], dict[str, str], bool]:
+        """output <- camera per camera, and why it failed for the others.
+
+        Goes through the fixed frame when it is on /tf, which compensates ego motion between stamps.
+        """
+        compensate = self.fixed_frame in self.tf.frames
+        extrinsics, errors = {}, {}
+        for camera, msg in camera_set.messages.items():
+            frame_id, stamp = msg.header.frame_id, camera_set.stamps_ns[camera]
+            try:
+                if compensate:
+                    extrinsics[camera] = self.tf.lookup_across_time(
+                        self.output_frame, camera_set.trigger_stamp_ns, frame_id, stamp, self.fixed_frame)
+                else:
+                    extrinsics[camera] = self.tf.lookup(self.output_frame, frame_id, stamp)
+            except TfLookupError as error:
+                errors[camera] = str(error)
+        return extrinsics, errors, compensate
+
+    def _build_frame(self, camera_set: CameraSet, extrinsics: dict[str, np.ndarray], compensated: bool
+                     ) -> RigFrame:
+        frame = RigFrame(stamp_ns=camera_set.trigger_stamp_ns, output_frame=self.output_frame, cameras=[],
+                         frame_ids=[], stamps_ns=[], messages=[], infos=[], output_from_camera=[],
+                         missing=dict(camera_set.missing), motion_compensated=compensated)
+        for camera in self.sync.camera_names:
+            if camera not in extrinsics:
+                continue
+            if camera not in self._infos:
+                frame.missing[camera] = f"no CameraInfo received within {self._tf_wait_s:.2f} s"
+                continue
+            msg = camera_set.messages[camera]
+            frame.cameras.append(camera)
+            frame.frame_ids.append(msg.header.frame_id)
+            frame.stamps_ns.append(camera_set.stamps_ns[camera])
+            frame.messages.append(msg)
+            frame.infos.append(self._infos[camera])
+            frame.output_from_camera.append(extrinsics[camera])
+        return frame
+
+
+
+def declare_rig_parameters(node: Node) -> None:
+    """Declare the camera-input parameters shared by every node that consumes the rig (read-only)."""
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+    def describe(text: str, **ranges) -> ParameterDescriptor:
+        return ParameterDescriptor(description=text, read_only=True, **ranges)
+
+    node.declare_parameter("cameras", list(NUSCENES_CAMERAS), describe("camera names; fill {camera} in the topics"))
+    node.declare_parameter("image_topic_format", "/{camera}/image_rect_compressed",
+                           describe("image topic per camera"))
+    node.declare_parameter("camera_info_topic_format", "/{camera}/camera_info", describe("CameraInfo topic"))
+    node.declare_parameter("compressed", True, describe("images are sensor_msgs/CompressedImage (JPEG/PNG)"))
+    node.declare_parameter("output_frame", "base_link", describe("frame of the outputs (REP-105 body frame)"))
+    node.declare_parameter("fixed_frame", "map", describe("world frame used to compensate ego motion between"
+                                                          " camera stamps; ignored while absent from /tf"))
+    node.declare_parameter("max_camera_delay", 0.1, describe(
+        "seconds a camera may be away from the trigger stamp before it is left out",
+        floating_point_range=[FloatingPointRange(from_value=0.001, to_value=10.0)]))
+    node.declare_parameter("reference_camera", "", describe("camera whose arrival triggers a set; empty: when"
+                                                            " all cameras are fresh"))
+    node.declare_parameter("min_cameras", 1, describe("fewest usable cameras for a set to be processed",
+                                                      integer_range=[IntegerRange(from_value=1, to_value=64)]))
+    node.declare_parameter("input_reliability", "best_effort", describe("best_effort (sensor data) or reliable"))
+    node.declare_parameter("input_depth", 5, describe("keep-last depth of the input subscriptions",
+                                                      integer_range=[IntegerRange(from_value=1, to_value=100)]))
+    node.declare_parameter("tf_wait", 0.5, describe(
+        "seconds to wait for TF of a camera set before leaving cameras out",
+        floating_point_range=[FloatingPointRange(from_value=0.0, to_value=10.0)]))
+
+
+def rig_input_from_parameters(node: Node, on_frame: Callable[[RigFrame], None]) -> CameraRigInput:
+    """A CameraRigInput configured by the parameters of declare_rig_parameters."""
+    value = lambda name: node.get_parameter(name).value  # noqa: E731 - a local shorthand
+    cameras = list(value("cameras"))
+    reference = value("reference_camera") or None
+    return CameraRigInput(
+        node,
+        topics_from_format(cameras, value("image_topic_format"), value("camera_info_topic_format"),
+                           value("compressed")),
+        on_frame,
+        output_frame=value("output_frame"),
+        fixed_frame=value("fixed_frame"),
+        max_camera_delay_s=value("max_camera_delay"),
+        reference_camera=reference,
+        qos=input_qos(value("input_reliability"), value("input_depth")),
+        tf_wait_s=value("tf_wait"),
+        min_cameras=min(value("min_cameras"), len(cameras)),
+    )

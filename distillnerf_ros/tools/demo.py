@@ -1,0 +1,271 @@
+"""`make demo`: the perception node on replayed nuScenes-format bags, end to end, with pictures.
+
+1. Builds the demo bags (cached in demo_out/bags): the real nuScenes keyframe, and a short synthetic drive.
+2. Starts perception_node (its own process, config/perception.yaml, the bundled model, use_sim_time).
+3. Plays each bag with /clock through distillnerf-play (slowed down so that every keyframe is processed on
+   a CPU), records every output of the node into demo_out/outputs (a rosbag2), and draws per frame a contact
+   sheet, a bird's-eye occupancy image and a 3D view of the occupied voxels into demo_out/.
+4. Prints the measured latency and where everything is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from nav_msgs.msg import OccupancyGrid
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.serialization import serialize_message
+from rosbags.rosbag2 import Reader, Writer
+from rosbags.typesys import Stores, get_typestore
+from sensor_msgs.msg import Image, PointCloud2
+from std_msgs.msg import Float64
+
+from distillnerf_core.data.synthetic.export import write_dataroot
+from distillnerf_core.viz import demo_pictures
+from distillnerf_ros.conversions.images import compressed_image_to_rgb, image_to_depth, image_to_rgb
+from distillnerf_ros.conversions.pointcloud import pointcloud2_to_points, unpack_rgb
+from distillnerf_ros.input.tf_cache import stamp_to_ns
+from distillnerf_ros.tools.nusc2bag import convert
+from distillnerf_ros.tools.processes import stop_process
+
+REPO = Path(__file__).resolve().parents[2]
+NODE = "distillnerf_perception"
+CAMERAS = ["CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT"]
+RELIABLE = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+@dataclass
+class FrameOutputs:
+    """Everything the node published for one trigger stamp."""
+
+    cloud: PointCloud2 | None = None
+    grid: OccupancyGrid | None = None
+    depth: dict[str, np.ndarray] = field(default_factory=dict)
+    rendered: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class OutputRecorder:
+    """Subscribes to the node's outputs, writes them to a rosbag2 and keeps them per stamp for pictures."""
+
+    def __init__(self, node, bag_path: Path) -> None:
+        self.frames: dict[int, FrameOutputs] = {}
+        self.series: dict[str, list[float]] = {"model": []}
+        self.status = ""
+        self.diagnostics: dict[str, str] = {}
+        self._staging = Path(tempfile.mkdtemp(prefix=".outputs.", dir=bag_path.parent))
+        self._final = bag_path
+        self._writer = Writer(self._staging / bag_path.name, version=9)
+        self._writer.open()
+        self._typestore = get_typestore(Stores.ROS2_KILTED)
+        self._connections = {}
+        topics = {f"/{NODE}/occupancy": (PointCloud2, RELIABLE), f"/{NODE}/occupancy_grid": (OccupancyGrid, LATCHED)}
+        for camera in CAMERAS:
+            for kind in ("depth", "rendered"):
+                topics[f"/{NODE}/{camera.lower()}/{kind}"] = (Image, RELIABLE)
+        for topic, (kind, qos) in topics.items():
+            node.create_subscription(kind, topic, lambda m, t=topic: self._on_output(t, m), qos)
+        node.create_subscription(Float64, f"/{NODE}/debug/model_time_ms",
+                                 lambda m: self.series["model"].append(m.data), 20)
+        node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+
+    def _on_diagnostics(self, message: DiagnosticArray) -> None:
+        for status in message.status:
+            if status.name.startswith(NODE):
+                self.status = status.message
+                self.diagnostics = {kv.key: kv.value for kv in status.values}
+
+    def _on_output(self, topic: str, message) -> None:
+        msgtype = type(message).__module__.split(".")[0] + "/msg/" + type(message).__name__
+        if topic not in self._connections:
+            self._connections[topic] = self._writer.add_connection(topic, msgtype, typestore=self._typestore)
+        stamp = stamp_to_ns(message.header.stamp)
+        self._writer.write(self._connections[topic], stamp, serialize_message(message))
+        frame = self.frames.setdefault(stamp, FrameOutputs())
+        camera = topic.split("/")[2].upper()
+        if topic.endswith("/occupancy"):
+            frame.cloud = message
+        elif topic.endswith("/occupancy_grid"):
+            frame.grid = message
+        elif topic.endswith("/depth"):
+            frame.depth[camera] = image_to_depth(message)
+        elif topic.endswith("/rendered"):
+            frame.rendered[camera] = image_to_rgb(message)
+
+    def complete(self, stamp: int) -> bool:
+        frame = self.frames.get(stamp)
+        return bool(frame and frame.cloud and frame.grid and len(frame.depth) == len(CAMERAS)
+                    and len(frame.rendered) == len(CAMERAS))
+
+    def describe(self, stamp: int) -> str:
+        """What arrived for a stamp, and the stamps that did arrive, for error messages."""
+        frame = self.frames.get(stamp)
+        got = ("nothing" if frame is None else f"cloud {frame.cloud is not None}, grid {frame.grid is not None},"
+               f" depth {sorted(frame.depth)}, rendered {sorted(frame.rendered)}")
+        return f"{got}; stamps received: {sorted(self.frames)}"
+
+    def close(self) -> None:
+        self._writer.close()
+        if self._final.exists():
+            shutil.rmtree(self._final)
+        (self._staging / self._final.name).rename(self._final)
+        shutil.rmtree(self._staging, ignore_errors=True)
+
+
+def build_bags(out: Path) -> dict[str, Path]:
+    """The demo's input bags, built once and reused."""
+    bags = {"keyframe": out / "bags" / "keyframe", "synthetic": out / "bags" / "synthetic"}
+    if not bags["keyframe"].exists():
+        convert(REPO / "data" / "nuscenes_sample", bags["keyframe"], progress=False)
+    if not bags["synthetic"].exists():
+        root = out / "synthetic_dataroot"
+        if not (root / "v1.0-synthetic").exists():
+            shutil.rmtree(root, ignore_errors=True)
+            write_dataroot(root, scenes=1, frames=4, seed=7, width=400, height=224, progress=False, threads=1)
+        convert(root, bags["synthetic"], progress=False)
+    return bags
+
+
+def keyframe_stamps(bag: Path) -> list[int]:
+    """Trigger stamps the node will produce for a bag: the newest camera stamp of each sample."""
+    stamps: dict[str, list[int]] = {}
+    with Reader(bag) as reader:
+        connections = [c for c in reader.connections if c.topic.endswith("image_rect_compressed")]
+        for connection, stamp, _ in reader.messages(connections=connections):
+            stamps.setdefault(connection.topic, []).append(stamp)
+    return [max(group) for group in zip(*stamps.values(), strict=False)]
+
+
+def input_images(bag: Path, trigger: int, window_ns: int = 100_000_000) -> dict[str, np.ndarray]:
+    """The camera images of the frame with this trigger stamp, decoded from the bag."""
+    typestore = get_typestore(Stores.ROS2_KILTED)
+    images = {}
+    with Reader(bag) as reader:
+        connections = [c for c in reader.connections if c.topic.endswith("image_rect_compressed")]
+        for connection, _stamp, data in reader.messages(connections=connections, start=trigger - window_ns,
+                                                        stop=trigger + 1):
+            message = typestore.deserialize_cdr(data, connection.msgtype)
+            images[connection.topic.split("/")[1]] = compressed_image_to_rgb(message)
+    return images
+
+
+def draw(name: str, index: int, stamp: int, bag: Path, frame: FrameOutputs, out: Path, model: str) -> list[Path]:
+    images = input_images(bag, stamp)
+    title = f"{name} frame {index} at {stamp / 1e9:.3f} s ({model})"
+    sheet = demo_pictures.contact_sheet(
+        CAMERAS, [images.get(c) for c in CAMERAS], [frame.depth.get(c) for c in CAMERAS],
+        [frame.rendered.get(c) for c in CAMERAS], out / f"{name}_{index:02d}_cameras.png", title)
+    grid = frame.grid
+    probability = np.asarray(grid.data, dtype=np.float32).reshape(grid.info.height, grid.info.width)
+    probability = np.where(probability < 0, np.nan, probability / 100.0)
+    points = pointcloud2_to_points(frame.cloud)
+    xyz = np.stack([points["x"], points["y"], points["z"]], axis=1)
+    bev = demo_pictures.bev_image(probability, (grid.info.origin.position.x, grid.info.origin.position.y),
+                                  grid.info.resolution, out / f"{name}_{index:02d}_bev.png",
+                                  f"{title}\noccupancy probability (black = occupied, blue = unseen)")
+    view = demo_pictures.occupancy_3d(xyz, unpack_rgb(points["rgb"]), out / f"{name}_{index:02d}_occupancy_3d.png",
+                                      f"{title}: {len(xyz)} occupied voxels")
+    return [sheet, bev, view]
+
+
+def spin_until(executor, condition, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not condition():
+        executor.spin_once(timeout_sec=0.05)
+    return condition()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "demo_out")
+    parser.add_argument("--model", default="", help="checkpoint (default: the bundled model)")
+    parser.add_argument("--frame-timeout", type=float, default=60.0, help="seconds to wait for one frame")
+    parser.add_argument("--bags", nargs="+", choices=("keyframe", "synthetic"), default=["keyframe", "synthetic"])
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    args.out.mkdir(parents=True, exist_ok=True)
+    print("building the demo bags ...", flush=True)
+    bags = {name: path for name, path in build_bags(args.out).items() if name in args.bags}
+
+    node_cmd = [sys.executable, str(REPO / "scripts" / "perception_node"), "--ros-args", "--params-file",
+                str(REPO / "config" / "perception.yaml"), "-p", "use_sim_time:=true", "-p", "publish_rendered:=true",
+                "-p", "input_reliability:=reliable"]
+    if args.model:
+        node_cmd += ["-p", f"model_path:={args.model}"]
+    node_log = open(args.out / "perception_node.log", "w")  # noqa: SIM115 - closed in finally
+    node_process = subprocess.Popen(node_cmd, stdout=node_log, stderr=subprocess.STDOUT)
+    rclpy.init()
+    recorder_node = rclpy.create_node("demo_recorder")
+    executor = SingleThreadedExecutor()
+    executor.add_node(recorder_node)
+    recorder = OutputRecorder(recorder_node, args.out / "outputs")
+    pictures: list[Path] = []
+    to_draw: list[tuple[str, int, int, Path]] = []
+    processed: dict[str, int] = {}
+    try:
+        settled = ("active", "configure failed")
+        if not spin_until(executor, lambda: recorder.status in settled or node_process.poll() is not None, 120):
+            raise RuntimeError("perception_node did not become active within 120 s")
+        if recorder.status != "active":
+            node_log.flush()
+            tail = (args.out / "perception_node.log").read_text(errors="replace").strip().splitlines()[-5:]
+            raise RuntimeError(f"perception_node is not running ({recorder.status or 'exited'}):\n  "
+                               + "\n  ".join(tail))
+        for name, bag in bags.items():
+            stamps = keyframe_stamps(bag)
+            print(f"playing {name} ({len(stamps)} frames) ...", flush=True)
+            # Keyframes are 0.5 s apart; slowed down so a CPU finishes each before the next (none dropped).
+            player = subprocess.Popen([sys.executable, "-m", "distillnerf_ros.tools.play", str(bag), "--clock",
+                                       "--rate", "0.15", "--wait-subscribers", "10", "--delay", "2"],
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for index, stamp in enumerate(stamps):
+                if not spin_until(executor, lambda s=stamp: recorder.complete(s), args.frame_timeout):
+                    print(f"  frame {index} ({stamp}): incomplete outputs within {args.frame_timeout} s:"
+                          f" {recorder.describe(stamp)}", flush=True)
+                    continue
+                processed[name] = processed.get(name, 0) + 1
+                to_draw.append((name, index, stamp, bag))
+            player.wait(timeout=120)
+        done = sum(processed.values())
+        spin_until(executor, lambda: int(recorder.diagnostics.get("processed", 0)) >= done, 3.0)  # fresh counters
+        # Drawn after playback: matplotlib competing with the node for 2 CPU cores made frames late.
+        model_name = Path(args.model).name if args.model else "bundled model"
+        for name, index, stamp, bag in to_draw:
+            pictures += draw(name, index, stamp, bag, recorder.frames[stamp], args.out, model_name)
+    finally:
+        recorder.close()
+        stop_process(node_process)
+        node_log.close()
+        executor.shutdown()
+        recorder_node.destroy_node()
+        rclpy.try_shutdown()
+
+    model = np.asarray(recorder.series["model"])
+    print(f"\nprocessed frames: {processed}")
+    if len(model):
+        # Latency in sim time would be scaled by the slowed playback; the wall-clock model time is the number.
+        print(f"model time per 6-camera frame: median {np.median(model):.0f} ms, max {model.max():.0f} ms over"
+              f" {len(model)} frames ({', '.join(f'{m:.0f}' for m in model)}); benchmarks/node_latency.py measures"
+              " live latency and ROS overhead")
+    counters = {k: recorder.diagnostics.get(k, "?") for k in ("processed", "dropped_busy", "errors")}
+    print(f"node counters: {counters}")
+    print(f"outputs bag: {args.out / 'outputs'}")
+    print(f"pictures ({len(pictures)}): {args.out}/*_cameras.png, *_bev.png, *_occupancy_3d.png")
+    print(f"node log: {args.out / 'perception_node.log'}; total {time.monotonic() - started:.0f} s")
+    expected = {name: len(keyframe_stamps(bag)) for name, bag in bags.items()}
+    return 0 if processed == expected else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
