@@ -1,4 +1,7 @@
-"""Test setup: every ROS test stays on loopback (Fast DDS profile + LOCALHOST discovery) in its own domain."""
+"""Test setup shared by every test: `REPO` (the repository root), and every ROS test on loopback (Fast DDS
+profile + LOCALHOST discovery) in its own domain. `test/` is on sys.path (pytest.ini), so tests import
+`REPO` with `from conftest import REPO` and the helpers (`ros_helpers`, `train_helpers`) by name.
+"""
 
 from __future__ import annotations
 

@@ -10,10 +10,10 @@ import sys
 
 import pytest
 import yaml
+from conftest import REPO
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
-from test_package_layout import REPO
 
 from distillnerf_core.model.distillnerf import DistillNeRFModel
 from distillnerf_core.training.checkpoints import save_checkpoint

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import rclpy
 import yaml
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 ROS_MODULES = {"rclpy", "sensor_msgs", "std_msgs", "geometry_msgs", "nav_msgs", "tf2_msgs", "builtin_interfaces",
                "diagnostic_msgs", "rosgraph_msgs", "rcl_interfaces", "launch", "launch_ros", "distillnerf_ros",
                "rosbags"}

@@ -1,8 +1,8 @@
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO
 from PIL import Image as PILImage
 from sensor_msgs.msg import CompressedImage, Image
 
@@ -68,7 +68,7 @@ def test_png_round_trip_is_exact_and_jpeg_is_close():
 
 
 def test_real_nuscenes_jpeg_decodes_at_full_size():
-    path = next((Path(__file__).parents[1] / "data/nuscenes_sample/samples/CAM_FRONT").glob("*.jpg"))
+    path = next((REPO / "data/nuscenes_sample/samples/CAM_FRONT").glob("*.jpg"))
     rgb = compressed_image_to_rgb(CompressedImage(format="jpeg", data=path.read_bytes()))
     assert rgb.shape == (900, 1600, 3)
     with PILImage.open(path) as reference:
@@ -98,7 +98,7 @@ def test_depth_is_32fc1_metres_with_nan_for_invalid():
 
 
 def test_jpeg_decodes_at_a_dct_reduction_no_smaller_than_asked():
-    path = next((Path(__file__).parents[1] / "data/nuscenes_sample/samples/CAM_FRONT").glob("*.jpg"))
+    path = next((REPO / "data/nuscenes_sample/samples/CAM_FRONT").glob("*.jpg"))
     msg = CompressedImage(format="jpeg", data=path.read_bytes())
     assert compressed_image_to_rgb(msg, min_hw=(128, 228)).shape == (225, 400, 3), "1/4 keeps >= 128x228"
     assert compressed_image_to_rgb(msg, min_hw=(500, 900)).shape == (900, 1600, 3), "no reduction fits: full size"

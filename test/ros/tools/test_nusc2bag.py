@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO
 from rosbags.rosbag2 import Reader
 from rosbags.typesys import Stores, get_typestore
 
@@ -12,7 +13,6 @@ from distillnerf_core.data.nuscenes_tables import load_sensor_records
 from distillnerf_core.geometry import invert_transform, make_transform
 from distillnerf_ros.tools.nusc2bag import convert, main
 
-REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "nuscenes_sample"
 TYPESTORE = get_typestore(Stores.ROS2_KILTED)
 

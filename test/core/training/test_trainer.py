@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 from train_helpers import VERSION, make_tiny_dataroot
 
 from distillnerf_core.training.checkpoints import (
@@ -22,8 +23,6 @@ from distillnerf_core.training.checkpoints import (
     optimizer_to_flat,
 )
 from distillnerf_core.training.config import load_train_config
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,10 @@
 """Volume rendering of hand-built voxel fields: wall depth, z-depth output, lookups, empty space."""
 
 import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 
 from distillnerf_core.model.cameras import ring_rig
 from distillnerf_core.model.contraction import contract, uncontract, voxel_centers
@@ -84,7 +84,7 @@ def test_fine_level_overrides_coarse():
 
 
 def test_trilinear_renders_smooth_field_better():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "lookup_accuracy.py"
+    path = REPO / "benchmarks" / "lookup_accuracy.py"
     spec = importlib.util.spec_from_file_location("lookup_accuracy", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

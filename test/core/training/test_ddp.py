@@ -5,14 +5,12 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import REPO
 from train_helpers import VERSION, make_tiny_dataroot
 
 from distillnerf_core.training.checkpoints import load_checkpoint
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _free_port() -> int:

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO
 
 from distillnerf_core.data.datasets import NuScenesDataset
 from distillnerf_core.data.nuscenes_sample import build_dataroot
 from distillnerf_core.geometry import invert_transform
 
-SRC = Path(__file__).resolve().parents[1] / "data" / "nuscenes_sample"
+SRC = REPO / "data" / "nuscenes_sample"
 VERSION = "v1.0-test"
 SAMPLE = "ca9a282c9e77460f8360f564131a8af5"
 # From data/nuscenes_sample/README.md: LiDAR points with depth > 1 m inside each full-resolution image.

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO
 from rclpy.parameter import Parameter
 
 from distillnerf_ros.nodes.rig_monitor import RigMonitorNode
@@ -13,7 +14,6 @@ from distillnerf_ros.tools.demo_plumbing import check_frame
 from distillnerf_ros.tools.nusc2bag import convert
 from ros_helpers import RosSession
 
-REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "nuscenes_sample"
 
 
