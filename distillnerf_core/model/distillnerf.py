@@ -234,34 +234,6 @@ class DistillNeRFModel(nn.Module):
             field_features=out.features,
         )
 
-    def encode_and_render(
-        self,
-        images: torch.Tensor,
-        intrinsics: torch.Tensor,
-        cam2ego: torch.Tensor,
-        targets: CameraRig | dict[str, Any] | None = None,
-    ) -> tuple[SceneEncoding, ModelOutput]:
-        """`forward`, also returning the scene encoding (training renders more views from it)."""
-        self.stage_ms = dict.fromkeys(STAGES, 0.0)
-        scene = self.encode(images, intrinsics, cam2ego)
-        if targets is None:
-            targets = CameraRig(intrinsics, cam2ego, tuple(images.shape[-2:]))
-        views = self.render(scene, targets)
-        render_hw = self.renderer.render_hw(tuple(images.shape[-2:]))
-
-        def at_render(depth: torch.Tensor) -> torch.Tensor:
-            return F.interpolate(depth, size=render_hw, mode="bilinear", align_corners=False)
-
-        return scene, ModelOutput(
-            **vars(views),
-            coarse_depth=at_render(scene.lift.coarse_depth),
-            fine_depth=at_render(scene.lift.fine_depth),
-            lift_coarse_weights=scene.lift.coarse_weights,
-            lift_fine_weights=scene.lift.fine_weights,
-            points_lifted=scene.points_lifted,
-            voxels_occupied=scene.voxels_occupied,
-        )
-
     def forward(
         self,
         images: torch.Tensor,
@@ -270,4 +242,25 @@ class DistillNeRFModel(nn.Module):
         targets: CameraRig | dict[str, Any] | None = None,
     ) -> ModelOutput:
         """Encode the input cameras and render `targets` (default: the input cameras at input size)."""
-        return self.encode_and_render(images, intrinsics, cam2ego, targets)[1]
+        self.stage_ms = dict.fromkeys(STAGES, 0.0)
+        scene = self.encode(images, intrinsics, cam2ego)
+        if targets is None:
+            targets = CameraRig(intrinsics, cam2ego, tuple(images.shape[-2:]))
+        return self.output(scene, self.render(scene, targets), tuple(images.shape[-2:]))
+
+    def output(self, scene: SceneEncoding, views: RenderedViews, image_hw: tuple[int, int]) -> ModelOutput:
+        """`views` plus what the losses need from the lift: its depths at the render size and its weights."""
+        render_hw = self.renderer.render_hw(image_hw)
+
+        def at_render(depth: torch.Tensor) -> torch.Tensor:
+            return F.interpolate(depth, size=render_hw, mode="bilinear", align_corners=False)
+
+        return ModelOutput(
+            **vars(views),
+            coarse_depth=at_render(scene.lift.coarse_depth),
+            fine_depth=at_render(scene.lift.fine_depth),
+            lift_coarse_weights=scene.lift.coarse_weights,
+            lift_fine_weights=scene.lift.fine_weights,
+            points_lifted=scene.points_lifted,
+            voxels_occupied=scene.voxels_occupied,
+        )

@@ -50,7 +50,9 @@ class TrainStep(nn.Module):
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor], ModelOutput]:
         m = self.model
         image_hw = tuple(batch["images"].shape[-2:])
-        scene, out = m.encode_and_render(batch["images"], batch["intrinsics"], batch["cam2ego"])
+        m.stage_ms = {}
+        scene = m.encode(batch["images"], batch["intrinsics"], batch["cam2ego"])
+        out = m.output(scene, m.render(scene, CameraRig(batch["intrinsics"], batch["cam2ego"], image_hw)), image_hw)
         nvs_rgb = None
         if self.loss.cfg.nvs_l1 and "next_images" in batch and bool(batch["has_next"].any()):
             nvs_rgb = m.render(scene, CameraRig(batch["next_intrinsics"], batch["next_cam2ego"], image_hw)).rgb
