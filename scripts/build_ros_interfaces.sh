@@ -2,7 +2,10 @@
 # Builds this package's ROS 2 interfaces (srv/QueryScene.srv) and installs the package into a venv
 # that holds the PyPI ROS 2 wheels (no system ROS). On a machine with a ROS 2 install use colcon.
 #
-# usage: scripts/build_ros_interfaces.sh VENV_DIR
+# usage: scripts/build_ros_interfaces.sh VENV_DIR [LAUNCH_DIR]
+# LAUNCH_DIR (optional): a folder of the pure-Python ROS 2 launch wheels (not on PyPI) and the
+# composition_interfaces sources, e.g. ../shared/third_party/ros2_launch; with it, `launch` and `launch_ros`
+# are installed too, so that the launch file can be tested without a ROS install.
 # The three traps of the PyPI wheels (see README, "Installing without ROS"):
 #  1. the build-tool wheels declare no dependencies: requirements.txt lists them all;
 #  2. cmake needs AMENT_PREFIX_PATH to find rosidl_typesupport_c;
@@ -54,3 +57,19 @@ cmake_package "$repo" "$build_root/distillnerf_ros" -DINSTALL_PYTHON_SOURCES=OFF
 "$python" -c "from distillnerf_ros.srv import QueryScene; from tf2_msgs.msg import TFMessage" \
   || { echo "interfaces built but do not import" >&2; exit 1; }
 echo "built distillnerf_ros interfaces into $venv"
+
+launch_dir=${2:-}
+if [ -n "$launch_dir" ]; then
+  # launch_ros imports composition_interfaces, which is not on PyPI either: generate it like ours.
+  if ! "$python" -c "import composition_interfaces.srv" 2>/dev/null; then
+    cmake_package "$launch_dir/composition_interfaces" "$build_root/composition_interfaces"
+  fi
+  # Only what launching needs: launch_testing would register a pytest plugin, ros2launch needs ros2cli.
+  wheels=()
+  for name in launch launch_ros launch_xml launch_yaml osrf_pycommon; do
+    wheels+=("$(ls "$launch_dir"/wheels/"$name"-[0-9]*.whl)")
+  done
+  "$python" -m pip install -q --no-deps "${wheels[@]}" 2>&1 | { grep -v "^WARNING: Location 'file://" || true; }
+  "$python" -c "import launch, launch_ros.actions" || { echo "launch packages installed but do not import" >&2; exit 1; }
+  echo "installed launch + launch_ros from $launch_dir"
+fi
