@@ -47,6 +47,29 @@ def test_package_xml_names_the_package_and_its_interface_group():
     assert root.findtext("member_of_group") == "rosidl_interface_packages"
 
 
+# Modules that come with a ROS package of another name (rosdep keys are package names).
+ROS_PACKAGE_OF = {"rclpy": "rclpy", "launch": "launch", "launch_ros": "launch_ros",
+                  "ament_index_python": "ament_index_python"}
+
+
+def test_package_xml_declares_every_ros_package_the_code_and_launch_file_use():
+    root = ET.parse(REPO / "package.xml").getroot()
+    declared = {e.text for e in root if e.tag in ("depend", "exec_depend")}
+    sources = [*(REPO / "distillnerf_ros").rglob("*.py"), *(REPO / "launch").glob("*.py"),
+               *(p for p in (REPO / "scripts").iterdir() if p.is_file() and p.suffix == "")]
+    used = set()
+    for path in sources:
+        if path.read_text().startswith("#!/usr/bin/env bash"):
+            continue
+        used |= {m for m in imported_top_level_modules(path) if m in ROS_MODULES | set(ROS_PACKAGE_OF)}
+    used -= {"distillnerf_ros", "rosbags"}  # this package; rosbags is a pip package (requirements-core.txt)
+    launch_text = (REPO / "launch" / "perception.launch.py").read_text()
+    used |= {"rviz2"} if 'executable="rviz2"' in launch_text else set()
+    used |= {"ros2bag", "rosbag2_storage_mcap"} if '"ros2", "bag", "play"' in launch_text else set()
+    missing = {ROS_PACKAGE_OF.get(m, m) for m in used} - declared
+    assert not missing, f"package.xml lacks <exec_depend> for {sorted(missing)}: rosdep could not install them"
+
+
 def test_installed_programs_and_directories_exist():
     cmake = (REPO / "CMakeLists.txt").read_text()
     programs = ("perception_node", "rig_monitor", "dataroot_publisher", "nusc2bag", "play")
