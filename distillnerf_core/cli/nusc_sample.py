@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from distillnerf_core.data.nuscenes_sample import DEFAULT_SRC, build_dataroot, find_version
+from distillnerf_core.data.nuscenes_sample import build_dataroot, find_version
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--src", default=str(DEFAULT_SRC), help="partial dataroot (default data/nuscenes_sample)")
+    p.add_argument("--src", help="partial dataroot (default: the bundled data/nuscenes_sample)")
     p.add_argument("--out", required=True, help="output dataroot")
     p.add_argument("--link", action="store_true", help="symlink the sample files instead of copying")
     a = p.parse_args(argv)

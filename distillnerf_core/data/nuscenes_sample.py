@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-DEFAULT_SRC = Path(__file__).resolve().parents[2] / "data" / "nuscenes_sample"
+from distillnerf_core.data.bundled import bundled_data
+
 REQUIRED = ("sensor", "calibrated_sensor", "ego_pose", "sample_data", "sample", "scene", "category", "attribute",
             "visibility")
 MAP_FILENAME = "maps/placeholder_semantic_prior.png"
@@ -32,10 +33,11 @@ def find_version(src: Path) -> str:
     return versions[0]
 
 
-def build_dataroot(src: str | Path = DEFAULT_SRC, out: str | Path = "nuscenes_sample_root", link: bool = False,
+def build_dataroot(src: str | Path | None = None, out: str | Path = "nuscenes_sample_root", link: bool = False,
                    version: str | None = None) -> Path:
-    """Write the devkit-loadable dataroot; returns its path. Existing files in `out` are overwritten."""
-    src, out = Path(src), Path(out)
+    """Write the devkit-loadable dataroot (from `src`, default the bundled keyframe); returns its path.
+    Existing files in `out` are overwritten."""
+    src, out = Path(src) if src is not None else bundled_data("nuscenes_sample"), Path(out)
     version = version or find_version(src)
     tables = {}
     for name in REQUIRED:

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from distillnerf_core.data.bundled import bundled_data
 from distillnerf_core.data.nuscenes_tables import NUSCENES_CAMERAS
 from distillnerf_core.geometry import make_transform
 
-DEFAULT_CALIBRATION = Path(__file__).resolve().parents[3] / "data" / "nuscenes_sample"
 RIG_NAMES = ("nuscenes", "waymo5", "front3")
 # LIDAR_TOP of the real keyframe (used by the non-nuScenes rigs, which need no calibration file).
 NUSCENES_LIDAR_TRANSLATION = [0.943713, 0.0, 1.84023]
@@ -59,8 +59,8 @@ def _pinhole(width: int, height: int, hfov_deg: float) -> np.ndarray:
 
 
 def load_nuscenes_rig(width: int, height: int, channels=NUSCENES_CAMERAS,
-                      calibration_root: str | Path = DEFAULT_CALIBRATION) -> Rig:
-    root = Path(calibration_root)
+                      calibration_root: str | Path | None = None) -> Rig:
+    root = Path(calibration_root) if calibration_root is not None else bundled_data("nuscenes_sample")
     table_dir = next((p for p in sorted(root.glob("v1.0-*")) if (p / "calibrated_sensor.json").exists()), None)
     if table_dir is None:
         raise FileNotFoundError(f"no v1.0-*/calibrated_sensor.json under {root} (the nuScenes rig is read from it)")
@@ -87,7 +87,7 @@ def load_nuscenes_rig(width: int, height: int, channels=NUSCENES_CAMERAS,
     return Rig("nuscenes", cams, make_transform(lid["rotation"], lid["translation"]))
 
 
-def load_rig(name: str, width: int, height: int, calibration_root: str | Path = DEFAULT_CALIBRATION) -> Rig:
+def load_rig(name: str, width: int, height: int, calibration_root: str | Path | None = None) -> Rig:
     lidar2ego = make_transform(NUSCENES_LIDAR_ROTATION, NUSCENES_LIDAR_TRANSLATION)
     if name == "nuscenes":
         return load_nuscenes_rig(width, height, NUSCENES_CAMERAS, calibration_root)

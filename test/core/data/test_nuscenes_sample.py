@@ -94,3 +94,15 @@ def test_cli_and_contact_sheet(tmp_path, capsys):
 
     with Image.open(out) as im:
         assert im.size[0] > 600 and im.size[1] > 300, f"contact sheet too small: {im.size}"
+
+
+def test_bundled_data_is_found_in_the_source_tree_or_a_ros_install_share(tmp_path):
+    from distillnerf_core.data.bundled import SHARE_SUBDIR, bundled_data
+
+    assert bundled_data("nuscenes_sample") == SRC
+    installed = tmp_path / "install" / SHARE_SUBDIR / "nuscenes_sample"
+    installed.mkdir(parents=True)
+    no_source = tmp_path / "site-packages-data"
+    assert bundled_data("nuscenes_sample", no_source, f"/nonexistent:{tmp_path / 'install'}") == installed
+    with pytest.raises(FileNotFoundError, match="share/distillnerf_ros/data"):
+        bundled_data("nuscenes_sample", no_source, "")
