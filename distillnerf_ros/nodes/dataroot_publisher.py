@@ -24,6 +24,13 @@ from distillnerf_ros.input.rig_input import TF_QOS, TF_STATIC_QOS
 
 
 class DatarootPublisher(Node):
+    """A nuScenes-format dataroot as live topics, as node `nuscenes_dataroot_publisher`.
+
+    Publishes: `/tf_static` (latched calibration, on construction), and on `publish_all()` in timestamp
+    order `/tf` (map -> base_link at each sensor stamp), `/<CHANNEL>/camera_info` and
+    `/<CHANNEL>/image_rect_compressed` (reliable, depth 10) for every camera record.
+    """
+
     def __init__(self, dataroot: str, version: str | None, **node_options) -> None:
         super().__init__("nuscenes_dataroot_publisher", **node_options)
         self.records = load_sensor_records(dataroot, version)

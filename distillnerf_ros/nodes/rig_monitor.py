@@ -34,6 +34,14 @@ def describe_frame(frame: RigFrame) -> str:
 
 
 class RigMonitorNode(Node):
+    """The rig input path without a model, as node `rig_monitor`.
+
+    Subscribes: per camera `image_topic_format` and `camera_info_topic_format`, `/tf`, `/tf_static`
+    (parameters of declare_rig_parameters). Publishes: `/diagnostics` (1 Hz on the steady clock: frames,
+    sets dropped, cameras missing and why, TF resets). Logs one description per synchronised frame.
+    Parameter `max_frames`: `done` becomes true after that many frames (0: never).
+    """
+
     def __init__(self, **node_options) -> None:
         super().__init__("rig_monitor", **node_options)
         declare_rig_parameters(self)

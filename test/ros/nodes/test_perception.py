@@ -8,6 +8,7 @@ import pytest
 from conftest import REPO
 from diagnostic_msgs.msg import DiagnosticArray
 from nav_msgs.msg import OccupancyGrid
+from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -228,3 +229,20 @@ def test_bad_camera_input_is_reported_and_the_node_keeps_running(session, tiny_c
     status = diagnostics_of(session, node)
     assert status.level == status.WARN and "missing cameras" in status.message
     assert node.status_message == "active" and node.counters["errors"] == 0
+
+
+def test_lifecycle_creates_enables_and_destroys_the_outputs(session, tiny_checkpoint):
+    node = start_node(session, model_path=str(tiny_checkpoint), autostart=False)
+    topic = f"{NODE}/occupancy"
+    assert node.status_message == "unconfigured" and node.outputs is None
+    assert diagnostics_of(session, node).message == "unconfigured", "diagnostics report in every state"
+    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert session.spin_until(lambda: bool(node.get_publishers_info_by_topic(topic)), 5)
+    assert not any(p.is_activated for p in node.outputs.all()), "configured: publishers exist but stay silent"
+    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    assert all(p.is_activated for p in node.outputs.all()) and node.worker.running
+    assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    assert not any(p.is_activated for p in node.outputs.all()) and not node.worker.running and node.rig is None
+    assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+    assert node.outputs is None and node.predictor is None
+    assert session.spin_until(lambda: not node.get_publishers_info_by_topic(topic), 5), "cleanup destroys them"
