@@ -3,7 +3,8 @@
 1. Builds the demo bags (cached in demo_out/bags): the real nuScenes keyframe, and a short synthetic drive.
 2. Starts perception_node (its own process, config/perception.yaml, the bundled model, use_sim_time).
 3. Plays each bag with /clock through distillnerf-play (slowed down so that every keyframe is processed on
-   a CPU), records every output of the node into demo_out/outputs (a rosbag2), and draws per frame a contact
+   a CPU), records every topic the node publishes (outputs, depth camera_info, debug series, /diagnostics)
+   into one rosbag2 per source under demo_out/outputs/ with each topic's QoS, and draws per frame a contact
    sheet, a bird's-eye occupancy image and a 3D view of the occupied voxels into demo_out/.
 4. Prints the measured latency and where everything is.
 """
@@ -28,7 +29,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import serialize_message
 from rosbags.rosbag2 import Reader, Writer
 from rosbags.typesys import Stores, get_typestore
-from sensor_msgs.msg import Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Float64
 
 from distillnerf_core.data.synthetic.export import write_dataroot
@@ -36,7 +37,7 @@ from distillnerf_core.viz import demo_pictures
 from distillnerf_ros.conversions.images import compressed_image_to_rgb, image_to_depth, image_to_rgb
 from distillnerf_ros.conversions.pointcloud import pointcloud2_to_points, unpack_rgb
 from distillnerf_ros.input.tf_cache import stamp_to_ns
-from distillnerf_ros.tools.nusc2bag import convert
+from distillnerf_ros.tools.nusc2bag import convert, recorded_qos
 from distillnerf_ros.tools.processes import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,29 +57,89 @@ class FrameOutputs:
     rendered: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-class OutputRecorder:
-    """Subscribes to the node's outputs, writes them to a rosbag2 and keeps them per stamp for pictures."""
+def output_topics() -> dict[str, tuple[type, QoSProfile]]:
+    """Every topic the node publishes in the demo (publish_rendered on), with the QoS to hear it."""
+    topics = {f"/{NODE}/occupancy": (PointCloud2, RELIABLE), f"/{NODE}/occupancy_grid": (OccupancyGrid, LATCHED),
+              "/diagnostics": (DiagnosticArray, RELIABLE)}
+    for camera in CAMERAS:
+        for kind in ("depth", "rendered"):
+            topics[f"/{NODE}/{camera.lower()}/{kind}"] = (Image, RELIABLE)
+        topics[f"/{NODE}/{camera.lower()}/depth/camera_info"] = (CameraInfo, RELIABLE)
+    for series in ("pipeline_latency_ms", "processing_time_ms", "model_time_ms", "input_delay_ms"):
+        topics[f"/{NODE}/debug/{series}"] = (Float64, RELIABLE)
+    return topics
 
-    def __init__(self, node, bag_path: Path) -> None:
+
+class OutputRecorder:
+    """Subscribes to every output of the node and writes them into one rosbag2 per played source (so that a
+    bag's stamps come from one recording), with each topic's QoS (a latched grid replays latched); keeps the
+    outputs per stamp for the pictures. Each bag is written under a temporary name, then renamed (atomic)."""
+
+    def __init__(self, node, out_dir: Path) -> None:
         self.frames: dict[int, FrameOutputs] = {}
         self.series: dict[str, list[float]] = {"model": []}
         self.status = ""
         self.diagnostics: dict[str, str] = {}
-        self._staging = Path(tempfile.mkdtemp(prefix=".outputs.", dir=bag_path.parent))
-        self._final = bag_path
-        self._writer = Writer(self._staging / bag_path.name, version=9)
-        self._writer.open()
+        self.bags: list[Path] = []
+        self._out_dir = out_dir
+        self._writer: Writer | None = None
+        self._staging: Path | None = None
         self._typestore = get_typestore(Stores.ROS2_KILTED)
+        self._connections: dict[str, object] = {}
+        self._clock_ns = 0
+        for topic, (kind, qos) in output_topics().items():
+            node.create_subscription(kind, topic, lambda m, t=topic, q=qos: self._on_message(t, m, q), qos)
+
+    def start(self, source: str, first_stamp_ns: int) -> None:
+        """Record from now on into `out_dir/<source>` (closing the previous source's bag); `first_stamp_ns`
+        is the source's first stamp."""
+        self.finish()
+        self._clock_ns = first_stamp_ns
+        self._out_dir.mkdir(parents=True, exist_ok=True)
+        self._staging = Path(tempfile.mkdtemp(prefix=f".{source}.", dir=self._out_dir))
+        self._writer = Writer(self._staging / source, version=9)
+        self._writer.open()
         self._connections = {}
-        topics = {f"/{NODE}/occupancy": (PointCloud2, RELIABLE), f"/{NODE}/occupancy_grid": (OccupancyGrid, LATCHED)}
-        for camera in CAMERAS:
-            for kind in ("depth", "rendered"):
-                topics[f"/{NODE}/{camera.lower()}/{kind}"] = (Image, RELIABLE)
-        for topic, (kind, qos) in topics.items():
-            node.create_subscription(kind, topic, lambda m, t=topic: self._on_output(t, m), qos)
-        node.create_subscription(Float64, f"/{NODE}/debug/model_time_ms",
-                                 lambda m: self.series["model"].append(m.data), 20)
-        node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+
+    def finish(self) -> None:
+        """Close the current bag and move it into place."""
+        if self._writer is None:
+            return
+        self._writer.close()
+        bag = next(self._staging.iterdir())
+        final = self._out_dir / bag.name
+        if final.exists():
+            shutil.rmtree(final)
+        bag.rename(final)
+        shutil.rmtree(self._staging, ignore_errors=True)
+        self.bags.append(final)
+        self._writer = self._staging = None
+
+    def _on_message(self, topic: str, message, qos: QoSProfile) -> None:
+        if self._writer is not None:
+            self._write(topic, message, qos)
+        if isinstance(message, DiagnosticArray):
+            self._on_diagnostics(message)
+        elif isinstance(message, Float64):
+            if topic.endswith("/model_time_ms"):
+                self.series["model"].append(message.data)
+        elif not isinstance(message, CameraInfo):
+            self._keep(topic, message)
+
+    def _write(self, topic: str, message, qos: QoSProfile) -> None:
+        if topic not in self._connections:
+            msgtype = type(message).__module__.split(".")[0] + "/msg/" + type(message).__name__
+            latched = qos.durability == DurabilityPolicy.TRANSIENT_LOCAL
+            self._connections[topic] = self._writer.add_connection(
+                topic, msgtype, typestore=self._typestore, offered_qos_profiles=[recorded_qos(latched, qos.depth)])
+        # Outputs carry their trigger camera's stamp; diagnostics and debug series (wall-clock or no stamp)
+        # are written at the source's newest output stamp, so that a bag spans one source's time only.
+        if isinstance(message, PointCloud2 | OccupancyGrid | Image | CameraInfo):
+            self._clock_ns = max(self._clock_ns, stamp_to_ns(message.header.stamp))
+            stamp = stamp_to_ns(message.header.stamp)
+        else:
+            stamp = self._clock_ns
+        self._writer.write(self._connections[topic], stamp, serialize_message(message))
 
     def _on_diagnostics(self, message: DiagnosticArray) -> None:
         for status in message.status:
@@ -86,12 +147,8 @@ class OutputRecorder:
                 self.status = status.message
                 self.diagnostics = {kv.key: kv.value for kv in status.values}
 
-    def _on_output(self, topic: str, message) -> None:
-        msgtype = type(message).__module__.split(".")[0] + "/msg/" + type(message).__name__
-        if topic not in self._connections:
-            self._connections[topic] = self._writer.add_connection(topic, msgtype, typestore=self._typestore)
+    def _keep(self, topic: str, message) -> None:
         stamp = stamp_to_ns(message.header.stamp)
-        self._writer.write(self._connections[topic], stamp, serialize_message(message))
         frame = self.frames.setdefault(stamp, FrameOutputs())
         camera = topic.split("/")[2].upper()
         if topic.endswith("/occupancy"):
@@ -114,13 +171,6 @@ class OutputRecorder:
         got = ("nothing" if frame is None else f"cloud {frame.cloud is not None}, grid {frame.grid is not None},"
                f" depth {sorted(frame.depth)}, rendered {sorted(frame.rendered)}")
         return f"{got}; stamps received: {sorted(self.frames)}"
-
-    def close(self) -> None:
-        self._writer.close()
-        if self._final.exists():
-            shutil.rmtree(self._final)
-        (self._staging / self._final.name).rename(self._final)
-        shutil.rmtree(self._staging, ignore_errors=True)
 
 
 def build_bags(out: Path) -> dict[str, Path]:
@@ -224,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                                + "\n  ".join(tail))
         for name, bag in bags.items():
             stamps = keyframe_stamps(bag)
+            recorder.start(name, min(stamps))
             print(f"playing {name} ({len(stamps)} frames) ...", flush=True)
             # Keyframes are 0.5 s apart; slowed down so a CPU finishes each before the next (none dropped).
             player = subprocess.Popen([sys.executable, "-m", "distillnerf_ros.tools.play", str(bag), "--clock",
@@ -244,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, index, stamp, bag in to_draw:
             pictures += draw(name, index, stamp, bag, recorder.frames[stamp], args.out, model_name)
     finally:
-        recorder.close()
+        recorder.finish()
         stop_process(node_process)
         node_log.close()
         executor.shutdown()
@@ -260,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
               " live latency and ROS overhead")
     counters = {k: recorder.diagnostics.get(k, "?") for k in ("processed", "dropped_busy", "errors")}
     print(f"node counters: {counters}")
-    print(f"outputs bag: {args.out / 'outputs'}")
+    print(f"output bags (every topic the node publishes, one bag per source): "
+          f"{', '.join(str(b) for b in recorder.bags)}")
     print(f"pictures ({len(pictures)}): {args.out}/*_cameras.png, *_bev.png, *_occupancy_3d.png")
     print(f"node log: {args.out / 'perception_node.log'}; total {time.monotonic() - started:.0f} s")
     expected = {name: len(keyframe_stamps(bag)) for name, bag in bags.items()}

@@ -39,8 +39,10 @@ TYPES = {
 _INFINITE = QosTime(sec=0x7FFFFFFF, nsec=0xFFFFFFFF)
 
 
-def _qos(latched: bool) -> Qos:
-    return Qos(history=QosHistory.KEEP_LAST, depth=100 if latched else 10, reliability=QosReliability.RELIABLE,
+def recorded_qos(latched: bool, depth: int | None = None) -> Qos:
+    """The publisher QoS stored with a bag topic, so that a player offers it again (latched = transient local)."""
+    depth = depth if depth is not None else 100 if latched else 10
+    return Qos(history=QosHistory.KEEP_LAST, depth=depth, reliability=QosReliability.RELIABLE,
                durability=QosDurability.TRANSIENT_LOCAL if latched else QosDurability.VOLATILE,
                deadline=_INFINITE, lifespan=_INFINITE, liveliness=QosLiveliness.AUTOMATIC,
                liveliness_lease_duration=_INFINITE, avoid_ros_namespace_conventions=False)
@@ -79,7 +81,7 @@ def convert(dataroot: Path, out: Path, version: str | None = None, scenes: list[
             def write(topic: str, msgtype: str, stamp_ns: int, message) -> None:
                 if topic not in connections:
                     connections[topic] = writer.add_connection(
-                        topic, msgtype, typestore=typestore, offered_qos_profiles=[_qos(topic == "/tf_static")])
+                        topic, msgtype, typestore=typestore, offered_qos_profiles=[recorded_qos(topic == "/tf_static")])
                 writer.write(connections[topic], stamp_ns, serialize_message(message))
                 counts[topic] = counts.get(topic, 0) + 1
 
