@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from distillnerf_core.viz.images import colorize_depth  # noqa: E402
@@ -22,6 +23,19 @@ EGO_LENGTH_M, EGO_WIDTH_M = 4.6, 1.9  # a nuScenes Renault Zoe, roughly
 def _depth_rgb(depth: np.ndarray, max_depth: float) -> np.ndarray:
     clean = np.nan_to_num(depth, nan=0.0)
     return colorize_depth(torch.from_numpy(clean), max_depth).permute(1, 2, 0).numpy()
+
+
+def _depth_colour_bar(figure, axes, max_depth: float) -> None:
+    """A colour bar in metres beside the depth row, in the same log scale as `colorize_depth`."""
+    scale = np.log1p(max_depth)
+    ramp = torch.from_numpy(np.expm1(np.linspace(0.0, 1.0, 256) * scale)).float()[None]
+    colours = colorize_depth(ramp.clamp_min(1e-3), max_depth)[:, 0].T.numpy()  # (256, 3)
+    mappable = plt.cm.ScalarMappable(norm=plt.Normalize(0.0, 1.0), cmap=ListedColormap(colours))
+    metres = [m for m in (1, 2, 5, 10, 20, 40, 60, 80, 120) if m <= max_depth]
+    bar = figure.colorbar(mappable, ax=list(axes), fraction=0.02, pad=0.01,
+                          ticks=[np.log1p(m) / scale for m in metres])
+    bar.ax.set_yticklabels([str(m) for m in metres], fontsize=6)
+    bar.set_label("depth (m)", fontsize=7)
 
 
 def contact_sheet(cameras: list[str], inputs: list[np.ndarray], depths: list[np.ndarray | None],
@@ -42,6 +56,9 @@ def contact_sheet(cameras: list[str], inputs: list[np.ndarray], depths: list[np.
             axis.set_title(f"{camera}\n{name}" if row == 0 else name, fontsize=7)
     figure.suptitle(title, fontsize=9)
     figure.tight_layout()
+    depth_rows = [row for row, (_, images) in enumerate(rows) if any(i is not None and i.ndim == 2 for i in images)]
+    for row in depth_rows:
+        _depth_colour_bar(figure, axes[row], max_depth)
     return _save(figure, out)
 
 
