@@ -170,7 +170,9 @@ class ScenePredictor:
         with autocast:
             scene = self.model.encode(images_t, K_t, E_t)
             if depth or rgb:
-                views = self.model.render(scene, {"intrinsics": K_t, "cam2ego": E_t, "image_hw": self.input_hw})
+                # Depth only: no RGB decoder and no feature lookups (the renderer's density pass suffices).
+                views = self.model.render(scene, {"intrinsics": K_t, "cam2ego": E_t, "image_hw": self.input_hw},
+                                          rgb=rgb, features=rgb)
                 render_hw = tuple(views.depth.shape[-2:])
                 if depth:
                     result.depth = views.depth[0].float().cpu().numpy()

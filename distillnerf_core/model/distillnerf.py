@@ -119,14 +119,17 @@ class SceneEncoding:
 
 @dataclass
 class RenderedViews:
-    """Target views: rgb (B, M, 3, H, W) at target image size; the rest at render size (h, w)."""
+    """Target views: rgb (B, M, 3, H, W) at target image size; the rest at render size (h, w).
 
-    rgb: torch.Tensor
+    rgb, features and field_features are None when `render` was asked for depth only.
+    """
+
+    rgb: torch.Tensor | None
     depth: torch.Tensor  # camera z-depth (B, M, h, w)
     opacity: torch.Tensor  # (B, M, h, w)
     features: torch.Tensor | None  # (B, M, D, h, w) foundation features, None if the head is off
     weights: torch.Tensor  # (B, M, h, w, S) ray sample weights
-    field_features: torch.Tensor  # (B, M, C, h, w) composited raw field features (decoder input)
+    field_features: torch.Tensor | None  # (B, M, C, h, w) composited raw field features (decoder input)
 
 
 @dataclass
@@ -214,19 +217,27 @@ class DistillNeRFModel(nn.Module):
         field = VoxelField(coarse, fine, tuple(cfg.voxels.radius), cfg.lift.logit_clamp)
         return SceneEncoding(field, lifted, rig)
 
-    def render(self, scene: SceneEncoding, targets: CameraRig | dict[str, Any]) -> RenderedViews:
-        """Render a set of target cameras (any number, any poses) from an encoded scene."""
+    def render(self, scene: SceneEncoding, targets: CameraRig | dict[str, Any], rgb: bool = True,
+               features: bool = True) -> RenderedViews:
+        """Render a set of target cameras (any number, any poses) from an encoded scene.
+
+        `rgb=False` skips the RGB decoder; with `features=False` as well, no field features are looked up
+        or composited (depth, opacity and weights only: the depth-only fast path).
+        """
         rig = as_rig(targets)
         dev = rig.intrinsics.device
+        b, m = rig.batch_size, rig.num_cameras
         with self._stage("render", dev):
-            out: RenderOutput = self.renderer(scene.field, rig, self.feature_head)
-        with self._stage("decode", dev):
-            b, m = rig.batch_size, rig.num_cameras
-            depth_channel = (out.depth / self.config.renderer.max_depth)[:, :, None]
-            dec_in = torch.cat([out.features, depth_channel], dim=2).flatten(0, 1)
-            rgb = self.decoder(dec_in, rig.camera_ids.repeat(b), rig.image_hw)
+            out: RenderOutput = self.renderer(scene.field, rig, self.feature_head if features else None,
+                                              features=rgb or features)
+        image = None
+        if rgb:
+            with self._stage("decode", dev):
+                depth_channel = (out.depth / self.config.renderer.max_depth)[:, :, None]
+                dec_in = torch.cat([out.features, depth_channel.to(out.features.dtype)], dim=2).flatten(0, 1)
+                image = self.decoder(dec_in, rig.camera_ids.repeat(b), rig.image_hw).view(b, m, 3, *rig.image_hw)
         return RenderedViews(
-            rgb=rgb.view(b, m, 3, *rig.image_hw),
+            rgb=image,
             depth=out.depth,
             opacity=out.opacity,
             features=out.head_features,

@@ -144,7 +144,9 @@ class LiftSplat(nn.Module):
         cfg = self.cfg
         b, n, h, w = rays.z_per_distance.shape
         out = self.coarse(features)
-        logits = soft_clamp(out[:, : self.num_bins], cfg.logit_clamp)  # (BN, D, h, w)
+        # Density logits, marching and depths stay fp32 under autocast: cumulative transmittance over
+        # hundreds of bins and the 3D point positions need more than bf16's 8 mantissa bits.
+        logits = soft_clamp(out[:, : self.num_bins].float(), cfg.logit_clamp)  # (BN, D, h, w)
         feat = out[:, self.num_bins :]  # (BN, F, h, w)
         centers = self.bin_centers.view(1, -1, 1, 1)
         widths = (self.bin_edges[1:] - self.bin_edges[:-1]).view(1, -1, 1, 1)
@@ -156,7 +158,7 @@ class LiftSplat(nn.Module):
             t_c = coarse_dist.detach()
             spacing = (cfg.fine_spacing_ratio * t_c).clamp(cfg.fine_spacing_min, cfg.fine_spacing_max)
             k = cfg.fine_candidates
-            offsets = torch.arange(k, device=features.device, dtype=features.dtype) - (k - 1) / 2
+            offsets = torch.arange(k, device=features.device, dtype=t_c.dtype) - (k - 1) / 2
             t = (t_c[:, None] + offsets.view(1, -1, 1, 1) * spacing[:, None]).clamp_min(cfg.near)  # (BN,K,h,w)
             norm_depth = torch.log(t_c[:, None]) / math.log(cfg.far)
             pixel = self.fine_pixel(torch.cat([feat, norm_depth], dim=1))  # (BN, Hf, h, w)
@@ -168,7 +170,7 @@ class LiftSplat(nn.Module):
                 dim=-1,
             )  # (BN,K,h,w,2)
             hidden = pixel.permute(0, 2, 3, 1)[:, None] + self.fine_candidate(cand)
-            point_logits = soft_clamp(self.fine_out(hidden).squeeze(-1), cfg.logit_clamp)  # (BN, K, h, w)
+            point_logits = soft_clamp(self.fine_out(hidden).squeeze(-1).float(), cfg.logit_clamp)  # (BN,K,h,w)
             point_w = march(logits_to_density(point_logits), spacing[:, None], dim=1)
             fine_dist = expected_depth(point_w, t, dim=1, max_depth=cfg.far)
             fine_weights = point_w.view(b, n, k, h, w)

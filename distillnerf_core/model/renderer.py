@@ -22,7 +22,7 @@ from torch import nn
 from distillnerf_core.model.cameras import CameraRig
 from distillnerf_core.model.contraction import contract, linearize, voxel_index
 from distillnerf_core.model.lift import expected_depth, logits_to_density, march, soft_clamp
-from distillnerf_core.model.voxels import SparseVoxels
+from distillnerf_core.model.voxels import SparseVoxels, gather_rows
 
 
 @dataclass
@@ -53,7 +53,8 @@ CORNERS = torch.tensor([(i, j, k) for i in (0, 1) for j in (0, 1) for k in (0, 1
 class Hits:
     """Where points fall in both levels: rows into the padded feature tables and corner weights (.., c).
 
-    Missing voxels point at the zero pad row with weight 0; c = 1 (nearest) or 8 (trilinear).
+    Missing voxels have row index = the level's voxel count and weight 0 (they read zeros and are never
+    gathered, see `gather_rows`); c = 1 (nearest) or 8 (trilinear).
     """
 
     fine_rows: torch.Tensor
@@ -96,16 +97,18 @@ class VoxelField:
     fine: SparseVoxels
     radius: tuple[float, float, float]
     logit_clamp: float = 30.0
-    _padded: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    _logits: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    _features: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        # Density lookups read one column: a contiguous (V,) table keeps that gather and its backward small.
         for name, level in (("fine", self.fine), ("coarse", self.coarse)):
-            feats = level.features
-            self._padded[name] = torch.cat([feats, feats.new_zeros(1, feats.shape[-1])])
+            self._logits[name] = level.features[:, -1].contiguous()
+            self._features[name] = level.features[:, :-1]
 
     @property
     def feature_dim(self) -> int:
-        return self._padded["fine"].shape[-1] - 1 + self._padded["coarse"].shape[-1] - 1
+        return self._features["fine"].shape[-1] + self._features["coarse"].shape[-1]
 
     def locate(self, points: torch.Tensor, batch: torch.Tensor, lookup: str = "nearest") -> Hits:
         """Voxel rows and weights of ego points (M, 3) belonging to batch elements (M,)."""
@@ -117,7 +120,7 @@ class VoxelField:
     def _level_density(self, name: str, rows: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Density of one level (mass-scaled) and its occupied mass."""
         mass = w.sum(-1)
-        logit = (w * self._padded[name][rows, -1]).sum(-1) / mass.clamp_min(1e-8)
+        logit = (w * gather_rows(self._logits[name], rows)).sum(-1) / mass.clamp_min(1e-8)
         return mass * logits_to_density(soft_clamp(logit, self.logit_clamp)), mass
 
     def density(self, hits: Hits) -> torch.Tensor:
@@ -134,7 +137,7 @@ class VoxelField:
         """
         parts = []
         for name, rows, w in (("fine", hits.fine_rows, hits.fine_w), ("coarse", hits.coarse_rows, hits.coarse_w)):
-            acc = (w[..., None] * self._padded[name][rows, :-1]).sum(-2)
+            acc = (w[..., None] * gather_rows(self._features[name], rows)).sum(-2)
             parts.append(acc / w.sum(-1, keepdim=True).clamp_min(1e-8))
         return torch.cat(parts, dim=-1)
 
@@ -152,7 +155,7 @@ class RenderOutput:
 
     depth: torch.Tensor  # (B, M, h, w)
     opacity: torch.Tensor  # (B, M, h, w)
-    features: torch.Tensor  # (B, M, C, h, w) composited field features
+    features: torch.Tensor | None  # (B, M, C, h, w) composited field features; None if not asked for
     head_features: torch.Tensor | None  # (B, M, D, h, w) composited per-sample head output
     weights: torch.Tensor  # (B, M, h, w, S) sample weights in depth order (entropy loss)
 
@@ -174,8 +177,12 @@ class VolumeRenderer(nn.Module):
         field: VoxelField,
         targets: CameraRig,
         sample_head: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        features: bool = True,
     ) -> RenderOutput:
-        """Render every target camera at `render_scale` of its image size."""
+        """Render every target camera at `render_scale` of its image size.
+
+        `features=False` renders density only (depth, opacity, weights): no feature lookups, no head.
+        """
         h, w = self.render_hw(targets.image_hw)
         rays = targets.resized((h, w)).rays()
         b, m = targets.batch_size, targets.num_cameras
@@ -185,7 +192,7 @@ class VolumeRenderer(nn.Module):
         step = max(1, self.cfg.chunk_rays // b)
         for start in range(0, origins.shape[1], step):
             sl = slice(start, start + step)
-            chunks.append(self._render_rays(field, origins[:, sl], dirs[:, sl], sample_head))
+            chunks.append(self._render_rays(field, origins[:, sl], dirs[:, sl], sample_head, features))
         dist, opacity, feats, head, weights = (
             torch.cat(parts, dim=1) if parts[0] is not None else None for parts in zip(*chunks, strict=True)
         )
@@ -197,7 +204,7 @@ class VolumeRenderer(nn.Module):
         return RenderOutput(
             depth=(dist * z).view(b, m, h, w),
             opacity=opacity.view(b, m, h, w),
-            features=image(feats),
+            features=image(feats) if feats is not None else None,
             head_features=image(head) if head is not None else None,
             weights=weights.view(b, m, h, w, -1),
         )
@@ -208,7 +215,8 @@ class VolumeRenderer(nn.Module):
         origins: torch.Tensor,
         dirs: torch.Tensor,
         sample_head: Callable[[torch.Tensor], torch.Tensor] | None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        features: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
         """Rays (B, R, 3) -> distance (B, R), opacity, features (B, R, C), head (B, R, D), weights (B, R, S)."""
         cfg = self.cfg
         b, r, _ = origins.shape
@@ -247,18 +255,25 @@ class VolumeRenderer(nn.Module):
         w_sorted = march(d_sorted, deltas)
         dist = expected_depth(w_sorted, t_sorted, max_depth=cfg.max_depth)
         opacity = w_sorted.sum(-1)
+        if not features:
+            return dist, opacity, None, None, w_sorted
         # Features only where the weight matters; weights mapped back to the unsorted sample order.
         weights = torch.zeros_like(w_sorted).scatter(-1, order, w_sorted).reshape(-1)
         n_samples = t_all.shape[-1]
         sel = (weights > cfg.feature_weight_threshold).nonzero().squeeze(-1)
-        hits_sel = hits.map(lambda x: x.reshape(-1, x.shape[-1])[sel])
+        hits_sel = hits.map(lambda x: x.reshape(-1, x.shape[-1]).index_select(0, sel))
         ray_idx = sel // n_samples
-        w_sel = weights[sel, None]
+        w_sel = weights.index_select(0, sel)[:, None]  # index_select: its backward is a scatter, not a sort
         sample_feats = field.features(hits_sel)
-        feat_img = sample_feats.new_zeros(b * r, sample_feats.shape[-1]).index_add(0, ray_idx, w_sel * sample_feats)
+        # Compositing sums accumulate in fp32 whatever autocast made of the features (index_add also needs
+        # one dtype on both sides: bf16 features times fp32 weights crashed here under autocast).
+        acc = torch.promote_types(w_sel.dtype, torch.float32)
+        feat_img = w_sel.new_zeros(b * r, sample_feats.shape[-1], dtype=acc).index_add(
+            0, ray_idx, (w_sel * sample_feats).to(acc))
         head = None
         if sample_head is not None:
             head_vals = sample_head(sample_feats)
-            head = head_vals.new_zeros(b * r, head_vals.shape[-1]).index_add(0, ray_idx, w_sel * head_vals)
+            head = w_sel.new_zeros(b * r, head_vals.shape[-1], dtype=acc).index_add(
+                0, ray_idx, (w_sel * head_vals).to(acc))
             head = head.view(b, r, -1)
         return dist, opacity, feat_img.view(b, r, -1), head, w_sorted

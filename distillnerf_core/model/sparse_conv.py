@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from distillnerf_core.model.contraction import linearize
-from distillnerf_core.model.voxels import SparseVoxels, downsample
+from distillnerf_core.model.voxels import SparseVoxels, downsample, gather_rows, hit_positions
 
 
 @dataclass
@@ -53,13 +53,18 @@ class SparseConv3d(nn.Module):
         nn.init.kaiming_uniform_(self.weight.view(27 * in_channels, out_channels).T, a=math.sqrt(5))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
-    def forward(self, features: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
-        """features (V, in), neighbours (V, 27) from `neighbour_table` -> (V, out)."""
-        padded = torch.cat([features, features.new_zeros(1, features.shape[1])])
-        out = features @ self.weight[13]  # centre offset (0, 0, 0): always itself
-        for o in range(27):
-            if o != 13:
-                out = out + padded[neighbours[:, o]] @ self.weight[o]
+    def forward(
+        self, features: torch.Tensor, neighbours: torch.Tensor, hits: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """features (V, in), neighbours (V, 27) from `neighbour_table` -> (V, out).
+
+        One gather of the occupied neighbours into a (V, 27 * in) matrix and one GEMM (instead of 27
+        gathers and matmuls); empty neighbours are zeros that are never gathered. `hits` =
+        `hit_positions(neighbours, V)`, computed once per level when several layers share the table.
+        """
+        v, cin = features.shape
+        cols = gather_rows(features, neighbours, hits).reshape(v, 27 * cin)
+        out = cols @ self.weight.reshape(27 * cin, -1)
         return out if self.bias is None else out + self.bias
 
     @torch.no_grad()
@@ -80,8 +85,8 @@ class SparseBlock(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.act = nn.GELU()
 
-    def forward(self, x: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
-        return x + self.act(self.norm(self.conv(x, neighbours)))
+    def forward(self, x: torch.Tensor, neighbours: torch.Tensor, hits: torch.Tensor | None = None) -> torch.Tensor:
+        return x + self.act(self.norm(self.conv(x, neighbours, hits)))
 
 
 class SparseCNN(nn.Module):
@@ -104,7 +109,8 @@ class SparseCNN(nn.Module):
             folded, _ = downsample(fine, coarse.resolution).gather(coarse.keys)
             x = torch.cat([x, folded], dim=-1)
         neighbours = neighbour_table(coarse)
+        hits = hit_positions(neighbours, coarse.num_voxels)
         x = self.stem(x)
         for block in self.blocks:
-            x = block(x, neighbours)
+            x = block(x, neighbours, hits)
         return coarse.with_features(self.head(x))

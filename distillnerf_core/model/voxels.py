@@ -64,9 +64,33 @@ class SparseVoxels:
         """Features at query keys (zeros where empty) and the occupancy mask."""
         idx = self.find(query_keys)
         found = idx >= 0
-        padded = torch.cat([self.features, self.features.new_zeros(1, self.features.shape[-1])])
         rows = torch.where(found, idx, torch.full_like(idx, self.num_voxels))
-        return padded[rows], found
+        return gather_rows(self.features, rows), found
+
+
+def hit_positions(rows: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """Flat positions of `rows` (any shape) that address a real row (< num_rows); the rest are misses."""
+    return (rows.reshape(-1) < num_rows).nonzero().squeeze(-1)
+
+
+def gather_rows(table: torch.Tensor, rows: torch.Tensor, hits: torch.Tensor | None = None) -> torch.Tensor:
+    """`table[rows]` (rows.shape + table.shape[1:]) where a row index == len(table) (a miss) reads zeros.
+
+    Only the hit rows are read, with `index_select`: its backward is one scatter-add (`index_add`), where an
+    advanced-index gather's backward sorts and runs `index_put_(accumulate=True)` (98% of a GPU training
+    step). Misses are never gathered, so they add no (zero) gradient into one shared pad row, which would
+    collide millions of atomic adds on one address. `hits` = `hit_positions(rows, len(table))` when the
+    caller reuses one row table several times (the sparse CNN's layers).
+    """
+    flat = rows.reshape(-1)
+    if hits is None:
+        hits = hit_positions(flat, table.shape[0])
+    if hits.numel() == flat.numel():
+        picked = table.index_select(0, flat)
+    else:
+        picked = table.new_zeros(flat.numel(), *table.shape[1:])
+        picked = picked.index_copy(0, hits, table.index_select(0, flat.index_select(0, hits)))
+    return picked.view(*rows.shape, *table.shape[1:])
 
 
 def pool(
@@ -75,8 +99,10 @@ def pool(
     """Mean of `values` (M, C) per voxel `index` (M, 3) of batch element `batch` (M,)."""
     keys = linearize(batch, index, resolution)
     uniq, inverse, counts = torch.unique(keys, sorted=True, return_inverse=True, return_counts=True)
-    sums = values.new_zeros(uniq.numel(), values.shape[-1]).index_add(0, inverse, values)
-    counts = counts.to(values.dtype)
+    # Sums of many points accumulate in fp32 (bf16/fp16 values under autocast would lose the small ones).
+    acc = torch.promote_types(values.dtype, torch.float32)
+    sums = values.new_zeros(uniq.numel(), values.shape[-1], dtype=acc).index_add(0, inverse, values.to(acc))
+    counts = counts.to(acc)
     feats = sums / counts[:, None]
     r = resolution
     coords = torch.stack([(uniq // (r * r)) % r, (uniq // r) % r, uniq % r], dim=-1)

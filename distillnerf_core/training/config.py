@@ -64,7 +64,8 @@ class TrainConfig:
     image_every: int = 200
     """Input / rendered / depth pictures to tensorboard every this many steps (0 = never)."""
     amp: str = "auto"
-    """Mixed precision on CUDA: auto (bf16 if supported, else fp16 + GradScaler), bf16, fp16 or off."""
+    """Mixed precision: auto (CUDA: bf16 if supported, else fp16 + GradScaler; CPU: off), bf16 (CUDA or CPU),
+    fp16 (CUDA only, with loss scaling) or off."""
     seed: int = 0
     """Seed of weights and data order."""
 

@@ -84,6 +84,43 @@ def lr_lambda(cfg: OptimConfig, max_steps: int) -> Callable[[int], float]:
     return fn
 
 
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for `TrainConfig.amp` on `device` (None = fp32).
+
+    CUDA: auto = bf16 where supported, else fp16 (with a GradScaler). CPU: auto = off; bf16 is honoured
+    (CPU autocast supports it); fp16 is refused (no loss scaling on the CPU path).
+    """
+    if amp not in ("auto", "off", "bf16", "fp16"):
+        raise ValueError(f"amp must be auto, off, bf16 or fp16, got {amp!r}")
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "auto":
+        amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError("amp fp16 needs a CUDA device (use bf16 or off on the CPU)")
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def optimizer_step(step_module: nn.Module, batch: dict[str, Any], optimizer: torch.optim.Optimizer,
+                   scaler: torch.amp.GradScaler, params: list[torch.Tensor], grad_clip: float,
+                   amp_dtype: torch.dtype | None, device_type: str
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor], ModelOutput, torch.Tensor]:
+    """One training step: forward + loss under autocast, (scaled) backward, unscale, clip, step.
+
+    Returns (loss, loss terms, detached outputs, grad norm). The loss and its terms are fp32 (losses.py
+    casts predictions up); the scaler skips the step when fp16 gradients overflowed.
+    """
+    with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        total, terms, out = step_module(batch)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(total).backward()
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return total, terms, out, grad_norm
+
+
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
@@ -140,12 +177,7 @@ def train(cfg: TrainConfig, dataroot: str, version: str, out: str | Path, max_st
     o = cfg.optim
     optimizer = torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o, cfg.max_steps))
-    amp = cfg.amp
-    amp_dtype = None
-    if dev.type == "cuda" and amp != "off":
-        if amp == "auto":
-            amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        amp_dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    amp_dtype = resolve_amp(cfg.amp, dev)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     start_step = 0
@@ -216,14 +248,8 @@ def train(cfg: TrainConfig, dataroot: str, version: str, out: str | Path, max_st
         for batch in loader:
             data_time += time.perf_counter() - t_data
             batch = _to_device(batch, dev)
-            with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                total, terms, out = ddp_module(batch)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(total).backward()
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
+            total, terms, out, grad_norm = optimizer_step(ddp_module, batch, optimizer, scaler, params, o.grad_clip,
+                                                          amp_dtype, dev.type)
             scheduler.step()
             step += 1
             if rank == 0:

@@ -32,7 +32,7 @@ from distillnerf_core.data.nuscenes_tables import NUSCENES_CAMERAS
 from distillnerf_ros.conversions.camera_info import CameraInfoError, CameraIntrinsics, intrinsics_for_image
 from distillnerf_ros.conversions.images import ImageConversionError, message_to_rgb
 from distillnerf_ros.input.camera_sync import CameraSet, LatestCameraSynchronizer
-from distillnerf_ros.input.tf_cache import TfCache, TfLookupError, stamp_to_ns
+from distillnerf_ros.input.tf_cache import FrameNotAvailableError, TfCache, TfLookupError, stamp_to_ns
 
 
 @dataclass(frozen=True)
@@ -89,10 +89,15 @@ class RigFrame:
 
 @dataclass
 class RigStatistics:
+    """What the input path did with what it received (all counters only grow)."""
+
     frames: int = 0
+    frames_uncompensated: int = 0  # fixed frame present but not connected: placed without ego-motion compensation
     sets_dropped_tf: int = 0
     sets_replaced_waiting: int = 0
     camera_errors: Counter = field(default_factory=Counter)  # camera -> decode / CameraInfo failures
+    rejected_images: Counter = field(default_factory=Counter)  # camera -> images refused on arrival
+    rejected_reasons: dict[str, str] = field(default_factory=dict)  # camera -> why the latest was refused
 
     def count_failures(self, failures: dict[str, str]) -> None:
         """Record the cameras a consumer could not decode (RigFrame.decode's result)."""
@@ -147,8 +152,8 @@ class CameraRigInput:
         self._info_paired: set[str] = set()  # cameras whose CameraInfo carries each image's own stamp
         self._waiting: tuple[CameraSet, float] | None = None  # a set whose TF has not arrived yet
         self._subscriptions = [
-            node.create_subscription(TFMessage, "/tf", lambda m: self.tf.add_message(m, static=False), TF_QOS),
-            node.create_subscription(TFMessage, "/tf_static", lambda m: self.tf.add_message(m, static=True),
+            node.create_subscription(TFMessage, "/tf", lambda m: self._tf_callback(m, static=False), TF_QOS),
+            node.create_subscription(TFMessage, "/tf_static", lambda m: self._tf_callback(m, static=True),
                                      TF_STATIC_QOS),
         ]
         for camera in cameras:
@@ -161,18 +166,30 @@ class CameraRigInput:
         self._retry_timer = node.create_timer(0.02, self._retry_waiting, clock=STEADY_CLOCK)
         self._jump_handler = node.get_clock().create_jump_callback(
             JumpThreshold(min_forward=None, min_backward=Duration(seconds=-0.1), on_clock_change=True),
-            post_callback=lambda _jump: self.reset())
+            post_callback=lambda _jump: self.reset("clock_jump"))
 
-    def reset(self) -> None:
+    def reset(self, kind: str = "manual") -> None:
         """Forget dynamic TF and pending images (time went backwards, e.g. a looped bag)."""
-        self.tf.clear_dynamic()
+        self.tf.clear_dynamic(kind)
         self.sync.reset()
         self._waiting = None
 
     def destroy(self) -> None:
+        """Unsubscribe everything and unregister the clock jump callback (a callback left registered on the
+        node's clock after this object is gone crashes the process on the next jump)."""
+        if self._jump_handler is not None:
+            self._jump_handler.unregister()
+            self._jump_handler = None
         for subscription in self._subscriptions:
             self._node.destroy_subscription(subscription)
+        self._subscriptions = []
         self._node.destroy_timer(self._retry_timer)
+
+    def _tf_callback(self, message: TFMessage, static: bool) -> None:
+        if self.tf.add_message(message, static):
+            self.stats.last_errors["tf"] = self.tf.last_rejection
+            self._node.get_logger().warning(f"rejected transforms: {self.tf.last_rejection}",
+                                            throttle_duration_sec=5.0)
 
     def _info_callback(self, camera: str) -> Callable[[CameraInfo], None]:
         def callback(msg: CameraInfo) -> None:
@@ -193,13 +210,22 @@ class CameraRigInput:
 
     def _image_callback(self, camera: str) -> Callable[[Image | CompressedImage], None]:
         def callback(msg: Image | CompressedImage) -> None:
-            camera_set = self.sync.add(camera, stamp_to_ns(msg.header.stamp), msg)
+            stamp_ns = stamp_to_ns(msg.header.stamp)
+            if stamp_ns < 0:  # ROS time cannot be negative: such a stamp can be neither looked up nor published
+                self._reject(camera, f"negative stamp {stamp_ns / 1e9:.9f} s")
+                return
+            camera_set = self.sync.add(camera, stamp_ns, msg)
             if camera_set is not None:
                 if self._waiting is not None:
                     self.stats.sets_replaced_waiting += 1
                 self._waiting = (camera_set, time.monotonic() + self._tf_wait_s)
                 self._retry_waiting()
         return callback
+
+    def _reject(self, camera: str, reason: str) -> None:
+        self.stats.rejected_images[camera] += 1
+        self.stats.rejected_reasons[camera] = reason
+        self._node.get_logger().warning(f"{camera}: image refused: {reason}", throttle_duration_sec=5.0)
 
     def _retry_waiting(self) -> None:
         if self._waiting is None:
@@ -220,26 +246,37 @@ class CameraRigInput:
         frame = self._build_frame(camera_set, extrinsics, compensated)
         if frame.cameras:
             self.stats.frames += 1
+            self.stats.frames_uncompensated += self.tf.has_frame(self.fixed_frame) and not compensated
             self._on_frame(frame)
 
     def _extrinsics(self, camera_set: CameraSet) -> tuple[dict[str, np.ndarray], dict[str, str], bool]:
-        """output <- camera per camera, and why it failed for the others.
+        """output <- camera per camera, and why it failed for the others; whether all were compensated.
 
-        Goes through the fixed frame when it is on /tf, which compensates ego motion between stamps.
+        Goes through the fixed frame when it is on /tf, which compensates ego motion between stamps. When the
+        fixed frame is there but not connected to the camera or the output frame (another tree, a loop), the
+        camera is placed without compensation and `last_errors["fixed_frame"]` says why.
         """
-        compensate = self.fixed_frame in self.tf.frames
-        extrinsics, errors = {}, {}
+        compensate = self.tf.has_frame(self.fixed_frame)
+        extrinsics, errors, all_compensated = {}, {}, compensate
         for camera, msg in camera_set.messages.items():
             frame_id, stamp = msg.header.frame_id, camera_set.stamps_ns[camera]
             try:
                 if compensate:
-                    extrinsics[camera] = self.tf.lookup_across_time(
-                        self.output_frame, camera_set.trigger_stamp_ns, frame_id, stamp, self.fixed_frame)
-                else:
-                    extrinsics[camera] = self.tf.lookup(self.output_frame, frame_id, stamp)
+                    try:
+                        extrinsics[camera] = self.tf.lookup_across_time(
+                            self.output_frame, camera_set.trigger_stamp_ns, frame_id, stamp, self.fixed_frame)
+                        continue
+                    except FrameNotAvailableError as error:
+                        extrinsics[camera] = self.tf.lookup(self.output_frame, frame_id, stamp)
+                        all_compensated = False
+                        self.stats.last_errors["fixed_frame"] = (
+                            f"fixed frame '{self.fixed_frame}' is not connected ({error}); cameras placed without"
+                            " ego-motion compensation")
+                        continue
+                extrinsics[camera] = self.tf.lookup(self.output_frame, frame_id, stamp)
             except TfLookupError as error:
                 errors[camera] = str(error)
-        return extrinsics, errors, compensate
+        return extrinsics, errors, all_compensated and bool(extrinsics)
 
     def _build_frame(self, camera_set: CameraSet, extrinsics: dict[str, np.ndarray], compensated: bool
                      ) -> RigFrame:

@@ -4,11 +4,19 @@ Static transforms are kept forever; dynamic ones for `cache_duration_s`, interpo
 lerp). Lookups are at a given stamp and never silently fall back to "latest": a stamp outside the history
 is an ExtrapolationError naming the edge and the gap. A dynamic transform that goes back in time by more
 than `backwards_jump_s` (a looped bag) clears the dynamic history instead of failing forever.
+
+Whatever a neighbour publishes, the cache stays valid and bounded: a transform with a non-finite value, a
+zero quaternion, parent == child or an empty frame id is rejected (counted in `rejected`, reason in
+`last_rejection`), the others of its message are kept; at most `max_dynamic_frames` dynamic edges and
+`max_static_frames` static ones are kept (the least recently updated dynamic edge is evicted first,
+counted in `evicted`); a dynamic edge not updated for `cache_duration_s` behind the newest stamp expires
+(`expired`). Resets are counted by kind in `resets_by_kind`.
 """
 
 from __future__ import annotations
 
 import bisect
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,21 +60,48 @@ class TfCache:
     """Transforms between frames at given stamps, fed with TFMessages or plain matrices."""
 
     def __init__(self, cache_duration_s: float = 10.0, backwards_jump_s: float = 1.0,
-                 max_entries_per_edge: int = 10_000) -> None:
+                 max_entries_per_edge: int = 10_000, max_dynamic_frames: int = 1_000,
+                 max_static_frames: int = 1_000) -> None:
         self._cache_duration_ns = int(cache_duration_s * NS_PER_S)
         self._backwards_jump_ns = int(backwards_jump_s * NS_PER_S)
         self._max_entries = max_entries_per_edge
+        self.max_dynamic_frames = max_dynamic_frames
+        self.max_static_frames = max_static_frames
         self._static: dict[str, tuple[str, np.ndarray]] = {}  # child -> (parent, parent <- child)
-        self._dynamic: dict[str, _EdgeHistory] = {}
-        self.resets = 0
+        self._dynamic: dict[str, _EdgeHistory] = {}  # insertion order = least recently updated first
+        self._parents: Counter = Counter()  # frame -> number of edges naming it as parent
+        self._newest_ns = 0
+        self._next_expiry_ns = 0
+        self.resets_by_kind: Counter = Counter()
+        self.rejected = 0
+        self.last_rejection = ""
+        self.evicted = 0
+        self.expired = 0
+
+    @property
+    def resets(self) -> int:
+        """Every clear of the dynamic history, whatever its kind."""
+        return sum(self.resets_by_kind.values())
+
+    @property
+    def dynamic_frame_count(self) -> int:
+        return len(self._dynamic)
 
     # -- feeding -------------------------------------------------------------------------------------
-    def add_message(self, message, static: bool) -> None:
-        """Add every transform of a tf2_msgs/TFMessage."""
+    def add_message(self, message, static: bool) -> int:
+        """Add every valid transform of a tf2_msgs/TFMessage; returns how many were rejected (and why in
+        `last_rejection`). Never raises for what the message holds."""
+        rejected = 0
         for transform in message.transforms:
-            self.set_transform(transform.header.frame_id, transform.child_frame_id,
-                               stamp_to_ns(transform.header.stamp),
-                               transform_stamped_to_matrix(transform.transform), static)
+            try:
+                self.set_transform(transform.header.frame_id, transform.child_frame_id,
+                                   stamp_to_ns(transform.header.stamp),
+                                   transform_stamped_to_matrix(transform.transform), static)
+            except ValueError as error:
+                rejected += 1
+                self.rejected += 1
+                self.last_rejection = f"{'/tf_static' if static else '/tf'}: {error}"
+        return rejected
 
     def set_transform(self, parent: str, child: str, stamp_ns: int, parent_from_child: np.ndarray,
                       static: bool) -> None:
@@ -77,17 +112,61 @@ class TfCache:
         if not np.all(np.isfinite(parent_from_child)):
             raise ValueError(f"transform '{parent}' -> '{child}' contains non-finite values")
         if static:
-            self._static[child] = (parent, parent_from_child)
-            self._dynamic.pop(child, None)
+            if child not in self._static and len(self._static) >= self.max_static_frames:
+                raise ValueError(f"static transform '{parent}' -> '{child}' refused: the cache holds"
+                                 f" {self.max_static_frames} static frames already")
+            self._set_static(child, parent, parent_from_child)
             return
-        self._static.pop(child, None)
+        self._remove_static(child)
         edge = self._dynamic.get(child)
         if edge is not None and edge.stamps and stamp_ns < edge.stamps[-1] - self._backwards_jump_ns:
-            self.clear_dynamic()
+            self.clear_dynamic("backwards_jump")
             edge = None
         if edge is None or edge.parent != parent:
-            edge = self._dynamic[child] = _EdgeHistory(parent)
+            self._remove_dynamic(child)
+            edge = _EdgeHistory(parent)
+            self._parents[parent] += 1
+        else:
+            del self._dynamic[child]  # re-inserted below: the dict stays ordered by last update
+        self._dynamic[child] = edge
         self._insert(edge, stamp_ns, parent_from_child)
+        self._newest_ns = max(self._newest_ns, stamp_ns)
+        while len(self._dynamic) > self.max_dynamic_frames:
+            self._remove_dynamic(next(iter(self._dynamic)))
+            self.evicted += 1
+        if self._newest_ns >= self._next_expiry_ns:
+            self._expire()
+
+    def _set_static(self, child: str, parent: str, matrix: np.ndarray) -> None:
+        self._remove_static(child)
+        self._remove_dynamic(child)
+        self._static[child] = (parent, matrix)
+        self._parents[parent] += 1
+
+    def _remove_static(self, child: str) -> None:
+        old = self._static.pop(child, None)
+        if old is not None:
+            self._release_parent(old[0])
+
+    def _remove_dynamic(self, child: str) -> None:
+        old = self._dynamic.pop(child, None)
+        if old is not None:
+            self._release_parent(old.parent)
+
+    def _release_parent(self, parent: str) -> None:
+        self._parents[parent] -= 1
+        if self._parents[parent] <= 0:
+            del self._parents[parent]
+
+    def _expire(self) -> None:
+        """Drop dynamic edges whose newest transform is older than the cache duration behind the newest
+        stamp of any edge (frames that stopped being published). Runs at most every cache_duration / 10."""
+        horizon = self._newest_ns - self._cache_duration_ns
+        stale = [child for child, edge in self._dynamic.items() if edge.stamps[-1] < horizon]
+        for child in stale:
+            self._remove_dynamic(child)
+        self.expired += len(stale)
+        self._next_expiry_ns = self._newest_ns + max(self._cache_duration_ns // 10, 1)
 
     def _insert(self, edge: _EdgeHistory, stamp_ns: int, matrix: np.ndarray) -> None:
         index = bisect.bisect_left(edge.stamps, stamp_ns)
@@ -101,24 +180,29 @@ class TfCache:
             edge.stamps.pop(0)
             edge.transforms.pop(0)
 
-    def clear_dynamic(self) -> None:
-        """Forget all dynamic transforms (on a backwards time jump); static ones stay."""
-        self._dynamic.clear()
-        self.resets += 1
+    def clear_dynamic(self, kind: str = "manual") -> None:
+        """Forget all dynamic transforms (on a backwards time jump); static ones stay. `kind` says why
+        (backwards_jump: a transform went back in time; clock_jump: the node's clock did; manual)."""
+        for child in list(self._dynamic):
+            self._remove_dynamic(child)
+        self._newest_ns = self._next_expiry_ns = 0
+        self.resets_by_kind[kind] += 1
 
     # -- queries -------------------------------------------------------------------------------------
     @property
     def frames(self) -> set[str]:
         """Every frame seen as a parent or a child."""
-        names = set(self._static) | set(self._dynamic)
-        names |= {parent for parent, _ in self._static.values()}
-        return names | {edge.parent for edge in self._dynamic.values()}
+        return set(self._static) | set(self._dynamic) | set(self._parents)
+
+    def has_frame(self, frame: str) -> bool:
+        """Whether `frame` is known (as a parent or a child), in constant time."""
+        return frame in self._static or frame in self._dynamic or frame in self._parents
 
     def lookup(self, target_frame: str, source_frame: str, stamp_ns: int) -> np.ndarray:
         """4x4 target <- source at stamp_ns: maps points in source_frame into target_frame."""
         target_frame, source_frame = target_frame.lstrip("/"), source_frame.lstrip("/")
         for frame in (target_frame, source_frame):
-            if frame not in self.frames:
+            if not self.has_frame(frame):
                 raise FrameNotAvailableError(f"frame '{frame}' has not been received on /tf or /tf_static yet")
         if target_frame == source_frame:
             return np.eye(4)

@@ -51,3 +51,22 @@ def test_sparse_cnn_shapes_and_ablation():
     cnn = SparseCNN(cfg, 3)
     assert cnn.stem.in_features == 3, "coarse-only ablation must not take the folded fine level"
     assert cnn(level, level).features.shape == (level.num_voxels, 7)
+
+
+def test_one_gemm_conv_equals_the_per_offset_loop_forward_and_backward():
+    """The old formulation: 27 advanced-index gathers from a zero-padded table, one matmul per offset."""
+    level, _ = _random_level(res=5, fill=0.4, channels=4)
+    conv = SparseConv3d(4, 6).double()
+    table = neighbour_table(level)
+    feats = level.features.clone().requires_grad_(True)
+
+    padded = torch.cat([feats, feats.new_zeros(1, 4)])
+    old = sum(padded[table[:, o]] @ conv.weight[o] for o in range(27)) + conv.bias
+    upstream = torch.randn_like(old)
+    old_grads = torch.autograd.grad(old, [feats, conv.weight, conv.bias], upstream)
+
+    new = conv(feats, table)
+    new_grads = torch.autograd.grad(new, [feats, conv.weight, conv.bias], upstream)
+    assert (new - old).abs().max() < 1e-12
+    for name, a, b in zip(("features", "weight", "bias"), old_grads, new_grads, strict=True):
+        assert (a - b).abs().max() < 1e-12, f"{name} gradient differs from the per-offset formulation"

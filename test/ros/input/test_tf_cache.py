@@ -4,7 +4,7 @@ from geometry_msgs.msg import TransformStamped
 from tf2_msgs.msg import TFMessage
 
 from distillnerf_core.geometry import invert_transform, make_transform, quaternion_to_matrix
-from distillnerf_ros.conversions.nuscenes_messages import transform_stamped
+from distillnerf_ros.conversions.nuscenes_messages import stamp_from_us, transform_stamped
 from distillnerf_ros.input.tf_cache import ExtrapolationError, FrameNotAvailableError, TfCache
 
 S = 1_000_000_000
@@ -91,3 +91,29 @@ def test_tf_message_feeding_and_ego_motion_compensation():
     # A camera that fired 0.5 s before the trigger sits 4.5 m behind in the trigger's base_link.
     compensated = cache.lookup_across_time("base_link", 11 * S, "cam_front", int(10.5 * S), "map")
     assert np.allclose(compensated[:3, 3], [1.0 - 4.5, 0.0, 1.5])
+
+
+def test_item01_invalid_transforms_in_a_message_are_rejected_and_the_rest_kept():
+    cache = TfCache()
+    good = transform_stamped("base_link", "cam", stamp_from_us(1), np.eye(4))
+    nan = transform_stamped("base_link", "cam_nan", stamp_from_us(1), np.eye(4))
+    nan.transform.translation.x = float("nan")
+    zero_q = transform_stamped("base_link", "cam_q", stamp_from_us(1), np.eye(4))
+    zero_q.transform.rotation.w = 0.0
+    self_loop = transform_stamped("base_link", "base_link", stamp_from_us(1), np.eye(4))
+    assert cache.add_message(TFMessage(transforms=[nan, zero_q, self_loop, good]), static=True) == 3
+    assert cache.rejected == 3 and cache.can_transform("base_link", "cam", 0)
+    assert "base_link" in cache.last_rejection
+
+
+def test_item11_dynamic_frames_are_bounded_and_stale_ones_expire():
+    cache = TfCache(cache_duration_s=10.0, max_dynamic_frames=100)
+    for i in range(1000):
+        cache.set_transform("map", f"f{i}", 5 * S, np.eye(4), static=False)
+    assert cache.dynamic_frame_count == 100 and cache.evicted == 900
+    assert cache.has_frame("f999") and not cache.has_frame("f0"), "the least recently updated goes first"
+    cache.set_transform("map", "base_link", 30 * S, np.eye(4), static=False)
+    assert cache.dynamic_frame_count == 1 and cache.expired + cache.evicted == 1000
+    assert cache.frames == {"map", "base_link"}
+    cache.set_transform("map", "base_link", 1 * S, np.eye(4), static=False)  # 29 s back: a looped bag
+    assert cache.resets_by_kind == {"backwards_jump": 1} and cache.resets == 1

@@ -1,0 +1,181 @@
+"""Issue 11, "the node never dies and never lies": each attack over real DDS on the real node, then a good
+frame that must still be processed. Test names carry the issue's item number."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import TransformStamped
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+from tf2_msgs.msg import TFMessage
+
+from distillnerf_core.model.distillnerf import DistillNeRFModel
+from distillnerf_core.training.checkpoints import save_checkpoint
+from distillnerf_ros.conversions.nuscenes_messages import stamp_from_us, transform_stamped
+from distillnerf_ros.nodes.perception import PerceptionNode
+from ros_helpers import RosSession, SmallRig
+
+NODE = "/distillnerf_perception"
+RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+T0 = 1_700_000_000 * 1_000_000_000
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_checkpoint(DistillNeRFModel("tiny", load_pretrained=False), path)
+    return path
+
+
+@pytest.fixture
+def session():
+    ros = RosSession()
+    yield ros
+    ros.close()
+
+
+class Harness:
+    """The real node on a SmallRig, a depth listener on its first camera and a /diagnostics listener."""
+
+    def __init__(self, session: RosSession, checkpoint, **parameters) -> None:
+        self.session = session
+        self.rig = SmallRig(session)
+        overrides = {"device": "cpu", "tf_wait": 0.5, "model_path": str(checkpoint), **self.rig.parameters(),
+                     **parameters}
+        self.node = session.node("perception", PerceptionNode,
+                                 parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
+        self.depth: list[Image] = []
+        self.statuses = []
+        listener = session.node("listener")
+        listener.create_subscription(Image, f"{NODE}/front/depth", self.depth.append, RELIABLE)
+        listener.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+        if self.node.status_message == "active":
+            self.rig.wait_for_node()
+            self.rig.publish_static()
+
+    def _on_diagnostics(self, message: DiagnosticArray) -> None:
+        self.statuses.extend(s for s in message.status if s.name.startswith("distillnerf_perception"))
+
+    def good_frame_is_processed(self, stamp_ns: int = T0, timeout_s: float = 30.0) -> bool:
+        """Publish a good frame (again every second until an output comes): True once depth arrives."""
+        before, deadline = len(self.depth), time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.rig.publish_frame(stamp_ns)
+            if self.session.spin_until(lambda: len(self.depth) > before, 1.0):
+                return True
+            stamp_ns += 50_000_000
+        return False
+
+    def fresh_status(self, timeout_s: float = 5.0):
+        """The node's next diagnostics status."""
+        count = len(self.statuses)
+        assert self.session.spin_until(lambda: len(self.statuses) > count, timeout_s), "no /diagnostics"
+        return self.statuses[-1]
+
+    @staticmethod
+    def values(status) -> dict[str, str]:
+        return {kv.key: kv.value for kv in status.values}
+
+
+def bad_transform(parent: str, child: str, translation=(0.0, 0.0, 0.0), rotation=(1.0, 0.0, 0.0, 0.0)):
+    msg = TransformStamped(child_frame_id=child)
+    msg.header.frame_id = parent
+    msg.header.stamp = stamp_from_us(T0 // 1000)
+    msg.transform.translation.x, msg.transform.translation.y, msg.transform.translation.z = translation
+    w, x, y, z = rotation
+    msg.transform.rotation.w, msg.transform.rotation.x, msg.transform.rotation.y, msg.transform.rotation.z = w, x, y, z
+    return msg
+
+
+BAD_TRANSFORMS = {
+    "nan_translation": bad_transform("map", "base_link", translation=(math.nan, 0.0, 0.0)),
+    "inf_translation": bad_transform("map", "odom", translation=(0.0, math.inf, 0.0)),
+    "zero_quaternion": bad_transform("map", "base_link", rotation=(0.0, 0.0, 0.0, 0.0)),
+    "nan_quaternion": bad_transform("map", "base_link", rotation=(math.nan, 0.0, 0.0, 1.0)),
+    "parent_is_child": bad_transform("base_link", "base_link"),
+    "empty_child": bad_transform("base_link", ""),
+}
+
+
+@pytest.mark.parametrize("topic", ["/tf", "/tf_static"])
+def test_item01_bad_transforms_are_rejected_counted_and_reported(session, tiny_checkpoint, topic):
+    harness = Harness(session, tiny_checkpoint)
+    assert harness.good_frame_is_processed(T0)
+    publisher = harness.rig.tf if topic == "/tf" else harness.rig.tf_static
+    good = transform_stamped("base_link", "spare_frame", stamp_from_us(T0 // 1000), np.eye(4))
+    for transform in BAD_TRANSFORMS.values():  # each alone, and all together with a good one
+        publisher.publish(TFMessage(transforms=[transform]))
+    publisher.publish(TFMessage(transforms=[*BAD_TRANSFORMS.values(), good]))
+    if topic == "/tf_static":
+        harness.rig.publish_static()  # the rig's own static transforms come back (latched, last message wins)
+    assert session.spin_until(lambda: harness.node.rig.tf.rejected >= 2 * len(BAD_TRANSFORMS), 10), (
+        f"rejected {harness.node.rig.tf.rejected}")
+    assert harness.node.rig.tf.can_transform("base_link", "spare_frame", 0), "good transforms of a message stay"
+    assert harness.good_frame_is_processed(T0 + 1_000_000_000), "the node must keep processing after bad TF"
+    status = harness.fresh_status()
+    values = harness.values(status)
+    assert int(values["tf_rejected"]) == 2 * len(BAD_TRANSFORMS), values
+    assert "non-finite" in values["last_error/tf"] or "quaternion" in values["last_error/tf"] or \
+        "invalid transform edge" in values["last_error/tf"], values
+    assert status.level >= status.WARN and "rejected" in status.message, status.message
+
+
+def test_item02_negative_stamps_are_refused_and_the_worker_survives(session, tiny_checkpoint):
+    harness = Harness(session, tiny_checkpoint)
+    assert harness.good_frame_is_processed(T0)
+    for _ in range(3):
+        harness.rig.publish_frame(-5_000_000_000)
+        session.spin_until(lambda: False, 0.3)
+    status = harness.fresh_status()
+    values = harness.values(status)
+    assert any("negative stamp" in value for key, value in values.items() if key.startswith("rejected/")), values
+    assert status.level >= status.WARN, status.message
+    assert harness.good_frame_is_processed(T0 + 1_000_000_000), "the worker must survive a negative stamp"
+    assert harness.node.worker.running and harness.node.counters["errors"] == 0
+
+
+def test_item02_an_exception_in_the_worker_is_counted_reported_and_processing_goes_on(session, tiny_checkpoint,
+                                                                                     monkeypatch):
+    harness = Harness(session, tiny_checkpoint)
+    predict = harness.node.predictor.predict
+    calls = []
+
+    def fails_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("Nanoseconds value must not be negative")
+        return predict(*args, **kwargs)
+
+    monkeypatch.setattr(harness.node.predictor, "predict", fails_once)
+    harness.rig.publish_frame(T0)
+    assert session.spin_until(lambda: harness.node.counters["errors"] == 1, 10)
+    status = harness.fresh_status()
+    assert status.level >= status.WARN and "must not be negative" in harness.values(status)["error"]
+    assert harness.good_frame_is_processed(T0 + 1_000_000_000)
+
+
+def test_item11_a_flood_of_tf_frame_names_is_bounded_and_expires(session, tiny_checkpoint):
+    harness = Harness(session, tiny_checkpoint)
+    assert harness.good_frame_is_processed(T0)
+    tf = harness.node.rig.tf
+    stamp = stamp_from_us(T0 // 1000)
+    for batch in range(6):  # 6000 distinct child frames, more than the cache keeps
+        harness.rig.tf.publish(TFMessage(transforms=[
+            transform_stamped("map", f"flood_{batch}_{i}", stamp, np.eye(4)) for i in range(1000)]))
+    assert session.spin_until(lambda: tf.evicted + tf.dynamic_frame_count >= 6000, 20), tf.dynamic_frame_count
+    assert tf.dynamic_frame_count <= tf.max_dynamic_frames, "the number of dynamic frames must be bounded"
+    started = time.monotonic()
+    assert harness.good_frame_is_processed(T0 + 1_000_000_000)
+    assert time.monotonic() - started < 10, "a flood must not leave the node slow"
+    # dynamic edges that stopped updating expire once the rest of the tree moves past the cache duration
+    later = stamp_from_us((T0 + 60 * 1_000_000_000) // 1000)
+    harness.rig.tf.publish(TFMessage(transforms=[transform_stamped("map", "base_link", later, np.eye(4))]))
+    assert session.spin_until(lambda: tf.dynamic_frame_count <= 1, 10), tf.dynamic_frame_count
+    values = harness.values(harness.fresh_status())
+    assert int(values["tf_evicted"]) + int(values["tf_expired"]) >= 6000, values
