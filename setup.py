@@ -21,6 +21,7 @@ setup(
             "distillnerf-bench=distillnerf_core.cli.bench:main",
             "distillnerf-synth=distillnerf_core.cli.synth:main",
             "distillnerf-nusc-sample=distillnerf_core.cli.nusc_sample:main",
+            "distillnerf-dgp2nusc=distillnerf_core.cli.dgp2nusc:main",
             "distillnerf-viz-sample=distillnerf_core.cli.viz_sample:main",
             "distillnerf-train=distillnerf_core.cli.train:main",
             "distillnerf-eval=distillnerf_core.cli.eval:main",

@@ -21,6 +21,9 @@ Tables are read through nuscenes-devkit. Per sample (keyframe) it yields, for N 
     dense_depth     float32 (N, h, w), semantics int64 (N, h, w), voxel_semantics int64 (X, Y, Z):
                     only where the dataroot has ground truth (gt/meta.json, written by distillnerf-synth);
                     nearest-sampled at the render pixel centres
+    masks           float32 (N, H, W) at the image size, 1 = valid pixel, 0 = the ego car's own body
+                    (masks/<CHANNEL>.png of the dataroot, ego_masks.py; all 1 without them). Per camera, the
+                    same for every frame, so they also apply to next_images; losses and metrics skip 0s
     camera_names    list[str];  sample_token str
 
 Missing files raise FileNotFoundError naming the path; nothing is silently substituted.
@@ -137,6 +140,7 @@ class NuScenesDataset(Dataset):
         self.nusc = nusc or NuScenes(version=version, dataroot=str(self.dataroot), verbose=False)
         gt_meta = self.dataroot / "gt" / "meta.json"
         self.gt_meta = json.loads(gt_meta.read_text()) if gt_meta.is_file() else None
+        self._masks: torch.Tensor | None = None  # (N, H, W), loaded once (static per camera)
         wanted = set(scenes) if scenes is not None else None
         self.sample_tokens: list[str] = []
         for scene in self.nusc.scene:
@@ -248,6 +252,7 @@ class NuScenesDataset(Dataset):
             "time_offsets": torch.tensor([(t - lidar_sd["timestamp"]) / 1e6 for t in cams["timestamps"]],
                                          dtype=torch.float32),
             "lidar_depth": lidar_depth,
+            "masks": self.valid_masks(),
             "camera_names": list(self.cameras),
             "sample_token": sample["token"],
         }
@@ -274,6 +279,17 @@ class NuScenesDataset(Dataset):
             with np.load(_require(self.dataroot / "gt" / LIDAR_CHANNEL / f"{lidar_sd['token']}.npz")) as gt:
                 item["voxel_semantics"] = torch.as_tensor(gt["voxel_semantics"].astype(np.int64))
         return item
+
+    def valid_masks(self) -> torch.Tensor:
+        """(N, H, W) float32 at the image size: 1 = valid, 0 = ego body (ego_masks.py); all 1 without mask files."""
+        if self._masks is None:
+            from distillnerf_core.data.ego_masks import load_valid_mask
+
+            H, W = self.image_size
+            self._masks = torch.stack([
+                torch.from_numpy(m) if (m := load_valid_mask(self.dataroot, ch, (W, H))) is not None
+                else torch.ones(H, W) for ch in self.cameras])
+        return self._masks.clone()
 
 
 def collate_samples(batch: list[dict[str, Any]]) -> dict[str, Any]:
