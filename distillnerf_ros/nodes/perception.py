@@ -35,6 +35,7 @@ from distillnerf_ros.nodes.perception_parameters import (
     validate_parameter_change,
     validate_queries,
 )
+from distillnerf_ros.nodes.signals import init_without_signal_handlers, spin_until_stopped
 from distillnerf_ros.srv import QueryScene
 
 __all__ = ["BUNDLED_MODEL", "PerceptionNode", "bundled_model_path", "camera_topic_name", "main", "validate_queries"]
@@ -175,6 +176,10 @@ class PerceptionNode(LifecycleNode):
             self.predictor.release()
             self.predictor = None
 
+    def stop_threads(self) -> None:
+        """Stop the worker and the rig without a transition (the context is already gone)."""
+        self._stop_processing()
+
     def _stop_processing(self) -> None:
         if self.rig is not None:
             self.rig.destroy()
@@ -292,7 +297,8 @@ def stats_items(rig) -> list:
 
 
 def main(argv: list[str] | None = None) -> int:
-    rclpy.init(args=argv)
+    """Run the node until SIGINT / SIGTERM, then shut it down in order (worker joined) and exit 0."""
+    stop = init_without_signal_handlers(argv)
     node = PerceptionNode()
     # One executor thread: inference has its own worker thread. rclpy's MultiThreadedExecutor, woken by
     # /clock at 100 Hz during bag replay, starved that worker of the GIL: 5.5 s per frame instead of 0.5 s
@@ -300,12 +306,15 @@ def main(argv: list[str] | None = None) -> int:
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
+        spin_until_stopped(executor, stop)
+    except ExternalShutdownException:
         pass
     finally:
-        if rclpy.ok() and node.status_message != "finalized":  # after SIGINT/SIGTERM rclpy already shut it down
-            node.trigger_shutdown()
+        if node.status_message != "finalized":
+            if rclpy.ok():
+                node.trigger_shutdown()  # stops the rig and joins the worker, while logging still works
+            else:
+                node.stop_threads()
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()

@@ -12,10 +12,12 @@ import sys
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
 from distillnerf_ros.input.rig_input import STEADY_CLOCK, RigFrame, declare_rig_parameters, rig_input_from_parameters
 from distillnerf_ros.nodes.diagnostics import publish_status
+from distillnerf_ros.nodes.signals import init_without_signal_handlers, spin_until_stopped
 
 
 def describe_frame(frame: RigFrame) -> str:
@@ -78,14 +80,18 @@ class RigMonitorNode(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
-    rclpy.init(args=argv)
+    """Run until `max_frames` frames, SIGINT or SIGTERM; exit 0."""
+    stop = init_without_signal_handlers(argv)
     node = RigMonitorNode()
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
     try:
-        while rclpy.ok() and not node.done:
-            rclpy.spin_once(node, timeout_sec=0.1)
-    except KeyboardInterrupt:
+        spin_until_stopped(executor, stop, done=lambda: node.done)
+    except ExternalShutdownException:
         pass
     finally:
+        node.rig.destroy()
+        executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
