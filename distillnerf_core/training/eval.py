@@ -2,7 +2,8 @@
 
 `evaluate()` renders each sample's input cameras (recon), the next keyframe's cameras from the current
 frame's representation (novel view) and scores depth against LiDAR and, where present, dense ground truth;
-see cli/eval.py (`distillnerf-eval`) for the exact definitions and the JSON it writes.
+see cli/eval.py (`distillnerf-eval`) for the exact definitions and the JSON it writes. Pixels the dataset's
+`masks` mark invalid (the ego car's own body) are left out of every image and depth metric.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from distillnerf_core.data.datasets import collate_samples
 from distillnerf_core.model.cameras import CameraRig
 from distillnerf_core.model.distillnerf import DistillNeRFModel
-from distillnerf_core.training.metrics import DEPTH_METRICS, MeanAccumulator, depth_metrics, psnr, ssim
+from distillnerf_core.training.metrics import DEPTH_METRICS, MeanAccumulator, depth_metrics, psnr, resize_mask, ssim
 
 JSON_KEYS = ("psnr", "ssim", "nvs_psnr", "nvs_ssim", *DEPTH_METRICS)
 
@@ -63,20 +64,22 @@ def evaluate(model: DistillNeRFModel, dataset: Any, indices: list[int] | None = 
         views = model.render(scene, CameraRig(batch["intrinsics"], batch["cam2ego"], hw))
         times.append(time.perf_counter() - start)
         rgb = views.rgb.clamp(0, 1)
-        acc.add("psnr", float(psnr(rgb[0], images[0]).mean()))
-        acc.add("ssim", float(ssim(rgb[0], images[0]).mean()))
-        acc.add_all(depth_metrics(views.depth[0], batch["lidar_depth"][0]))
+        valid = batch["masks"][0] > 0.5 if "masks" in batch else None  # (N, H, W) False on the ego body
+        valid_r = None if valid is None else resize_mask(valid, tuple(views.depth.shape[-2:]))
+        acc.add("psnr", float(psnr(rgb[0], images[0], valid).mean()))
+        acc.add("ssim", float(ssim(rgb[0], images[0], mask=valid).mean()))
+        acc.add_all(depth_metrics(views.depth[0], batch["lidar_depth"][0], mask=valid_r))
         if "dense_depth" in batch:
             has_dense = True
             dense = batch["dense_depth"][0]
-            acc.add_all(depth_metrics(views.depth[0], dense), prefix="dense_")
-            acc.add_all(depth_metrics(views.depth[0], dense, max_depth=50.0), prefix="dense50_")
+            acc.add_all(depth_metrics(views.depth[0], dense, mask=valid_r), prefix="dense_")
+            acc.add_all(depth_metrics(views.depth[0], dense, max_depth=50.0, mask=valid_r), prefix="dense50_")
         nvs_rgb = None
         if bool(item.get("has_next", False)):
             nxt = model.render(scene, CameraRig(batch["next_intrinsics"], batch["next_cam2ego"], hw))
             nvs_rgb = nxt.rgb.clamp(0, 1)
-            acc.add("nvs_psnr", float(psnr(nvs_rgb[0], batch["next_images"][0]).mean()))
-            acc.add("nvs_ssim", float(ssim(nvs_rgb[0], batch["next_images"][0]).mean()))
+            acc.add("nvs_psnr", float(psnr(nvs_rgb[0], batch["next_images"][0], valid).mean()))
+            acc.add("nvs_ssim", float(ssim(nvs_rgb[0], batch["next_images"][0], mask=valid).mean()))
         if images_dir is not None and n < num_images:
             rows = [images[0], rgb[0], upsample_to(colorize_depth(views.depth[0]), hw),
                     upsample_to(colorize_depth(batch["lidar_depth"][0]), hw)]

@@ -13,6 +13,8 @@
     nvs_l1        optional: L1 on the NEXT keyframe's cameras rendered from the current frame
 
 All depths are camera z-depths at the render resolution (what the model and the dataset both give).
+Pixels where `batch["masks"]` is 0 (the ego car's own body) are left out of every term above; at the render
+resolution a ray counts only if every image pixel it covers is valid.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from distillnerf_core.training.metrics import resize_mask
 from distillnerf_core.training.metrics import ssim as ssim_fn
 
 
@@ -95,24 +98,33 @@ def dense_depth_loss(pred: torch.Tensor, target: torch.Tensor, near: float = 50.
     return _mse_l1(p / scale, t / scale, valid, l1_ratio)
 
 
-def weight_entropy_loss(weights: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
-    """Mean over rays of -sum p log p with p = w / sum(w) along the last dim (samples)."""
+def _masked_mean(values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Mean of `values` over True entries of `valid` (same shape); 0 with a graph when none is valid."""
+    if valid is None:
+        return values.mean()
+    return (values * valid).sum() / valid.sum().clamp_min(1)
+
+
+def weight_entropy_loss(weights: torch.Tensor, eps: float = 1e-10, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over (valid) rays of -sum p log p with p = w / sum(w) along the last dim (samples)."""
     p = weights / weights.sum(-1, keepdim=True).clamp_min(eps)
-    return -(p * torch.log(p.clamp_min(eps))).sum(-1).mean()
+    return _masked_mean(-(p * torch.log(p.clamp_min(eps))).sum(-1), valid)
 
 
-def opacity_loss(opacity: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """BCE(opacity, 1) = -log(opacity), opacity clamped to [eps, 1 - eps]."""
-    return -torch.log(opacity.clamp(eps, 1.0 - eps)).mean()
+def opacity_loss(opacity: torch.Tensor, eps: float = 1e-5, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """BCE(opacity, 1) = -log(opacity), opacity clamped to [eps, 1 - eps], over (valid) rays."""
+    return _masked_mean(-torch.log(opacity.clamp(eps, 1.0 - eps)), valid)
 
 
-def rgb_l1_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return (pred - target).abs().mean()
+def rgb_l1_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean absolute error of (..., 3, H, W) images over pixels where `valid` (..., H, W) is True."""
+    return _masked_mean((pred - target).abs(), None if valid is None else valid.unsqueeze(-3).expand_as(pred))
 
 
-def rgb_ssim_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """1 - mean SSIM over images; pred/target (..., 3, H, W)."""
-    return 1.0 - ssim_fn(pred.flatten(0, -4), target.flatten(0, -4)).mean()
+def rgb_ssim_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """1 - mean SSIM over images; pred/target (..., 3, H, W); windows centred on invalid pixels are skipped."""
+    mask = None if valid is None else valid.flatten(0, -3)
+    return 1.0 - ssim_fn(pred.flatten(0, -4), target.flatten(0, -4), mask=mask).mean()
 
 
 class LPIPSVGG(torch.nn.Module):
@@ -176,13 +188,20 @@ class DistillNeRFLoss(torch.nn.Module):
         terms: dict[str, torch.Tensor] = {}
         images = batch["images"]
         pred = out.rgb.float()
+        # (B, N, H, W) False on the ego car's body; valid_r: the same at the render size (None: all valid)
+        valid = batch["masks"] > 0.5 if "masks" in batch else None
+        valid_r = None if valid is None else resize_mask(valid, tuple(out.depth.shape[-2:]))
         if cfg.rgb_l1:
-            terms["rgb_l1"] = rgb_l1_loss(pred, images)
+            terms["rgb_l1"] = rgb_l1_loss(pred, images, valid)
         if cfg.rgb_ssim:
-            terms["rgb_ssim"] = rgb_ssim_loss(pred, images)
+            terms["rgb_ssim"] = rgb_ssim_loss(pred, images, valid)
         if self.lpips is not None:
-            terms["lpips"] = self.lpips(pred.flatten(0, 1), images.flatten(0, 1))
+            # masked target pixels take the prediction's value (no error there, no gradient through it)
+            target = images if valid is None else torch.where(valid.unsqueeze(2), images, pred.detach())
+            terms["lpips"] = self.lpips(pred.flatten(0, 1), target.flatten(0, 1))
         lidar = batch.get("lidar_depth")
+        if lidar is not None and valid_r is not None:
+            lidar = torch.where(valid_r, lidar, torch.zeros_like(lidar))  # 0 = no target
         if lidar is not None:
             if cfg.lidar_coarse and out.coarse_depth is not None:
                 terms["lidar_coarse"] = lidar_depth_loss(out.coarse_depth.float(), lidar, cfg.lidar_max_depth,
@@ -190,6 +209,8 @@ class DistillNeRFLoss(torch.nn.Module):
             if cfg.lidar_render:
                 terms["lidar_render"] = lidar_depth_loss(out.depth.float(), lidar, cfg.lidar_max_depth, cfg.l1_ratio)
         dense = batch.get("dense_depth")
+        if dense is not None and valid_r is not None:
+            dense = torch.where(valid_r, dense, torch.full_like(dense, float("nan")))  # NaN = no target (not sky)
         if dense is not None:
             kw = dict(near=cfg.dense_near, far=cfg.dense_far, sky_depth=cfg.dense_sky_depth, l1_ratio=cfg.l1_ratio)
             if cfg.dense_coarse and out.coarse_depth is not None:
@@ -197,13 +218,14 @@ class DistillNeRFLoss(torch.nn.Module):
             if cfg.dense_render:
                 terms["dense_render"] = dense_depth_loss(out.depth.float(), dense, **kw)
         if cfg.entropy:
-            terms["entropy"] = weight_entropy_loss(out.weights.float())
+            terms["entropy"] = weight_entropy_loss(out.weights.float(), valid=valid_r)
         if cfg.opacity:
-            terms["opacity"] = opacity_loss(out.opacity.float())
+            terms["opacity"] = opacity_loss(out.opacity.float(), valid=valid_r)
         if cfg.nvs_l1 and nvs_rgb is not None and "next_images" in batch:
             has = batch["has_next"].to(pred.device)
             if bool(has.any()):
-                terms["nvs_l1"] = rgb_l1_loss(nvs_rgb.float()[has], batch["next_images"][has])
+                terms["nvs_l1"] = rgb_l1_loss(nvs_rgb.float()[has], batch["next_images"][has],
+                                              None if valid is None else valid[has])
         total = pred.new_zeros(())
         for name, value in terms.items():
             total = total + getattr(cfg, name) * value

@@ -16,10 +16,27 @@ import torch.nn.functional as F
 DEPTH_METRICS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "delta1", "delta2", "delta3")
 
 
-def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR (dB) of (..., C, H, W) tensors in [0, 1]; MSE floored at 1e-10 (100 dB)."""
-    mse = ((pred.float() - target.float()) ** 2).flatten(-3).mean(-1)
+def psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-image PSNR (dB) of (..., C, H, W) tensors in [0, 1]; MSE floored at 1e-10 (100 dB).
+
+    `mask` (..., H, W) bool: only True pixels count (e.g. not the ego car's body).
+    """
+    err = (pred.float() - target.float()) ** 2
+    if mask is None:
+        mse = err.flatten(-3).mean(-1)
+    else:
+        m = mask.unsqueeze(-3).expand_as(err).float()
+        mse = (err * m).flatten(-3).sum(-1) / m.flatten(-3).sum(-1).clamp_min(1.0)
     return -10.0 * torch.log10(mse.clamp_min(1e-10))
+
+
+def resize_mask(mask: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """A (..., H, W) bool validity mask at (h, w): a cell is valid only if every pixel it covers is."""
+    if tuple(mask.shape[-2:]) == tuple(hw):
+        return mask.bool()
+    lead = mask.shape[:-2]
+    area = F.interpolate(mask.float().reshape(-1, 1, *mask.shape[-2:]), size=tuple(hw), mode="area")
+    return (area > 0.999).reshape(*lead, *hw)
 
 
 def _gaussian_window(size: int = 11, sigma: float = 1.5, device: torch.device | None = None) -> torch.Tensor:
@@ -29,11 +46,12 @@ def _gaussian_window(size: int = 11, sigma: float = 1.5, device: torch.device | 
 
 
 def ssim(pred: torch.Tensor, target: torch.Tensor, window: int = 11, sigma: float = 1.5,
-         data_range: float = 1.0) -> torch.Tensor:
+         data_range: float = 1.0, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Per-image SSIM of (B, C, H, W) tensors (differentiable). Images smaller than the window use a
-    window of the image's smaller side (odd), so tiny test images still work."""
+    window of the image's smaller side (odd), so tiny test images still work. `mask` (B, H, W) bool: the SSIM
+    map is averaged only over windows whose every pixel is True."""
     if pred.dim() == 3:
-        return ssim(pred[None], target[None], window, sigma, data_range)[0]
+        return ssim(pred[None], target[None], window, sigma, data_range, None if mask is None else mask[None])[0]
     pred, target = pred.float(), target.float()
     c = pred.shape[1]
     size = min(window, pred.shape[-1], pred.shape[-2])
@@ -52,7 +70,13 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, window: int = 11, sigma: floa
     sxy = blur(pred * target) - mu_x * mu_y
     num = (2 * mu_x * mu_y + c1) * (2 * sxy + c2)
     den = (mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2)
-    return (num / den).flatten(1).mean(-1)
+    smap = num / den
+    if mask is None:
+        return smap.flatten(1).mean(-1)
+    # 'valid' filtering: map pixel (i, j) is the window at image rows i..i+size-1; keep all-valid windows
+    m = -F.max_pool2d(-mask.float().unsqueeze(1), size, stride=1)
+    m = m.expand_as(smap)
+    return (smap * m).flatten(1).sum(-1) / m.flatten(1).sum(-1).clamp_min(1.0)
 
 
 def depth_metrics(pred: torch.Tensor, gt: torch.Tensor, min_depth: float = 1e-3, max_depth: float = 80.0,

@@ -1,7 +1,8 @@
 """`distillnerf-viz-sample`: a contact sheet of one sample for checking data by eye.
 
 Rows of camera panels (3 per row): the images with the motion-compensated LiDAR points overlaid as
-dots coloured by depth (turbo, near = red... far = blue, 1-80 m); for dataroots with ground truth
+dots coloured by depth (turbo, near = red... far = blue, 1-80 m) and the dataroot's ego-body masks
+(masks/<CHANNEL>.png, see data/ego_masks.py) shaded magenta; for dataroots with ground truth
 (the synthetic world) also the dense z-depth and the semantic labels of every camera.
 """
 
@@ -61,6 +62,11 @@ def render_contact_sheet(dataroot: str | Path, version: str, sample_token: str |
             ax = axes[s * rows_per_section + i // cols, i % cols]
             if kind == "rgb":
                 ax.imshow(item["images"][i].permute(1, 2, 0).numpy())
+                body = item["masks"][i].numpy() < 0.5
+                if body.any():
+                    shade = np.zeros((*body.shape, 4))
+                    shade[body] = (1.0, 0.0, 1.0, 0.45)
+                    ax.imshow(shade)
                 u, v, z = projections[i]
                 sd = ds.nusc.get("sample_data", ds.nusc.get("sample", sample["token"])["data"][ch])
                 ax.scatter(u * width / sd["width"], v * height / sd["height"], c=z, s=0.6, cmap="turbo_r", vmin=1,
@@ -73,7 +79,8 @@ def render_contact_sheet(dataroot: str | Path, version: str, sample_token: str |
             ax.set_xlim(0, width)
             ax.set_ylim(height, 0)
             ax.set_title(f"{ch} - {title}" if i == 0 else ch, fontsize=8)
-    fig.suptitle(f"{version} sample {sample['token']}  (LiDAR depth colour: red near, blue far)", fontsize=9)
+    fig.suptitle(f"{version} sample {sample['token']}  (LiDAR depth colour: red near, blue far; magenta: "
+                 "ego-body mask)", fontsize=9)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
