@@ -179,3 +179,34 @@ def test_item11_a_flood_of_tf_frame_names_is_bounded_and_expires(session, tiny_c
     assert session.spin_until(lambda: tf.dynamic_frame_count <= 1, 10), tf.dynamic_frame_count
     values = harness.values(harness.fresh_status())
     assert int(values["tf_evicted"]) + int(values["tf_expired"]) >= 6000, values
+
+
+@pytest.mark.parametrize("tree", ["disconnected", "loop"])
+def test_item05_a_fixed_frame_not_connected_falls_back_and_says_so(session, tiny_checkpoint, tree):
+    harness = Harness(session, tiny_checkpoint, fixed_frame="map")
+    if tree == "disconnected":  # map exists, but in a tree of its own
+        extra = [transform_stamped("map", "some_frame", stamp_from_us(0), np.eye(4))]
+    else:  # map hangs in a loop that never reaches base_link
+        extra = [transform_stamped("map", "loop_a", stamp_from_us(0), np.eye(4)),
+                 transform_stamped("loop_a", "loop_b", stamp_from_us(0), np.eye(4)),
+                 transform_stamped("loop_b", "map", stamp_from_us(0), np.eye(4))]
+    harness.rig.publish_static(extra)
+    assert session.spin_until(lambda: harness.node.rig.tf.has_frame("map"), 5)
+    assert harness.good_frame_is_processed(T0), f"processing stopped: {harness.node.losses()}"
+    status = harness.fresh_status()
+    values = harness.values(status)
+    assert "not connected" in values["last_error/fixed_frame"] and "without ego-motion" in status.message, values
+    assert status.level == status.WARN and int(values["frames_uncompensated"]) >= 1
+
+
+def test_item05_frames_dropped_for_tf_raise_the_diagnostic_level(session, tiny_checkpoint):
+    harness = Harness(session, tiny_checkpoint, tf_wait=0.2)
+    assert harness.good_frame_is_processed(T0)
+
+    def unknown_frames(camera, info, image):
+        image.header.frame_id = f"unknown_{camera}"  # frames nobody published TF for
+
+    harness.rig.publish_frame(T0 + 1_000_000_000, unknown_frames)
+    assert session.spin_until(lambda: harness.node.losses()["sets_dropped_tf"] >= 1, 5)
+    status = harness.fresh_status()
+    assert status.level == status.WARN and "sets_dropped_tf 1" in status.message, status.message
