@@ -72,6 +72,24 @@ class FPNEncoder(nn.Module):
         return self.smooth(top)
 
 
+VIT_KWARGS_ALLOWED = frozenset({
+    "img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "qk_norm",
+    "init_values", "class_token", "no_embed_class", "reg_tokens", "pre_norm", "fc_norm", "global_pool",
+    "dynamic_img_pad", "drop_rate", "pos_drop_rate", "proj_drop_rate", "attn_drop_rate", "drop_path_rate",
+})
+"""Architecture keys a checkpoint's `vit_kwargs` may pass to timm. Anything else (`checkpoint_path`,
+`pretrained`, `pretrained_cfg*`, `cache_dir`, ...) could make timm read or unpickle a file, so it is refused
+before timm is called: weights come only from `vit_weights` (safetensors)."""
+
+
+def check_vit_kwargs(kwargs: dict[str, Any]) -> None:
+    """ValueError naming every key of `kwargs` outside VIT_KWARGS_ALLOWED."""
+    refused = sorted(set(kwargs) - VIT_KWARGS_ALLOWED)
+    if refused:
+        raise ValueError(f"encoder.vit_kwargs {refused} not allowed (allowed: {sorted(VIT_KWARGS_ALLOWED)});"
+                         " pretrained weights come only from encoder.vit_weights (safetensors)")
+
+
 class PretrainedViT(nn.Module):
     """Frozen timm ViT (DINOv2-style) whose patch tokens become a dense feature map.
 
@@ -90,6 +108,7 @@ class PretrainedViT(nn.Module):
         super().__init__()
         import timm  # optional dependency, only needed for this encoder
 
+        check_vit_kwargs(timm_kwargs or {})
         kwargs = {"num_classes": 0, "dynamic_img_size": True}
         kwargs.update(timm_kwargs or {})
         self.vit = timm.create_model(name, pretrained=False, **kwargs)

@@ -9,6 +9,7 @@ here: see distillnerf_core.inference.
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from collections.abc import Mapping
@@ -39,6 +40,22 @@ from distillnerf_ros.nodes.signals import init_without_signal_handlers, spin_unt
 from distillnerf_ros.srv import QueryScene
 
 __all__ = ["BUNDLED_MODEL", "PerceptionNode", "bundled_model_path", "camera_topic_name", "main", "validate_queries"]
+
+
+def reported_transition(name: str):
+    """Wrap a transition callback: any exception becomes a logged FAILURE whose reason shows in /diagnostics
+    as ERROR (`<name> failed`), instead of rclpy's silent ERROR return."""
+
+    def wrap(callback):
+        @functools.wraps(callback)
+        def run(self: PerceptionNode, state: State) -> TransitionCallbackReturn:
+            try:
+                return callback(self, state)
+            except Exception as error:  # noqa: BLE001 - every failure must be logged and reported
+                self.transition_failed(name, f"{type(error).__name__}: {error}")
+                return TransitionCallbackReturn.FAILURE
+        return run
+    return wrap
 
 
 class NodeCounters(Mapping):
@@ -99,15 +116,23 @@ class PerceptionNode(LifecycleNode):
                 self.trigger_activate()
 
     # -- lifecycle ------------------------------------------------------------------------------------
+    def transition_failed(self, name: str, reason: str) -> None:
+        """Log a failed transition and show it as ERROR with its reason until the next transition succeeds."""
+        self.last["error"] = f"{name} failed: {reason}"
+        self.status_message = f"{name} failed"
+        self.get_logger().error(self.last["error"])
+
+    @reported_transition("configure")
     def on_configure(self, state: State) -> TransitionCallbackReturn:
         """Load the model (model_path, device, precision, occupancy grid), create the output publishers and
         the query service. A bad checkpoint, device or parameter fails the transition with its reason."""
+        self.last["error"] = ""
         try:
             self.predictor = self._load_predictor()
-        except (OSError, ValueError, RuntimeError) as error:  # checkpoint, device and parameter errors
-            self.last["error"] = f"configure failed: {error}"
-            self.status_message = "configure failed"
-            self.get_logger().error(self.last["error"])
+        except Exception as error:  # noqa: BLE001 - checkpoint, sidecar, device and parameter errors alike
+            self.predictor = None
+            self.transition_failed("configure", f"{type(error).__name__}: {error}"
+                                   if not isinstance(error, OSError | ValueError | RuntimeError) else str(error))
             return TransitionCallbackReturn.FAILURE
         self.outputs = PerceptionOutputs.create(self, list(self.get_parameter("cameras").value))
         self.query_service = self.create_service(QueryScene, "~/query_scene", self._query_scene)
@@ -115,6 +140,7 @@ class PerceptionNode(LifecycleNode):
         self.get_logger().info(f"loaded {self.model_path} on {self.predictor.device} ({self.predictor.precision})")
         return super().on_configure(state)
 
+    @reported_transition("activate")
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         """Move the model to its device, enable the publishers, subscribe the rig and start the worker."""
         self.predictor.to_device()
@@ -124,6 +150,7 @@ class PerceptionNode(LifecycleNode):
         self.status_message = "active"
         return result
 
+    @reported_transition("deactivate")
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
         """Unsubscribe, stop the worker after its current frame, disable the publishers, free GPU memory."""
         self._stop_processing()
@@ -131,18 +158,31 @@ class PerceptionNode(LifecycleNode):
         self.status_message = "inactive"
         return super().on_deactivate(state)
 
+    @reported_transition("cleanup")
     def on_cleanup(self, state: State) -> TransitionCallbackReturn:
         """Destroy the publishers and the service and drop the model."""
         self._release()
         self.status_message = "unconfigured"
         return super().on_cleanup(state)
 
+    @reported_transition("shutdown")
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
         """From any state: stop processing and release everything."""
         self._stop_processing()
         self._release()
         self.status_message = "finalized"
         return super().on_shutdown(state)
+
+    def on_error(self, state: State) -> TransitionCallbackReturn:
+        """After a transition raised past its own handling: stop and release everything (-> unconfigured)."""
+        self.get_logger().error(f"error processing from '{state.label}': releasing the model")
+        try:
+            self._stop_processing()
+            self._release()
+        except Exception as error:  # noqa: BLE001 - on_error must always return
+            self.get_logger().error(f"error processing failed too: {type(error).__name__}: {error}")
+        self.status_message = "error processing failed" if self.predictor else "unconfigured after an error"
+        return super().on_error(state)
 
     def _load_predictor(self) -> ScenePredictor:
         self.model_path = model_path_from_parameters(self)
@@ -249,7 +289,7 @@ class PerceptionNode(LifecycleNode):
     def _diagnostic_level(self) -> tuple[bytes, str]:
         processing = self.last["processing_ms"]
         if self.status_message.endswith("failed"):
-            return DiagnosticStatus.ERROR, f"{self.status_message}: {self.last['error']}"
+            return DiagnosticStatus.ERROR, self.last["error"] or self.status_message
         if self.status_message == "active" and not self.worker.running:
             return DiagnosticStatus.ERROR, "active but the inference worker is not running"
         if processing > self.get_parameter("processing_time_error_ms").value:

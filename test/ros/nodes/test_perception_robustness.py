@@ -3,13 +3,16 @@ frame that must still be processed. Test names carry the issue's item number."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import TransformStamped
+from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
@@ -210,3 +213,64 @@ def test_item05_frames_dropped_for_tf_raise_the_diagnostic_level(session, tiny_c
     assert session.spin_until(lambda: harness.node.losses()["sets_dropped_tf"] >= 1, 5)
     status = harness.fresh_status()
     assert status.level == status.WARN and "sets_dropped_tf 1" in status.message, status.message
+
+
+def checkpoint_with_encoder(tmp_path, checkpoint, **encoder) -> Path:
+    """A copy of `checkpoint` whose sidecar sets encoder fields (a frozen ViT with timm kwargs)."""
+    copy = tmp_path / "model.safetensors"
+    copy.write_bytes(checkpoint.read_bytes())
+    sidecar = json.loads(checkpoint.with_suffix(".json").read_text())
+    sidecar["config"]["encoder"].update(encoder)
+    copy.with_suffix(".json").write_text(json.dumps(sidecar))
+    return copy
+
+
+def test_item06_a_failing_configure_is_logged_and_reported_as_error(session, tiny_checkpoint, tmp_path, capfd):
+    bad = checkpoint_with_encoder(tmp_path, tiny_checkpoint, vit_name="vit_tiny_patch16_224",
+                                  vit_weights=str(tmp_path / "vit.safetensors"),
+                                  vit_kwargs={"depth": 1, "num_heads": 0})  # timm: ZeroDivisionError
+    harness = Harness(session, bad)
+    node = harness.node
+    assert node.status_message == "configure failed", node.status_message
+    assert "ZeroDivisionError" in node.last["error"], node.last
+    status = harness.fresh_status()
+    assert status.level == status.ERROR and "ZeroDivisionError" in status.message, status.message
+    assert "configure failed" in capfd.readouterr().err, "the failure must be logged"
+    # the sidecar is repaired: the same node configures, activates and processes frames
+    bad.with_suffix(".json").write_text(tiny_checkpoint.with_suffix(".json").read_text())
+    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    harness.rig.wait_for_node()
+    harness.rig.publish_static()
+    assert harness.good_frame_is_processed(T0)
+    assert harness.fresh_status().level == DiagnosticStatus.OK
+
+
+def test_item06_an_exception_in_any_transition_is_logged_and_reported(session, tiny_checkpoint, monkeypatch, capfd):
+    harness = Harness(session, tiny_checkpoint)
+    node = harness.node
+
+    def broken():
+        raise RuntimeError("the device vanished")
+
+    monkeypatch.setattr(node.predictor, "to_host", broken)
+    assert node.trigger_deactivate() != TransitionCallbackReturn.SUCCESS
+    status = harness.fresh_status()
+    assert status.level == status.ERROR and "the device vanished" in status.message, status.message
+    assert "deactivate failed" in capfd.readouterr().err
+
+
+def test_item13_vit_kwargs_outside_the_allow_list_never_reach_timm(session, tiny_checkpoint, tmp_path, monkeypatch):
+    import torch
+
+    loads = []
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: loads.append(args) or {})
+    payload = tmp_path / "payload.pt"
+    payload.write_bytes(b"not even a pickle")
+    bad = checkpoint_with_encoder(tmp_path, tiny_checkpoint, vit_name="vit_tiny_patch16_224",
+                                  vit_weights=str(tmp_path / "vit.safetensors"),
+                                  vit_kwargs={"depth": 1, "checkpoint_path": str(payload)})
+    harness = Harness(session, bad)
+    assert harness.node.status_message == "configure failed"
+    assert "checkpoint_path" in harness.node.last["error"] and "not allowed" in harness.node.last["error"]
+    assert not loads, f"torch.load was called on {loads}"
