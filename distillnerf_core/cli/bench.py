@@ -1,7 +1,10 @@
-"""`distillnerf-bench`: latency, per-stage time, memory and sizes of a no-grad forward on random images.
+"""`distillnerf-bench`: latency, per-stage time and work floors, memory and sizes of the model on random images.
 
-Uses a synthetic ring of outward-looking cameras; weights are random, so occupancy statistics (points,
-voxels) describe an untrained model.
+`--mode infer` times a no-grad forward; `--mode train` times a full training step (forward, the default
+loss, backward, grad clip, Adam; a GradScaler with fp16). `--precision bf16|fp16` runs under autocast. Each
+stage's time is printed beside its floor (FLOPs and minimum bytes over the device's measured peaks, see
+`distillnerf_core/benchmarking.py`). Uses a synthetic ring of outward-looking cameras; weights are random,
+so occupancy statistics (points, voxels) describe an untrained model.
 """
 
 from __future__ import annotations
@@ -17,10 +20,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from distillnerf_core import configs
+from distillnerf_core.benchmarking import (
+    PRECISIONS,
+    floor_ms,
+    measure_peaks,
+    nbytes,
+    stage_bytes,
+    stage_flops,
+    synchronize,
+)
 from distillnerf_core.model.cameras import ring_rig
 from distillnerf_core.model.distillnerf import STAGES, DistillNeRFModel, ModelConfig
+from distillnerf_core.training.losses import DistillNeRFLoss
+from distillnerf_core.training.trainer import TrainStep, optimizer_step
 
 
 def _peak_mem_mb(device: torch.device) -> float:
@@ -29,65 +44,180 @@ def _peak_mem_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB (process peak RSS)
 
 
+def _median_p90(values: list[float]) -> tuple[float, float]:
+    ordered = sorted(values)
+    return statistics.median(values), ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
+
+
 def run_benchmark(
-    config: str, device: str = "cpu", cameras: int = 6, iters: int = 5, warmup: int = 1, seed: int = 0
+    config: str, device: str = "cpu", cameras: int = 6, iters: int = 5, warmup: int = 1, seed: int = 0,
+    mode: str = "infer", precision: str = "fp32", batch: int = 1, floors: bool = True,
 ) -> dict[str, Any]:
-    """Time `iters` no-grad forwards after `warmup` ones; returns the JSON-able result dict."""
-    torch.manual_seed(seed)
+    """Time `iters` forwards (infer) or training steps (train) after `warmup`; returns the JSON-able result."""
+    if mode not in ("infer", "train"):
+        raise ValueError(f"mode must be infer or train, got {mode!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     dev = torch.device(device)
+    if precision == "fp16" and dev.type != "cuda":
+        raise ValueError("precision fp16 needs CUDA (CPU autocast runs bf16)")
+    if dev.type == "cuda":  # "fp32" on NVIDIA means TF32 matmuls / convs, as in the issue's baseline
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(seed)
     cfg = ModelConfig.load(config)
-    model = DistillNeRFModel(cfg).to(dev).eval()
-    model.profile_stages = True
+    model = DistillNeRFModel(cfg).to(dev)
     hw = tuple(cfg.image_hw)
-    rig = ring_rig(cameras, hw).to(dev)
-    images = torch.rand(1, cameras, 3, *hw, device=dev)
+    rig = ring_rig(cameras, hw, batch_size=batch).to(dev)
+    images = torch.rand(batch, cameras, 3, *hw, device=dev)
+    amp_dtype = PRECISIONS[precision] if precision != "fp32" else None
+
+    def autocast() -> torch.autocast:
+        return torch.autocast(dev.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None)
+
+    if mode == "infer":
+        model.eval()
+
+        def run() -> Any:
+            with torch.no_grad(), autocast():
+                return model(images, rig.intrinsics, rig.cam2ego)
+    else:
+        model.train()
+        render_hw = model.renderer.render_hw(hw)
+        data = {"images": images, "intrinsics": rig.intrinsics, "cam2ego": rig.cam2ego,
+                "lidar_depth": 2.0 + 40.0 * torch.rand(batch, cameras, *render_hw, device=dev)}
+        step_module = TrainStep(model, DistillNeRFLoss())
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=2e-4, betas=(0.0, 0.99))
+        scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+        def run() -> Any:
+            return optimizer_step(step_module, data, optimizer, scaler, params, 35.0, amp_dtype, dev.type)[2]
+
+    def timed(n: int, stages: bool) -> tuple[list[float], dict[str, list[float]], Any]:
+        model.profile_stages = stages
+        times, per_stage, out = [], {s: [] for s in STAGES}, None
+        for _ in range(n):
+            synchronize(dev)
+            start = time.perf_counter()
+            out = run()
+            synchronize(dev)
+            times.append(1000.0 * (time.perf_counter() - start))
+            for s in STAGES:
+                per_stage[s].append(model.stage_ms.get(s, 0.0))
+        return times, per_stage, out
+
+    timed(warmup, False)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    latencies, stages = [], {s: [] for s in STAGES}
-    with torch.no_grad():
-        for i in range(warmup + iters):
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            start = time.perf_counter()
-            out = model(images, rig.intrinsics, rig.cam2ego)
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            if i >= warmup:
-                latencies.append(1000.0 * (time.perf_counter() - start))
-                for s in STAGES:
-                    stages[s].append(model.stage_ms[s])
-    ordered = sorted(latencies)
-    return {
+    # On CUDA the per-stage synchronisation slows the whole, so stages get their own pass.
+    latencies, stages, out = timed(iters, dev.type != "cuda")
+    if dev.type == "cuda":
+        _, stages, _ = timed(iters, True)
+    model.profile_stages = False
+    median, p90 = _median_p90(latencies)
+    stage_ms = {s: statistics.median(v) for s, v in stages.items()}
+    result: dict[str, Any] = {
         "config": config,
+        "mode": mode,
+        "precision": precision,
+        "batch": batch,
         "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
         "cameras": cameras,
         "image_hw": list(hw),
         "render_hw": list(model.renderer.render_hw(hw)),
         "iters": iters,
         "warmup": warmup,
-        "latency_ms_median": statistics.median(latencies),
-        "latency_ms_p90": ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))],
+        "latency_ms_median": median,
+        "latency_ms_p90": p90,
         "latency_ms_all": latencies,
-        "stage_ms": {s: statistics.median(v) for s, v in stages.items()},
+        "images_per_s": 1000.0 * batch * cameras / median,
+        "stage_ms": stage_ms,
+        "stage_ms_note": "train: the forward's stages (with grad); the rest of the step is backward + Adam"
+        if mode == "train" else "no-grad forward",
         "params": sum(p.numel() for p in model.parameters()),
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "peak_mem_mb": _peak_mem_mb(dev),
         "points_lifted": out.points_lifted,
         "voxels_occupied": out.voxels_occupied,
         "depth_bins": model.lift.num_bins,
+        "tf32": dev.type == "cuda",
         "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
+    }
+    if floors:
+        result.update(_floors(model, images, rig, run, mode, dev, amp_dtype, autocast, latencies, stage_ms))
+    return result
+
+
+def _floors(model: DistillNeRFModel, images: torch.Tensor, rig: Any, run: Any, mode: str, dev: torch.device,
+            amp_dtype: torch.dtype | None, autocast: Any, latencies: list[float], stage_ms: dict[str, float]
+            ) -> dict[str, Any]:
+    """FLOPs and minimum bytes per stage (forward) and for the whole forward / training step."""
+    peaks = measure_peaks(dev, amp_dtype or torch.float32)
+    was_training = model.training
+    model.eval() if mode == "infer" else None
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), autocast(), counter:
+        scene = model.encode(images, rig.intrinsics, rig.cam2ego)
+        views = model.render(scene, rig)
+    model.train(was_training)
+    flops = stage_flops(counter, model)
+    moved = stage_bytes(model, images, scene, views)
+    per_stage = {}
+    for s in STAGES:
+        f = floor_ms(flops[s], moved[s], peaks)
+        per_stage[s] = {"gflop": flops[s] / 1e9, "mbytes": moved[s] / 1e6, "floor_ms": f,
+                        "measured_ms": stage_ms[s], "measured_over_floor": stage_ms[s] / f if f > 0 else None}
+    total_flops, total_bytes = sum(flops.values()), sum(moved.values())
+    note = "forward: matmul/conv FLOPs (FlopCounterMode), each stage's inputs + outputs + weights once"
+    if mode == "train":
+        step_counter = FlopCounterMode(display=False)
+        with step_counter:
+            run()
+        total_flops = step_counter.get_total_flops()
+        params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        # backward reads and writes about twice the forward's activations; Adam reads p, g, m, v, writes p, m, v
+        total_bytes = 3 * total_bytes + 7 * 4 * params
+        note = ("train step: FLOPs counted over forward + backward; bytes = 3 x the forward's minimum + Adam's "
+                "7 fp32 tensors of the trainable parameters")
+    total_floor = floor_ms(total_flops, total_bytes, peaks)
+    median = statistics.median(latencies)
+    return {
+        "peaks": peaks,
+        "floors": per_stage,
+        "total": {"gflop": total_flops / 1e9, "mbytes": total_bytes / 1e6, "floor_ms": total_floor,
+                  "measured_ms": median, "measured_over_floor": median / total_floor if total_floor > 0 else None},
+        "floor_note": note,
+        "output_mbytes": nbytes([views.rgb, views.depth]) / 1e6,
     }
 
 
 def _table(result: dict[str, Any]) -> str:
     rows = [
-        ("config", result["config"]),
+        ("config / mode / precision", f"{result['config']} / {result['mode']} / {result['precision']}"),
         ("device", result["device"]),
-        ("cameras x HxW", f"{result['cameras']} x {result['image_hw']}"),
+        ("batch x cameras x HxW", f"{result['batch']} x {result['cameras']} x {result['image_hw']}"),
         ("latency median / p90 ms", f"{result['latency_ms_median']:.1f} / {result['latency_ms_p90']:.1f}"),
-        *((f"  {k} ms", f"{v:.1f}") for k, v in result["stage_ms"].items()),
+        ("images per s", f"{result['images_per_s']:.1f}"),
+    ]
+    floors = result.get("floors")
+    for k, v in result["stage_ms"].items():
+        if floors:
+            f = floors[k]
+            ratio = f"{f['measured_over_floor']:.0f}x" if f["measured_over_floor"] else "-"
+            rows.append((f"  {k} ms", f"{v:8.1f}   {f['gflop']:8.2f} GFLOP {f['mbytes']:8.1f} MB  floor "
+                                      f"{f['floor_ms']:.3f} ms  ({ratio} floor)"))
+        else:
+            rows.append((f"  {k} ms", f"{v:.1f}"))
+    if floors:
+        t, pk = result["total"], result["peaks"]
+        rows.append(("total floor", f"{t['gflop']:.2f} GFLOP, {t['mbytes']:.1f} MB -> {t['floor_ms']:.3f} ms; "
+                                    f"measured {t['measured_over_floor']:.0f}x floor"))
+        rows.append(("measured peaks", f"{pk['matmul_tflops']:.2f} TFLOP/s ({pk['matmul_dtype']} matmul), "
+                                       f"{pk['copy_gbs']:.0f} GB/s copy"))
+    rows += [
         ("params", f"{result['params']:,}"),
         ("peak mem MB", f"{result['peak_mem_mb']:.0f}"),
         ("points lifted", f"{result['points_lifted']:,}"),
@@ -104,12 +234,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cameras", type=int, default=6)
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--mode", default="infer", choices=["infer", "train"],
+                        help="infer: no-grad forward; train: forward + loss + backward + Adam step")
+    parser.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS),
+                        help="autocast dtype (fp16 needs CUDA; fp32 on CUDA uses TF32)")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--no-floors", action="store_true", help="skip FLOP / byte counting and peak measurement")
     parser.add_argument("--json", type=Path, help="write the result JSON here")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but CUDA is not available", file=sys.stderr)
         return 2
-    result = run_benchmark(args.config, args.device, args.cameras, args.iters, args.warmup)
+    try:
+        result = run_benchmark(args.config, args.device, args.cameras, args.iters, args.warmup, mode=args.mode,
+                               precision=args.precision, batch=args.batch, floors=not args.no_floors)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(_table(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Every GPU measurement of issue 13 in one run, under 5 minutes on one GPU, no network, no ROS:
+#   bash benchmarks/gpu_check.sh OUTDIR
+# 1. environment (GPU, torch, which optional modules are missing) -> env.json
+# 2. distillnerf-bench infer + train for tiny / small / paper in fp32 (TF32), bf16, fp16, and paper train
+#    bf16 at batch 4 -> bench_*.json, bench_all.json (one process, 150 s budget)
+# 3. ScenePredictor on the bundled real keyframe (data/nuscenes_sample, models/default), depth only / full /
+#    occupancy only, fp32 + bf16 -> keyframe_predictor.json
+# 4. torch.profiler top kernels of the paper training step (fp32, bf16) -> profile_*.{txt,json}
+# 5. summary.md / summary.json from all of the above; every step's log in log_*.txt
+# GPU_CHECK_QUICK=1 (or no CUDA): a dry run on the CPU: tiny config only, 2 iterations, fp32 + bf16.
+# PYTHON=... picks the interpreter (default: .venv/bin/python if present, else python3).
+set -u
+OUT=${1:?usage: bash benchmarks/gpu_check.sh OUTDIR}
+cd "$(dirname "$0")/.." || exit 1
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if [ -n "${PYTHON:-}" ]; then PY=$PYTHON
+elif [ -x .venv/bin/python ]; then PY=.venv/bin/python
+else PY=$(command -v python3 || command -v python); fi
+START=$(date +%s)
+TOTAL_LIMIT=${GPU_CHECK_LIMIT_S:-280}  # the whole script stays under 5 minutes, kill grace included
+step() {  # step NAME TIMEOUT_S CMD...: run with a time limit, log to OUT/log_NAME.txt, never abort the script
+  local name=$1 limit=$2; shift 2
+  local left=$(( TOTAL_LIMIT - ($(date +%s) - START) ))
+  if [ "$left" -lt 10 ]; then echo "== $name: SKIPPED (total time limit reached)"; return; fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  echo "== $name (limit ${limit}s, at $(( $(date +%s) - START ))s)"
+  timeout --kill-after=5 "$limit" "$@" > "$OUT/log_$name.txt" 2>&1
+  local rc=$?
+  tail -n 60 "$OUT/log_$name.txt"
+  [ $rc -eq 0 ] || echo "!! $name exited with $rc (124 = time limit); see $OUT/log_$name.txt"
+}
+
+timeout 20 "$PY" - "$OUT" <<'PYEOF'
+import datetime, importlib, json, platform, sys
+import torch
+out = sys.argv[1]
+missing = []
+for name in ("numpy", "safetensors", "yaml", "PIL", "tqdm", "timm", "open_clip", "nuscenes", "rclpy"):
+    try:
+        importlib.import_module(name)
+    except Exception:
+        missing.append(name)
+cuda = torch.cuda.is_available()
+env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "python": platform.python_version(),
+       "torch": torch.__version__, "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(0) if cuda else None,
+       "gpu_mem_gb": torch.cuda.get_device_properties(0).total_memory / 2**30 if cuda else None,
+       "bf16_supported": cuda and torch.cuda.is_bf16_supported(), "missing": missing}
+json.dump(env, open(f"{out}/env.json", "w"), indent=2)
+print(json.dumps(env))
+print("not needed by these checks, skipped where used:", ", ".join(m for m in missing if m in ("timm", "open_clip", "nuscenes", "rclpy")) or "none")
+for required in ("numpy", "safetensors", "yaml", "PIL"):
+    if required in missing:
+        sys.exit(f"required module {required} missing")
+PYEOF
+[ $? -eq 0 ] || { echo "environment check failed"; exit 1; }
+
+if [ "${GPU_CHECK_QUICK:-0}" = 1 ] || ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+  echo "QUICK / no CUDA: CPU dry run, tiny config only"
+  DEV=cpu; CONFIGS="tiny"; PRECS="fp32 bf16"; QUICK=--quick; KF_ITERS=1; KF_WARM=1; PROF=tiny
+else
+  DEV=cuda; CONFIGS="paper small tiny"; PRECS="fp32 bf16 fp16"; QUICK=; KF_ITERS=20; KF_WARM=3; PROF=paper
+fi
+# Limits: 20 + 135 + 40 + 2 x 25 + 10 = 255 s, and no step runs past TOTAL_LIMIT (280 s): under 5 minutes
+# whatever happens. The bench stops starting new runs after 115 s; expected total on an H100/H200 ~3 min.
+
+step bench 135 "$PY" benchmarks/gpu_bench_all.py --out "$OUT" --device $DEV --configs $CONFIGS --precisions $PRECS \
+  --budget-s 115 $QUICK
+step keyframe 40 "$PY" benchmarks/keyframe_predictor.py --device $DEV --precision $PRECS --iters $KF_ITERS \
+  --warmup $KF_WARM --json "$OUT/keyframe_predictor.json"
+for prec in fp32 bf16; do
+  step "profile_$prec" 25 "$PY" benchmarks/profile_step.py --config $PROF --mode train --precision $prec \
+    --device $DEV --steps 3 --warmup 2 --out "$OUT"
+done
+step summary 10 "$PY" benchmarks/gpu_summary.py "$OUT"
+echo "== done in $(( $(date +%s) - START ))s; results in $OUT (summary.md, *.json, log_*.txt)"

@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Summarise a gpu_check.sh output folder: DIR/summary.md (tables) and DIR/summary.json.
+
+    python benchmarks/gpu_summary.py DIR
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def _load(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    out = Path((argv or sys.argv[1:])[0])
+    env = _load(out / "env.json")
+    lines = [f"# GPU check: {env.get('gpu', 'no GPU')}, torch {env.get('torch', '?')}, {env.get('date', '?')}", ""]
+    if env.get("missing"):
+        lines += [f"Missing optional modules (their checks skipped): {', '.join(env['missing'])}", ""]
+    lines += ["## distillnerf-bench (random weights, 6 cameras at 228x128 unless the config says otherwise)", "",
+              "| config | mode | precision | batch | median ms | p90 ms | images/s | peak MB | floor ms | x floor |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = []
+    for path in sorted(out.glob("bench_*_*_*.json")):
+        r = _load(path)
+        if "latency_ms_median" not in r:
+            continue
+        total = r.get("total", {})
+        ratio = total.get("measured_over_floor")
+        floor = f"{total['floor_ms']:.3f} | {ratio:.0f}" if ratio else "- | -"
+        lines.append(f"| {r['config']} | {r['mode']} | {r['precision']} | {r['batch']} | "
+                     f"{r['latency_ms_median']:.1f} | {r['latency_ms_p90']:.1f} | {r['images_per_s']:.0f} | "
+                     f"{r['peak_mem_mb']:.0f} | {floor} |")
+        rows.append(r)
+    for outcome in _load(out / "bench_all.json").get("runs", []):
+        if outcome["status"] != "ok":
+            lines.append(f"| {outcome['run']} | {outcome['status']}: {outcome.get('error', outcome.get('reason'))} |")
+    lines += ["", "## Per-stage (ms measured / floor ms)", "",
+              "| run | " + " | ".join(["encoder", "lift", "voxelize", "sparse_conv", "render", "decode"]) + " |",
+              "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        floors = r.get("floors", {})
+        cells = [f"{r['stage_ms'][s]:.1f} / {floors.get(s, {}).get('floor_ms', 0):.3f}" for s in r["stage_ms"]]
+        lines.append(f"| {r['config']} {r['mode']} {r['precision']} b{r['batch']} | " + " | ".join(cells) + " |")
+    kf = _load(out / "keyframe_predictor.json")
+    if kf:
+        lines += ["", f"## ScenePredictor on the real keyframe ({kf.get('cameras')} x {kf.get('image_hw')}, "
+                      f"bundled model, {kf.get('device')})", "",
+                  "| precision | outputs | predict median ms | model ms |", "|---|---|---|---|"]
+        for precision, runs in kf.get("runs", {}).items():
+            if "skipped" in runs:
+                lines.append(f"| {precision} | skipped: {runs['skipped']} | | |")
+                continue
+            for name, run in runs.items():
+                lines.append(f"| {precision} | {name} | {run['call_ms_median']:.1f} | {run['model_ms_median']:.1f} |")
+    for path in sorted(out.glob("profile_*.json")):
+        prof = _load(path)
+        lines += ["", f"## Top kernels: {prof['config']} {prof['mode']} {prof['precision']} "
+                      f"({prof['total_ms_per_step']:.1f} ms per step in {prof['sorted_by']})", "",
+                  "| ms per step | calls | name |", "|---|---|---|"]
+        key = prof["sorted_by"]
+        for row in prof["top"][:15]:
+            lines.append(f"| {row[key]:.2f} | {row['calls_per_step']:.0f} | `{row['name'][:90]}` |")
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

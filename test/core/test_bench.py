@@ -1,0 +1,33 @@
+"""`distillnerf-bench`: infer and train modes, precisions, per-stage floors, JSON."""
+
+import json
+
+import pytest
+
+from distillnerf_core.cli.bench import main, run_benchmark
+from distillnerf_core.model.distillnerf import STAGES
+
+
+@pytest.mark.parametrize(("mode", "precision"), [("infer", "fp32"), ("train", "bf16")])
+def test_bench_reports_stages_with_floors(mode, precision):
+    r = run_benchmark("tiny", iters=1, warmup=0, mode=mode, precision=precision)
+    assert (r["mode"], r["precision"], r["batch"]) == (mode, precision, 1)
+    assert r["latency_ms_median"] > 0 and r["images_per_s"] > 0
+    assert set(r["floors"]) == set(STAGES)
+    for stage in ("encoder", "lift", "decode"):  # convolution stages: FLOPs counted, a positive floor
+        f = r["floors"][stage]
+        assert f["gflop"] > 0 and f["mbytes"] > 0 and f["floor_ms"] > 0 and f["measured_over_floor"] > 0
+    assert r["floors"]["voxelize"]["gflop"] == 0 and r["floors"]["voxelize"]["mbytes"] > 0
+    assert r["total"]["floor_ms"] > 0 and r["peaks"]["matmul_tflops"] > 0 and r["peaks"]["copy_gbs"] > 0
+    if mode == "train":  # forward + backward: more FLOPs than the forward's stages together
+        assert r["total"]["gflop"] > sum(f["gflop"] for f in r["floors"].values())
+
+
+def test_bench_cli_writes_json_and_refuses_fp16_on_cpu(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert main(["--config", "tiny", "--iters", "1", "--warmup", "0", "--no-floors", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["mode"] == "infer" and "floors" not in data
+    assert "latency median" in capsys.readouterr().out
+    assert main(["--config", "tiny", "--precision", "fp16"]) == 2
+    assert "fp16 needs CUDA" in capsys.readouterr().err
