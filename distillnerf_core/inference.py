@@ -52,6 +52,7 @@ class FramePrediction:
     """Outputs for one frame; fields not asked for are None. Arrays are numpy, ego frame = output frame."""
 
     depth: np.ndarray | None = None  # (N, h, w) float32 camera z-depth in metres
+    opacity: np.ndarray | None = None  # (N, h, w) float32 accumulated ray opacity in [0, 1], with depth
     depth_intrinsics: np.ndarray | None = None  # (N, 3, 3) K of the depth images
     rgb: np.ndarray | None = None  # (N, H, W, 3) uint8 rendered at the model's input size
     rgb_intrinsics: np.ndarray | None = None
@@ -176,6 +177,7 @@ class ScenePredictor:
                 render_hw = tuple(views.depth.shape[-2:])
                 if depth:
                     result.depth = views.depth[0].float().cpu().numpy()
+                    result.opacity = views.opacity[0].float().cpu().numpy()
                     result.depth_intrinsics = np.stack(
                         [scaled_intrinsics(K, self.input_hw, render_hw) for K in K_t[0].cpu().numpy()])
                 if rgb:

@@ -86,7 +86,8 @@ class PerceptionNode(LifecycleNode):
     `camera_info_topic_format` (CameraInfo), `/tf`, `/tf_static`.
     Publishes (lifecycle publishers, while active): `~/occupancy` (PointCloud2), `~/occupancy_grid`
     (OccupancyGrid, latched), `~/<cam>/depth` (Image 32FC1) + `~/<cam>/depth/camera_info`,
-    `~/<cam>/rendered` (Image rgb8, with publish_rendered), `~/debug/{pipeline_latency_ms,
+    `~/<cam>/depth/opacity` (Image 32FC1, the ray's opacity in [0, 1]; depth is NaN below
+    depth_min_opacity), `~/<cam>/rendered` (Image rgb8, with publish_rendered), `~/debug/{pipeline_latency_ms,
     processing_time_ms,model_time_ms,input_delay_ms}` (Float64).
     Publishes in every state: `/diagnostics` (DiagnosticArray, 1 Hz on the steady clock).
     Serves (configured or active): `~/query_scene` (distillnerf_ros/srv/QueryScene).
@@ -249,7 +250,7 @@ class PerceptionNode(LifecycleNode):
         prediction = self.predictor.predict(frame.images, [k.K for k in frame.intrinsics], frame.output_from_camera,
                                             depth=wanted["depth"], rgb=wanted["rgb"], occupancy=wanted["occupancy"])
         header = Header(stamp=rclpy.time.Time(nanoseconds=frame.stamp_ns).to_msg(), frame_id=frame.output_frame)
-        outputs.publish_prediction(frame, prediction, header)
+        outputs.publish_prediction(frame, prediction, header, self.get_parameter("depth_min_opacity").value)
         self._counts["processed"] += 1
         self.last["processing_ms"] = 1000.0 * (time.perf_counter() - started)
         self.last["model_ms"] = prediction.model_ms

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 from nav_msgs.msg import OccupancyGrid
 from rclpy.lifecycle import LifecycleNode
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -22,6 +23,13 @@ RELIABLE_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 DEBUG_TOPICS = ("pipeline_latency_ms", "processing_time_ms", "model_time_ms", "input_delay_ms")
 
 
+def float_image(values: np.ndarray, header: Header) -> Image:
+    """HxW float32 values as a 32FC1 Image (little endian), NaN kept."""
+    values = np.ascontiguousarray(values, dtype="<f4")
+    return Image(header=header, height=values.shape[0], width=values.shape[1], encoding="32FC1", is_bigendian=0,
+                 step=values.shape[1] * 4, data=values.tobytes())
+
+
 def camera_topic_name(camera: str) -> str:
     """~/<camera>/... names are lower case (REP-144): CAM_FRONT -> cam_front."""
     return camera.lower()
@@ -37,6 +45,7 @@ class PerceptionOutputs:
     debug: dict[str, object]  # DEBUG_TOPICS -> Float64 publisher
     depth: dict[str, object] = field(default_factory=dict)  # camera -> publisher
     depth_info: dict[str, object] = field(default_factory=dict)
+    opacity: dict[str, object] = field(default_factory=dict)
     rendered: dict[str, object] = field(default_factory=dict)
 
     @classmethod
@@ -50,12 +59,13 @@ class PerceptionOutputs:
             name = camera_topic_name(camera)
             outputs.depth[camera] = make(Image, f"~/{name}/depth", RELIABLE_QOS)
             outputs.depth_info[camera] = make(CameraInfo, f"~/{name}/depth/camera_info", RELIABLE_QOS)
+            outputs.opacity[camera] = make(Image, f"~/{name}/depth/opacity", RELIABLE_QOS)
             outputs.rendered[camera] = make(Image, f"~/{name}/rendered", RELIABLE_QOS)
         return outputs
 
     def all(self) -> list:
         return [self.occupancy, self.grid, *self.debug.values(), *self.depth.values(), *self.depth_info.values(),
-                *self.rendered.values()]
+                *self.opacity.values(), *self.rendered.values()]
 
     def destroy(self) -> None:
         for publisher in self.all():
@@ -65,15 +75,18 @@ class PerceptionOutputs:
         """Which outputs have subscribers (only those are computed)."""
         return {
             "occupancy": self.occupancy.get_subscription_count() + self.grid.get_subscription_count() > 0,
-            "depth": any(self.depth[c].get_subscription_count() for c in cameras),
+            "depth": any(self.depth[c].get_subscription_count() + self.opacity[c].get_subscription_count()
+                         for c in cameras),
             "rgb": rendered and any(self.rendered[c].get_subscription_count() for c in cameras),
         }
 
     def publish_timing(self, name: str, milliseconds: float) -> None:
         self.debug[name].publish(Float64(data=float(milliseconds)))
 
-    def publish_prediction(self, frame: RigFrame, prediction: FramePrediction, header: Header) -> None:
-        """Occupancy cloud + BEV grid in the output frame, depth (+ its CameraInfo) and RGB per camera."""
+    def publish_prediction(self, frame: RigFrame, prediction: FramePrediction, header: Header,
+                           depth_min_opacity: float = 0.0) -> None:
+        """Occupancy cloud + BEV grid in the output frame, depth (+ its CameraInfo and opacity) and RGB per
+        camera. Depth is NaN where the ray's opacity is below `depth_min_opacity` (it hit nothing)."""
         if prediction.voxel_centers is not None:
             points = make_points(prediction.voxel_centers, prediction.voxel_rgb, density=prediction.voxel_density)
             self.occupancy.publish(points_to_pointcloud2(points, header))
@@ -83,6 +96,11 @@ class PerceptionOutputs:
             camera_header = Header(stamp=header.stamp, frame_id=frame.frame_ids[index])
             if prediction.depth is not None:
                 depth = prediction.depth[index]
+                if prediction.opacity is not None:
+                    opacity = prediction.opacity[index]
+                    depth = np.where(opacity >= depth_min_opacity, depth, np.nan)
+                    if self.opacity[camera].get_subscription_count():
+                        self.opacity[camera].publish(float_image(opacity, camera_header))
                 self.depth[camera].publish(depth_to_image(depth, camera_header))
                 self.depth_info[camera].publish(intrinsics_to_camera_info(CameraIntrinsics(
                     prediction.depth_intrinsics[index], depth.shape[1], depth.shape[0]), camera_header))

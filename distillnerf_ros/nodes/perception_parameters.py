@@ -75,6 +75,9 @@ def declare_perception_parameters(node: Node) -> None:
         "m, cell size of occupancy and the BEV grid", floating_point_range=_positive(10.0)))
     node.declare_parameter("occupancy_threshold", float(occupancy.threshold), _describe(
         "density above which a cell is occupied", floating_point_range=_positive(1000.0)))
+    node.declare_parameter("depth_min_opacity", 0.5, _describe(
+        "depth is NaN (REP-118: no depth) where the rendered ray's opacity is below this; ~/<camera>/depth/opacity"
+        " carries the opacity", False, floating_point_range=[FloatingPointRange(from_value=0.0, to_value=1.0)]))
     node.declare_parameter("publish_rendered", False, _describe("publish ~/<camera>/rendered RGB", False))
     node.declare_parameter("semantic_queries", [""], _describe("text queries labelled every frame", False))
     node.declare_parameter("processing_time_warn_ms", 1500.0, _describe(

@@ -20,6 +20,7 @@ from tf2_msgs.msg import TFMessage
 
 from distillnerf_core.model.distillnerf import DistillNeRFModel
 from distillnerf_core.training.checkpoints import save_checkpoint
+from distillnerf_ros.conversions.images import image_to_depth
 from distillnerf_ros.conversions.nuscenes_messages import stamp_from_us, transform_stamped
 from distillnerf_ros.nodes.perception import PerceptionNode
 from ros_helpers import RosSession, SmallRig
@@ -274,3 +275,25 @@ def test_item13_vit_kwargs_outside_the_allow_list_never_reach_timm(session, tiny
     assert harness.node.status_message == "configure failed"
     assert "checkpoint_path" in harness.node.last["error"] and "not allowed" in harness.node.last["error"]
     assert not loads, f"torch.load was called on {loads}"
+
+
+def test_item07_depth_is_nan_below_the_opacity_threshold_and_opacity_is_published(session, tiny_checkpoint):
+    harness = Harness(session, tiny_checkpoint, depth_min_opacity=0.0)
+    opacity = []
+    session.nodes[-1].create_subscription(Image, f"{NODE}/front/depth/opacity", opacity.append, RELIABLE)
+    assert harness.good_frame_is_processed(T0)
+    assert session.spin_until(lambda: bool(opacity), 5), "~/<cam>/depth/opacity must be published with depth"
+    alpha = image_to_depth(opacity[-1])
+    assert alpha.shape == image_to_depth(harness.depth[-1]).shape and (0 <= alpha).all() and (alpha <= 1.0001).all()
+    threshold = float(np.median(alpha))  # half the rays below it: both cases occur in the next frame
+    assert harness.node.set_parameters([Parameter("depth_min_opacity", value=threshold)])[0].successful
+    count = len(opacity)
+    assert harness.good_frame_is_processed(T0)  # the same frame again: the same opacity
+    assert session.spin_until(lambda: len(opacity) > count, 5)
+    depth, alpha = image_to_depth(harness.depth[-1]), image_to_depth(opacity[-1])
+    invalid = alpha < threshold
+    assert invalid.any() and (~invalid).any()
+    assert np.isnan(depth[invalid]).all(), "REP-118: no depth where the ray hit nothing"
+    assert np.isfinite(depth[~invalid]).all() and (depth[~invalid] > 0).all()
+    result = harness.node.set_parameters([Parameter("depth_min_opacity", value=1.5)])[0]
+    assert not result.successful, "an opacity threshold lies in [0, 1]"
