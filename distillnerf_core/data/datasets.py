@@ -24,6 +24,8 @@ Tables are read through nuscenes-devkit. Per sample (keyframe) it yields, for N 
     masks           float32 (N, H, W) at the image size, 1 = valid pixel, 0 = the ego car's own body
                     (masks/<CHANNEL>.png of the dataroot, ego_masks.py; all 1 without them). Per camera, the
                     same for every frame, so they also apply to next_images; losses and metrics skip 0s
+    teacher_features float32 (N, D, h, w): a teacher's cached dense features (teachers/cache.py), resized to
+                    the render size; only with `features` (DataConfig.features)
     camera_names    list[str];  sample_token str
 
 Missing files raise FileNotFoundError naming the path; nothing is silently substituted.
@@ -64,6 +66,8 @@ class DataConfig:
     """nuScenes split name (train, val, mini_train, ...) or "all"."""
     load_next: bool = False
     """Also load the next keyframe (needed only when loss.nvs_l1 > 0)."""
+    features: str | None = None
+    """Teacher feature cache to load (a name under DATAROOT/features/ or a directory); None = none."""
 
 
 def _require(path: Path) -> Path:
@@ -124,7 +128,7 @@ class NuScenesDataset(Dataset):
     def __init__(self, dataroot: str | Path, version: str, image_size: tuple[int, int] = (224, 400),
                  render_size: tuple[int, int] | None = None, cameras: Sequence[str] = NUSCENES_CAMERAS,
                  scenes: Sequence[str] | None = None, depth_range: tuple[float, float] = (1.0, 80.0),
-                 load_next: bool = True, nusc: Any = None):
+                 load_next: bool = True, nusc: Any = None, features: str | Path | None = None):
         from nuscenes.nuscenes import NuScenes
 
         self.dataroot = Path(dataroot)
@@ -140,6 +144,13 @@ class NuScenesDataset(Dataset):
         self.nusc = nusc or NuScenes(version=version, dataroot=str(self.dataroot), verbose=False)
         gt_meta = self.dataroot / "gt" / "meta.json"
         self.gt_meta = json.loads(gt_meta.read_text()) if gt_meta.is_file() else None
+        self.feature_cache: Path | None = None
+        self.feature_manifest: dict[str, Any] | None = None
+        if features is not None:
+            from distillnerf_core.teachers.cache import read_manifest, resolve_cache
+
+            self.feature_cache = resolve_cache(self.dataroot, features)
+            self.feature_manifest = read_manifest(self.feature_cache)
         self._masks: torch.Tensor | None = None  # (N, H, W), loaded once (static per camera)
         wanted = set(scenes) if scenes is not None else None
         self.sample_tokens: list[str] = []
@@ -278,6 +289,13 @@ class NuScenesDataset(Dataset):
             item["semantics"] = torch.as_tensor(np.stack(sem).astype(np.int64))
             with np.load(_require(self.dataroot / "gt" / LIDAR_CHANNEL / f"{lidar_sd['token']}.npz")) as gt:
                 item["voxel_semantics"] = torch.as_tensor(gt["voxel_semantics"].astype(np.int64))
+        if self.feature_cache is not None:
+            from distillnerf_core.teachers.cache import load_entry, resize_features
+
+            # teacher_features: float32 (N, D, h, w) at the render size; a missing entry raises (no dummy).
+            item["teacher_features"] = torch.stack([
+                resize_features(load_entry(self.feature_cache, ch, sd["token"]), self.render_size)
+                for ch, sd in zip(self.cameras, cams["sd"], strict=True)])
         return item
 
     def valid_masks(self) -> torch.Tensor:
@@ -323,5 +341,5 @@ def make_dataset(dataroot: str, version: str, image_hw: Sequence[int], data: Dat
     return NuScenesDataset(
         dataroot, version, image_size=tuple(image_hw), render_size=render_hw,
         cameras=data.cameras or NUSCENES_CAMERAS, scenes=scenes, depth_range=tuple(data.depth_range),
-        load_next=data.load_next if load_next is None else load_next,
+        load_next=data.load_next if load_next is None else load_next, features=data.features,
     )

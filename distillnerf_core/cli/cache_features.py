@@ -1,0 +1,71 @@
+"""`distillnerf-cache-features`: a teacher's dense features for every keyframe camera image, computed once.
+
+    distillnerf-cache-features --dataroot D --version V --teacher clip --model ViT-L-14-336-quickgelu \\
+        --weights /models/clip_vit_l14_336.safetensors [--input-hw 336 588] [--name clip_l14]
+    distillnerf-cache-features --dataroot D --version V --teacher dinov2 --model vit_base_patch14_dinov2 \\
+        --weights /models/dinov2_vitb14.safetensors
+    distillnerf-cache-features --dataroot SYNTH --version v1.0-synthetic --teacher oracle
+
+Writes DATAROOT/features/<name> (default name: the teacher kind; --out for another directory): manifest.json
+(teacher identity with the weights file's sha256, settings) and <CHANNEL>/<sample_data token>.safetensors
+(float16 (D, h, w)); see distillnerf_core/teachers/cache.py. Weights come only from the local file given
+(nothing is downloaded). Interrupted runs resume: rerun the same command. Train on it with
+`data.features: <name>` in the train YAML (or `--features <name>` of distillnerf-train).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from distillnerf_core.teachers.base import TEACHER_KINDS, TeacherConfig
+from distillnerf_core.teachers.cache import cache_features
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="distillnerf-cache-features", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataroot", required=True)
+    parser.add_argument("--version", required=True)
+    parser.add_argument("--teacher", required=True, choices=TEACHER_KINDS)
+    parser.add_argument("--model", default="", help="open_clip / timm model name (clip, dinov2)")
+    parser.add_argument("--weights", help="LOCAL .safetensors weights file (clip, dinov2)")
+    parser.add_argument("--model-config", help="open_clip JSON config of a custom architecture (file stem = name)")
+    parser.add_argument("--model-kwargs", default="{}", help="JSON dict of extra timm constructor kwargs")
+    parser.add_argument("--input-hw", type=int, nargs=2, metavar=("H", "W"), default=[224, 392],
+                        help="teacher input size (rounded to whole patches)")
+    parser.add_argument("--name", help="cache name under DATAROOT/features/ (default: the teacher kind)")
+    parser.add_argument("--out", help="cache directory (instead of DATAROOT/features/<name>)")
+    parser.add_argument("--cameras", help="comma-separated camera channels (default: the 6 nuScenes cameras)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--oracle-dim", type=int, default=128)
+    parser.add_argument("--oracle-noise", type=float, default=0.2)
+    parser.add_argument("--oracle-seed", type=int, default=0)
+    parser.add_argument("--oracle-stride", type=int, default=8)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = TeacherConfig(kind=args.teacher, model=args.model, weights=args.weights, model_config=args.model_config,
+                        model_kwargs=json.loads(args.model_kwargs), input_hw=list(args.input_hw),
+                        batch_size=args.batch_size, oracle_dim=args.oracle_dim, oracle_noise=args.oracle_noise,
+                        oracle_seed=args.oracle_seed, oracle_stride=args.oracle_stride)
+    try:
+        summary = cache_features(args.dataroot, args.version, cfg, name=args.name, out=args.out,
+                                 cameras=args.cameras.split(",") if args.cameras else None, device=args.device,
+                                 progress=not args.no_progress)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"distillnerf-cache-features: {err}", file=sys.stderr)
+        return 2
+    print(f"cached {summary['computed']} of {summary['images']} images ({summary['dim']}-d {args.teacher} features) "
+          f"in {summary['seconds']:.1f} s -> {summary['cache']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""Feature caches: a teacher's dense features for every keyframe camera image, computed once.
+
+Layout, beside the images of a nuScenes-format dataroot (DIR = DATAROOT/features/<name> by default):
+
+    DIR/manifest.json                       format_version, teacher identity (kind, model, weights file and
+                                            sha256, settings), dim, dtype, version, cameras, entries, complete
+    DIR/<CHANNEL>/<sample_data token>.safetensors   one tensor "features": float16 (D, h, w) for that image
+
+Entries are written atomically (temp file + rename), so an interrupted run leaves only whole entries and a
+rerun with the same teacher skips them (resumable); a rerun with a different teacher into the same
+directory is an error. Training and evaluation read entries through `load_entry`: a missing entry is an
+error naming the file, never a silent dummy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from distillnerf_core.teachers.base import Teacher, TeacherConfig
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+FEATURES_DIR = "features"
+
+
+def build_teacher(cfg: TeacherConfig) -> Teacher:
+    """The teacher `cfg` describes (weights from its local file)."""
+    cfg.validate()
+    if cfg.kind == "clip":
+        from distillnerf_core.teachers.clip import ClipTeacher
+
+        return ClipTeacher(cfg)
+    if cfg.kind == "dinov2":
+        from distillnerf_core.teachers.dinov2 import DinoV2Teacher
+
+        return DinoV2Teacher(cfg)
+    from distillnerf_core.teachers.oracle import OracleTeacher
+
+    return OracleTeacher(cfg)
+
+
+def resolve_cache(dataroot: str | Path, name_or_path: str | Path) -> Path:
+    """A cache directory: an existing directory holding a manifest, else DATAROOT/features/<name>."""
+    path = Path(name_or_path)
+    if (path / MANIFEST).is_file():
+        return path
+    return Path(dataroot) / FEATURES_DIR / str(name_or_path)
+
+
+def read_manifest(cache: str | Path) -> dict[str, Any]:
+    """The manifest of a cache directory; FileNotFoundError names it and says how to make it."""
+    path = Path(cache) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"feature cache manifest not found: {path} (make the cache with "
+                                "distillnerf-cache-features)")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: cache format_version {manifest.get('format_version')!r}, this code reads "
+                         f"{FORMAT_VERSION}")
+    return manifest
+
+
+def entry_path(cache: str | Path, channel: str, sd_token: str) -> Path:
+    return Path(cache) / channel / f"{sd_token}.safetensors"
+
+
+def load_entry(cache: str | Path, channel: str, sd_token: str) -> torch.Tensor:
+    """(D, h, w) float32 features of one image; a missing entry is a FileNotFoundError naming it."""
+    from safetensors.torch import load_file
+
+    path = entry_path(cache, channel, sd_token)
+    if not path.is_file():
+        raise FileNotFoundError(f"feature cache entry missing: {path} (run distillnerf-cache-features for this "
+                                "dataroot again; it resumes)")
+    return load_file(str(path))["features"].float()
+
+
+def resize_features(feats: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """(..., D, h, w) -> (..., D, H, W): identity at equal size, else bilinear (antialiased when shrinking)."""
+    if tuple(feats.shape[-2:]) == tuple(hw):
+        return feats
+    lead = feats.shape[:-3]
+    flat = feats.reshape(-1, *feats.shape[-3:])
+    shrink = hw[0] < feats.shape[-2] or hw[1] < feats.shape[-1]
+    out = F.interpolate(flat, size=tuple(hw), mode="bilinear", align_corners=False, antialias=shrink)
+    return out.reshape(*lead, feats.shape[-3], *hw)
+
+
+def _write_entry(path: Path, feats: torch.Tensor) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({"features": feats.detach().to(torch.float16).contiguous().cpu()}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _comparable(identity: dict[str, Any]) -> dict[str, Any]:
+    """The identity without local paths (a weights file may move; its sha256 must not change)."""
+    return {k: v for k, v in identity.items() if k not in ("weights", "model_config")}
+
+
+def keyframe_images(nusc: Any, cameras: list[str]) -> list[tuple[str, dict]]:
+    """(channel, sample_data record) of every keyframe camera image, scene by scene."""
+    out = []
+    for scene in nusc.scene:
+        tok = scene["first_sample_token"]
+        while tok:
+            sample = nusc.get("sample", tok)
+            for ch in cameras:
+                if ch not in sample["data"]:
+                    raise KeyError(f"sample {tok} has no {ch} (has {sorted(sample['data'])})")
+                out.append((ch, nusc.get("sample_data", sample["data"][ch])))
+            tok = sample["next"]
+    return out
+
+
+def cache_features(dataroot: str | Path, version: str, teacher_cfg: TeacherConfig, name: str | None = None,
+                   out: str | Path | None = None, cameras: list[str] | None = None, device: str = "cpu",
+                   progress: bool = True) -> dict[str, Any]:
+    """Compute and store the teacher's features of every keyframe camera image; returns a summary."""
+    from nuscenes.nuscenes import NuScenes
+
+    from distillnerf_core.data.nuscenes_tables import NUSCENES_CAMERAS
+
+    dataroot = Path(dataroot)
+    if not (dataroot / version).is_dir():
+        raise FileNotFoundError(f"nuScenes version folder not found: {dataroot / version}")
+    teacher = build_teacher(teacher_cfg).to(device)
+    identity = teacher.identity()
+    cache = Path(out) if out else dataroot / FEATURES_DIR / (name or teacher_cfg.kind)
+    cams = list(cameras or NUSCENES_CAMERAS)
+    manifest_path = cache / MANIFEST
+    if manifest_path.is_file():
+        old = read_manifest(cache)
+        if _comparable(old["teacher"]) != _comparable(identity):
+            raise ValueError(f"{cache} holds features of another teacher ({old['teacher']}); use another --name "
+                             "or remove that directory")
+    cache.mkdir(parents=True, exist_ok=True)
+    manifest = {"format_version": FORMAT_VERSION, "teacher": identity, "dim": teacher.dim, "dtype": "float16",
+                "version": version, "dataroot": str(dataroot.resolve()), "cameras": cams,
+                "layout": "<CHANNEL>/<sample_data token>.safetensors: 'features' float16 (D, h, w)",
+                "settings": teacher_cfg.to_dict(), "complete": False, "entries": 0}
+    manifest_path.write_text(json.dumps(manifest, indent=1))
+    nusc = NuScenes(version=version, dataroot=str(dataroot), verbose=False)
+    images = keyframe_images(nusc, cams)
+    todo = [(ch, sd) for ch, sd in images if not entry_path(cache, ch, sd["token"]).is_file()]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(images), initial=len(images) - len(todo), desc=f"cache {teacher.kind}", unit="image")
+    started = time.perf_counter()
+    grid: list[int] | None = None
+    if teacher.kind == "oracle":
+        from distillnerf_core.data.datasets import nearest_resize
+
+        stride = teacher_cfg.oracle_stride
+        for ch, sd in todo:
+            gt = dataroot / "gt" / ch / f"{sd['token']}.npz"
+            if not gt.is_file():
+                raise FileNotFoundError(f"the oracle teacher needs the synthetic ground truth, missing: {gt}")
+            with np.load(gt) as data:
+                sem = data["semantics"]
+            hw = (max(1, sem.shape[0] // stride), max(1, sem.shape[1] // stride))
+            feats = teacher.features_from_semantics(nearest_resize(sem, hw), sd["token"])
+            _write_entry(entry_path(cache, ch, sd["token"]), feats)
+            grid = list(feats.shape[-2:])
+            if bar is not None:
+                bar.update(1)
+    else:
+        h, w = teacher_cfg.input_hw
+        for start in range(0, len(todo), teacher_cfg.batch_size):
+            chunk = todo[start:start + teacher_cfg.batch_size]
+            batch = []
+            for _, sd in chunk:
+                path = dataroot / sd["filename"]
+                if not path.is_file():
+                    raise FileNotFoundError(f"missing image: {path}")
+                with Image.open(path) as im:
+                    rgb = im.convert("RGB").resize((w, h), Image.BICUBIC)
+                batch.append(torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1))
+            feats = teacher.dense_features(torch.stack(batch).to(device)).cpu()
+            for (ch, sd), f in zip(chunk, feats, strict=True):
+                _write_entry(entry_path(cache, ch, sd["token"]), f)
+            grid = list(feats.shape[-2:])
+            if bar is not None:
+                bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    manifest.update(complete=True, entries=len(images), grid_hw=grid or manifest.get("grid_hw"),
+                    seconds=time.perf_counter() - started)
+    if grid is None and images:
+        manifest["grid_hw"] = list(load_entry(cache, *(images[0][0], images[0][1]["token"])).shape[-2:])
+    manifest_path.write_text(json.dumps(manifest, indent=1))
+    return {"cache": str(cache), "images": len(images), "computed": len(todo), "dim": teacher.dim,
+            "seconds": manifest["seconds"], "teacher": identity}
+
+
+def sample_vectors(cache: str | Path, entries: list[tuple[str, str]], max_vectors: int = 200_000,
+                   max_entries: int = 256, seed: int = 0) -> torch.Tensor:
+    """(P, D) feature vectors drawn from up to `max_entries` cached images (channel, token): for fitting a PCA."""
+    rng = random.Random(seed)
+    chosen = entries if len(entries) <= max_entries else rng.sample(entries, max_entries)
+    per = max(1, max_vectors // max(1, len(chosen)))
+    gen = torch.Generator().manual_seed(seed)
+    parts = []
+    for ch, tok in chosen:
+        f = load_entry(cache, ch, tok)
+        flat = f.reshape(f.shape[0], -1).T
+        if flat.shape[0] > per:
+            flat = flat[torch.randperm(flat.shape[0], generator=gen)[:per]]
+        parts.append(flat)
+    if not parts:
+        raise ValueError(f"no cached features to fit a PCA on in {cache}")
+    return torch.cat(parts)

@@ -1,0 +1,151 @@
+"""Text queries against a distilled model's features: prompts -> teacher text embeddings -> cosine with the
+(PCA-reconstructed) voxel or rendered-pixel features -> temperature softmax across the queries plus a
+"background" option, so a voxel that matches no query well gets no label.
+
+    logits  = [cos(x, t_1), ..., cos(x, t_Q), background_cosine] / temperature
+    p       = softmax(logits)                  (V, Q + 1)
+    label   = argmax over the Q queries, or -1 where the background option wins
+    score   = p of the best query;  max_scores[q] = max over voxels of p[:, q]
+
+The text encoder is rebuilt from the teacher identity stored in the checkpoint (`feature_head.teacher`):
+the oracle from its seed and class names, CLIP from its local weights file (whose sha256 must match the one
+the model was distilled with). A DINOv2-distilled or undistilled model cannot answer (a clear error).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distillnerf_core.teachers.base import Teacher, TeacherConfig, TeacherWeightsError, file_sha256
+from distillnerf_core.teachers.pca import FeaturePCA
+
+DEFAULT_BACKGROUND = {"oracle": 0.5, "clip": 0.2}
+
+
+class SemanticsUnavailableError(ValueError):
+    """The model cannot answer text queries (not distilled, or distilled from a teacher without text)."""
+
+
+@dataclass
+class QueryConfig:
+    """How feature-text cosines become labels."""
+
+    temperature: float = 0.01
+    """Softmax temperature over the cosines (the reference uses 0.001 over its classes)."""
+    background: bool = True
+    """Add the background option (a voxel may match none of the queries)."""
+    background_cosine: float | None = None
+    """Cosine the background option scores; None = the teacher's default (oracle 0.5, CLIP 0.2)."""
+
+
+@dataclass
+class QueryResult:
+    """Per-element labels (-1 = background), scores and per-query maxima; tensors on the CPU."""
+
+    texts: list[str]
+    label: torch.Tensor  # (V,) int64
+    score: torch.Tensor  # (V,) float32, probability of the best query
+    probabilities: torch.Tensor  # (V, Q) float32
+    max_scores: torch.Tensor  # (Q,) float32 (0 where V = 0)
+
+
+def text_encoder_from_identity(identity: dict[str, Any], weights: str | Path | None = None) -> Teacher:
+    """The teacher that can encode text for a model distilled from `identity`; `weights` overrides the path."""
+    kind = identity.get("kind")
+    if not identity or kind is None:
+        raise SemanticsUnavailableError("this model was not distilled from a foundation model (its checkpoint names "
+                                        "no teacher), so it cannot answer text queries")
+    if kind == "oracle":
+        from distillnerf_core.teachers.oracle import OracleTeacher
+
+        return OracleTeacher(TeacherConfig(kind="oracle", oracle_classes=list(identity["classes"]),
+                                           oracle_dim=int(identity["dim"]), oracle_seed=int(identity["seed"]),
+                                           oracle_noise=float(identity.get("noise", 0.0))))
+    if kind == "clip":
+        from distillnerf_core.teachers.clip import ClipTeacher
+
+        path = Path(weights or identity.get("weights", ""))
+        if not path.is_file():
+            raise FileNotFoundError(f"CLIP weights for text queries not found: {path} (the model was distilled from "
+                                    f"{identity.get('model')} with sha256 {identity.get('weights_sha256')}; give "
+                                    "that local file)")
+        expected = identity.get("weights_sha256")
+        if expected and file_sha256(path) != expected:
+            raise TeacherWeightsError(f"{path}: sha256 differs from the CLIP weights this model was distilled from "
+                                      f"({expected}); text embeddings would not match its features")
+        return ClipTeacher(TeacherConfig(kind="clip", model=identity["model"], weights=str(path),
+                                         model_config=identity.get("model_config"),
+                                         input_hw=list(identity.get("input_hw", [224, 224])),
+                                         templates=list(identity.get("templates") or TeacherConfig().templates)))
+    raise SemanticsUnavailableError(f"this model was distilled from {kind} ({identity.get('model')}), which has no "
+                                    "text encoder: it cannot answer text queries")
+
+
+class SemanticQuerier:
+    """Scores normalised student features (.., k) against text queries through the stored PCA."""
+
+    def __init__(self, pca: FeaturePCA, identity: dict[str, Any], encoder: Teacher | None = None,
+                 config: QueryConfig | None = None, weights: str | Path | None = None) -> None:
+        self.pca = pca
+        self.identity = dict(identity)
+        self.config = config or QueryConfig()
+        self.encoder = encoder or text_encoder_from_identity(identity, weights)
+        self._cache: dict[str, torch.Tensor] = {}
+
+    @property
+    def known_texts(self) -> list[str] | None:
+        """The only accepted texts (oracle class names) or None (open vocabulary)."""
+        return self.encoder.known_texts()
+
+    def background_cosine(self) -> float:
+        c = self.config.background_cosine
+        return float(c) if c is not None else DEFAULT_BACKGROUND.get(self.identity.get("kind", ""), 0.2)
+
+    def check(self, texts: Sequence[str]) -> list[str]:
+        """Validated list of texts; an empty list / text or, for the oracle, an unknown name is a ValueError."""
+        texts = [str(t) for t in texts]
+        if not texts:
+            raise ValueError("no text queries given")
+        if any(not t.strip() for t in texts):
+            raise ValueError("empty text query")
+        self.embed(texts)
+        return texts
+
+    @torch.no_grad()
+    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+        """(Q, D) unit text embeddings, each text encoded once per querier."""
+        new = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        if new:
+            for t, e in zip(new, self.encoder.encode_text(list(new)).float().cpu(), strict=True):
+                self._cache[t] = e
+        return torch.stack([self._cache[t] for t in texts])
+
+    @torch.no_grad()
+    def probabilities(self, features: torch.Tensor, texts: Sequence[str], channel_dim: int = -1) -> torch.Tensor:
+        """Query probabilities with the background last: features (..., k) -> (..., Q + 1) (channels moved last)."""
+        x = features.movedim(channel_dim, -1)
+        lead = x.shape[:-1]
+        text = self.embed(texts).to(x.device)
+        cos = self.pca.cosine_to_text(x.reshape(-1, x.shape[-1]), text)
+        if self.config.background:
+            cos = torch.cat([cos, cos.new_full((cos.shape[0], 1), self.background_cosine())], dim=1)
+        probs = torch.softmax(cos / self.config.temperature, dim=1)
+        return probs.reshape(*lead, probs.shape[-1])
+
+    @torch.no_grad()
+    def query(self, features: torch.Tensor, texts: Sequence[str]) -> QueryResult:
+        """Label (V, k) normalised voxel features with the texts."""
+        texts = self.check(texts)
+        probs = self.probabilities(features, texts).float().cpu()
+        q = len(texts)
+        per_query = probs[:, :q]
+        score, label = per_query.max(dim=1)
+        if self.config.background:
+            label = torch.where(probs[:, q] > score, torch.full_like(label, -1), label)
+        max_scores = per_query.amax(dim=0) if per_query.shape[0] else torch.zeros(q)
+        return QueryResult(texts, label, score, per_query, max_scores)
