@@ -8,6 +8,8 @@ import numpy as np
 from sensor_msgs.msg import CameraInfo
 from std_msgs.msg import Header
 
+FOCAL_BOUNDS = (0.01, 1000.0)  # focal length / larger image side: about 179.4 degrees to 0.06 degrees of view
+
 
 class CameraInfoError(ValueError):
     """A CameraInfo that cannot be used as pinhole intrinsics; the message says why."""
@@ -30,8 +32,9 @@ class CameraIntrinsics:
 def camera_info_to_intrinsics(msg: CameraInfo, image_size: tuple[int, int] | None = None) -> CameraIntrinsics:
     """Intrinsics of a CameraInfo; `image_size` = (width, height) of the image it must describe.
 
-    Raises CameraInfoError on a zero or non-finite focal length, a non-positive size, a principal point far
-    outside the image, or a size that differs from the image's.
+    Raises CameraInfoError on a non-finite K, one whose last row is not [0, 0, 1] or that is not upper
+    triangular, a focal length outside FOCAL_BOUNDS x the larger image side, a skew larger than fx, a
+    non-positive size, a principal point far outside the image, or a size that differs from the image's.
     """
     K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
     width, height = int(msg.width), int(msg.height)
@@ -40,9 +43,19 @@ def camera_info_to_intrinsics(msg: CameraInfo, image_size: tuple[int, int] | Non
         raise CameraInfoError(f"CameraInfo of '{frame}' has invalid size {width}x{height}")
     if not np.all(np.isfinite(K)):
         raise CameraInfoError(f"CameraInfo of '{frame}' has non-finite K {K.ravel().tolist()}")
+    if not np.allclose(K[2], [0.0, 0.0, 1.0], atol=1e-6):
+        raise CameraInfoError(f"CameraInfo of '{frame}' has K with last row {K[2].tolist()}, not [0, 0, 1]")
+    if abs(K[1, 0]) > 1e-6:
+        raise CameraInfoError(f"CameraInfo of '{frame}' has K[1][0] = {K[1, 0]}; K must be zero below the diagonal")
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
     if fx <= 0 or fy <= 0:
         raise CameraInfoError(f"CameraInfo of '{frame}' has zero or negative focal length fx={fx}, fy={fy}")
+    low, high = FOCAL_BOUNDS[0] * max(width, height), FOCAL_BOUNDS[1] * max(width, height)
+    if not (low <= fx <= high and low <= fy <= high):
+        raise CameraInfoError(f"CameraInfo of '{frame}' has focal length fx={fx}, fy={fy} outside [{low:g}, {high:g}]"
+                              f" px ({FOCAL_BOUNDS[0]:g} to {FOCAL_BOUNDS[1]:g} x the larger image side)")
+    if abs(K[0, 1]) > fx:
+        raise CameraInfoError(f"CameraInfo of '{frame}' has skew K[0][1] = {K[0, 1]} larger than fx = {fx}")
     if not (-width <= cx <= 2 * width and -height <= cy <= 2 * height):
         raise CameraInfoError(f"CameraInfo of '{frame}' has principal point ({cx}, {cy}) far outside its"
                               f" {width}x{height} image")

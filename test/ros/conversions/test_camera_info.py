@@ -62,3 +62,17 @@ def test_intrinsics_follow_a_jpeg_dct_reduction_only_when_allowed():
         intrinsics_for_image(info(), (400, 225), reduced_ok=False)
     with pytest.raises(CameraInfoError, match="but the image is 500x300"):
         intrinsics_for_image(info(), (500, 300), reduced_ok=True)
+
+
+@pytest.mark.parametrize("index,value,reason", [
+    (8, 0.0, "last row"), (7, 1.0, "last row"), (0, 1e-30, "focal length"), (4, 1e30, "focal length"),
+    (3, 2.0, "zero below the diagonal"), (1, 1e9, "skew"),
+])
+def test_item10_k_is_validated_fully(index, value, reason):
+    K = np.array([[800.0, 0, 320], [0, 800.0, 240], [0, 0, 1]])
+    msg = intrinsics_to_camera_info(CameraIntrinsics(K, 640, 480), Header(frame_id="cam"))
+    k = list(msg.k)
+    k[index] = value
+    msg.k = k
+    with pytest.raises(CameraInfoError, match=reason):
+        camera_info_to_intrinsics(msg)

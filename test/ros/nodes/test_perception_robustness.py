@@ -297,3 +297,27 @@ def test_item07_depth_is_nan_below_the_opacity_threshold_and_opacity_is_publishe
     assert np.isfinite(depth[~invalid]).all() and (depth[~invalid] > 0).all()
     result = harness.node.set_parameters([Parameter("depth_min_opacity", value=1.5)])[0]
     assert not result.successful, "an opacity threshold lies in [0, 1]"
+
+
+@pytest.mark.parametrize("spoil,reason", [
+    (lambda k: k.__setitem__(8, 0.0), "last row"),
+    (lambda k: k.__setitem__(6, 0.5), "last row"),
+    (lambda k: (k.__setitem__(0, 1e-30), k.__setitem__(4, 1e-30)), "focal length"),
+    (lambda k: (k.__setitem__(0, 1e30), k.__setitem__(4, 1e30)), "focal length"),
+    (lambda k: k.__setitem__(3, 5.0), "zero below the diagonal"),
+])
+def test_item10_a_bad_k_leaves_out_only_that_camera(session, tiny_checkpoint, spoil, reason):
+    harness = Harness(session, tiny_checkpoint)
+
+    def spoil_left(camera, info, image):
+        if camera == "left":
+            k = list(info.k)
+            spoil(k)
+            info.k = k
+
+    harness.rig.publish_frame(T0, spoil_left)
+    assert session.spin_until(lambda: bool(harness.depth), 20), f"the others must be processed: {harness.node.last}"
+    missing = harness.node.last["missing"]
+    assert list(missing) == ["left"] and reason in missing["left"], missing
+    assert harness.node.counters["errors"] == 0
+    assert harness.good_frame_is_processed(T0 + 1_000_000_000)
