@@ -1,7 +1,9 @@
 """`make demo`: the perception node on replayed nuScenes-format bags, end to end, with pictures.
 
-1. Builds the demo bags (cached in demo_out/bags): the real nuScenes keyframe, and a short synthetic drive.
-2. Starts perception_node (its own process, config/perception.yaml, the bundled model, use_sim_time).
+1. Builds the demo bags (cached in demo_out/bags): the real nuScenes keyframe, a short synthetic drive, and
+   the three real DDAD frames (data/ddad_scene02 through distillnerf-dgp2nusc, then distillnerf-nusc2bag).
+2. Starts perception_node (its own process, config/perception.yaml, the bundled model, use_sim_time); for the
+   DDAD bag a second node with config/ddad.yaml on top (that rig's camera names).
 3. Plays each bag with /clock through distillnerf-play (slowed down so that every keyframe is processed on
    a CPU), records every topic the node publishes (outputs, depth camera_info, debug series, /diagnostics)
    into one rosbag2 per source under demo_out/outputs/ with each topic's QoS, and draws per frame a contact
@@ -32,6 +34,7 @@ from rosbags.typesys import Stores, get_typestore
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Float64
 
+from distillnerf_core.data import dgp
 from distillnerf_core.data.synthetic.export import write_dataroot
 from distillnerf_core.viz import demo_pictures
 from distillnerf_ros.conversions.images import compressed_image_to_rgb, image_to_depth, image_to_rgb
@@ -43,6 +46,12 @@ from distillnerf_ros.tools.processes import stop_process
 REPO = Path(__file__).resolve().parents[2]
 NODE = "distillnerf_perception"
 CAMERAS = ["CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT"]
+DDAD_CAMERAS = ["CAMERA_05", "CAMERA_01", "CAMERA_06", "CAMERA_07", "CAMERA_09", "CAMERA_08"]  # the same display order
+# Per source: the rig's parameter file on top of config/perception.yaml, its cameras, the playback rate. The
+# rates put ~3.3 s of wall time between frames (keyframes 0.5 s apart, DDAD frames 0.1 s), so a CPU node
+# finishes each before the next.
+RIGS = {"keyframe": (None, CAMERAS, 0.15), "synthetic": (None, CAMERAS, 0.15),
+        "ddad": ("config/ddad.yaml", DDAD_CAMERAS, 0.03)}
 RELIABLE = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
@@ -61,7 +70,7 @@ def output_topics() -> dict[str, tuple[type, QoSProfile]]:
     """Every topic the node publishes in the demo (publish_rendered on), with the QoS to hear it."""
     topics = {f"/{NODE}/occupancy": (PointCloud2, RELIABLE), f"/{NODE}/occupancy_grid": (OccupancyGrid, LATCHED),
               "/diagnostics": (DiagnosticArray, RELIABLE)}
-    for camera in CAMERAS:
+    for camera in (*CAMERAS, *DDAD_CAMERAS):
         for kind in ("depth", "rendered"):
             topics[f"/{NODE}/{camera.lower()}/{kind}"] = (Image, RELIABLE)
         topics[f"/{NODE}/{camera.lower()}/depth/camera_info"] = (CameraInfo, RELIABLE)
@@ -77,6 +86,7 @@ class OutputRecorder:
 
     def __init__(self, node, out_dir: Path) -> None:
         self.frames: dict[int, FrameOutputs] = {}
+        self.cameras = CAMERAS  # the cameras of the source being played
         self.series: dict[str, list[float]] = {"model": []}
         self.status = ""
         self.diagnostics: dict[str, str] = {}
@@ -90,10 +100,11 @@ class OutputRecorder:
         for topic, (kind, qos) in output_topics().items():
             node.create_subscription(kind, topic, lambda m, t=topic, q=qos: self._on_message(t, m, q), qos)
 
-    def start(self, source: str, first_stamp_ns: int) -> None:
+    def start(self, source: str, first_stamp_ns: int, cameras: list[str] = CAMERAS) -> None:
         """Record from now on into `out_dir/<source>` (closing the previous source's bag); `first_stamp_ns`
         is the source's first stamp."""
         self.finish()
+        self.cameras = cameras
         self._clock_ns = first_stamp_ns
         self._out_dir.mkdir(parents=True, exist_ok=True)
         self._staging = Path(tempfile.mkdtemp(prefix=f".{source}.", dir=self._out_dir))
@@ -162,8 +173,8 @@ class OutputRecorder:
 
     def complete(self, stamp: int) -> bool:
         frame = self.frames.get(stamp)
-        return bool(frame and frame.cloud and frame.grid and len(frame.depth) == len(CAMERAS)
-                    and len(frame.rendered) == len(CAMERAS))
+        return bool(frame and frame.cloud and frame.grid and len(frame.depth) == len(self.cameras)
+                    and len(frame.rendered) == len(self.cameras))
 
     def describe(self, stamp: int) -> str:
         """What arrived for a stamp, and the stamps that did arrive, for error messages."""
@@ -175,7 +186,7 @@ class OutputRecorder:
 
 def build_bags(out: Path) -> dict[str, Path]:
     """The demo's input bags, built once and reused."""
-    bags = {"keyframe": out / "bags" / "keyframe", "synthetic": out / "bags" / "synthetic"}
+    bags = {name: out / "bags" / name for name in ("keyframe", "synthetic", "ddad")}
     if not bags["keyframe"].exists():
         convert(REPO / "data" / "nuscenes_sample", bags["keyframe"], progress=False)
     if not bags["synthetic"].exists():
@@ -184,6 +195,9 @@ def build_bags(out: Path) -> dict[str, Path]:
             shutil.rmtree(root, ignore_errors=True)
             write_dataroot(root, scenes=1, frames=4, seed=7, width=400, height=224, progress=False, threads=1)
         convert(root, bags["synthetic"], progress=False)
+    if not bags["ddad"].exists():
+        root = dgp.write_dataroot(REPO / "data" / "ddad_scene02", out / "ddad_dataroot", overwrite=True)
+        convert(root, bags["ddad"], progress=False)
     return bags
 
 
@@ -210,12 +224,13 @@ def input_images(bag: Path, trigger: int, window_ns: int = 100_000_000) -> dict[
     return images
 
 
-def draw(name: str, index: int, stamp: int, bag: Path, frame: FrameOutputs, out: Path, model: str) -> list[Path]:
+def draw(name: str, index: int, stamp: int, bag: Path, frame: FrameOutputs, out: Path, model: str,
+         cameras: list[str] = CAMERAS) -> list[Path]:
     images = input_images(bag, stamp)
     title = f"{name} frame {index} at {stamp / 1e9:.3f} s ({model})"
     sheet = demo_pictures.contact_sheet(
-        CAMERAS, [images.get(c) for c in CAMERAS], [frame.depth.get(c) for c in CAMERAS],
-        [frame.rendered.get(c) for c in CAMERAS], out / f"{name}_{index:02d}_cameras.png", title)
+        cameras, [images.get(c) for c in cameras], [frame.depth.get(c) for c in cameras],
+        [frame.rendered.get(c) for c in cameras], out / f"{name}_{index:02d}_cameras.png", title)
     grid = frame.grid
     probability = np.asarray(grid.data, dtype=np.float32).reshape(grid.info.height, grid.info.width)
     probability = np.where(probability < 0, np.nan, probability / 100.0)
@@ -241,44 +256,57 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "demo_out")
     parser.add_argument("--model", default="", help="checkpoint (default: the bundled model)")
     parser.add_argument("--frame-timeout", type=float, default=60.0, help="seconds to wait for one frame")
-    parser.add_argument("--bags", nargs="+", choices=("keyframe", "synthetic"), default=["keyframe", "synthetic"])
+    parser.add_argument("--bags", nargs="+", choices=tuple(RIGS), default=list(RIGS))
     args = parser.parse_args(argv)
     started = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
     print("building the demo bags ...", flush=True)
     bags = {name: path for name, path in build_bags(args.out).items() if name in args.bags}
 
-    node_cmd = [sys.executable, str(REPO / "scripts" / "perception_node"), "--ros-args", "--params-file",
-                str(REPO / "config" / "perception.yaml"), "-p", "use_sim_time:=true", "-p", "publish_rendered:=true",
-                "-p", "input_reliability:=reliable"]
-    if args.model:
-        node_cmd += ["-p", f"model_path:={args.model}"]
+    def node_cmd(rig_params: str | None) -> list[str]:
+        cmd = [sys.executable, str(REPO / "scripts" / "perception_node"), "--ros-args", "--params-file",
+               str(REPO / "config" / "perception.yaml"), "-p", "use_sim_time:=true", "-p", "publish_rendered:=true",
+               "-p", "input_reliability:=reliable"]
+        if rig_params:  # a later --params-file overrides the keys it sets
+            cmd[5:5] = ["--params-file", str(REPO / rig_params)]
+        return cmd + (["-p", f"model_path:={args.model}"] if args.model else [])
+
     node_log = open(args.out / "perception_node.log", "w")  # noqa: SIM115 - closed in finally
-    node_process = subprocess.Popen(node_cmd, stdout=node_log, stderr=subprocess.STDOUT)
+    node_process, node_rig, node_done, counters = None, "", 0, {}  # node_done: frames the current node finished
     rclpy.init()
     recorder_node = rclpy.create_node("demo_recorder")
     executor = SingleThreadedExecutor()
     executor.add_node(recorder_node)
     recorder = OutputRecorder(recorder_node, args.out / "outputs")
     pictures: list[Path] = []
-    to_draw: list[tuple[str, int, int, Path]] = []
+    to_draw: list[tuple[str, int, int, Path, list[str]]] = []
     processed: dict[str, int] = {}
     try:
-        settled = ("active", "configure failed")
-        if not spin_until(executor, lambda: recorder.status in settled or node_process.poll() is not None, 120):
-            raise RuntimeError("perception_node did not become active within 120 s")
-        if recorder.status != "active":
-            node_log.flush()
-            tail = (args.out / "perception_node.log").read_text(errors="replace").strip().splitlines()[-5:]
-            raise RuntimeError(f"perception_node is not running ({recorder.status or 'exited'}):\n  "
-                               + "\n  ".join(tail))
         for name, bag in bags.items():
+            rig_params, cameras, rate = RIGS[name]
+            if node_process is None or rig_params != node_rig:  # one node per rig (its camera names)
+                if node_process is not None:  # fresh counters of the previous node, then stop it
+                    spin_until(executor, lambda n=node_done: int(recorder.diagnostics.get("processed", 0)) >= n, 3.0)
+                    counters[node_rig or "config/perception.yaml"] = dict(recorder.diagnostics)
+                    stop_process(node_process)
+                node_done = 0
+                recorder.status, recorder.diagnostics, node_rig = "", {}, rig_params
+                node_process = subprocess.Popen(node_cmd(rig_params), stdout=node_log, stderr=subprocess.STDOUT)
+                process = node_process
+                if not spin_until(executor, lambda p=process: recorder.status in ("active", "configure failed")
+                                  or p.poll() is not None, 120):
+                    raise RuntimeError("perception_node did not become active within 120 s")
+                if recorder.status != "active":
+                    node_log.flush()
+                    tail = (args.out / "perception_node.log").read_text(errors="replace").strip().splitlines()[-5:]
+                    raise RuntimeError(f"perception_node is not running ({recorder.status or 'exited'}):\n  "
+                                       + "\n  ".join(tail))
             stamps = keyframe_stamps(bag)
-            recorder.start(name, min(stamps))
+            recorder.start(name, min(stamps), cameras)
             print(f"playing {name} ({len(stamps)} frames) ...", flush=True)
-            # Keyframes are 0.5 s apart; slowed down so a CPU finishes each before the next (none dropped).
+            # Slowed down (RIGS) so a CPU finishes each frame before the next (none dropped).
             player = subprocess.Popen([sys.executable, "-m", "distillnerf_ros.tools.play", str(bag), "--clock",
-                                       "--rate", "0.15", "--wait-subscribers", "10", "--delay", "2"],
+                                       "--rate", str(rate), "--wait-subscribers", "10", "--delay", "2"],
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             for index, stamp in enumerate(stamps):
                 if not spin_until(executor, lambda s=stamp: recorder.complete(s), args.frame_timeout):
@@ -286,17 +314,19 @@ def main(argv: list[str] | None = None) -> int:
                           f" {recorder.describe(stamp)}", flush=True)
                     continue
                 processed[name] = processed.get(name, 0) + 1
-                to_draw.append((name, index, stamp, bag))
+                node_done += 1
+                to_draw.append((name, index, stamp, bag, cameras))
             player.wait(timeout=120)
-        done = sum(processed.values())
-        spin_until(executor, lambda: int(recorder.diagnostics.get("processed", 0)) >= done, 3.0)  # fresh counters
+        spin_until(executor, lambda: int(recorder.diagnostics.get("processed", 0)) >= node_done, 3.0)  # fresh counters
         # Drawn after playback: matplotlib competing with the node for 2 CPU cores made frames late.
         model_name = Path(args.model).name if args.model else "bundled model"
-        for name, index, stamp, bag in to_draw:
-            pictures += draw(name, index, stamp, bag, recorder.frames[stamp], args.out, model_name)
+        for name, index, stamp, bag, cameras in to_draw:
+            pictures += draw(name, index, stamp, bag, recorder.frames[stamp], args.out, model_name, cameras)
     finally:
         recorder.finish()
-        stop_process(node_process)
+        counters[node_rig or "config/perception.yaml"] = dict(recorder.diagnostics)
+        if node_process is not None:
+            stop_process(node_process)
         node_log.close()
         executor.shutdown()
         recorder_node.destroy_node()
@@ -309,8 +339,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"model time per 6-camera frame: median {np.median(model):.0f} ms, max {model.max():.0f} ms over"
               f" {len(model)} frames ({', '.join(f'{m:.0f}' for m in model)}); benchmarks/node_latency.py measures"
               " live latency and ROS overhead")
-    counters = {k: recorder.diagnostics.get(k, "?") for k in ("processed", "dropped_busy", "errors")}
-    print(f"node counters: {counters}")
+    for rig, diagnostics in counters.items():
+        keys = ("processed", "dropped_busy", "errors")
+        print(f"node counters ({rig}): {({k: diagnostics.get(k, '?') for k in keys})}")
     print(f"output bags (every topic the node publishes, one bag per source): "
           f"{', '.join(str(b) for b in recorder.bags)}")
     print(f"pictures ({len(pictures)}): {args.out}/*_cameras.png, *_bev.png, *_occupancy_3d.png")
