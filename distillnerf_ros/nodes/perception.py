@@ -19,6 +19,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Header
 
 from distillnerf_core.inference import DeviceUnavailableError, ScenePredictor
@@ -38,6 +39,10 @@ from distillnerf_ros.nodes.perception_parameters import (
 )
 from distillnerf_ros.nodes.signals import init_without_signal_handlers, spin_until_stopped
 from distillnerf_ros.srv import QueryScene
+
+# Service queue: the default depth of 10 silently lost the 11th and later of 50 simultaneous calls.
+QUERY_QOS = QoSProfile(depth=256, reliability=ReliabilityPolicy.RELIABLE)
+QUERY_BURST = 100  # calls per second answered in full; more are refused with "busy"
 
 __all__ = ["BUNDLED_MODEL", "PerceptionNode", "bundled_model_path", "camera_topic_name", "main", "validate_queries"]
 
@@ -104,6 +109,7 @@ class PerceptionNode(LifecycleNode):
         self.rig = None
         self.outputs: PerceptionOutputs | None = None
         self.query_service = None
+        self._query_times: list[float] = []
         self.worker: FrameWorker[RigFrame] = FrameWorker(self._process, self._on_worker_error, "distillnerf_inference")
         self._counts = {"processed": 0, "skipped_no_subscribers": 0, "skipped_no_cameras": 0}
         self.counters = NodeCounters(self._counts, self.worker.counters)  # live view, for tests and diagnostics
@@ -136,7 +142,7 @@ class PerceptionNode(LifecycleNode):
                                    if not isinstance(error, OSError | ValueError | RuntimeError) else str(error))
             return TransitionCallbackReturn.FAILURE
         self.outputs = PerceptionOutputs.create(self, list(self.get_parameter("cameras").value))
-        self.query_service = self.create_service(QueryScene, "~/query_scene", self._query_scene)
+        self.query_service = self.create_service(QueryScene, "~/query_scene", self._query_scene, qos_profile=QUERY_QOS)
         self.status_message = "configured"
         self.get_logger().info(f"loaded {self.model_path} on {self.predictor.device} ({self.predictor.precision})")
         return super().on_configure(state)
@@ -261,6 +267,15 @@ class PerceptionNode(LifecycleNode):
 
     # -- text queries ---------------------------------------------------------------------------------
     def _query_scene(self, request: QueryScene.Request, response: QueryScene.Response) -> QueryScene.Response:
+        """Answer every call: requests queue up to QUERY_QOS.depth deep; beyond QUERY_BURST calls in one
+        second each is refused at once with the reason (never left unanswered)."""
+        now = time.monotonic()
+        self._query_times = [t for t in self._query_times if now - t < 1.0] + [now]
+        if len(self._query_times) > QUERY_BURST:
+            response.success = False
+            response.message = (f"busy: {len(self._query_times)} calls in the last second exceed the limit of"
+                                f" {QUERY_BURST}; retry later")
+            return response
         queries = list(request.queries)
         reason = validate_queries(queries)
         if reason is None and not np.isfinite(request.threshold):

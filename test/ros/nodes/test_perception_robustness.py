@@ -321,3 +321,21 @@ def test_item10_a_bad_k_leaves_out_only_that_camera(session, tiny_checkpoint, sp
     assert list(missing) == ["left"] and reason in missing["left"], missing
     assert harness.node.counters["errors"] == 0
     assert harness.good_frame_is_processed(T0 + 1_000_000_000)
+
+
+@pytest.mark.parametrize("calls", [50, 150])
+def test_item12_simultaneous_queries_are_all_answered_or_refused(session, tiny_checkpoint, calls):
+    from distillnerf_ros.nodes.perception import QUERY_BURST
+    from distillnerf_ros.srv import QueryScene
+
+    Harness(session, tiny_checkpoint)
+    caller = session.node("callers")
+    clients = [caller.create_client(QueryScene, f"{NODE}/query_scene") for _ in range(calls)]
+    assert session.spin_until(lambda: all(c.service_is_ready() for c in clients), 30)
+    futures = [c.call_async(QueryScene.Request(queries=["car"], threshold=0.5)) for c in clients]
+    session.spin_until(lambda: all(f.done() for f in futures), 30)
+    answered = [f.result() for f in futures if f.done()]
+    assert len(answered) == calls, f"only {len(answered)} of {calls} calls were answered"
+    assert all(not r.success and r.message for r in answered), "each answer says why it failed"
+    busy = sum(r.message.startswith("busy:") for r in answered)
+    assert busy <= max(0, calls - QUERY_BURST), f"{busy} refused as busy: at most the calls beyond the burst limit"
