@@ -124,6 +124,21 @@ def input_qos(reliability: str, depth: int) -> QoSProfile:
 
 
 STEADY_CLOCK = Clock(clock_type=ClockType.STEADY_TIME)
+UP = np.array([0.0, 0.0, 1.0])  # gravity "up" of the output frame (REP-103 body frame: z up)
+
+
+def optical_frame_problem(output_from_camera: np.ndarray) -> str | None:
+    """Why a camera pose cannot be an optical frame (z forward, x right, y down) in a z-up output frame, or
+    None. A body-style camera frame (x forward, z up) puts the optical axis straight up; an upside-down one
+    points the image's "down" axis up. Cameras tilted down, even steeply, pass."""
+    rotation = output_from_camera[:3, :3]
+    axis_up, down_up = float(rotation[:, 2] @ UP), float(rotation[:, 1] @ UP)
+    if axis_up > 0.7:
+        return (f"its optical axis (z) points up (z . up = {axis_up:.2f}); a frame with x forward and z up is a"
+                " body frame, publish the camera's optical frame instead")
+    if down_up > 0.3:
+        return f"its image 'down' axis (y) points up (y . up = {down_up:.2f}): upside down"
+    return None
 
 TF_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
                     durability=DurabilityPolicy.VOLATILE)
@@ -137,13 +152,14 @@ class CameraRigInput:
     def __init__(self, node: Node, cameras: list[CameraTopics], on_frame: Callable[[RigFrame], None], *,
                  output_frame: str, fixed_frame: str, max_camera_delay_s: float,
                  reference_camera: str | None, qos: QoSProfile, tf_wait_s: float = 0.5,
-                 min_cameras: int = 1) -> None:
+                 min_cameras: int = 1, check_optical_frames: bool = True) -> None:
         self._node = node
         self._cameras = cameras
         self._on_frame = on_frame
         self.output_frame = output_frame
         self.fixed_frame = fixed_frame
         self._tf_wait_s = tf_wait_s
+        self.check_optical_frames = check_optical_frames
         self.tf = TfCache()
         self.sync = LatestCameraSynchronizer([c.name for c in cameras], max_camera_delay_s, reference_camera,
                                              min_cameras)
@@ -290,6 +306,13 @@ class CameraRigInput:
                 frame.missing[camera] = f"no CameraInfo received within {self._tf_wait_s:.2f} s"
                 continue
             msg = camera_set.messages[camera]
+            problem = optical_frame_problem(extrinsics[camera]) if self.check_optical_frames else None
+            if problem is not None:
+                reason = (f"frame '{msg.header.frame_id}' is not an optical camera frame in '{self.output_frame}'"
+                          f" (REP-103 optical: z forward, x right, y down): {problem}")
+                frame.missing[camera] = reason
+                self.stats.count_failures({camera: reason})
+                continue
             frame.cameras.append(camera)
             frame.frame_ids.append(msg.header.frame_id)
             frame.stamps_ns.append(camera_set.stamps_ns[camera])
@@ -325,6 +348,9 @@ def declare_rig_parameters(node: Node) -> None:
     node.declare_parameter("input_reliability", "best_effort", describe("best_effort (sensor data) or reliable"))
     node.declare_parameter("input_depth", 5, describe("keep-last depth of the input subscriptions",
                                                       integer_range=[IntegerRange(from_value=1, to_value=100)]))
+    node.declare_parameter("check_optical_frames", True, describe(
+        "leave out cameras whose frame is not an optical frame (REP-103: z forward, y down) in the z-up output"
+        " frame"))
     node.declare_parameter("tf_wait", 0.5, describe(
         "seconds to wait for TF of a camera set before leaving cameras out",
         floating_point_range=[FloatingPointRange(from_value=0.0, to_value=10.0)]))
@@ -347,4 +373,5 @@ def rig_input_from_parameters(node: Node, on_frame: Callable[[RigFrame], None]) 
         qos=input_qos(value("input_reliability"), value("input_depth")),
         tf_wait_s=value("tf_wait"),
         min_cameras=min(value("min_cameras"), len(cameras)),
+        check_optical_frames=value("check_optical_frames"),
     )

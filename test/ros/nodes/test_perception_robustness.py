@@ -339,3 +339,45 @@ def test_item12_simultaneous_queries_are_all_answered_or_refused(session, tiny_c
     assert all(not r.success and r.message for r in answered), "each answer says why it failed"
     busy = sum(r.message.startswith("busy:") for r in answered)
     assert busy <= max(0, calls - QUERY_BURST), f"{busy} refused as busy: at most the calls beyond the burst limit"
+
+
+def non_optical_left(rig: SmallRig) -> None:
+    """The rig's left camera published in a body-style frame (x forward, z up) instead of an optical one."""
+    from distillnerf_core.geometry import make_transform
+
+    rig.tf_static.publish(TFMessage(transforms=[
+        transform_stamped("base_link", "left", stamp_from_us(0), make_transform(np.eye(3), [0.0, 0.0, 1.5]))]))
+
+
+def test_item09_a_camera_in_a_non_optical_frame_is_named_and_left_out(session, tiny_checkpoint):
+    harness = Harness(session, tiny_checkpoint)
+    non_optical_left(harness.rig)
+    session.spin_until(lambda: False, 0.3)
+    assert harness.good_frame_is_processed(T0), harness.node.last
+    missing = harness.node.last["missing"]
+    assert list(missing) == ["left"] and "REP-103" in missing["left"] and "optical" in missing["left"], missing
+    status = harness.fresh_status()
+    assert status.level == status.WARN and "left" in status.message, status.message
+
+
+def test_item09_rig_monitor_reports_a_non_optical_frame(session):
+    from distillnerf_ros.nodes.rig_monitor import RigMonitorNode
+
+    rig = SmallRig(session)
+    monitor = session.node("rig_monitor", RigMonitorNode, parameter_overrides=[
+        Parameter(k, value=v) for k, v in {**rig.parameters(), "tf_wait": 0.5}.items()])
+    statuses = []
+    session.node("listener").create_subscription(
+        DiagnosticArray, "/diagnostics", lambda m: statuses.extend(s for s in m.status if "rig" in s.name), 10)
+    rig.wait_for_node()
+    rig.publish_static()
+    non_optical_left(rig)
+    session.spin_until(lambda: False, 0.3)
+    rig.publish_frame(T0)
+    assert session.spin_until(lambda: bool(monitor.frames), 10)
+    assert "REP-103" in monitor.frames[-1].missing.get("left", ""), monitor.frames[-1].missing
+    count = len(statuses)
+    assert session.spin_until(lambda: len(statuses) > count, 5)
+    values = {kv.key: kv.value for kv in statuses[-1].values}
+    assert "REP-103" in values.get("last_error/left", ""), values
+    assert statuses[-1].level == DiagnosticStatus.WARN
