@@ -22,7 +22,7 @@ from torch import nn
 from distillnerf_core.model.cameras import CameraRig
 from distillnerf_core.model.contraction import contract, linearize, voxel_index
 from distillnerf_core.model.lift import expected_depth, logits_to_density, march, soft_clamp
-from distillnerf_core.model.voxels import SparseVoxels, gather_rows
+from distillnerf_core.model.voxels import SparseVoxels, gather_rows, hit_positions
 
 
 @dataclass
@@ -89,6 +89,24 @@ def _locate(level: SparseVoxels, s: torch.Tensor, batch: torch.Tensor, mode: str
     return rows, w * ok.to(s.dtype)
 
 
+def _select_samples(coarse: Hits, fine: Hits | None, sel: torch.Tensor, n_samples: int) -> Hits:
+    """Hits of the samples `sel` (flat indices over rays x [coarse samples | fine samples]), in `sel` order,
+    read from the two sample sets directly instead of concatenating them (4 full-size copies)."""
+    if fine is None:
+        return coarse.map(lambda x: x.reshape(-1, x.shape[-1]).index_select(0, sel))
+    n_coarse = coarse.fine_rows.shape[-2]
+    ray, j = sel // n_samples, sel % n_samples
+    is_coarse = (j < n_coarse)[:, None]
+    coarse_at = ray * n_coarse + j.clamp(max=n_coarse - 1)
+    fine_at = ray * (n_samples - n_coarse) + (j - n_coarse).clamp(min=0)
+
+    def pick(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+        return torch.where(is_coarse, a.index_select(0, coarse_at), b.index_select(0, fine_at))
+
+    return Hits(*(pick(a, b) for a, b in zip(vars(coarse).values(), vars(fine).values(), strict=True)))
+
+
 @dataclass
 class VoxelField:
     """The scene representation: refined coarse level and pooled fine level; last channel = density logit."""
@@ -99,12 +117,29 @@ class VoxelField:
     logit_clamp: float = 30.0
     _logits: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     _features: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    _nested: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         # Density lookups read one column: a contiguous (V,) table keeps that gather and its backward small.
         for name, level in (("fine", self.fine), ("coarse", self.coarse)):
             self._logits[name] = level.features[:, -1].contiguous()
             self._features[name] = level.features[:, :-1]
+        self._nested = self._is_nested()
+
+    def _is_nested(self) -> bool:
+        """True when every fine voxel's parent is an occupied coarse voxel (always so for `voxelize`, which
+        pools both levels from the same points) and the level ratio is a power of two. Then a point's
+        coarse voxel is exactly its fine voxel // ratio (scaling a float by 2^k is exact), and a point
+        outside the occupied coarse voxels cannot hit the fine level: nearest lookups search the fine
+        level only for coarse hits, with results identical to searching both levels everywhere."""
+        rf, rc = self.fine.resolution, self.coarse.resolution
+        ratio = rf // rc
+        if rf % rc or ratio & (ratio - 1):
+            return False
+        if self.fine.num_voxels == 0:
+            return True
+        parents = linearize(self.fine.batch, self.fine.coords // ratio, rc)
+        return bool((self.coarse.find(parents) >= 0).all())
 
     @property
     def feature_dim(self) -> int:
@@ -113,12 +148,41 @@ class VoxelField:
     def locate(self, points: torch.Tensor, batch: torch.Tensor, lookup: str = "nearest") -> Hits:
         """Voxel rows and weights of ego points (M, 3) belonging to batch elements (M,)."""
         s = contract(points, self.radius)
+        if lookup == "nearest" and self._nested:
+            return self._locate_nested(s, batch)
         fr, fw = _locate(self.fine, s, batch, lookup)
         cr, cw = _locate(self.coarse, s, batch, lookup)
         return Hits(fr, fw, cr, cw)
 
+    def _locate_nested(self, s: torch.Tensor, batch: torch.Tensor) -> Hits:
+        """Nearest lookup of contracted points (M, 3): the fine level is searched only under coarse hits."""
+        fine, coarse = self.fine, self.coarse
+        fine_idx = voxel_index(s, fine.resolution)
+        crow = coarse.find(linearize(batch, fine_idx // (fine.resolution // coarse.resolution), coarse.resolution))
+        under = (crow >= 0).nonzero().squeeze(-1)
+        frow = torch.full_like(crow, -1)
+        if under.numel():
+            keys = linearize(batch.index_select(0, under), fine_idx.index_select(0, under), fine.resolution)
+            frow = frow.index_copy(0, under, fine.find(keys))
+        rows = []
+        for level, idx in ((fine, frow), (coarse, crow)):
+            found = idx >= 0
+            rows += [torch.where(found, idx, torch.full_like(idx, level.num_voxels))[:, None],
+                     found.to(s.dtype)[:, None]]
+        return Hits(*rows)
+
     def _level_density(self, name: str, rows: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Density of one level (mass-scaled) and its occupied mass."""
+        if w.shape[-1] == 1:
+            # Nearest: weights are exactly 0 or 1, so the general formula below reduces to exp(clamp(logit) - 1)
+            # at hits and 0 elsewhere; computing it at the hits only gives the same bits with less work.
+            mass = w.squeeze(-1)
+            hits = hit_positions(rows, self._logits[name].shape[0])
+            logit = self._logits[name].index_select(0, rows.reshape(-1).index_select(0, hits))
+            logit = logit.to(torch.promote_types(logit.dtype, w.dtype))  # as w * logit promotes below
+            dens = logits_to_density(soft_clamp(logit, self.logit_clamp))
+            out = dens.new_zeros(rows.numel()).index_copy(0, hits, dens)
+            return out.view(mass.shape), mass
         mass = w.sum(-1)
         logit = (w * gather_rows(self._logits[name], rows)).sum(-1) / mass.clamp_min(1e-8)
         return mass * logits_to_density(soft_clamp(logit, self.logit_clamp)), mass
@@ -236,6 +300,7 @@ class VolumeRenderer(nn.Module):
         hits = locate(t_coarse)
         density = field.density(hits)
         t_all = t_coarse
+        hits_fine = None
         if cfg.fine_samples > 0:
             with torch.no_grad():
                 w_coarse = march(density, widths.expand_as(density))
@@ -244,9 +309,6 @@ class VolumeRenderer(nn.Module):
                 offsets = torch.arange(n, device=origins.device, dtype=origins.dtype) - (n - 1) / 2
                 t_fine = (best + offsets * cfg.fine_sample_spacing).clamp(edges[0], edges[-1])
             hits_fine = locate(t_fine)
-            hits = Hits(
-                *(torch.cat([a, c], dim=2) for a, c in zip(vars(hits).values(), vars(hits_fine).values(), strict=True))
-            )
             t_all = torch.cat([t_coarse, t_fine], -1)
             density = torch.cat([density, field.density(hits_fine)], -1)
         t_sorted, order = torch.sort(t_all, dim=-1)
@@ -261,7 +323,7 @@ class VolumeRenderer(nn.Module):
         weights = torch.zeros_like(w_sorted).scatter(-1, order, w_sorted).reshape(-1)
         n_samples = t_all.shape[-1]
         sel = (weights > cfg.feature_weight_threshold).nonzero().squeeze(-1)
-        hits_sel = hits.map(lambda x: x.reshape(-1, x.shape[-1]).index_select(0, sel))
+        hits_sel = _select_samples(hits, hits_fine, sel, n_samples)
         ray_idx = sel // n_samples
         w_sel = weights.index_select(0, sel)[:, None]  # index_select: its backward is a scatter, not a sort
         sample_feats = field.features(hits_sel)

@@ -58,7 +58,8 @@ class SparseVoxels:
         if self.keys.numel() == 0:
             return torch.full_like(query_keys, -1)
         pos = torch.searchsorted(self.keys, query_keys).clamp_(max=self.keys.numel() - 1)
-        return torch.where(self.keys[pos] == query_keys, pos, torch.full_like(pos, -1))
+        found = self.keys.index_select(0, pos.reshape(-1)).view(pos.shape) == query_keys
+        return torch.where(found, pos, torch.full_like(pos, -1))
 
     def gather(self, query_keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Features at query keys (zeros where empty) and the occupancy mask."""

@@ -127,3 +127,27 @@ def test_field_lookups_equal_the_padded_table_formulation(lookup):
     assert torch.equal(density, old_density) and torch.equal(feats, old_feats)
     for a, b in zip(new, old, strict=True):  # repeated rows: the scatter-add sums in another order
         assert torch.allclose(a, b, rtol=1e-6, atol=1e-6), f"gradient off by {(a - b).abs().max()}"
+
+
+def test_nested_nearest_lookup_equals_searching_both_levels():
+    """voxelize's levels are nested, so the fine level is searched under coarse hits only: same rows."""
+    from distillnerf_core.model.renderer import _locate
+    from distillnerf_core.model.voxels import voxelize
+
+    g = torch.Generator().manual_seed(1)
+    points = (torch.rand(2, 3000, 3, generator=g) - 0.5) * torch.tensor([160.0, 160.0, 20.0])
+    coarse, fine = voxelize(points, torch.randn(2, 3000, 3, generator=g), 16, 64, RADIUS)
+    field = VoxelField(coarse, fine, RADIUS)
+    assert field._nested, "voxelize output must be recognised as nested"
+    # queries: the pooled points themselves, points near voxel faces, and random points
+    s_faces = torch.round(contract(points[0], RADIUS) * 32) / 32 + 1e-7 * torch.randn(3000, 3, generator=g)
+    queries = torch.cat([points[0], uncontract(s_faces.clamp(-0.999, 0.999), RADIUS), points[1] * 1.3])
+    batch = torch.cat([torch.zeros(6000, dtype=torch.long), torch.ones(3000, dtype=torch.long)])
+    hits = field.locate(queries, batch, "nearest")
+    s = contract(queries, RADIUS)
+    for name, level in (("fine", fine), ("coarse", coarse)):
+        rows, w = _locate(level, s, batch, "nearest")
+        assert torch.equal(getattr(hits, f"{name}_rows"), rows) and torch.equal(getattr(hits, f"{name}_w"), w)
+    assert (hits.fine_rows < fine.num_voxels).sum() > 1000, "test setup: many fine hits"
+    wall, _ = _wall_field()
+    assert not wall._nested, "a fine level without coarse parents must use the full search"
