@@ -12,7 +12,9 @@
     (`--fit-cpu-minutes`, all threads together: on a shared machine the wall time is longer, the work the
     same), then scored on frame 1 (held out) and on 0 and 2.
 Every DDAD score leaves out the ego-body masks (data/ego_masks.py); the nuScenes keyframe has none.
-`scale` = median(LiDAR depth / predicted depth) over valid pixels: how far off the metric depth scale is.
+`scale` = median(LiDAR depth / predicted depth) over valid pixels: how far off the metric depth scale is;
+`too_near` / `too_far`: fractions of LiDAR pixels predicted nearer than gt / 1.25 / farther than 1.25 gt;
+`abs_rel_near` / `abs_rel_far`: AbsRel where the LiDAR depth is <= 20 m / > 20 m; `psnr_cameras`: per camera.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from distillnerf_core.training.metrics import depth_metrics, psnr, resize_mask, 
 from distillnerf_core.training.trainer import TrainStep  # noqa: E402
 from distillnerf_core.viz.images import camera_grid, colorize_depth, save_png, upsample_to  # noqa: E402
 
-KEYS = ("psnr", "ssim", "abs_rel", "rmse", "delta1", "scale")
+KEYS = ("psnr", "ssim", "abs_rel", "rmse", "delta1", "scale", "too_near", "too_far", "abs_rel_near", "abs_rel_far")
 # Display order of the picture rows (left to right as seen from the car): FL, F, FR, BL, B, BR.
 DDAD_DISPLAY = ("CAMERA_05", "CAMERA_01", "CAMERA_06", "CAMERA_07", "CAMERA_09", "CAMERA_08")
 
@@ -54,11 +56,18 @@ def score(rgb: torch.Tensor, images: torch.Tensor, depth: torch.Tensor, lidar: t
     valid = masks > 0.5
     valid_r = resize_mask(valid, tuple(depth.shape[-2:]))
     d = depth_metrics(depth, lidar, mask=valid_r) or {}
+    near = depth_metrics(depth, lidar, max_depth=20.0, mask=valid_r) or {}
+    far = depth_metrics(depth, lidar, mask=valid_r & (lidar > 20.0)) or {}
     ok = valid_r & (lidar > 1e-3) & (lidar <= 80.0)
-    scale = float((lidar[ok] / depth[ok].clamp_min(1e-3)).median()) if bool(ok.any()) else None
-    return {"psnr": float(psnr(rgb.clamp(0, 1), images, valid).mean()),
-            "ssim": float(ssim(rgb.clamp(0, 1), images, mask=valid).mean()),
-            "abs_rel": d.get("abs_rel"), "rmse": d.get("rmse"), "delta1": d.get("delta1"), "scale": scale}
+    pred, gt = depth[ok].clamp(1e-3, 80.0), lidar[ok]
+    per_camera = psnr(rgb.clamp(0, 1), images, valid)
+    return {"psnr": float(per_camera.mean()), "ssim": float(ssim(rgb.clamp(0, 1), images, mask=valid).mean()),
+            "abs_rel": d.get("abs_rel"), "rmse": d.get("rmse"), "delta1": d.get("delta1"),
+            "scale": float((gt / pred).median()) if len(gt) else None,
+            "too_near": float((pred < gt / 1.25).double().mean()) if len(gt) else None,
+            "too_far": float((pred > gt * 1.25).double().mean()) if len(gt) else None,
+            "abs_rel_near": near.get("abs_rel"), "abs_rel_far": far.get("abs_rel"),
+            "psnr_cameras": [round(float(v), 2) for v in per_camera]}
 
 
 def mean(rows: list[dict]) -> dict[str, float]:
@@ -223,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{model.config.image_hw[0]} input, render {render_hw[1]}x{render_hw[0]}); "
               f"total {time.perf_counter() - wall0:.0f} s")
     result = {"header": header, "command": "python " + " ".join(["benchmarks/real_data.py", *(argv or sys.argv[1:])]),
-              "ddad_masked_fraction": masked, "bundled": bundled, "novel_view": novel, "per_scene_fit": per_scene}
+              "ddad_masked_fraction": masked, "camera_order": {"nuscenes": list(nusc.cameras), "ddad": list(DDAD_CAMERAS)},
+              "bundled": bundled, "novel_view": novel, "per_scene_fit": per_scene}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1) + "\n")
     print(header)
