@@ -233,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
               f"total {time.perf_counter() - wall0:.0f} s")
     result = {"header": header, "command": "python " + " ".join(["benchmarks/real_data.py", *(argv or sys.argv[1:])]),
               "ddad_masked_fraction": masked,
-              "camera_order": {"nuscenes": list(nusc.cameras), "ddad": list(DDAD_CAMERAS)}, "bundled": bundled, "novel_view": novel, "per_scene_fit": per_scene}
+              "camera_order": {"nuscenes": list(nusc.cameras), "ddad": list(DDAD_CAMERAS)}, "bundled": bundled,
+              "novel_view": novel, "per_scene_fit": per_scene}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1) + "\n")
     print(header)
