@@ -31,6 +31,7 @@ from distillnerf_core.model.lift import LiftConfig, LiftOutput, LiftSplat
 from distillnerf_core.model.renderer import RendererConfig, RenderOutput, VolumeRenderer, VoxelField
 from distillnerf_core.model.sparse_conv import SparseCNN, SparseConvConfig
 from distillnerf_core.model.voxels import VoxelConfig, voxelize
+from distillnerf_core.teachers.pca import FeaturePCA
 
 STAGES = ("encoder", "lift", "voxelize", "sparse_conv", "render", "decode")
 
@@ -169,6 +170,9 @@ class DistillNeRFModel(nn.Module):
         field_dim = cfg.lift.feature_dim + cfg.sparse_conv.out_features
         self.decoder = RGBDecoder(cfg.decoder, field_dim + 1)
         self.feature_head = FeatureHead(cfg.feature_head, field_dim) if cfg.feature_head.enabled else None
+        # PCA + normalisation of the distilled teacher's features (buffers, so they travel in the checkpoint).
+        fh = cfg.feature_head
+        self.feature_pca = FeaturePCA(fh.teacher_dim, fh.dim) if fh.enabled and fh.teacher_dim > 0 else None
         self.stage_ms: dict[str, float] = {}
         self.profile_stages = False
 
@@ -195,6 +199,9 @@ class DistillNeRFModel(nn.Module):
         if tuple(images.shape[-2:]) != hw:
             flat = F.interpolate(flat, size=hw, mode="bilinear", align_corners=False, antialias=True)
             rig = rig.resized(hw)
+        # Channels-last convolutions: encoder 10-20% and RGB decoder ~40% faster on the CPU (oneDNN), and the
+        # layout tensor cores want for bf16 / fp16 on GPUs; values equal up to rounding.
+        flat = flat.contiguous(memory_format=torch.channels_last)
         stride = cfg.lift.feature_stride
         lift_hw = (hw[0] // stride, hw[1] // stride)
         dev = images.device
@@ -235,6 +242,7 @@ class DistillNeRFModel(nn.Module):
             with self._stage("decode", dev):
                 depth_channel = (out.depth / self.config.renderer.max_depth)[:, :, None]
                 dec_in = torch.cat([out.features, depth_channel.to(out.features.dtype)], dim=2).flatten(0, 1)
+                dec_in = dec_in.contiguous(memory_format=torch.channels_last)
                 image = self.decoder(dec_in, rig.camera_ids.repeat(b), rig.image_hw).view(b, m, 3, *rig.image_hw)
         return RenderedViews(
             rgb=image,
