@@ -31,6 +31,7 @@ from tf2_msgs.msg import TFMessage
 from distillnerf_core.data.nuscenes_tables import NUSCENES_CAMERAS
 from distillnerf_ros.conversions.camera_info import CameraInfoError, CameraIntrinsics, intrinsics_for_image
 from distillnerf_ros.conversions.images import ImageConversionError, message_to_rgb
+from distillnerf_ros.conversions.rectify import DistortionError, Rectifier, has_distortion
 from distillnerf_ros.input.camera_sync import CameraSet, LatestCameraSynchronizer
 from distillnerf_ros.input.tf_cache import FrameNotAvailableError, TfCache, TfLookupError, stamp_to_ns
 
@@ -63,6 +64,8 @@ class RigFrame:
     motion_compensated: bool = False
     images: list[np.ndarray] = field(default_factory=list)  # HxWx3 uint8 RGB, filled by decode()
     intrinsics: list[CameraIntrinsics] = field(default_factory=list)
+    rectifier: Rectifier | None = None  # set: distorted cameras are rectified by decode(); None: used as they are
+    distortion: dict[str, str] = field(default_factory=dict)  # camera -> what decode() did about its distortion
 
     def decode(self, min_hw: tuple[int, int] | None = None) -> dict[str, str]:
         """Convert the messages to RGB + intrinsics; cameras that fail move to `missing` (returned too).
@@ -75,7 +78,8 @@ class RigFrame:
                 rgb = message_to_rgb(self.messages[index], min_hw)
                 intrinsics = intrinsics_for_image(self.infos[index], (rgb.shape[1], rgb.shape[0]),
                                                   reduced_ok=min_hw is not None)
-            except (ImageConversionError, CameraInfoError) as error:
+                rgb = self._undistort(camera, rgb, intrinsics, self.infos[index])
+            except (ImageConversionError, CameraInfoError, DistortionError) as error:
                 failures[camera] = str(error)
                 continue
             keep.append(index)
@@ -85,6 +89,20 @@ class RigFrame:
         for name in ("cameras", "frame_ids", "stamps_ns", "messages", "infos", "output_from_camera"):
             setattr(self, name, [getattr(self, name)[i] for i in keep])
         return failures
+
+
+    def _undistort(self, camera: str, rgb: np.ndarray, intrinsics: CameraIntrinsics, info: CameraInfo
+                   ) -> np.ndarray:
+        if not has_distortion(info.d):
+            return rgb
+        model = info.distortion_model or "<empty>"
+        if self.rectifier is None:
+            self.distortion[camera] = (f"distorted ({model}, d={[round(v, 4) for v in info.d]}) but rectify is"
+                                       " false: used as a pinhole image")
+            return rgb
+        rectified = self.rectifier.rectify(camera, rgb, intrinsics.K, info.distortion_model, info.d)
+        self.distortion[camera] = f"rectified ({model})"
+        return rectified
 
 
 @dataclass
@@ -152,7 +170,7 @@ class CameraRigInput:
     def __init__(self, node: Node, cameras: list[CameraTopics], on_frame: Callable[[RigFrame], None], *,
                  output_frame: str, fixed_frame: str, max_camera_delay_s: float,
                  reference_camera: str | None, qos: QoSProfile, tf_wait_s: float = 0.5,
-                 min_cameras: int = 1, check_optical_frames: bool = True) -> None:
+                 min_cameras: int = 1, check_optical_frames: bool = True, rectify: bool = True) -> None:
         self._node = node
         self._cameras = cameras
         self._on_frame = on_frame
@@ -160,6 +178,7 @@ class CameraRigInput:
         self.fixed_frame = fixed_frame
         self._tf_wait_s = tf_wait_s
         self.check_optical_frames = check_optical_frames
+        self.rectifier = Rectifier() if rectify else None
         self.tf = TfCache()
         self.sync = LatestCameraSynchronizer([c.name for c in cameras], max_camera_delay_s, reference_camera,
                                              min_cameras)
@@ -298,7 +317,8 @@ class CameraRigInput:
                      ) -> RigFrame:
         frame = RigFrame(stamp_ns=camera_set.trigger_stamp_ns, output_frame=self.output_frame, cameras=[],
                          frame_ids=[], stamps_ns=[], messages=[], infos=[], output_from_camera=[],
-                         missing=dict(camera_set.missing), motion_compensated=compensated)
+                         missing=dict(camera_set.missing), motion_compensated=compensated,
+                         rectifier=self.rectifier)
         for camera in self.sync.camera_names:
             if camera not in extrinsics:
                 continue
@@ -348,6 +368,9 @@ def declare_rig_parameters(node: Node) -> None:
     node.declare_parameter("input_reliability", "best_effort", describe("best_effort (sensor data) or reliable"))
     node.declare_parameter("input_depth", 5, describe("keep-last depth of the input subscriptions",
                                                       integer_range=[IntegerRange(from_value=1, to_value=100)]))
+    node.declare_parameter("rectify", True, describe(
+        "rectify images whose CameraInfo has non-zero distortion (plumb_bob, rational_polynomial, equidistant);"
+        " false: use them as pinhole images and say so in diagnostics"))
     node.declare_parameter("check_optical_frames", True, describe(
         "leave out cameras whose frame is not an optical frame (REP-103: z forward, y down) in the z-up output"
         " frame"))
@@ -374,4 +397,5 @@ def rig_input_from_parameters(node: Node, on_frame: Callable[[RigFrame], None]) 
         tf_wait_s=value("tf_wait"),
         min_cameras=min(value("min_cameras"), len(cameras)),
         check_optical_frames=value("check_optical_frames"),
+        rectify=value("rectify"),
     )

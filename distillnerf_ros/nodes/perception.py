@@ -113,7 +113,8 @@ class PerceptionNode(LifecycleNode):
         self.worker: FrameWorker[RigFrame] = FrameWorker(self._process, self._on_worker_error, "distillnerf_inference")
         self._counts = {"processed": 0, "skipped_no_subscribers": 0, "skipped_no_cameras": 0}
         self.counters = NodeCounters(self._counts, self.worker.counters)  # live view, for tests and diagnostics
-        self.last = {"processing_ms": 0.0, "latency_ms": 0.0, "model_ms": 0.0, "missing": {}, "error": ""}
+        self.last = {"processing_ms": 0.0, "latency_ms": 0.0, "model_ms": 0.0, "missing": {}, "distortion": {},
+                     "error": ""}
         self.status_message = "unconfigured"
         self._recent_losses = RecentIncreases(hold_s=10.0)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -250,6 +251,7 @@ class PerceptionNode(LifecycleNode):
         if self.rig is not None:
             self.rig.stats.count_failures(frame.decode(min_hw=self.predictor.input_hw))
         self.last["missing"] = dict(frame.missing)
+        self.last["distortion"] = dict(frame.distortion)
         if not frame.cameras:
             self._counts["skipped_no_cameras"] += 1
             return
@@ -317,6 +319,10 @@ class PerceptionNode(LifecycleNode):
                                            f" last {self._recent_losses.hold_s:.0f} s: {listed}")
         if self.last["missing"]:
             return DiagnosticStatus.WARN, f"{self.status_message}; missing cameras: {sorted(self.last['missing'])}"
+        unrectified = sorted(c for c, what in self.last["distortion"].items() if what.startswith("distorted"))
+        if unrectified:
+            return DiagnosticStatus.WARN, (f"{self.status_message}; distorted cameras used without rectification"
+                                           f" (rectify is false): {unrectified}")
         if self.rig is not None and "fixed_frame" in self.rig.stats.last_errors and self.rig.stats.frames_uncompensated:
             return DiagnosticStatus.WARN, f"{self.status_message}; {self.rig.stats.last_errors['fixed_frame']}"
         if processing > self.get_parameter("processing_time_warn_ms").value:
@@ -324,7 +330,8 @@ class PerceptionNode(LifecycleNode):
         return DiagnosticStatus.OK, self.status_message
 
     def _diagnostic_values(self) -> dict:
-        values = {**self.counters, **{k: v for k, v in self.last.items() if k != "missing"}}
+        values = {**self.counters, **{k: v for k, v in self.last.items() if k not in ("missing", "distortion")}}
+        values.update({f"distortion/{camera}": what for camera, what in self.last["distortion"].items()})
         values["device"] = str(self.predictor.device) if self.predictor else "none"
         values.update({f"missing/{camera}": why for camera, why in self.last["missing"].items()})
         values.update(self.losses())

@@ -32,6 +32,7 @@ def describe_frame(frame: RigFrame) -> str:
                      f" cx={K[0, 2]:7.2f} cy={K[1, 2]:7.2f}  at [{position[0]:6.3f} {position[1]:6.3f}"
                      f" {position[2]:6.3f}] m in {frame.output_frame}  stamp {offset_ms:+6.1f} ms")
     lines.extend(f"  {camera:<16} MISSING: {reason}" for camera, reason in frame.missing.items())
+    lines.extend(f"  {camera:<16} distortion: {what}" for camera, what in frame.distortion.items())
     return "\n".join(lines)
 
 

@@ -381,3 +381,37 @@ def test_item09_rig_monitor_reports_a_non_optical_frame(session):
     values = {kv.key: kv.value for kv in statuses[-1].values}
     assert "REP-103" in values.get("last_error/left", ""), values
     assert statuses[-1].level == DiagnosticStatus.WARN
+
+
+def distorted_front(camera, info, image):
+    """front: barrel distortion (k2 = -0.33, 33 % at its corners) and a left-to-right ramp 0, 4, 8, ..."""
+    if camera == "front":
+        info.distortion_model = "plumb_bob"
+        info.d = [0.0, -0.33, 0.0, 0.0, 0.0]
+        ramp = np.repeat((np.arange(image.width, dtype=np.uint8) * 4)[None, :, None], 3, axis=2)
+        image.data = np.repeat(ramp, image.height, axis=0).tobytes()
+
+
+@pytest.mark.parametrize("rectify", [True, False])
+def test_item08_distortion_is_rectified_or_reported(session, tiny_checkpoint, rectify, monkeypatch):
+    harness = Harness(session, tiny_checkpoint, rectify=rectify)
+    seen = []
+    predict = harness.node.predictor.predict
+    monkeypatch.setattr(harness.node.predictor, "predict",
+                        lambda images, *args, **kwargs: seen.append([i.copy() for i in images]) or
+                        predict(images, *args, **kwargs))
+    harness.rig.publish_frame(T0, distorted_front)
+    assert session.spin_until(lambda: bool(harness.depth), 20), harness.node.last
+    status = harness.fresh_status()
+    values = harness.values(status)
+    front = seen[-1][0]
+    if rectify:
+        assert values["distortion/front"] == "rectified (plumb_bob)", values
+        # the corner pixel sees the ray the distorted camera images 33 % closer to the centre: column ~10.6
+        assert 35 < front[0, 0, 0] < 50 and front[24, 32, 0] == 128, front[[0, 24], [0, 32], 0]
+        assert status.level == DiagnosticStatus.OK, status.message
+    else:
+        assert values["distortion/front"].startswith("distorted (plumb_bob"), values
+        assert status.level == status.WARN and "without rectification" in status.message, status.message
+        assert front[0, 0, 0] == 0, "not rectified: the image is used as it came"
+    assert harness.good_frame_is_processed(T0 + 1_000_000_000)

@@ -1,0 +1,94 @@
+"""Rectification from CameraInfo distortion (what image_proc does), vectorised numpy, no OpenCV.
+
+The model takes pinhole images. A camera whose CameraInfo has non-zero `d` is resampled to the pinhole
+camera with the same K: for each output pixel the ray (x, y, 1) = K^-1 (u, v, 1) is distorted with the
+CameraInfo's model and looked up bilinearly in the input. Supported: `plumb_bob` (k1, k2, p1, p2, k3),
+`rational_polynomial` (k1, k2, p1, p2, k3, k4, k5, k6) and `equidistant` (fisheye k1..k4). Maps are built
+once per camera and size and cached.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SUPPORTED_MODELS = ("plumb_bob", "rational_polynomial", "equidistant")
+
+
+class DistortionError(ValueError):
+    """A distortion model that cannot be rectified; the message names it."""
+
+
+def has_distortion(d) -> bool:
+    """Whether any distortion coefficient is non-zero."""
+    return bool(np.any(np.asarray(d, dtype=np.float64) != 0.0))
+
+
+def distort(x: np.ndarray, y: np.ndarray, model: str, d) -> tuple[np.ndarray, np.ndarray]:
+    """Distorted normalised coordinates of undistorted normalised ones (the camera model's forward map)."""
+    d = np.asarray(d, dtype=np.float64)
+    if model in ("plumb_bob", "rational_polynomial"):
+        k = np.zeros(8)
+        k[: min(len(d), 8)] = d[:8]
+        k1, k2, p1, p2, k3, k4, k5, k6 = k
+        r2 = x * x + y * y
+        radial = (1 + r2 * (k1 + r2 * (k2 + r2 * k3))) / (1 + r2 * (k4 + r2 * (k5 + r2 * k6)))
+        xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
+        yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
+        return xd, yd
+    if model == "equidistant":
+        k = np.zeros(4)
+        k[: min(len(d), 4)] = d[:4]
+        r = np.hypot(x, y)
+        theta = np.arctan(r)
+        t2 = theta * theta
+        theta_d = theta * (1 + t2 * (k[0] + t2 * (k[1] + t2 * (k[2] + t2 * k[3]))))
+        scale = np.where(r > 1e-12, theta_d / np.maximum(r, 1e-12), 1.0)
+        return x * scale, y * scale
+    raise DistortionError(f"distortion model '{model}' is not supported (supported: {', '.join(SUPPORTED_MODELS)})")
+
+
+def rectify_maps(K: np.ndarray, model: str, d, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """(map_x, map_y) float32 HxW: the input pixel each output (pinhole, same K) pixel samples."""
+    K = np.asarray(K, dtype=np.float64)
+    u, v = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
+    x = (u - K[0, 2] - K[0, 1] * (v - K[1, 2]) / K[1, 1]) / K[0, 0]
+    y = (v - K[1, 2]) / K[1, 1]
+    xd, yd = distort(x, y, model, d)
+    map_x = K[0, 0] * xd + K[0, 1] * yd + K[0, 2]
+    map_y = K[1, 1] * yd + K[1, 2]
+    return map_x.astype(np.float32), map_y.astype(np.float32)
+
+
+def remap(image: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
+    """Bilinear lookup of an HxWxC uint8 image at (map_x, map_y); outside the image is black."""
+    height, width = image.shape[:2]
+    inside = (map_x >= 0) & (map_x <= width - 1) & (map_y >= 0) & (map_y <= height - 1)
+    x = np.clip(map_x, 0, width - 1)
+    y = np.clip(map_y, 0, height - 1)
+    x0 = np.minimum(x.astype(np.int32), width - 2 if width > 1 else 0)
+    y0 = np.minimum(y.astype(np.int32), height - 2 if height > 1 else 0)
+    x1, y1 = np.minimum(x0 + 1, width - 1), np.minimum(y0 + 1, height - 1)
+    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
+    pixels = image.astype(np.float32)
+    top = pixels[y0, x0] * (1 - fx) + pixels[y0, x1] * fx
+    bottom = pixels[y1, x0] * (1 - fx) + pixels[y1, x1] * fx
+    out = top * (1 - fy) + bottom * fy
+    out[~inside] = 0
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+class Rectifier:
+    """Rectifies images per camera with cached maps (rebuilt when K, d, the model or the size change)."""
+
+    def __init__(self) -> None:
+        self._maps: dict[str, tuple[tuple, tuple[np.ndarray, np.ndarray]]] = {}
+
+    def rectify(self, camera: str, image: np.ndarray, K: np.ndarray, model: str, d) -> np.ndarray:
+        """The pinhole image with intrinsics K of a distorted `image` (DistortionError: unsupported model)."""
+        height, width = image.shape[:2]
+        key = (model, tuple(float(v) for v in d), tuple(np.asarray(K, dtype=np.float64).ravel()), width, height)
+        cached = self._maps.get(camera)
+        if cached is None or cached[0] != key:
+            cached = (key, rectify_maps(K, model, d, width, height))
+            self._maps[camera] = cached
+        return remap(image, *cached[1])
