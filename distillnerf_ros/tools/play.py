@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import struct
 import sys
 import time
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from rosbags.rosbag2 import Reader, ReaderError
 from rosgraph_msgs.msg import Clock
 
 from distillnerf_ros.conversions.nuscenes_messages import stamp_from_us
+from distillnerf_ros.tools.bag_check import MalformedBagError, check_storage_file
 
 
 class BagError(RuntimeError):
@@ -65,11 +67,16 @@ class BagPlayer(Node):
         self.bag = Path(bag)
         if not (self.bag / "metadata.yaml").is_file():
             raise BagError(f"{self.bag} is not a rosbag2 directory (no metadata.yaml)")
+        try:
+            for storage in sorted(self.bag.glob("*.mcap")) + sorted(self.bag.glob("*.db3")):
+                check_storage_file(storage)
+        except (MalformedBagError, OSError) as error:
+            raise BagError(f"bag {self.bag} is malformed: {error}") from error
         self._reader = Reader(self.bag)
         try:
             self._reader.open()
-        except ReaderError as error:
-            raise BagError(f"cannot read bag {self.bag}: {error}") from error
+        except Exception as error:  # noqa: BLE001 - rosbags raises many types on malformed input; all are bag errors
+            raise BagError(f"cannot read bag {self.bag}: {type(error).__name__}: {error}") from error
         available = {c.topic for c in self._reader.connections}
         if topics:
             unknown = sorted(set(topics) - available)
@@ -81,7 +88,10 @@ class BagPlayer(Node):
         self._clock_publisher = self.create_publisher(Clock, "/clock", 10) if clock else None
 
     def close(self) -> None:
-        self._reader.close()
+        try:
+            self._reader.close()
+        except Exception:  # noqa: BLE001, S110 - closing a corrupted bag must not hide the error that ended playback
+            pass
         self.destroy_node()
 
     def publish_clock(self, stamp_ns: int) -> None:
@@ -106,8 +116,8 @@ class BagPlayer(Node):
                 self.publish_clock(stamp_ns)
                 self._topic_publishers[connection.id].publish(bytes(data))
                 stats.messages += 1
-        except ReaderError as error:
-            raise BagError(f"bag {self.bag} is corrupted: {error}") from error
+        except (ReaderError, ValueError, KeyError, IndexError, OverflowError, struct.error, EOFError, OSError) as error:
+            raise BagError(f"bag {self.bag} is corrupted: {type(error).__name__}: {error}") from error
         stats.seconds += time.monotonic() - wall_start
         stats.loops += 1
 

@@ -105,3 +105,64 @@ def test_looped_bag_with_sim_time_keeps_the_perception_node_working(keyframe_bag
         assert all(0 <= latency < 60_000 for latency in latencies), f"sim-time latencies {latencies}"
     finally:
         session.close()
+
+
+def flip(data: bytes, start: int, count: int = 16) -> bytes:
+    return data[:start] + bytes(b ^ 0xFF for b in data[start:start + count]) + data[start + count:]
+
+
+def middle_message_record(data: bytes) -> int:
+    """Byte offset of the message record inside the (uncompressed) chunk nearest the middle of the file."""
+    import struct
+
+    chunk = data.index(b"\x06", 8 + 9 + 4 + 4 + 4)  # after the header record (opcode 1, "ros2", library)
+    (compression_length,) = struct.unpack_from("<I", data, chunk + 9 + 28)
+    offset = chunk + 9 + 28 + 4 + compression_length + 8
+    end = offset + struct.unpack_from("<Q", data, offset - 8)[0]
+    offsets = []
+    while offset < end:
+        opcode, length = struct.unpack_from("<BQ", data, offset)
+        if opcode == 0x05:
+            offsets.append(offset)
+        offset += 9 + length
+    return min(offsets, key=lambda o: abs(o - len(data) // 2))
+
+
+@pytest.mark.parametrize("corruption", ["magic_only", "flipped_middle", "flipped_header", "flipped_profile",
+                                        "flipped_library", "flipped_chunk_header", "flipped_footer", "empty"])
+def test_item14_every_malformed_mcap_bag_is_a_clear_error_with_exit_2(keyframe_bag, tmp_path, corruption):
+    data = (keyframe_bag / "keyframe.mcap").read_bytes()
+    spoiled = {
+        "magic_only": lambda: b"\x89MCAP0\r\n",
+        "flipped_middle": lambda: flip(data, middle_message_record(data), 16),  # a record mid-file
+        "flipped_header": lambda: flip(data, 8, 24),  # the header record right after the magic
+        "flipped_profile": lambda: flip(data, 8 + 9 + 4, 4),  # "ros2"
+        "flipped_library": lambda: flip(data, 8 + 9 + 4 + 4 + 4, 4),
+        "flipped_chunk_header": lambda: flip(data, data.index(b"\x06", 8 + 9 + 4 + 4 + 4) + 1, 8),
+        "flipped_footer": lambda: flip(data, len(data) - 30, 12),
+        "empty": lambda: b"",
+    }[corruption]()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "metadata.yaml").write_text((keyframe_bag / "metadata.yaml").read_text())
+    (broken / "keyframe.mcap").write_bytes(spoiled)
+    result = subprocess.run([sys.executable, "-m", "distillnerf_ros.tools.play", str(broken), "--rate", "0",
+                             "--wait-subscribers", "0"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, f"{corruption}: exit {result.returncode}: {result.stdout} {result.stderr}"
+    assert "distillnerf-play: error:" in result.stderr and "keyframe.mcap" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("corruption", ["garbage", "flipped_middle", "truncated"])
+def test_item14_malformed_sqlite3_bags_are_clear_errors_too(tmp_path, corruption):
+    bag = tmp_path / "keyframe_db3"
+    convert(SAMPLE, bag, storage="sqlite3", progress=False)
+    (db,) = bag.glob("*.db3")
+    data = db.read_bytes()
+    db.write_bytes({"garbage": b"SQLite format 3\x00" + b"\x01" * 4096,
+                    "flipped_middle": flip(data, 4096, 8),  # the b-tree header of the second page
+                    "truncated": data[: len(data) // 2]}[corruption])
+    result = subprocess.run([sys.executable, "-m", "distillnerf_ros.tools.play", str(bag), "--rate", "0",
+                             "--wait-subscribers", "0"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, f"{corruption}: exit {result.returncode}: {result.stdout} {result.stderr}"
+    assert "distillnerf-play: error:" in result.stderr and "Traceback" not in result.stderr, result.stderr
