@@ -9,6 +9,7 @@ bundled keyframe, which nuscenes-devkit cannot load as is). Full dataset loading
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,18 @@ def _load_table(folder: Path, name: str) -> dict[str, dict]:
     return {row["token"]: row for row in rows}
 
 
+def data_file_path(dataroot: Path, row: dict) -> Path:
+    """dataroot / the row's `filename`, which must be a relative path that stays inside the dataroot (checked
+    lexically, so a dataroot whose folders are symlinks still works); ValueError otherwise."""
+    filename = row.get("filename")
+    if not isinstance(filename, str) or not filename.strip():
+        raise ValueError(f"sample_data {row.get('token')} has no filename")
+    relative = Path(os.path.normpath(filename))
+    if relative.is_absolute() or relative.parts[:1] == ("..",):
+        raise ValueError(f"data file '{filename}' of sample_data {row.get('token')} lies outside the dataroot")
+    return dataroot / relative
+
+
 def load_sensor_records(dataroot: str | Path, version: str | None = None, scenes: list[str] | None = None
                         ) -> list[SensorRecord]:
     """sample_data rows (keyframes and sweeps) as SensorRecords in timestamp order, optionally only those of
@@ -87,7 +100,7 @@ def load_sensor_records(dataroot: str | Path, version: str | None = None, scenes
         calibration = tables["calibrated_sensor"][row["calibrated_sensor_token"]]
         sensor = tables["sensor"][calibration["sensor_token"]]
         pose = tables["ego_pose"][row["ego_pose_token"]]
-        path = dataroot / row["filename"]
+        path = data_file_path(dataroot, row)
         if not path.is_file():
             raise FileNotFoundError(f"data file {path} of sample_data {row['token']} is missing")
         intrinsic = np.asarray(calibration.get("camera_intrinsic") or [], dtype=np.float64)

@@ -18,6 +18,7 @@ from distillnerf_core.geometry import matrix_to_quaternion
 from distillnerf_ros.conversions.camera_info import CameraIntrinsics, intrinsics_to_camera_info
 from distillnerf_ros.conversions.pointcloud import make_points, points_to_pointcloud2
 
+LIDAR_POINT_BYTES = 20  # nuScenes .pcd.bin: 5 float32 per point
 MAP_FRAME = "map"
 BASE_FRAME = "base_link"
 
@@ -69,9 +70,11 @@ def camera_messages(record: SensorRecord) -> tuple[CompressedImage, CameraInfo]:
 
 def lidar_message(record: SensorRecord) -> PointCloud2:
     """The record's sweep (.pcd.bin, float32 x, y, z, intensity, ring) as PointCloud2 in the LiDAR frame."""
-    raw = np.fromfile(record.path, dtype=np.float32)
-    if raw.size % 5:
-        raise ValueError(f"{record.path} holds {raw.size} floats, not a multiple of 5 (x, y, z, intensity, ring)")
+    data = record.path.read_bytes()
+    if len(data) % LIDAR_POINT_BYTES:
+        raise ValueError(f"{record.path} holds {len(data)} bytes, not a multiple of {LIDAR_POINT_BYTES} bytes"
+                         " (float32 x, y, z, intensity, ring per point)")
+    raw = np.frombuffer(data, dtype="<f4")
     points = raw.reshape(-1, 5)
     header = Header(stamp=stamp_from_us(record.timestamp_us), frame_id=frame_id(record.channel))
     return points_to_pointcloud2(

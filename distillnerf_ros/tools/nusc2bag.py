@@ -109,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"distillnerf-nusc2bag: error: {error}", file=sys.stderr)
         return 2
+    except (KeyError, TypeError, IndexError) as error:  # a table row without a field it needs, or a wrong type
+        print(f"distillnerf-nusc2bag: error: malformed nuScenes tables in {args.dataroot}:"
+              f" {type(error).__name__}: {error}", file=sys.stderr)
+        return 2
     total = sum(counts.values())
     print(f"wrote {args.out} ({args.storage}): {total} messages on {len(counts)} topics in"
           f" {time.monotonic() - started:.1f} s")

@@ -1,5 +1,6 @@
 """distillnerf-nusc2bag on the real keyframe, read back with rosbags (an independent CDR reader)."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -91,3 +92,41 @@ def test_bad_input_gives_clear_errors_and_leaves_no_partial_bag(tmp_path, capsys
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"], "a failed conversion left files behind"
     (tmp_path / "exists").mkdir()
     assert main(["--dataroot", str(SAMPLE), "--out", str(tmp_path / "exists")]) == 2
+
+
+def edit_sample_data(dataroot: Path, edit) -> None:
+    table = dataroot / "v1.0-test" / "sample_data.json"
+    rows = json.loads(table.read_text())
+    edit(rows)
+    table.write_text(json.dumps(rows))
+
+
+def lidar_row(rows):
+    return next(r for r in rows if "LIDAR_TOP" in r["filename"])
+
+
+@pytest.mark.parametrize("attack,expected", [
+    ("no_filename", "has no filename"),
+    ("traversal", "outside the dataroot"),
+    ("absolute", "outside the dataroot"),
+    ("lidar_size", "not a multiple of 20 bytes"),
+])
+def test_item15_bad_rows_and_files_are_clear_errors(tmp_path, capsys, attack, expected):
+    broken = tmp_path / "broken"
+    shutil.copytree(SAMPLE, broken)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the bag")
+    if attack == "no_filename":
+        edit_sample_data(broken, lambda rows: lidar_row(rows).pop("filename"))
+    elif attack == "traversal":
+        edit_sample_data(broken, lambda rows: lidar_row(rows).update(filename="../secret.txt"))
+    elif attack == "absolute":
+        edit_sample_data(broken, lambda rows: lidar_row(rows).update(filename=str(secret)))
+    else:
+        (lidar,) = (broken / "samples" / "LIDAR_TOP").glob("*.pcd.bin")
+        lidar.write_bytes(lidar.read_bytes() + b"\x00\x01\x02")  # 3 stray bytes: np.fromfile drops them silently
+    out = tmp_path / "out"
+    assert main(["--dataroot", str(broken), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert expected in error and "Traceback" not in error, error
+    assert not out.exists(), "no bag may be written from a bad dataroot"
