@@ -25,6 +25,8 @@ setup(
             "distillnerf-viz-sample=distillnerf_core.cli.viz_sample:main",
             "distillnerf-train=distillnerf_core.cli.train:main",
             "distillnerf-eval=distillnerf_core.cli.eval:main",
+            "distillnerf-cache-features=distillnerf_core.cli.cache_features:main",
+            "distillnerf-query=distillnerf_core.cli.query:main",
             "distillnerf-nusc2bag=distillnerf_ros.tools.nusc2bag:main",
             "distillnerf-play=distillnerf_ros.tools.play:main",
         ],

@@ -9,6 +9,7 @@ z-depth) and rendered RGB, occupied voxels with colour and density, and a bird's
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from PIL import Image as PILImage
 
 from distillnerf_core.model.distillnerf import DistillNeRFModel
 from distillnerf_core.model.occupancy import OccupancyConfig, query_occupancy
+from distillnerf_core.teachers.query import QueryConfig, QueryResult, SemanticQuerier, SemanticsUnavailableError
 from distillnerf_core.training.checkpoints import load_checkpoint
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -60,6 +62,9 @@ class FramePrediction:
     voxel_density: np.ndarray | None = None  # (V,) float32
     voxel_rgb: np.ndarray | None = None  # (V, 3) uint8, from the input image that sees the voxel
     voxel_features: torch.Tensor | None = None  # (V, F) for semantic queries
+    voxel_label: np.ndarray | None = None  # (V,) int32 index into semantic_queries, -1 = background (none)
+    voxel_score: np.ndarray | None = None  # (V,) float32 probability of the best query
+    query_max_scores: np.ndarray | None = None  # (Q,) float32 max over voxels of each query's probability
     bev_probability: np.ndarray | None = None  # (ny, nx) occupancy probability, NaN where no camera sees
     bev_origin: tuple[float, float] = (0.0, 0.0)  # x, y of the grid corner
     voxel_size: float = 0.0
@@ -95,7 +100,8 @@ class ScenePredictor:
     """A loaded model that turns camera arrays into FramePredictions; one instance serves all cameras."""
 
     def __init__(self, model: DistillNeRFModel | str | Path, device: str = "auto", precision: str = "fp32",
-                 occupancy: OccupancyConfig | None = None) -> None:
+                 occupancy: OccupancyConfig | None = None, teacher_weights: str | Path | None = None,
+                 query: QueryConfig | None = None) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got '{precision}'")
         self.device = resolve_device(device)
@@ -105,10 +111,43 @@ class ScenePredictor:
         self.model = load_checkpoint(model, self.device) if isinstance(model, str | Path) else model.to(self.device)
         self.model.eval()
         self.occupancy = occupancy or OccupancyConfig()
+        self.teacher_weights = teacher_weights  # CLIP weights for text queries (default: the path in the checkpoint)
+        self.query_config = query or QueryConfig()
+        self._querier: SemanticQuerier | None = None
 
     @property
     def has_feature_head(self) -> bool:
         return self.model.feature_head is not None
+
+    @property
+    def teacher(self) -> dict | None:
+        """Identity of the teacher the model was distilled from (kind, model, weights sha256, ...), None if none."""
+        return dict(self.model.config.feature_head.teacher) or None if self.model.feature_pca is not None else None
+
+    def querier(self) -> SemanticQuerier:
+        """The text querier (built once); SemanticsUnavailableError when the model cannot answer text queries."""
+        if self._querier is None:
+            if self.model.feature_pca is None:
+                raise SemanticsUnavailableError("this model was not distilled from a foundation model (no teacher "
+                                                "and no PCA in its checkpoint), so it cannot answer text queries")
+            self._querier = SemanticQuerier(self.model.feature_pca, self.model.config.feature_head.teacher,
+                                            config=self.query_config, weights=self.teacher_weights)
+        return self._querier
+
+    @property
+    def known_queries(self) -> list[str] | None:
+        """The only texts the model answers (an oracle-distilled model's class names), None = open vocabulary."""
+        return self.querier().known_texts
+
+    def check_queries(self, texts: Sequence[str]) -> list[str]:
+        """Validate texts: SemanticsUnavailableError (cannot query at all) or ValueError naming unknown texts."""
+        return self.querier().check(texts)
+
+    def query(self, texts: Sequence[str], prediction: FramePrediction) -> QueryResult:
+        """Label the occupied voxels of a prediction (made with occupancy=True) with text queries."""
+        if prediction.voxel_features is None:
+            raise ValueError("the prediction has no voxel features (predict with occupancy=True)")
+        return self.querier().query(prediction.voxel_features, texts)
 
     @property
     def input_hw(self) -> tuple[int, int]:
@@ -160,8 +199,16 @@ class ScenePredictor:
 
     @torch.no_grad()
     def predict(self, images: list[np.ndarray], intrinsics: list[np.ndarray], ego_from_camera: list[np.ndarray],
-                depth: bool = True, rgb: bool = False, occupancy: bool = True) -> FramePrediction:
-        """Encode one frame (N cameras, any sizes) and compute the requested outputs."""
+                depth: bool = True, rgb: bool = False, occupancy: bool = True,
+                semantic_queries: Sequence[str] | None = None) -> FramePrediction:
+        """Encode one frame (N cameras, any sizes) and compute the requested outputs.
+
+        `semantic_queries` (needs occupancy) labels the occupied voxels: voxel_label, voxel_score, query_max_scores.
+        """
+        if semantic_queries:
+            self.check_queries(semantic_queries)
+            if not occupancy:
+                raise ValueError("semantic_queries label occupied voxels: predict with occupancy=True")
         started = time.perf_counter()
         images_t, K_t, E_t = self._inputs(images, intrinsics, ego_from_camera)
         autocast = torch.autocast(self.device.type, dtype=PRECISIONS[self.precision],
@@ -186,6 +233,11 @@ class ScenePredictor:
                     result.rgb_intrinsics = K_t[0].cpu().numpy()
             if occupancy:
                 self._occupancy(scene, images_t, K_t, E_t, result)
+                if semantic_queries:
+                    labelled = self.query(semantic_queries, result)
+                    result.voxel_label = labelled.label.numpy().astype(np.int32)
+                    result.voxel_score = labelled.score.numpy().astype(np.float32)
+                    result.query_max_scores = labelled.max_scores.numpy().astype(np.float32)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         result.model_ms = 1000.0 * (time.perf_counter() - started)

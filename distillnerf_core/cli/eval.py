@@ -11,7 +11,10 @@
 
 Each metric is computed per sample (all cameras together) and averaged over samples. The JSON holds exactly
 psnr, ssim, nvs_psnr, nvs_ssim, abs_rel, sq_rel, rmse, rmse_log, delta1, delta2, delta3, num_samples and,
-when dense GT exists, dense_abs_rel (a metric with no valid sample is null). `--details-json` writes every
+when dense GT exists, dense_abs_rel (a metric with no valid sample is null); with --features (a distilled model
+and the teacher's feature cache) also feat_psnr (PSNR of the rendered features against the teacher's, both
+PCA-projected and min-max normalised by the model's stored PCA) and feat_cosine (mean per-pixel cosine of the
+PCA reconstruction with the teacher's own features). `--details-json` writes every
 number (dense metrics in full, within-50 m, timing). `--keyframes second` keeps only each scene's 2nd
 keyframe (the paper's val protocol). CKPT: a .safetensors file, a run dir (RUN/model.safetensors, else its
 newest complete checkpoint) or a checkpoint dir.
@@ -45,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=Path, help="save side-by-side PNGs of the first samples here")
     parser.add_argument("--num-images", type=int, default=4)
     parser.add_argument("--details-json", type=Path)
+    parser.add_argument("--features", help="teacher feature cache of this dataroot (name under DATAROOT/features/ or "
+                        "a directory): adds feat_psnr and feat_cosine for a distilled model")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--no-progress", action="store_true")
@@ -54,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = resolve_checkpoint(args.checkpoint)
     model = load_checkpoint(ckpt, args.device)
     render_hw = model.renderer.render_hw(tuple(model.config.image_hw))
-    dataset = make_dataset(args.dataroot, args.version, model.config.image_hw, DataConfig(), render_hw, load_next=True,
+    dataset = make_dataset(args.dataroot, args.version, model.config.image_hw, DataConfig(features=args.features),
+                           render_hw, load_next=True,
                            split=args.split)
     indices = select_second_keyframes(dataset) if args.keyframes == "second" else list(range(len(dataset)))
     if args.max_samples:

@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", help="override data.split (all, train, val, mini_train, ...)")
     parser.add_argument("--ckpt-every", type=int, help="override ckpt_every")
     parser.add_argument("--workers", type=int, help="override data.num_workers")
+    parser.add_argument("--features", help="override data.features: a teacher feature cache (name under "
+                        "DATAROOT/features/ or a directory, from distillnerf-cache-features) to distil")
+    parser.add_argument("--init", help="override init: start from this checkpoint's weights")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK if available)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads on CPU")
     parser.add_argument("--no-progress", action="store_true")
@@ -49,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg.ckpt_every = args.ckpt_every
     if args.workers is not None:
         cfg.data.num_workers = args.workers
+    if args.features:
+        cfg.data.features = args.features
+    if args.init:
+        cfg.init = args.init
     summary = train(cfg, args.dataroot, args.version, args.out, args.max_steps, args.max_minutes, args.resume,
                     args.device, args.threads, not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -8,7 +8,8 @@ rendered D-dim image is a proper volume rendering of a feature field (CLIP / DIN
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +42,10 @@ class FeatureHeadConfig:
     """Feature channels (the PCA-reduced teacher dimension)."""
     hidden: int = 64
     """Hidden width of the MLP."""
-
+    teacher_dim: int = 0
+    """Channels of the teacher features distilled into the head (the PCA's input); 0 = not distilled, no PCA."""
+    teacher: dict[str, Any] = field(default_factory=dict)
+    """Identity of that teacher (kind, model, weights sha256, settings; `teachers/base.py`), set by training."""
 
 
 class CameraGroupNorm(nn.Module):

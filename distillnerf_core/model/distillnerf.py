@@ -31,6 +31,7 @@ from distillnerf_core.model.lift import LiftConfig, LiftOutput, LiftSplat
 from distillnerf_core.model.renderer import RendererConfig, RenderOutput, VolumeRenderer, VoxelField
 from distillnerf_core.model.sparse_conv import SparseCNN, SparseConvConfig
 from distillnerf_core.model.voxels import VoxelConfig, voxelize
+from distillnerf_core.teachers.pca import FeaturePCA
 
 STAGES = ("encoder", "lift", "voxelize", "sparse_conv", "render", "decode")
 
@@ -169,6 +170,9 @@ class DistillNeRFModel(nn.Module):
         field_dim = cfg.lift.feature_dim + cfg.sparse_conv.out_features
         self.decoder = RGBDecoder(cfg.decoder, field_dim + 1)
         self.feature_head = FeatureHead(cfg.feature_head, field_dim) if cfg.feature_head.enabled else None
+        # PCA + normalisation of the distilled teacher's features (buffers, so they travel in the checkpoint).
+        fh = cfg.feature_head
+        self.feature_pca = FeaturePCA(fh.teacher_dim, fh.dim) if fh.enabled and fh.teacher_dim > 0 else None
         self.stage_ms: dict[str, float] = {}
         self.profile_stages = False
 

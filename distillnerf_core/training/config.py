@@ -68,6 +68,8 @@ class TrainConfig:
     fp16 (CUDA only, with loss scaling) or off."""
     seed: int = 0
     """Seed of weights and data order."""
+    init: str | None = None
+    """Start from this checkpoint's weights (not with --resume); tensors it lacks (a new PCA) keep theirs."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (stored with every checkpoint)."""

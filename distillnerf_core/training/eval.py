@@ -18,6 +18,7 @@ import torch
 from distillnerf_core.data.datasets import collate_samples
 from distillnerf_core.model.cameras import CameraRig
 from distillnerf_core.model.distillnerf import DistillNeRFModel
+from distillnerf_core.training.features import feature_metrics
 from distillnerf_core.training.metrics import DEPTH_METRICS, MeanAccumulator, depth_metrics, psnr, resize_mask, ssim
 
 JSON_KEYS = ("psnr", "ssim", "nvs_psnr", "nvs_ssim", *DEPTH_METRICS)
@@ -69,6 +70,8 @@ def evaluate(model: DistillNeRFModel, dataset: Any, indices: list[int] | None = 
         acc.add("psnr", float(psnr(rgb[0], images[0], valid).mean()))
         acc.add("ssim", float(ssim(rgb[0], images[0], mask=valid).mean()))
         acc.add_all(depth_metrics(views.depth[0], batch["lidar_depth"][0], mask=valid_r))
+        if model.feature_pca is not None and views.features is not None and "teacher_features" in batch:
+            acc.add_all(feature_metrics(model.feature_pca, views.features[0], batch["teacher_features"][0]))
         if "dense_depth" in batch:
             has_dense = True
             dense = batch["dense_depth"][0]
@@ -92,6 +95,8 @@ def evaluate(model: DistillNeRFModel, dataset: Any, indices: list[int] | None = 
     metrics: dict[str, Any] = {k: means.get(k) for k in JSON_KEYS}
     if has_dense:
         metrics["dense_abs_rel"] = means.get("dense_abs_rel")
+    if "feat_psnr" in means:
+        metrics["feat_psnr"], metrics["feat_cosine"] = means["feat_psnr"], means["feat_cosine"]
     metrics["num_samples"] = len(indices)
     details = {**means, "num_samples": len(indices), "num_nvs_samples": acc.counts.get("nvs_psnr", 0),
                "seconds_per_frame_median": sorted(times)[len(times) // 2] if times else None,
@@ -116,6 +121,8 @@ def format_table(metrics: dict[str, Any], details: dict[str, Any] | None = None)
         dense = f"{f(metrics['dense_abs_rel'])} / {f(d.get('dense50_abs_rel'))}"
         rows.append(("dense AbsRel (<=80 m / <=50 m)", dense))
         rows.append(("dense RMSE / d1", f"{f(d.get('dense_rmse'))} / {f(d.get('dense_delta1'))}"))
+    if "feat_psnr" in metrics:
+        rows.append(("feature PSNR / cosine", f"{f(metrics['feat_psnr'])} / {f(metrics['feat_cosine'])}"))
     rows.append(("samples", f(metrics["num_samples"])))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -11,6 +11,8 @@
     entropy       mean entropy of the normalised ray-sample weights (peaky rays)
     opacity       BCE of the accumulated opacity against 1 (every ray hits something; sky is far, not empty)
     nvs_l1        optional: L1 on the NEXT keyframe's cameras rendered from the current frame
+    feature       MSE between the rendered feature image and the teacher's cached features, PCA-projected and
+                  min-max normalised by the model's stored PCA (`batch["feature_target"]`, set by the trainer)
 
 All depths are camera z-depths at the render resolution (what the model and the dataset both give).
 Pixels where `batch["masks"]` is 0 (the ego car's own body) are left out of every term above; at the render
@@ -65,6 +67,8 @@ class LossConfig:
     """L1 on the next keyframe's cameras rendered from this frame (novel views; loads the next keyframe)."""
     l1_ratio: float = 0.1
     """Depth losses are MSE + l1_ratio * L1."""
+    feature: float | None = None
+    """Foundation-feature distillation (MSE in PCA space); None = 10 with data.features set, else 0."""
 
 
 def _mse_l1(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, l1_ratio: float) -> torch.Tensor:
@@ -226,10 +230,22 @@ class DistillNeRFLoss(torch.nn.Module):
             if bool(has.any()):
                 terms["nvs_l1"] = rgb_l1_loss(nvs_rgb.float()[has], batch["next_images"][has],
                                               None if valid is None else valid[has])
+        if cfg.feature:
+            if "feature_target" not in batch or out.features is None:
+                raise ValueError("loss.feature > 0 needs teacher features (data.features, a feature cache) and "
+                                 "an enabled feature head")
+            terms["feature"] = feature_loss(out.features.float(), batch["feature_target"])
         total = pred.new_zeros(())
         for name, value in terms.items():
             total = total + getattr(cfg, name) * value
         return total, terms
+
+
+def feature_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MSE between rendered (..., k, h, w) and target PCA features of the same shape."""
+    if pred.shape != target.shape:
+        raise ValueError(f"rendered features {tuple(pred.shape)} vs teacher targets {tuple(target.shape)}")
+    return ((pred - target) ** 2).mean()
 
 
 def resize_depth_like(depth: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:

@@ -35,6 +35,7 @@ from distillnerf_core.training.checkpoints import (
     save_training_checkpoint,
 )
 from distillnerf_core.training.config import OptimConfig, TrainConfig, model_config
+from distillnerf_core.training.features import feature_target, load_init_weights, prepare_feature_distillation
 from distillnerf_core.training.losses import DistillNeRFLoss
 
 
@@ -56,6 +57,8 @@ class TrainStep(nn.Module):
         nvs_rgb = None
         if self.loss.cfg.nvs_l1 and "next_images" in batch and bool(batch["has_next"].any()):
             nvs_rgb = m.render(scene, CameraRig(batch["next_intrinsics"], batch["next_cam2ego"], image_hw)).rgb
+        if m.feature_pca is not None and "teacher_features" in batch:
+            batch = {**batch, "feature_target": feature_target(m.feature_pca, batch["teacher_features"])}
         total, terms = self.loss(out, batch, nvs_rgb)
         # Only the loss may carry the graph out of forward: DDP (find_unused_parameters) walks the graph of
         # every returned tensor, and e.g. the unsupervised feature head would count as used but get no grad.
@@ -170,7 +173,12 @@ def train(cfg: TrainConfig, dataroot: str, version: str, out: str | Path, max_st
             shutil.rmtree(stale, ignore_errors=True)
     torch.manual_seed(cfg.seed)
     mcfg = model_config(cfg)
+    pca = prepare_feature_distillation(cfg, mcfg, dataroot, seed=cfg.seed, verbose=rank == 0)
     model = DistillNeRFModel(mcfg).to(dev)
+    if pca is not None:
+        model.feature_pca.load_state_dict(pca.state_dict())
+    if cfg.init and not resume:
+        load_init_weights(model, cfg.init)
     loss_fn = DistillNeRFLoss(cfg.loss).to(dev)
     step_module = TrainStep(model, loss_fn)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -1,0 +1,111 @@
+"""Foundation-feature distillation glue for training and evaluation.
+
+`prepare_feature_distillation` runs before the model is built: when `data.features` names a feature cache it
+records the teacher (manifest identity + dimension) in the model config, resolves the loss weight (10 unless
+set) and fits the PCA (to `feature_head.dim`) on the cached features; the trainer copies that PCA into the
+model, whose buffers then travel in every checkpoint. `feature_metrics` scores rendered features against the
+teacher: feat_psnr on the normalised PCA features (the reference's "CLIP feature PSNR"), and the cosine
+similarity between the PCA reconstruction and the teacher's own D-dim features.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import torch
+
+from distillnerf_core.model.distillnerf import ModelConfig
+from distillnerf_core.teachers.pca import FeaturePCA
+
+# The normalised PCA targets differ by ~0.01 per channel (MSE) between classes, where the depth terms (weight 10)
+# sit at ~0.005: 10 keeps the feature term on the same scale as the others (not tuned further).
+DEFAULT_FEATURE_WEIGHT = 10.0
+
+
+def cache_entries(cache: Any, cameras: list[str]) -> list[tuple[str, str]]:
+    """(channel, sample_data token) of every cached image of these cameras."""
+    from pathlib import Path
+
+    entries = []
+    for ch in cameras:
+        folder = Path(cache) / ch
+        entries += [(ch, p.stem) for p in sorted(folder.glob("*.safetensors"))] if folder.is_dir() else []
+    return entries
+
+
+def prepare_feature_distillation(train_cfg: Any, mcfg: ModelConfig, dataroot: str, seed: int = 0,
+                                 max_vectors: int = 200_000, verbose: bool = True) -> FeaturePCA | None:
+    """Set up distillation from `train_cfg.data.features` (if any); returns the fitted PCA or None."""
+    from distillnerf_core.data.nuscenes_tables import NUSCENES_CAMERAS
+    from distillnerf_core.teachers.cache import read_manifest, resolve_cache, sample_vectors
+
+    loss = train_cfg.loss
+    features = train_cfg.data.features
+    if features is None:
+        if loss.feature:
+            raise ValueError("loss.feature > 0 needs data.features (a teacher feature cache made with "
+                             "distillnerf-cache-features)")
+        loss.feature = 0.0
+        return None
+    if loss.feature is None:
+        loss.feature = DEFAULT_FEATURE_WEIGHT
+    if not mcfg.feature_head.enabled:
+        raise ValueError("data.features is set but the model's feature_head is disabled")
+    cache = resolve_cache(dataroot, features)
+    manifest = read_manifest(cache)
+    if not manifest.get("complete"):
+        raise ValueError(f"feature cache {cache} is incomplete (interrupted?): run distillnerf-cache-features again")
+    cameras = train_cfg.data.cameras or list(NUSCENES_CAMERAS)
+    entries = cache_entries(cache, cameras)
+    vectors = sample_vectors(cache, entries, max_vectors=max_vectors, seed=seed)
+    if vectors.shape[1] != int(manifest["dim"]):
+        raise ValueError(f"{cache}: entries have {vectors.shape[1]} channels, manifest says {manifest['dim']}")
+    pca, explained = FeaturePCA.fit(vectors, mcfg.feature_head.dim)
+    teacher = dict(manifest["teacher"])
+    teacher["pca"] = {"dim": mcfg.feature_head.dim, "explained_variance": float(explained.sum()),
+                      "fit_vectors": int(vectors.shape[0]), "cache": str(cache)}
+    mcfg.feature_head.teacher_dim = int(manifest["dim"])
+    mcfg.feature_head.teacher = teacher
+    if verbose:
+        print(f"feature distillation: {teacher['kind']} {teacher.get('model')} ({manifest['dim']}-d) -> PCA "
+              f"{mcfg.feature_head.dim}-d explaining {100 * float(explained.sum()):.1f}% of the variance "
+              f"({vectors.shape[0]} vectors from {min(len(entries), 256)} images), loss weight {loss.feature}",
+              file=sys.stderr)
+    return pca
+
+
+def feature_target(pca: FeaturePCA, teacher_features: torch.Tensor) -> torch.Tensor:
+    """(B, N, D, h, w) teacher features -> (B, N, k, h, w) normalised PCA targets."""
+    return pca.project(teacher_features, channel_dim=2)
+
+
+@torch.no_grad()
+def feature_metrics(pca: FeaturePCA, rendered: torch.Tensor, teacher: torch.Tensor) -> dict[str, float]:
+    """feat_psnr (normalised PCA space, -10 log10 MSE) and feat_cosine (mean per-pixel cosine in teacher
+    space) of rendered (N, k, h, w) against teacher (N, D, h, w) features."""
+    target = pca.project(teacher, channel_dim=1)
+    mse = float(((rendered.float() - target) ** 2).mean())
+    recon = pca.reconstruct(rendered.float(), channel_dim=1)
+    cosine = float(torch.nn.functional.cosine_similarity(recon, teacher.float(), dim=1).mean())
+    return {"feat_psnr": -10.0 * torch.log10(torch.tensor(max(mse, 1e-12))).item(), "feat_cosine": cosine}
+
+
+def load_init_weights(model: torch.nn.Module, path: str) -> None:
+    """Start training from a checkpoint's weights (`TrainConfig.init`).
+
+    Every tensor must match by name and shape, except the PCA buffers: those come from this run's feature
+    cache (an undistilled checkpoint has none, a distilled one may have been fitted on another cache).
+    """
+    from distillnerf_core.training.checkpoints import CheckpointError, load_state, resolve_checkpoint
+
+    file = resolve_checkpoint(path)
+    state = {k: v for k, v in load_state(file).items() if not k.startswith("feature_pca.")}
+    own = model.state_dict()
+    missing = sorted(k for k in set(own) - set(state) if not k.startswith("feature_pca."))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or shapes:
+        raise CheckpointError(f"{file}: cannot initialise from it (missing {missing[:4]}, unexpected "
+                              f"{unexpected[:4]}, shape mismatches {shapes[:4]})")
+    model.load_state_dict({**own, **state})
