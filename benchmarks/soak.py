@@ -1,9 +1,15 @@
 """Soak: loop the synthetic demo bag at real time into perception_node for M minutes.
 
-Reports processed and dropped frames, latency percentiles and the node's RSS at start and end (target: RSS
-growth < 5 % over 30 minutes, no crash, no growing queue).
+Counts what happened to every frame: sent (camera sets the player published, counted by this process on
+the camera topics), processed, and lost by reason (worker busy, no TF, too few cameras, replaced while
+waiting for TF, images refused, inference errors, ...) plus the frames that no counter explains
+("unaccounted": camera sets never formed because a reset discarded some of their images, or sent
+while the node was inactive during a lifecycle cycle); TF cache resets by kind (a transform going back
+in time, a clock jump) and TF transforms rejected / evicted / expired. Optionally a TF publisher at
+--tf-hz and a lifecycle deactivate/activate cycle every --lifecycle-period seconds. Also latency
+percentiles and the node's RSS (target: growth < 5 % over 30 minutes, no crash, no growing queue).
 
-    .venv/bin/python benchmarks/soak.py --minutes 30 [--model M] [--json OUT]
+    .venv/bin/python benchmarks/soak.py --minutes 30 --tf-hz 100 --lifecycle-period 60 [--model M] [--json OUT]
 """
 
 from __future__ import annotations
@@ -13,23 +19,54 @@ import json
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import PointCloud2
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import CompressedImage, PointCloud2
 from std_msgs.msg import Float64
+from tf2_msgs.msg import TFMessage
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from node_metrics import percentiles, rss_mb  # noqa: E402
 
+from distillnerf_core.data.nuscenes_tables import NUSCENES_CAMERAS  # noqa: E402
+from distillnerf_ros.conversions.nuscenes_messages import transform_stamped  # noqa: E402
+from distillnerf_ros.input.rig_input import TF_QOS  # noqa: E402
 from distillnerf_ros.tools.demo import build_bags  # noqa: E402
 from distillnerf_ros.tools.processes import stop_process  # noqa: E402
 
 NODE = "/distillnerf_perception"
+LOSS_KEYS = ("dropped_busy", "sets_dropped_tf", "sets_dropped_min_cameras", "sets_replaced_waiting",
+             "skipped_no_cameras", "skipped_no_subscribers", "errors")
+EVENT_KEYS = ("images_rejected", "images_discarded_on_reset", "tf_rejected", "tf_evicted", "tf_expired")
+
+
+class MonotonicCounters:
+    """Sums counters that restart from 0 (the node's rig counters restart on every activation)."""
+
+    def __init__(self) -> None:
+        self.offset: Counter = Counter()
+        self.last: dict[str, int] = {}
+
+    def update(self, key: str, value: int) -> None:
+        if value < self.last.get(key, 0):
+            self.offset[key] += self.last[key]
+        self.last[key] = value
+
+    def total(self, key: str) -> int:
+        return self.offset[key] + self.last.get(key, 0)
+
+    def keys(self) -> set[str]:
+        return set(self.last)
 
 
 def main() -> int:
@@ -38,6 +75,10 @@ def main() -> int:
     parser.add_argument("--model", default="")
     parser.add_argument("--out", type=Path, default=REPO / "demo_out")
     parser.add_argument("--json", default="")
+    parser.add_argument("--tf-hz", type=float, default=0.0, help="also publish base_link -> soak_extra on /tf at"
+                        " this rate, stamped with the latest /clock (0: off)")
+    parser.add_argument("--lifecycle-period", type=float, default=0.0,
+                        help="deactivate + activate the node every this many seconds (0: never)")
     args = parser.parse_args()
     bag = build_bags(args.out)["synthetic"]
     node_cmd = [sys.executable, str(REPO / "scripts" / "perception_node"), "--ros-args", "--params-file",
@@ -47,23 +88,37 @@ def main() -> int:
     node = subprocess.Popen(node_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     rclpy.init()
     bench = rclpy.create_node("soak_bench")
-    latency, processing, model, counters = [], [], [], {}
+    latency, processing, model, status = [], [], [], {}
+    counters = MonotonicCounters()
+    images: Counter = Counter()
+    clock_ns = [0]
     bench.create_subscription(Float64, f"{NODE}/debug/pipeline_latency_ms", lambda m: latency.append(m.data), 10)
     bench.create_subscription(Float64, f"{NODE}/debug/processing_time_ms", lambda m: processing.append(m.data), 10)
     bench.create_subscription(Float64, f"{NODE}/debug/model_time_ms", lambda m: model.append(m.data), 10)
     bench.create_subscription(PointCloud2, f"{NODE}/occupancy", lambda m: None,
                               QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+    for camera in NUSCENES_CAMERAS:  # frames sent = camera sets published by the player
+        bench.create_subscription(CompressedImage, f"/{camera}/image_rect_compressed",
+                                  lambda m, c=camera: images.update([c]), 10)
+    bench.create_subscription(Clock, "/clock", lambda m: clock_ns.__setitem__(
+        0, m.clock.sec * 1_000_000_000 + m.clock.nanosec), 10)
 
     def on_diagnostics(message: DiagnosticArray) -> None:
-        for status in message.status:
-            if status.name.startswith("distillnerf_perception"):
-                counters.update({kv.key: kv.value for kv in status.values}, message=status.message)
+        for item in message.status:
+            if item.name.startswith("distillnerf_perception"):
+                values = {kv.key: kv.value for kv in item.values}
+                status.update(values, message=item.message, level=int.from_bytes(item.level, "little"))
+                for key, value in values.items():
+                    if key in LOSS_KEYS + EVENT_KEYS + ("processed",) or key.startswith("tf_resets/"):
+                        counters.update(key, int(value))
 
     bench.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
+    tf_pub = bench.create_publisher(TFMessage, "/tf", TF_QOS)
+    lifecycle = bench.create_client(ChangeState, f"{NODE}/change_state")
     deadline = time.monotonic() + 120
-    while counters.get("message") != "active" and time.monotonic() < deadline and node.poll() is None:
+    while status.get("message") != "active" and time.monotonic() < deadline and node.poll() is None:
         rclpy.spin_once(bench, timeout_sec=0.1)
-    if counters.get("message") != "active":
+    if status.get("message") != "active":
         node.kill()
         print(f"perception_node did not become active: {node.stderr.read()[-2000:]}")
         return 1
@@ -71,26 +126,54 @@ def main() -> int:
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     start = time.monotonic()
     rss = [(0.0, rss_mb(node.pid))]
+    next_tf, next_cycle, cycles, failed_cycles, tf_sent = start, start + (args.lifecycle_period or 1e12), 0, 0, 0
     while time.monotonic() - start < args.minutes * 60 and node.poll() is None:
-        rclpy.spin_once(bench, timeout_sec=0.1)
-        if time.monotonic() - start - rss[-1][0] >= 10:
-            rss.append((time.monotonic() - start, rss_mb(node.pid)))
+        rclpy.spin_once(bench, timeout_sec=0.005 if args.tf_hz else 0.1)
+        now = time.monotonic()
+        if args.tf_hz and now >= next_tf and clock_ns[0] > 0:
+            stamp = rclpy.time.Time(nanoseconds=clock_ns[0]).to_msg()
+            tf_pub.publish(TFMessage(transforms=[transform_stamped("base_link", "soak_extra", stamp, np.eye(4))]))
+            tf_sent += 1
+            next_tf += 1.0 / args.tf_hz
+        if now >= next_cycle:
+            next_cycle += args.lifecycle_period
+            ok = True
+            for transition in (Transition.TRANSITION_DEACTIVATE, Transition.TRANSITION_ACTIVATE):
+                future = lifecycle.call_async(ChangeState.Request(transition=Transition(id=transition)))
+                rclpy.spin_until_future_complete(bench, future, timeout_sec=30)
+                ok = ok and future.done() and future.result().success
+            cycles += 1
+            failed_cycles += not ok
+        if now - start - rss[-1][0] >= 10:
+            rss.append((now - start, rss_mb(node.pid)))
     crashed = node.poll() is not None
     for process in (player, node):
         stop_process(process)
     # The first samples include the model's warm-up allocations; growth is measured from the first minute on.
     baseline = next((mb for t, mb in rss if t >= 60), rss[0][1])
-    result = {"minutes": args.minutes, "crashed": crashed, "processed": int(counters.get("processed", 0)),
-              "dropped_busy": int(counters.get("dropped_busy", 0)), "errors": int(counters.get("errors", 0)),
-              "pipeline_latency_ms": percentiles(latency), "processing_ms": percentiles(processing),
-              "model_ms": percentiles(model),
-              "rss_mb_start": rss[0][1], "rss_mb_after_1min": baseline, "rss_mb_end": rss[-1][1],
-              "rss_growth_after_1min": rss[-1][1] / baseline - 1, "tf_resets": counters.get("tf_resets")}
+    sent = min(images[c] for c in NUSCENES_CAMERAS)
+    lost = {key: counters.total(key) for key in LOSS_KEYS}
+    processed = counters.total("processed")
+    result = {
+        "minutes": args.minutes, "crashed": crashed, "tf_hz": args.tf_hz, "tf_sent": tf_sent,
+        "lifecycle_cycles": cycles, "lifecycle_cycles_failed": failed_cycles,
+        "frames": {"sent": sent, "processed": processed, "lost": lost,
+                   "unaccounted": sent - processed - sum(lost.values())},
+        "tf_resets": {key.split("/", 1)[1]: counters.total(key) for key in sorted(counters.keys())
+                      if key.startswith("tf_resets/")},
+        "events": {key: counters.total(key) for key in EVENT_KEYS},
+        "last_status": {"level": status.get("level"), "message": status.get("message")},
+        "pipeline_latency_ms": percentiles(latency), "processing_ms": percentiles(processing),
+        "model_ms": percentiles(model),
+        "rss_mb_start": rss[0][1], "rss_mb_after_1min": baseline, "rss_mb_end": rss[-1][1],
+        "rss_growth_after_1min": rss[-1][1] / baseline - 1,
+    }
     print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps({**result, "rss_series": rss}, indent=2))
+    bench.destroy_node()
     rclpy.shutdown()
-    return 1 if crashed else 0
+    return 1 if crashed or failed_cycles else 0
 
 
 if __name__ == "__main__":

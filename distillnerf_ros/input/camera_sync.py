@@ -35,6 +35,7 @@ class SyncStatistics:
     sets_dropped: int = 0  # fewer than min_cameras usable
     overwritten: Counter = field(default_factory=Counter)  # camera -> messages replaced before use
     missing: Counter = field(default_factory=Counter)  # (camera, reason kind) -> count
+    discarded_on_reset: int = 0  # pending messages dropped by reset() (time went backwards)
 
 
 class LatestCameraSynchronizer:
@@ -80,7 +81,8 @@ class LatestCameraSynchronizer:
         return emitted
 
     def reset(self) -> None:
-        """Drop pending messages (after a backwards time jump, e.g. a looped bag)."""
+        """Drop pending messages (after a backwards time jump, e.g. a looped bag); they are counted."""
+        self.stats.discarded_on_reset += len(self._pending)
         self._pending.clear()
 
     def _emit(self) -> CameraSet | None:

@@ -300,6 +300,7 @@ class PerceptionNode(LifecycleNode):
             lost.update(sets_dropped_tf=self.rig.stats.sets_dropped_tf,
                         sets_dropped_min_cameras=self.rig.sync.stats.sets_dropped,
                         sets_replaced_waiting=self.rig.stats.sets_replaced_waiting,
+                        images_discarded_on_reset=self.rig.sync.stats.discarded_on_reset,
                         images_rejected=sum(self.rig.stats.rejected_images.values()),
                         tf_rejected=self.rig.tf.rejected)
         return lost
