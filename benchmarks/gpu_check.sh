@@ -58,16 +58,17 @@ PYEOF
 
 if [ "${GPU_CHECK_QUICK:-0}" = 1 ] || ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
   echo "QUICK / no CUDA: CPU dry run, tiny config only"
-  DEV=cpu; CONFIGS="tiny"; PRECS="fp32 bf16"; QUICK=--quick; KF_ITERS=1; KF_WARM=1; PROF=tiny
+  DEV=cpu; CONFIGS="tiny"; PRECS="fp32 bf16"; QUICK=--quick; KF_PRECS=fp32; KF_ITERS=1; KF_WARM=0; PROF=tiny
 else
-  DEV=cuda; CONFIGS="paper small tiny"; PRECS="fp32 bf16 fp16"; QUICK=; KF_ITERS=20; KF_WARM=3; PROF=paper
+  DEV=cuda; CONFIGS="paper small tiny"; PRECS="fp32 bf16 fp16"; QUICK=; KF_PRECS=$PRECS; KF_ITERS=20; KF_WARM=3
+  PROF=paper
 fi
 # Limits: 20 + 135 + 40 + 2 x 25 + 10 = 255 s, and no step runs past TOTAL_LIMIT (280 s): under 5 minutes
 # whatever happens. The bench stops starting new runs after 115 s; expected total on an H100/H200 ~3 min.
 
 step bench 135 "$PY" benchmarks/gpu_bench_all.py --out "$OUT" --device $DEV --configs $CONFIGS --precisions $PRECS \
   --budget-s 115 $QUICK
-step keyframe 40 "$PY" benchmarks/keyframe_predictor.py --device $DEV --precision $PRECS --iters $KF_ITERS \
+step keyframe 40 "$PY" benchmarks/keyframe_predictor.py --device $DEV --precision $KF_PRECS --iters $KF_ITERS \
   --warmup $KF_WARM --json "$OUT/keyframe_predictor.json"
 for prec in fp32 bf16; do
   step "profile_$prec" 25 "$PY" benchmarks/profile_step.py --config $PROF --mode train --precision $prec \

@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Interleaved before/after timing of two (or more) source trees on the CPU, 2 threads: the no-grad forward
+and the fp32 training step (forward, default loss, backward, Adam) of one config.
+
+    git archive <commit> distillnerf_core | tar -x -C /tmp/before     # one tree per revision
+    python benchmarks/cpu_ab.py /tmp/before /tmp/after [--config small] [--rounds 4] [--json OUT]
+
+Each round runs every tree in a fresh process, one after the other, so background load on a shared machine
+hits all trees alike; the report gives per-tree medians and minima over all rounds (per stage too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+CHILD = r'''
+import json, sys, time, torch
+torch.set_num_threads(2)
+from distillnerf_core.model.cameras import ring_rig
+from distillnerf_core.model.distillnerf import STAGES, DistillNeRFModel, ModelConfig
+from distillnerf_core.training.losses import DistillNeRFLoss
+from distillnerf_core.training.trainer import TrainStep
+config, n_infer, n_train = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+torch.manual_seed(0)
+cfg = ModelConfig.load(config)
+model = DistillNeRFModel(cfg)
+hw = tuple(cfg.image_hw)
+rig = ring_rig(6, hw)
+images = torch.rand(1, 6, 3, *hw)
+out = {"infer_ms": [], "stages": {s: [] for s in STAGES}, "train_ms": []}
+model.eval()
+with torch.no_grad():
+    for i in range(n_infer + 2):
+        start = time.perf_counter()
+        model(images, rig.intrinsics, rig.cam2ego)
+        if i >= 2:
+            out["infer_ms"].append(1000 * (time.perf_counter() - start))
+            for s in STAGES:
+                out["stages"][s].append(model.stage_ms[s])
+model.train()
+step = TrainStep(model, DistillNeRFLoss())
+params = [p for p in model.parameters() if p.requires_grad]
+opt = torch.optim.Adam(params, lr=2e-4, betas=(0.0, 0.99))
+batch = {"images": images, "intrinsics": rig.intrinsics, "cam2ego": rig.cam2ego,
+         "lidar_depth": 2.0 + 40.0 * torch.rand(1, 6, *model.renderer.render_hw(hw))}
+for i in range(n_train + 1):
+    start = time.perf_counter()
+    total = step(batch)[0]
+    opt.zero_grad(set_to_none=True)
+    total.backward()
+    torch.nn.utils.clip_grad_norm_(params, 35.0)
+    opt.step()
+    if i >= 1:
+        out["train_ms"].append(1000 * (time.perf_counter() - start))
+print(json.dumps(out))
+'''
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("trees", nargs="+", type=Path)
+    parser.add_argument("--config", default="small")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--infer", type=int, default=5, help="timed forwards per round (after 2 warm-up)")
+    parser.add_argument("--train", type=int, default=2, help="timed training steps per round (after 1)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    runs = {str(t): {"infer_ms": [], "train_ms": [], "stages": {}} for t in args.trees}
+    for _ in range(args.rounds):
+        for tree in args.trees:
+            proc = subprocess.run([sys.executable, "-c", CHILD, args.config, str(args.infer), str(args.train)],
+                                  cwd=tree, env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin",
+                                                 "OMP_NUM_THREADS": "2"}, capture_output=True, text=True)
+            if proc.returncode:
+                print(proc.stderr[-2000:], file=sys.stderr)
+                return 1
+            data = json.loads(proc.stdout.strip().splitlines()[-1])
+            run = runs[str(tree)]
+            run["infer_ms"] += data["infer_ms"]
+            run["train_ms"] += data["train_ms"]
+            for stage, values in data["stages"].items():
+                run["stages"].setdefault(stage, []).extend(values)
+    report = {"config": args.config, "threads": 2, "rounds": args.rounds, "trees": {}}
+    for tree, run in runs.items():
+        summary = {
+            "infer_ms_median": statistics.median(run["infer_ms"]), "infer_ms_min": min(run["infer_ms"]),
+            "train_step_ms_median": statistics.median(run["train_ms"]), "train_step_ms_min": min(run["train_ms"]),
+            "stage_ms_median": {s: statistics.median(v) for s, v in run["stages"].items()},
+            "n_infer": len(run["infer_ms"]), "n_train": len(run["train_ms"]),
+        }
+        report["trees"][tree] = summary
+        print(f"{tree}: forward median {summary['infer_ms_median']:.1f} ms (min {summary['infer_ms_min']:.1f}), "
+              f"train step median {summary['train_step_ms_median']:.1f} ms (min {summary['train_step_ms_min']:.1f}); "
+              + ", ".join(f"{s} {v:.1f}" for s, v in summary["stage_ms_median"].items()))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
