@@ -21,6 +21,7 @@ from tf2_msgs.msg import TFMessage
 from distillnerf_core.data.nuscenes_tables import load_sensor_records
 from distillnerf_ros.conversions.nuscenes_messages import camera_messages, ego_pose_tf_message, static_tf_message
 from distillnerf_ros.input.rig_input import TF_QOS, TF_STATIC_QOS
+from distillnerf_ros.nodes.signals import init_without_signal_handlers
 
 
 class DatarootPublisher(Node):
@@ -43,12 +44,12 @@ class DatarootPublisher(Node):
         self.info_pubs = {c: self.create_publisher(CameraInfo, f"/{c}/camera_info", qos) for c in self.cameras}
         self.tf_static_pub.publish(static_tf_message(self.records))
 
-    def wait_for_subscribers(self, timeout_s: float) -> bool:
+    def wait_for_subscribers(self, timeout_s: float, stop=lambda: False) -> bool:
         """Wait until every image and CameraInfo topic has a subscriber (so nothing published is lost to
         discovery: each topic is matched on its own, so images being matched says nothing about CameraInfo)."""
         publishers = [*self.image_pubs.values(), *self.info_pubs.values()]
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not stop():
             if all(pub.get_subscription_count() > 0 for pub in publishers):
                 return True
             rclpy.spin_once(self, timeout_sec=0.05)
@@ -75,16 +76,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait-subscribers", type=float, default=20.0, help="seconds to wait for subscribers")
     parser.add_argument("--linger", type=float, default=3.0, help="seconds to keep serving after publishing")
     args = parser.parse_args(argv)
-    rclpy.init()
+    stop = init_without_signal_handlers()  # SIGINT / SIGTERM: a normal way to stop it, exit 0
     node = DatarootPublisher(args.dataroot, args.version)
     try:
-        if not node.wait_for_subscribers(args.wait_subscribers):
+        if not node.wait_for_subscribers(args.wait_subscribers, stop=lambda: bool(stop)):
+            if stop:
+                return 0
             node.get_logger().error(f"image or CameraInfo topic without subscriber after {args.wait_subscribers} s")
             return 1
         sent = node.publish_all()
         node.get_logger().info(f"published {sent} messages from {len(node.cameras)} cameras")
         end = time.monotonic() + args.linger
-        while time.monotonic() < end:  # keep serving reliable resends and the latched /tf_static
+        while time.monotonic() < end and not stop:  # keep serving reliable resends and the latched /tf_static
             rclpy.spin_once(node, timeout_sec=0.05)
         return 0
     except (KeyboardInterrupt, ExternalShutdownException):  # SIGINT / SIGTERM: a normal way to stop it

@@ -24,6 +24,7 @@ from rosbags.rosbag2 import Reader, ReaderError
 from rosgraph_msgs.msg import Clock
 
 from distillnerf_ros.conversions.nuscenes_messages import stamp_from_us
+from distillnerf_ros.nodes.signals import init_without_signal_handlers
 from distillnerf_ros.tools.bag_check import MalformedBagError, check_storage_file
 
 
@@ -62,8 +63,10 @@ def recorded_qos(connection) -> QoSProfile:
 
 
 class BagPlayer(Node):
-    def __init__(self, bag: Path, topics: list[str] | None, clock: bool, **node_options) -> None:
+    def __init__(self, bag: Path, topics: list[str] | None, clock: bool, stop=lambda: False,
+                 **node_options) -> None:
         super().__init__("distillnerf_bag_player", **node_options)
+        self._stop = stop  # true once SIGINT / SIGTERM arrived: playback ends after the current message
         self.bag = Path(bag)
         if not (self.bag / "metadata.yaml").is_file():
             raise BagError(f"{self.bag} is not a rosbag2 directory (no metadata.yaml)")
@@ -106,9 +109,11 @@ class BagPlayer(Node):
         try:
             messages = self._reader.messages(connections=self.connections, start=start_ns)
             for connection, stamp_ns, data in messages:
+                if self._stop():
+                    break
                 if rate > 0:
                     due = wall_start + (stamp_ns - start_ns) / 1e9 / rate
-                    while (now := time.monotonic()) < due:
+                    while (now := time.monotonic()) < due and not self._stop():
                         if self._clock_publisher is not None and now >= next_clock:
                             self.publish_clock(start_ns + int((now - wall_start) * rate * 1e9))
                             next_clock = now + 1.0 / clock_hz
@@ -127,7 +132,7 @@ class BagPlayer(Node):
         deadline = time.monotonic() + timeout_s
         publishers = list(self._topic_publishers.values())
         matched, last_change = 0, time.monotonic()
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self._stop():
             now_matched = sum(p.get_subscription_count() for p in publishers)
             if now_matched != matched:
                 matched, last_change = now_matched, time.monotonic()
@@ -137,7 +142,9 @@ class BagPlayer(Node):
 
     def drain(self, seconds: float) -> None:
         """Stay alive briefly after the last message so reliable subscribers can receive resends."""
-        time.sleep(seconds)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not self._stop():
+            time.sleep(0.02)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,10 +162,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="extra seconds to wait after discovery before playing (as ros2 bag play --delay)")
     parser.add_argument("--max-loops", type=int, default=0, help="with --loop: stop after this many (0: never)")
     args = parser.parse_args(argv)
-    rclpy.init()
+    stop = init_without_signal_handlers()  # SIGINT / SIGTERM end playback cleanly, exit 0
     stats = PlaybackStats()
     try:
-        player = BagPlayer(args.bag, args.topics, args.clock)
+        player = BagPlayer(args.bag, args.topics, args.clock, stop=lambda: bool(stop))
     except BagError as error:
         print(f"distillnerf-play: error: {error}", file=sys.stderr)
         rclpy.try_shutdown()
@@ -168,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(args.delay)
         while True:
             player.play_once(args.rate, args.start_offset, args.clock_hz, stats)
-            if not args.loop or (args.max_loops and stats.loops >= args.max_loops):
+            if stop or not args.loop or (args.max_loops and stats.loops >= args.max_loops):
                 break
         player.drain(0.5)
     except BagError as error:

@@ -170,3 +170,15 @@ def test_item04_rig_monitor_exits_0_on_a_signal(tiny_checkpoint, sig):
         session.close()
     assert code == 0, f"exit {code} on {sig.name}: {output[-3000:]}"
     assert not any(marker in output for marker in CRASH_MARKERS), output[-3000:]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_item04_dataroot_publisher_exits_0_on_a_signal(sig):
+    process = subprocess.Popen([sys.executable, str(REPO / "scripts" / "dataroot_publisher"), "--dataroot",
+                                str(REPO / "data" / "nuscenes_sample")], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+    time.sleep(3)  # waiting for subscribers
+    process.send_signal(sig)
+    code, output = finish(process)
+    assert code == 0, f"exit {code} on {sig.name}: {output[-3000:]}"
+    assert not any(marker in output for marker in CRASH_MARKERS), output[-3000:]

@@ -166,3 +166,16 @@ def test_item14_malformed_sqlite3_bags_are_clear_errors_too(tmp_path, corruption
                              "--wait-subscribers", "0"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, f"{corruption}: exit {result.returncode}: {result.stdout} {result.stderr}"
     assert "distillnerf-play: error:" in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_item04_the_player_exits_0_on_a_signal_while_playing(keyframe_bag, sig):
+    import signal
+    import time
+
+    player = play(keyframe_bag, "--loop", "--clock", "--rate", "5", "--wait-subscribers", "0")
+    time.sleep(3)  # importing rclpy + opening the bag, then looping: the signal lands mid-playback
+    player.send_signal(getattr(signal, sig))
+    stdout, stderr = player.communicate(timeout=20)
+    assert player.returncode == 0, f"exit {player.returncode} on {sig}: {stderr}"
+    assert "Traceback" not in stderr and "played" in stdout, (stdout, stderr)
