@@ -10,6 +10,8 @@ its centre projects into some camera no further than the ground-truth depth at t
     per-class IoU and mIoU            |pred = c and gt = c| / |pred = c or gt = c|
     best single-class baseline        every occupied voxel labelled with one class c; the best c's mIoU
     geometric IoU                     occupied vs free, |pred occupied and gt occupied| / |either|
+    label accuracy on occupied        where both say occupied (by an evaluated class): share of correct labels,
+                                      i.e. the semantics alone, without the geometry's errors
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ def semantic_occupancy_eval(model: DistillNeRFModel, dataset: Any, indices: list
     sums = {m: {k: torch.zeros(n, dtype=torch.long) for k in ("inter", "union", "single_inter", "single_union")}
             for m in ("visible", "all")}
     geo = {m: [0, 0] for m in ("visible", "all")}
+    agree = {m: [0, 0] for m in ("visible", "all")}  # labels right where prediction and GT are both occupied
     indices = list(range(len(dataset))) if indices is None else indices
     iterator = indices
     if progress:
@@ -103,6 +106,9 @@ def semantic_occupancy_eval(model: DistillNeRFModel, dataset: Any, indices: list
                 sums[mode]["single_union"][j] += int((occupied | gc).sum())
             geo[mode][0] += int((occupied & (g > 0)).sum())
             geo[mode][1] += int((occupied | (g > 0)).sum())
+            both = occupied & torch.isin(g, torch.tensor(class_ids))
+            agree[mode][0] += int((p[both] == g[both]).sum())
+            agree[mode][1] += int(both.sum())
     result: dict[str, Any] = {"classes": list(classes), "threshold": threshold, "samples": len(indices),
                               "voxel_size": occ_cfg.voxel_size, "teacher": teacher.get("kind")}
     for mode in ("visible", "all"):
@@ -117,6 +123,8 @@ def semantic_occupancy_eval(model: DistillNeRFModel, dataset: Any, indices: list
             "miou": float(iou[present].sum() / max(1, k)),
             "single_class_baseline": {"class": classes[best], "miou": float(single[best] / max(1, k))},
             "geometric_iou": geo[mode][0] / max(1, geo[mode][1]),
+            "label_accuracy_on_occupied": agree[mode][0] / max(1, agree[mode][1]),
+            "voxels_occupied_in_both": agree[mode][1],
             "classes_present": k,
         }
     return result
@@ -137,4 +145,6 @@ def format_semantic_table(result: dict[str, Any]) -> str:
                  f"{a['class']})")
     geo_v, geo_a = result["visible"]["geometric_iou"], result["all"]["geometric_iou"]
     lines.append(f"{'geometric IoU':<24}{f(geo_v):>10}{f(geo_a):>10}")
+    acc_v, acc_a = result["visible"]["label_accuracy_on_occupied"], result["all"]["label_accuracy_on_occupied"]
+    lines.append(f"{'label acc. (both occ.)':<24}{f(acc_v):>10}{f(acc_a):>10}")
     return "\n".join(lines)

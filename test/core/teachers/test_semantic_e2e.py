@@ -76,6 +76,13 @@ def test_oracle_path(root, tmp_path, capsys):
                            ds.sample_tokens[0], "--text", "truck", "--out", str(out)]) == 2
     assert "knows only its class names" in capsys.readouterr().err
 
+    from distillnerf_core.training.semantic_eval import semantic_occupancy_eval
+
+    sem = semantic_occupancy_eval(load_checkpoint(ckpt), ds, progress=False)
+    for mode in ("visible", "all"):
+        assert 0 <= sem[mode]["miou"] <= 1 and 0 <= sem[mode]["geometric_iou"] <= 1
+        assert sem[mode]["classes_present"] > 0 and set(sem[mode]["per_class_iou"]) == set(sem["classes"])
+
     metrics = tmp_path / "eval.json"
     assert eval_cli.main(["--checkpoint", str(ckpt), "--dataroot", str(root), "--version", VERSION, "--json",
                           str(metrics), "--features", "oracle", "--no-progress"]) == 0
