@@ -14,7 +14,10 @@
 Every DDAD score leaves out the ego-body masks (data/ego_masks.py); the nuScenes keyframe has none.
 `scale` = median(LiDAR depth / predicted depth) over valid pixels: how far off the metric depth scale is;
 `too_near` / `too_far`: fractions of LiDAR pixels predicted nearer than gt / 1.25 / farther than 1.25 gt;
-`abs_rel_near` / `abs_rel_far`: AbsRel where the LiDAR depth is <= 20 m / > 20 m; `psnr_cameras`: per camera.
+`abs_rel_near` / `abs_rel_far`: AbsRel where the LiDAR depth is <= 20 m / > 20 m; `psnr_cameras`: per camera;
+`upper_far_lidar` / `upper_far_pred`: median LiDAR / predicted depth of the upper-half pixels whose LiDAR depth
+is > 15 m (mostly trees); `top_empty_pred` (+ `_p10`, `_p90`): predicted depth in the top sixth of the rows
+where no LiDAR return lands (mostly sky), which no score above sees.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ from distillnerf_core.training.metrics import depth_metrics, psnr, resize_mask, 
 from distillnerf_core.training.trainer import TrainStep  # noqa: E402
 from distillnerf_core.viz.images import camera_grid, colorize_depth, save_png, upsample_to  # noqa: E402
 
-KEYS = ("psnr", "ssim", "abs_rel", "rmse", "delta1", "scale", "too_near", "too_far", "abs_rel_near", "abs_rel_far")
+KEYS = ("psnr", "ssim", "abs_rel", "rmse", "delta1", "scale", "too_near", "too_far", "abs_rel_near", "abs_rel_far",
+        "upper_far_lidar", "upper_far_pred", "top_empty_pred", "top_empty_pred_p10", "top_empty_pred_p90")
 # Display order of the picture rows (left to right as seen from the car): FL, F, FR, BL, B, BR.
 DDAD_DISPLAY = ("CAMERA_05", "CAMERA_01", "CAMERA_06", "CAMERA_07", "CAMERA_09", "CAMERA_08")
 
@@ -67,7 +71,20 @@ def score(rgb: torch.Tensor, images: torch.Tensor, depth: torch.Tensor, lidar: t
             "too_near": float((pred < gt / 1.25).double().mean()) if len(gt) else None,
             "too_far": float((pred > gt * 1.25).double().mean()) if len(gt) else None,
             "abs_rel_near": near.get("abs_rel"), "abs_rel_far": far.get("abs_rel"),
-            "psnr_cameras": [round(float(v), 2) for v in per_camera]}
+            "psnr_cameras": [round(float(v), 2) for v in per_camera], **region_depths(depth, lidar, valid_r)}
+
+
+def region_depths(depth: torch.Tensor, lidar: torch.Tensor, valid_r: torch.Tensor) -> dict[str, float | None]:
+    """Depth in two image regions the averages hide: far upper half (trees), top rows without LiDAR (sky)."""
+    h = depth.shape[-2]
+    rows = torch.arange(h).view(1, h, 1)
+    upper_far = valid_r & (rows < h // 2) & (lidar > 15.0)
+    top_empty = valid_r & (rows < h // 6) & (lidar <= 0)
+    med = lambda x: float(x.median()) if x.numel() else None  # noqa: E731
+    q = lambda x, p: float(torch.quantile(x.float(), p)) if x.numel() else None  # noqa: E731
+    return {"upper_far_lidar": med(lidar[upper_far]), "upper_far_pred": med(depth[upper_far]),
+            "top_empty_pred": med(depth[top_empty]), "top_empty_pred_p10": q(depth[top_empty], 0.1),
+            "top_empty_pred_p90": q(depth[top_empty], 0.9)}
 
 
 def mean(rows: list[dict]) -> dict[str, float]:
