@@ -6,13 +6,15 @@ and the fp32 training step (forward, default loss, backward, Adam) of one config
     python benchmarks/cpu_ab.py /tmp/before /tmp/after [--config small] [--rounds 4] [--json OUT]
 
 Each round runs every tree in a fresh process, one after the other, so background load on a shared machine
-hits all trees alike; the report gives per-tree medians and minima over all rounds (per stage too).
+hits all trees alike; the report gives per-tree medians and minima over all rounds (per stage too), and
+the process CPU time per forward / step (with --threads 1 the least load-sensitive measure of the work).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -20,7 +22,7 @@ from pathlib import Path
 
 CHILD = r'''
 import json, sys, time, torch
-torch.set_num_threads(2)
+torch.set_num_threads(int(sys.argv[4]))
 from distillnerf_core.model.cameras import ring_rig
 from distillnerf_core.model.distillnerf import STAGES, DistillNeRFModel, ModelConfig
 from distillnerf_core.training.losses import DistillNeRFLoss
@@ -32,14 +34,15 @@ model = DistillNeRFModel(cfg)
 hw = tuple(cfg.image_hw)
 rig = ring_rig(6, hw)
 images = torch.rand(1, 6, 3, *hw)
-out = {"infer_ms": [], "stages": {s: [] for s in STAGES}, "train_ms": []}
+out = {"infer_ms": [], "infer_cpu_ms": [], "stages": {s: [] for s in STAGES}, "train_ms": [], "train_cpu_ms": []}
 model.eval()
 with torch.no_grad():
     for i in range(n_infer + 2):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         model(images, rig.intrinsics, rig.cam2ego)
         if i >= 2:
             out["infer_ms"].append(1000 * (time.perf_counter() - start))
+            out["infer_cpu_ms"].append(1000 * (time.process_time() - cpu))
             for s in STAGES:
                 out["stages"][s].append(model.stage_ms[s])
 model.train()
@@ -49,7 +52,7 @@ opt = torch.optim.Adam(params, lr=2e-4, betas=(0.0, 0.99))
 batch = {"images": images, "intrinsics": rig.intrinsics, "cam2ego": rig.cam2ego,
          "lidar_depth": 2.0 + 40.0 * torch.rand(1, 6, *model.renderer.render_hw(hw))}
 for i in range(n_train + 1):
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     total = step(batch)[0]
     opt.zero_grad(set_to_none=True)
     total.backward()
@@ -57,6 +60,7 @@ for i in range(n_train + 1):
     opt.step()
     if i >= 1:
         out["train_ms"].append(1000 * (time.perf_counter() - start))
+        out["train_cpu_ms"].append(1000 * (time.process_time() - cpu))
 print(json.dumps(out))
 '''
 
@@ -68,34 +72,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--infer", type=int, default=5, help="timed forwards per round (after 2 warm-up)")
     parser.add_argument("--train", type=int, default=2, help="timed training steps per round (after 1)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch threads; with 1, process CPU time measures the work done, little affected by "
+                             "other load on a shared machine (no OpenMP spin-waits)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    runs = {str(t): {"infer_ms": [], "train_ms": [], "stages": {}} for t in args.trees}
+    keys = ("infer_ms", "infer_cpu_ms", "train_ms", "train_cpu_ms")
+    runs = {str(t): {**{k: [] for k in keys}, "stages": {}} for t in args.trees}
     for _ in range(args.rounds):
         for tree in args.trees:
-            proc = subprocess.run([sys.executable, "-c", CHILD, args.config, str(args.infer), str(args.train)],
-                                  cwd=tree, env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin",
-                                                 "OMP_NUM_THREADS": "2"}, capture_output=True, text=True)
+            proc = subprocess.run([sys.executable, "-c", CHILD, args.config, str(args.infer), str(args.train),
+                                   str(args.threads)], cwd=tree, capture_output=True, text=True,
+                                  env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin",
+                                       "OMP_NUM_THREADS": str(args.threads)})
             if proc.returncode:
                 print(proc.stderr[-2000:], file=sys.stderr)
                 return 1
             data = json.loads(proc.stdout.strip().splitlines()[-1])
             run = runs[str(tree)]
-            run["infer_ms"] += data["infer_ms"]
-            run["train_ms"] += data["train_ms"]
+            for k in keys:
+                run[k] += data[k]
             for stage, values in data["stages"].items():
                 run["stages"].setdefault(stage, []).extend(values)
-    report = {"config": args.config, "threads": 2, "rounds": args.rounds, "trees": {}}
+    report = {"config": args.config, "threads": args.threads, "rounds": args.rounds, "trees": {},
+              "load_average_at_end": list(os.getloadavg())}
     for tree, run in runs.items():
         summary = {
             "infer_ms_median": statistics.median(run["infer_ms"]), "infer_ms_min": min(run["infer_ms"]),
             "train_step_ms_median": statistics.median(run["train_ms"]), "train_step_ms_min": min(run["train_ms"]),
+            "infer_cpu_ms_median": statistics.median(run["infer_cpu_ms"]),
+            "train_step_cpu_ms_median": statistics.median(run["train_cpu_ms"]),
             "stage_ms_median": {s: statistics.median(v) for s, v in run["stages"].items()},
             "n_infer": len(run["infer_ms"]), "n_train": len(run["train_ms"]),
         }
         report["trees"][tree] = summary
         print(f"{tree}: forward median {summary['infer_ms_median']:.1f} ms (min {summary['infer_ms_min']:.1f}), "
               f"train step median {summary['train_step_ms_median']:.1f} ms (min {summary['train_step_ms_min']:.1f}); "
+              f"process CPU: forward {summary['infer_cpu_ms_median']:.1f} ms, step "
+              f"{summary['train_step_cpu_ms_median']:.1f} ms; stages "
               + ", ".join(f"{s} {v:.1f}" for s, v in summary["stage_ms_median"].items()))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
