@@ -218,9 +218,11 @@ class ScenePredictor:
         with autocast:
             scene = self.model.encode(images_t, K_t, E_t)
             if depth or rgb:
-                # Depth only: no RGB decoder and no feature lookups (the renderer's density pass suffices).
+                # Depth only: no RGB decoder and no feature lookups (the renderer's density pass suffices);
+                # never the per-sample feature head, whose rendered image no FramePrediction field holds (it
+                # was the costliest part of a CPU render: an MLP over every sample that carries weight).
                 views = self.model.render(scene, {"intrinsics": K_t, "cam2ego": E_t, "image_hw": self.input_hw},
-                                          rgb=rgb, features=rgb)
+                                          rgb=rgb, features=False)
                 render_hw = tuple(views.depth.shape[-2:])
                 if depth:
                     result.depth = views.depth[0].float().cpu().numpy()

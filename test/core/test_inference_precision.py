@@ -46,5 +46,5 @@ def test_depth_only_prediction_runs_no_decoder_and_no_feature_head():
     depth_only = predictor.predict(*_frame(), depth=True, rgb=False, occupancy=False)
     assert not calls, f"depth only ran {dict(calls)}"
     full = predictor.predict(*_frame(), depth=True, rgb=True, occupancy=False)
-    assert calls["decoder"] == 1
+    assert calls == {"decoder": 1}, f"depth + RGB must run the decoder but not the feature head: {dict(calls)}"
     assert np.array_equal(depth_only.depth, full.depth), "the fast path must give the same depth"
