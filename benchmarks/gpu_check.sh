@@ -9,15 +9,20 @@
 # 4. torch.profiler top kernels of the paper training step (fp32, bf16) -> profile_*.{txt,json}
 # 5. summary.md / summary.json from all of the above; every step's log in log_*.txt
 # GPU_CHECK_QUICK=1 (or no CUDA): a dry run on the CPU: tiny config only, 2 iterations, fp32 + bf16.
-# PYTHON=... picks the interpreter (default: .venv/bin/python if present, else python3).
+# PYTHON=... picks the interpreter (default: the first of .venv/bin/python, python, python3 that imports torch).
 set -u
 OUT=${1:?usage: bash benchmarks/gpu_check.sh OUTDIR}
 cd "$(dirname "$0")/.." || exit 1
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-if [ -n "${PYTHON:-}" ]; then PY=$PYTHON
-elif [ -x .venv/bin/python ]; then PY=.venv/bin/python
-else PY=$(command -v python3 || command -v python); fi
+PY=${PYTHON:-}
+if [ -z "$PY" ]; then  # the first interpreter that imports torch: the repo's venv, then python, then python3
+  for candidate in .venv/bin/python python python3; do
+    if command -v "$candidate" > /dev/null && "$candidate" -c 'import torch' 2> /dev/null; then PY=$candidate; break; fi
+  done
+fi
+[ -n "$PY" ] || { echo "no python with torch found (set PYTHON=...)"; exit 1; }
+echo "python: $(command -v "$PY")"
 START=$(date +%s)
 TOTAL_LIMIT=${GPU_CHECK_LIMIT_S:-280}  # the whole script stays under 5 minutes, kill grace included
 step() {  # step NAME TIMEOUT_S CMD...: run with a time limit, log to OUT/log_NAME.txt, never abort the script
