@@ -80,10 +80,14 @@ class LatestCameraSynchronizer:
             emitted = self._emit()
         return emitted
 
-    def reset(self) -> None:
-        """Drop pending messages (after a backwards time jump, e.g. a looped bag); they are counted."""
-        self.stats.discarded_on_reset += len(self._pending)
-        self._pending.clear()
+    def reset(self, keep_until_ns: int | None = None) -> None:
+        """Drop pending messages (after a backwards time jump, e.g. a looped bag); they are counted. With
+        `keep_until_ns`, messages stamped up to it (already of the new timeline) stay pending."""
+        stale = [camera for camera, (stamp, _) in self._pending.items()
+                 if keep_until_ns is None or stamp > keep_until_ns]
+        for camera in stale:
+            del self._pending[camera]
+        self.stats.discarded_on_reset += len(stale)
 
     def _emit(self) -> CameraSet | None:
         if self.reference_camera is not None:

@@ -142,6 +142,7 @@ def input_qos(reliability: str, depth: int) -> QoSProfile:
 
 
 STEADY_CLOCK = Clock(clock_type=ClockType.STEADY_TIME)
+JUMP_MARGIN_NS = 1_000_000_000  # on a clock jump, data stamped up to 1 s after the new time is kept
 UP = np.array([0.0, 0.0, 1.0])  # gravity "up" of the output frame (REP-103 body frame: z up)
 
 
@@ -201,13 +202,17 @@ class CameraRigInput:
         self._retry_timer = node.create_timer(0.02, self._retry_waiting, clock=STEADY_CLOCK)
         self._jump_handler = node.get_clock().create_jump_callback(
             JumpThreshold(min_forward=None, min_backward=Duration(seconds=-0.1), on_clock_change=True),
-            post_callback=lambda _jump: self.reset("clock_jump"))
+            post_callback=lambda _jump: self.reset("clock_jump", node.get_clock().now().nanoseconds + JUMP_MARGIN_NS))
 
-    def reset(self, kind: str = "manual") -> None:
-        """Forget dynamic TF and pending images (time went backwards, e.g. a looped bag)."""
-        self.tf.clear_dynamic(kind)
-        self.sync.reset()
-        self._waiting = None
+    def reset(self, kind: str = "manual", keep_until_ns: int | None = None) -> None:
+        """Forget dynamic TF and pending images (time went backwards, e.g. a looped bag); with
+        `keep_until_ns` (the new time + a margin), what is stamped up to it already belongs to the new
+        timeline and stays (a looped bag's first images and /tf may arrive before its /clock)."""
+        self.tf.clear_dynamic(kind, keep_until_ns)
+        self.sync.reset(keep_until_ns)
+        if self._waiting is not None and (keep_until_ns is None
+                                          or self._waiting[0].trigger_stamp_ns > keep_until_ns):
+            self._waiting = None
 
     def destroy(self) -> None:
         """Unsubscribe everything and unregister the clock jump callback (a callback left registered on the

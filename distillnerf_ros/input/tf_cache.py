@@ -120,8 +120,8 @@ class TfCache:
         self._remove_static(child)
         edge = self._dynamic.get(child)
         if edge is not None and edge.stamps and stamp_ns < edge.stamps[-1] - self._backwards_jump_ns:
-            self.clear_dynamic("backwards_jump")
-            edge = None
+            self.clear_dynamic("backwards_jump", keep_until_ns=stamp_ns + self._backwards_jump_ns)
+            edge = self._dynamic.get(child)
         if edge is None or edge.parent != parent:
             self._remove_dynamic(child)
             edge = _EdgeHistory(parent)
@@ -180,12 +180,20 @@ class TfCache:
             edge.stamps.pop(0)
             edge.transforms.pop(0)
 
-    def clear_dynamic(self, kind: str = "manual") -> None:
-        """Forget all dynamic transforms (on a backwards time jump); static ones stay. `kind` says why
-        (backwards_jump: a transform went back in time; clock_jump: the node's clock did; manual)."""
-        for child in list(self._dynamic):
-            self._remove_dynamic(child)
-        self._newest_ns = self._next_expiry_ns = 0
+    def clear_dynamic(self, kind: str = "manual", keep_until_ns: int | None = None) -> None:
+        """Forget dynamic transforms (on a backwards time jump); static ones stay. `kind` says why
+        (backwards_jump: a transform went back in time; clock_jump: the node's clock did; manual).
+
+        With `keep_until_ns`, only history stamped after it goes (the "future" of the old timeline): what
+        already arrived for the new one (a looped bag's /tf on other edges) is kept."""
+        for child, edge in list(self._dynamic.items()):
+            keep = 0 if keep_until_ns is None else bisect.bisect_right(edge.stamps, keep_until_ns)
+            if keep == 0:
+                self._remove_dynamic(child)
+            else:
+                del edge.stamps[keep:], edge.transforms[keep:]
+        self._newest_ns = max((edge.stamps[-1] for edge in self._dynamic.values()), default=0)
+        self._next_expiry_ns = 0
         self.resets_by_kind[kind] += 1
 
     # -- queries -------------------------------------------------------------------------------------

@@ -73,3 +73,17 @@ def test_bad_configuration_is_rejected_with_a_reason(kwargs, message):
 def test_unknown_camera_is_an_error():
     with pytest.raises(KeyError, match="unknown camera 'rear'"):
         LatestCameraSynchronizer(CAMERAS, 0.1).add("rear", 0, None)
+
+
+def test_reset_keeps_messages_of_the_new_timeline_and_counts_the_rest():
+    sync = LatestCameraSynchronizer(["a", "b", "c"], max_camera_delay_s=0.05)
+    sync.add("a", 90_000_000_000, "old a")  # the end of the previous pass of a looped bag
+    sync.add("b", 1_000_000_000, "new b")  # the next pass already began before the clock jumped
+    sync.reset(keep_until_ns=2_000_000_000)
+    assert sync.stats.discarded_on_reset == 1
+    sync.add("a", 1_010_000_000, "new a")
+    camera_set = sync.add("c", 1_020_000_000, "new c")
+    assert camera_set is not None and sorted(camera_set.messages.values()) == ["new a", "new b", "new c"]
+    sync.add("a", 1_030_000_000, "x")
+    sync.reset()
+    assert sync.stats.discarded_on_reset == 2

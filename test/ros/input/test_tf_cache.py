@@ -117,3 +117,22 @@ def test_item11_dynamic_frames_are_bounded_and_stale_ones_expire():
     assert cache.frames == {"map", "base_link"}
     cache.set_transform("map", "base_link", 1 * S, np.eye(4), static=False)  # 29 s back: a looped bag
     assert cache.resets_by_kind == {"backwards_jump": 1} and cache.resets == 1
+
+
+def test_a_jump_clears_only_the_old_timelines_future():
+    cache = TfCache()
+    for second in (10, 11):  # the end of a bag's first pass
+        cache.set_transform("map", "base_link", second * S, yaw(0.0, (second, 0, 0)), static=False)
+        cache.set_transform("base_link", "wheel", second * S, yaw(0.0), static=False)
+    cache.set_transform("map", "base_link", 1 * S, yaw(0.0, (1, 0, 0)), static=False)  # the loop restarts
+    assert not cache.has_frame("wheel"), "history stamped after the new time + 1 s is gone"
+    cache.set_transform("base_link", "wheel", int(1.5 * S), yaw(0.1), static=False)  # the new pass goes on
+    assert cache.resets_by_kind == {"backwards_jump": 1}
+    assert np.allclose(cache.lookup("map", "base_link", 1 * S)[:3, 3], [1, 0, 0])
+    with pytest.raises(ExtrapolationError):
+        cache.lookup("map", "base_link", 10 * S)
+    # the node's clock jumps to 0.2 s: what is stamped up to 0.2 s + margin (1.2 s) stays, the rest goes
+    cache.clear_dynamic("clock_jump", keep_until_ns=int(1.2 * S))
+    assert cache.can_transform("map", "base_link", 1 * S) and not cache.has_frame("wheel")
+    cache.clear_dynamic("clock_jump")
+    assert not cache.has_frame("base_link") and cache.resets_by_kind == {"backwards_jump": 1, "clock_jump": 2}
