@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -26,6 +26,7 @@ from distillnerf_core.inference import DeviceUnavailableError, ScenePredictor
 from distillnerf_ros.input.frame_worker import FrameWorker, FrameWorkerCounters
 from distillnerf_ros.input.rig_input import STEADY_CLOCK, RigFrame, declare_rig_parameters, rig_input_from_parameters
 from distillnerf_ros.nodes.diagnostics import RecentIncreases, publish_status
+from distillnerf_ros.nodes.perception_diagnostics import diagnostic_level, diagnostic_values, frame_losses
 from distillnerf_ros.nodes.perception_outputs import PerceptionOutputs, camera_topic_name
 from distillnerf_ros.nodes.perception_parameters import (
     BUNDLED_MODEL,
@@ -294,70 +295,14 @@ class PerceptionNode(LifecycleNode):
     # -- diagnostics ----------------------------------------------------------------------------------
     def losses(self) -> dict[str, int]:
         """Frames and messages lost before an output, by reason (cumulative since the rig was created)."""
-        lost = {"dropped_busy": self.worker.counters.dropped_busy, "errors": self.worker.counters.errors,
-                "skipped_no_cameras": self._counts["skipped_no_cameras"]}
-        if self.rig is not None:
-            lost.update(sets_dropped_tf=self.rig.stats.sets_dropped_tf,
-                        sets_dropped_min_cameras=self.rig.sync.stats.sets_dropped,
-                        sets_replaced_waiting=self.rig.stats.sets_replaced_waiting,
-                        images_discarded_on_reset=self.rig.sync.stats.discarded_on_reset,
-                        images_rejected=sum(self.rig.stats.rejected_images.values()),
-                        tf_rejected=self.rig.tf.rejected)
-        return lost
-
-    def _diagnostic_level(self) -> tuple[bytes, str]:
-        processing = self.last["processing_ms"]
-        if self.status_message.endswith("failed"):
-            return DiagnosticStatus.ERROR, self.last["error"] or self.status_message
-        if self.status_message == "active" and not self.worker.running:
-            return DiagnosticStatus.ERROR, "active but the inference worker is not running"
-        if processing > self.get_parameter("processing_time_error_ms").value:
-            return DiagnosticStatus.ERROR, f"processing {processing:.0f} ms"
-        recent = self._recent_losses.update(self.losses())
-        if recent:
-            listed = ", ".join(f"{name} {count}" for name, count in sorted(recent.items()))
-            return DiagnosticStatus.WARN, (f"{self.status_message}; frames or messages dropped or rejected in the"
-                                           f" last {self._recent_losses.hold_s:.0f} s: {listed}")
-        if self.last["missing"]:
-            return DiagnosticStatus.WARN, f"{self.status_message}; missing cameras: {sorted(self.last['missing'])}"
-        unrectified = sorted(c for c, what in self.last["distortion"].items() if what.startswith("distorted"))
-        if unrectified:
-            return DiagnosticStatus.WARN, (f"{self.status_message}; distorted cameras used without rectification"
-                                           f" (rectify is false): {unrectified}")
-        if self.rig is not None and "fixed_frame" in self.rig.stats.last_errors and self.rig.stats.frames_uncompensated:
-            return DiagnosticStatus.WARN, f"{self.status_message}; {self.rig.stats.last_errors['fixed_frame']}"
-        if processing > self.get_parameter("processing_time_warn_ms").value:
-            return DiagnosticStatus.WARN, f"{self.status_message}; processing {processing:.0f} ms"
-        return DiagnosticStatus.OK, self.status_message
-
-    def _diagnostic_values(self) -> dict:
-        values = {**self.counters, **{k: v for k, v in self.last.items() if k not in ("missing", "distortion")}}
-        values.update({f"distortion/{camera}": what for camera, what in self.last["distortion"].items()})
-        values["device"] = str(self.predictor.device) if self.predictor else "none"
-        values.update({f"missing/{camera}": why for camera, why in self.last["missing"].items()})
-        values.update(self.losses())
-        if self.rig is not None:
-            stats, tf = self.rig.stats, self.rig.tf
-            values.update(frames_uncompensated=stats.frames_uncompensated, tf_resets=tf.resets,
-                          tf_evicted=tf.evicted, tf_expired=tf.expired, tf_dynamic_frames=tf.dynamic_frame_count)
-            values.update({f"tf_resets/{kind}": n for kind, n in sorted(tf.resets_by_kind.items())})
-            values.update({f"sync_missing/{camera}/{kind}": n for (camera, kind), n in stats_items(self.rig)})
-            values.update({f"rejected/{camera}": f"{n} ({stats.rejected_reasons[camera]})"
-                           for camera, n in sorted(stats.rejected_images.items())})
-            values.update({f"last_error/{key}": reason for key, reason in sorted(stats.last_errors.items())})
-        return values
+        return frame_losses(self)
 
     def publish_diagnostics(self) -> None:
         """One DiagnosticStatus: the lifecycle state, processing time against thresholds, counters, what was
         dropped or rejected recently (WARN for 10 s after it), missing cameras and why."""
-        level, message = self._diagnostic_level()
+        level, message = diagnostic_level(self, self._recent_losses)
         publish_status(self, self.diagnostics_pub, level, f"{self.get_name()}: perception", "distillnerf", message,
-                       self._diagnostic_values())
-
-
-def stats_items(rig) -> list:
-    """(camera, kind) -> count of cameras the synchroniser left out."""
-    return sorted(rig.sync.stats.missing.items())
+                       diagnostic_values(self))
 
 
 def main(argv: list[str] | None = None) -> int:

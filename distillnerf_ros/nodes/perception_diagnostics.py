@@ -1,0 +1,74 @@
+"""What perception_node reports on /diagnostics: the level and message (the worst thing happening now, or
+in the last seconds for drops) and the values (counters, losses by reason, TF cache state, per-camera
+reasons). Read-only views of the node's state; the node publishes them once a second."""
+
+from __future__ import annotations
+
+from diagnostic_msgs.msg import DiagnosticStatus
+
+from distillnerf_ros.nodes.diagnostics import RecentIncreases
+
+
+def frame_losses(node) -> dict[str, int]:
+    """Frames and messages lost before an output, by reason (rig counters restart with each activation)."""
+    lost = {"dropped_busy": node.worker.counters.dropped_busy, "errors": node.worker.counters.errors,
+            "skipped_no_cameras": node.counters["skipped_no_cameras"]}
+    rig = node.rig
+    if rig is not None:
+        lost.update(sets_dropped_tf=rig.stats.sets_dropped_tf, sets_dropped_min_cameras=rig.sync.stats.sets_dropped,
+                    sets_replaced_waiting=rig.stats.sets_replaced_waiting,
+                    images_discarded_on_reset=rig.sync.stats.discarded_on_reset,
+                    images_rejected=sum(rig.stats.rejected_images.values()), tf_rejected=rig.tf.rejected)
+    return lost
+
+
+def diagnostic_level(node, recent_losses: RecentIncreases) -> tuple[bytes, str]:
+    """ERROR: a failed transition, a dead worker, processing above processing_time_error_ms. WARN: anything
+    dropped or rejected in the last hold time, missing cameras, distorted cameras not rectified, no ego-motion
+    compensation although the fixed frame exists, processing above processing_time_warn_ms. Else OK."""
+    state, last, rig = node.status_message, node.last, node.rig
+    processing = last["processing_ms"]
+    if state.endswith("failed"):
+        return DiagnosticStatus.ERROR, last["error"] or state
+    if state == "active" and not node.worker.running:
+        return DiagnosticStatus.ERROR, "active but the inference worker is not running"
+    if processing > node.get_parameter("processing_time_error_ms").value:
+        return DiagnosticStatus.ERROR, f"processing {processing:.0f} ms"
+    recent = recent_losses.update(frame_losses(node))
+    if recent:
+        listed = ", ".join(f"{name} {count}" for name, count in sorted(recent.items()))
+        return DiagnosticStatus.WARN, (f"{state}; frames or messages dropped or rejected in the last"
+                                       f" {recent_losses.hold_s:.0f} s: {listed}")
+    if last["missing"]:
+        return DiagnosticStatus.WARN, f"{state}; missing cameras: {sorted(last['missing'])}"
+    unrectified = sorted(c for c, what in last["distortion"].items() if what.startswith("distorted"))
+    if unrectified:
+        return DiagnosticStatus.WARN, (f"{state}; distorted cameras used without rectification (rectify is false):"
+                                       f" {unrectified}")
+    if rig is not None and "fixed_frame" in rig.stats.last_errors and rig.stats.frames_uncompensated:
+        return DiagnosticStatus.WARN, f"{state}; {rig.stats.last_errors['fixed_frame']}"
+    if processing > node.get_parameter("processing_time_warn_ms").value:
+        return DiagnosticStatus.WARN, f"{state}; processing {processing:.0f} ms"
+    return DiagnosticStatus.OK, state
+
+
+def diagnostic_values(node) -> dict:
+    """Counters, the latest timings and error, the device, per-camera reasons and the input path's state."""
+    last = node.last
+    values = {**node.counters, **{k: v for k, v in last.items() if k not in ("missing", "distortion")}}
+    values.update({f"distortion/{camera}": what for camera, what in last["distortion"].items()})
+    values["device"] = str(node.predictor.device) if node.predictor else "none"
+    values.update({f"missing/{camera}": why for camera, why in last["missing"].items()})
+    values.update(frame_losses(node))
+    rig = node.rig
+    if rig is not None:
+        stats, tf = rig.stats, rig.tf
+        values.update(frames_uncompensated=stats.frames_uncompensated, tf_resets=tf.resets, tf_evicted=tf.evicted,
+                      tf_expired=tf.expired, tf_dynamic_frames=tf.dynamic_frame_count)
+        values.update({f"tf_resets/{kind}": n for kind, n in sorted(tf.resets_by_kind.items())})
+        left_out = sorted(rig.sync.stats.missing.items())
+        values.update({f"sync_missing/{camera}/{kind}": n for (camera, kind), n in left_out})
+        values.update({f"rejected/{camera}": f"{n} ({stats.rejected_reasons[camera]})"
+                       for camera, n in sorted(stats.rejected_images.items())})
+        values.update({f"last_error/{key}": reason for key, reason in sorted(stats.last_errors.items())})
+    return values
