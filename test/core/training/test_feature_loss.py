@@ -42,3 +42,25 @@ def test_weight_resolution_without_features():
     assert prepare_feature_distillation(cfg, None, "/nonexistent") is None
     assert cfg.loss.feature == 0.0, "no cache: the feature term is off"
     assert DEFAULT_FEATURE_WEIGHT == 10.0
+
+
+def test_init_weights_keep_this_runs_pca(tmp_path):
+    from distillnerf_core.model.distillnerf import DistillNeRFModel, ModelConfig
+    from distillnerf_core.training.checkpoints import CheckpointError, save_checkpoint
+    from distillnerf_core.training.features import load_init_weights
+
+    torch.manual_seed(0)
+    source = DistillNeRFModel("tiny")
+    save_checkpoint(source, tmp_path / "plain.safetensors")
+    cfg = ModelConfig.load("tiny")
+    cfg.feature_head.teacher_dim = 16
+    torch.manual_seed(1)
+    target = DistillNeRFModel(cfg)
+    target.feature_pca.mean.fill_(0.5)
+    load_init_weights(target, str(tmp_path / "plain.safetensors"))
+    for key, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[key], value), f"{key} not initialised from the file"
+    assert float(target.feature_pca.mean[0]) == 0.5, "the PCA fitted for this run stays"
+    save_checkpoint(DistillNeRFModel("small", load_pretrained=False), tmp_path / "other.safetensors")
+    with pytest.raises(CheckpointError, match="other.safetensors"):
+        load_init_weights(target, str(tmp_path / "other.safetensors"))
