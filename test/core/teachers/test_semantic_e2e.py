@@ -111,3 +111,25 @@ def test_undistilled_model_cannot_answer(root):
     _, images, K, E = _frame(root)
     with pytest.raises(SemanticsUnavailableError, match="not distilled"):
         predictor.predict(images, K, E, semantic_queries=["car"])
+
+
+def test_dinov2_distilled_model_renders_features_but_has_no_text(root, tmp_path):
+    from teacher_helpers import DINO_KWARGS, DINO_NAME, save_tiny_dinov2
+
+    weights = save_tiny_dinov2(tmp_path / "dino")
+    assert cache_cli.main(["--dataroot", str(root), "--version", VERSION, "--teacher", "dinov2", "--model", DINO_NAME,
+                           "--weights", str(weights), "--model-kwargs", json.dumps(DINO_KWARGS), "--input-hw", "28",
+                           "56", "--name", "tinydino", "--no-progress"]) == 0
+    assert read_manifest_dim(root / "features" / "tinydino") == 32
+    ckpt = _train(root, tmp_path / "run", "tinydino")
+    predictor = ScenePredictor(ckpt, device="cpu")
+    assert predictor.teacher["kind"] == "dinov2"
+    _, images, K, E = _frame(root)
+    with pytest.raises(SemanticsUnavailableError, match="no text encoder"):
+        predictor.predict(images, K, E, semantic_queries=["car"])
+
+
+def read_manifest_dim(cache):
+    from distillnerf_core.teachers.cache import read_manifest
+
+    return read_manifest(cache)["dim"]
