@@ -53,13 +53,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--cameras", help="comma list of camera channels in model order (default: the 6 nuScenes "
+                        "cameras; a DDAD dataroot from distillnerf-dgp2nusc: "
+                        "CAMERA_01,CAMERA_06,CAMERA_05,CAMERA_09,CAMERA_07,CAMERA_08)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     ckpt = resolve_checkpoint(args.checkpoint)
     model = load_checkpoint(ckpt, args.device)
     render_hw = model.renderer.render_hw(tuple(model.config.image_hw))
-    dataset = make_dataset(args.dataroot, args.version, model.config.image_hw, DataConfig(features=args.features),
+    dataset = make_dataset(args.dataroot, args.version, model.config.image_hw, DataConfig(
+                               features=args.features, cameras=args.cameras.split(",") if args.cameras else None),
                            render_hw, load_next=True,
                            split=args.split)
     indices = select_second_keyframes(dataset) if args.keyframes == "second" else list(range(len(dataset)))
