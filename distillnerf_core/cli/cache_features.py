@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="teacher input size (rounded to whole patches)")
     parser.add_argument("--name", help="cache name under DATAROOT/features/ (default: the teacher kind)")
     parser.add_argument("--out", help="cache directory (instead of DATAROOT/features/<name>)")
-    parser.add_argument("--cameras", help="comma-separated camera channels (default: the 6 nuScenes cameras)")
+    parser.add_argument("--cameras", help="comma-separated camera channels (default: every camera in the sensor table)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--oracle-dim", type=int, default=128)
     parser.add_argument("--oracle-noise", type=float, default=0.2)

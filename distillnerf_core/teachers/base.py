@@ -53,7 +53,7 @@ class TeacherConfig:
     batch_size: int = 8
     """Images per teacher forward when caching."""
     oracle_classes: list[str] | None = None
-    """Oracle: class names in id order (None = the synthetic world's classes)."""
+    """Oracle: class names in id order (None = those of the dataroot's gt/meta.json when caching)."""
     oracle_dim: int = 128
     """Oracle: embedding dimension."""
     oracle_noise: float = 0.2

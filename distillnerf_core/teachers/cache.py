@@ -116,6 +116,18 @@ def _comparable(identity: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in identity.items() if k not in ("weights", "model_config")}
 
 
+def camera_channels(nusc: Any) -> list[str]:
+    """Camera channels of a dataroot's sensor table, in table order."""
+    return [s["channel"] for s in nusc.sensor if s["modality"] == "camera"]
+
+
+def nearest_grid(array: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Nearest sample of a (H, W) label map at the centres of an (h, w) grid (labels never mix)."""
+    rows = np.minimum(((np.arange(hw[0]) + 0.5) * array.shape[0] / hw[0]).astype(np.int64), array.shape[0] - 1)
+    cols = np.minimum(((np.arange(hw[1]) + 0.5) * array.shape[1] / hw[1]).astype(np.int64), array.shape[1] - 1)
+    return array[rows[:, None], cols[None, :]]
+
+
 def keyframe_images(nusc: Any, cameras: list[str]) -> list[tuple[str, dict]]:
     """(channel, sample_data record) of every keyframe camera image, scene by scene."""
     out = []
@@ -137,15 +149,17 @@ def cache_features(dataroot: str | Path, version: str, teacher_cfg: TeacherConfi
     """Compute and store the teacher's features of every keyframe camera image; returns a summary."""
     from nuscenes.nuscenes import NuScenes
 
-    from distillnerf_core.data.nuscenes_tables import NUSCENES_CAMERAS
-
     dataroot = Path(dataroot)
     if not (dataroot / version).is_dir():
         raise FileNotFoundError(f"nuScenes version folder not found: {dataroot / version}")
+    if teacher_cfg.kind == "oracle" and not teacher_cfg.oracle_classes:
+        meta = dataroot / "gt" / "meta.json"
+        if not meta.is_file():
+            raise FileNotFoundError(f"the oracle teacher needs the synthetic ground truth, missing: {meta}")
+        teacher_cfg.oracle_classes = list(json.loads(meta.read_text())["classes"])
     teacher = build_teacher(teacher_cfg).to(device)
     identity = teacher.identity()
     cache = Path(out) if out else dataroot / FEATURES_DIR / (name or teacher_cfg.kind)
-    cams = list(cameras or NUSCENES_CAMERAS)
     manifest_path = cache / MANIFEST
     if manifest_path.is_file():
         old = read_manifest(cache)
@@ -153,12 +167,13 @@ def cache_features(dataroot: str | Path, version: str, teacher_cfg: TeacherConfi
             raise ValueError(f"{cache} holds features of another teacher ({old['teacher']}); use another --name "
                              "or remove that directory")
     cache.mkdir(parents=True, exist_ok=True)
+    nusc = NuScenes(version=version, dataroot=str(dataroot), verbose=False)
+    cams = list(cameras or camera_channels(nusc))
     manifest = {"format_version": FORMAT_VERSION, "teacher": identity, "dim": teacher.dim, "dtype": "float16",
                 "version": version, "dataroot": str(dataroot.resolve()), "cameras": cams,
                 "layout": "<CHANNEL>/<sample_data token>.safetensors: 'features' float16 (D, h, w)",
                 "settings": teacher_cfg.to_dict(), "complete": False, "entries": 0}
     manifest_path.write_text(json.dumps(manifest, indent=1))
-    nusc = NuScenes(version=version, dataroot=str(dataroot), verbose=False)
     images = keyframe_images(nusc, cams)
     todo = [(ch, sd) for ch, sd in images if not entry_path(cache, ch, sd["token"]).is_file()]
     bar = None
@@ -169,8 +184,6 @@ def cache_features(dataroot: str | Path, version: str, teacher_cfg: TeacherConfi
     started = time.perf_counter()
     grid: list[int] | None = None
     if teacher.kind == "oracle":
-        from distillnerf_core.data.datasets import nearest_resize
-
         stride = teacher_cfg.oracle_stride
         for ch, sd in todo:
             gt = dataroot / "gt" / ch / f"{sd['token']}.npz"
@@ -179,7 +192,7 @@ def cache_features(dataroot: str | Path, version: str, teacher_cfg: TeacherConfi
             with np.load(gt) as data:
                 sem = data["semantics"]
             hw = (max(1, sem.shape[0] // stride), max(1, sem.shape[1] // stride))
-            feats = teacher.features_from_semantics(nearest_resize(sem, hw), sd["token"])
+            feats = teacher.features_from_semantics(nearest_grid(sem, hw), sd["token"])
             _write_entry(entry_path(cache, ch, sd["token"]), feats)
             grid = list(feats.shape[-2:])
             if bar is not None:

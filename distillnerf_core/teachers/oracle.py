@@ -30,10 +30,9 @@ class OracleTeacher(Teacher):
 
     def __init__(self, cfg: TeacherConfig) -> None:
         super().__init__(cfg)
-        if cfg.oracle_classes is None:
-            from distillnerf_core.data.synthetic.world import SEMANTIC_CLASSES
-
-            cfg.oracle_classes = list(SEMANTIC_CLASSES)
+        if not cfg.oracle_classes:
+            raise ValueError("the oracle teacher needs its class names (oracle_classes); distillnerf-cache-features "
+                             "reads them from the dataroot's gt/meta.json")
         self.classes = [_normalise_name(c) for c in cfg.oracle_classes]
         if len(set(self.classes)) != len(self.classes):
             raise ValueError(f"oracle class names must be distinct, got {cfg.oracle_classes}")

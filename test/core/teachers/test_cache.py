@@ -46,7 +46,8 @@ def test_features_are_the_class_embeddings(root, cache):
     feats = load_entry(cache, channel, sd["token"])
     with np.load(root / "gt" / channel / f"{sd['token']}.npz") as gt:
         sem = torch.as_tensor(gt["semantics"][1::2, 1::2].astype(np.int64))  # nearest at stride 2
-    teacher = OracleTeacher(TeacherConfig(kind="oracle"))
+    classes = json.loads((root / "gt" / "meta.json").read_text())["classes"]
+    teacher = OracleTeacher(TeacherConfig(kind="oracle", oracle_classes=classes))
     cos = torch.nn.functional.cosine_similarity(feats, teacher.embeddings[sem].permute(2, 0, 1), dim=0)
     assert float(cos.min()) > 0.9, "each pixel's feature is its class embedding plus a little noise"
     assert float(cos.max()) < 0.9999, "and the noise is there"

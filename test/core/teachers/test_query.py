@@ -79,3 +79,8 @@ def test_teachers_without_text_cannot_answer():
         text_encoder_from_identity({"kind": "dinov2", "model": "vit_base_patch14_dinov2"})
     with pytest.raises(FileNotFoundError, match="absent.safetensors"):
         text_encoder_from_identity({"kind": "clip", "model": "ViT-B-32", "weights": "/nonexistent/absent.safetensors"})
+
+
+def test_oracle_needs_class_names():
+    with pytest.raises(ValueError, match="class names"):
+        OracleTeacher(TeacherConfig(kind="oracle"))
