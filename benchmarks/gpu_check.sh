@@ -7,7 +7,8 @@
 # 3. ScenePredictor on the bundled real keyframe (data/nuscenes_sample, models/default), depth only / full /
 #    occupancy only, fp32 + bf16 -> keyframe_predictor.json
 # 4. torch.profiler top kernels of the paper training step (fp32, bf16) -> profile_*.{txt,json}
-# 5. summary.md / summary.json from all of the above; every step's log in log_*.txt
+# 5. summary.md from all of the above; then every file (per-run JSON, profiler tables, logs log_*.txt) is
+#    packed into results.tar.gz and every JSON merged into results.json: OUTDIR holds those three files
 # GPU_CHECK_QUICK=1 (or no CUDA): a dry run on the CPU: tiny config only, 2 iterations, fp32 + bf16.
 # PYTHON=... picks the interpreter (default: the first of .venv/bin/python, python, python3 that imports torch).
 set -u
@@ -24,7 +25,7 @@ fi
 [ -n "$PY" ] || { echo "no python with torch found (set PYTHON=...)"; exit 1; }
 echo "python: $(command -v "$PY")"
 START=$(date +%s)
-TOTAL_LIMIT=${GPU_CHECK_LIMIT_S:-280}  # the whole script stays under 5 minutes, kill grace included
+TOTAL_LIMIT=${GPU_CHECK_LIMIT_S:-265}  # the whole script stays under 5 minutes, kill grace included
 step() {  # step NAME TIMEOUT_S CMD...: run with a time limit, log to OUT/log_NAME.txt, never abort the script
   local name=$1 limit=$2; shift 2
   local left=$(( TOTAL_LIMIT - ($(date +%s) - START) ))
@@ -71,7 +72,7 @@ else
   DEV=cuda; CONFIGS="paper small tiny"; PRECS="fp32 bf16 fp16"; QUICK=; KF_PRECS=$PRECS; KF_ITERS=20; KF_WARM=3
   PROF=paper
 fi
-# Limits: 20 + 135 + 40 + 2 x 25 + 10 = 255 s, and no step runs past TOTAL_LIMIT (280 s): under 5 minutes
+# Limits: 60 + 135 + 40 + 2 x 25 + 10 + 15 s; no step runs past TOTAL_LIMIT (265 s), the pack adds <= 15 s: under 5 min
 # whatever happens. The bench stops starting new runs after 115 s; expected total on an H100/H200 ~3 min.
 
 step bench 135 "$PY" benchmarks/gpu_bench_all.py --out "$OUT" --device $DEV --configs $CONFIGS --precisions $PRECS \
@@ -83,4 +84,7 @@ for prec in fp32 bf16; do
     --device $DEV --steps 3 --warmup 2 --out "$OUT"
 done
 step summary 10 "$PY" benchmarks/gpu_summary.py "$OUT"
-echo "== done in $(( $(date +%s) - START ))s; results in $OUT (summary.md, *.json, log_*.txt)"
+# The device hands back only a few files per call: everything else goes into results.json + results.tar.gz.
+timeout 15 "$PY" benchmarks/gpu_pack.py "$OUT"
+echo "== done in $(( $(date +%s) - START ))s; results in $OUT: summary.md, results.json (every JSON merged),"
+echo "   results.tar.gz (every file: per-run JSON, profiler tables, logs)"
