@@ -22,7 +22,7 @@ from torch import nn
 from distillnerf_core.model.cameras import CameraRig
 from distillnerf_core.model.contraction import contract, linearize, voxel_index
 from distillnerf_core.model.lift import expected_depth, logits_to_density, march, soft_clamp
-from distillnerf_core.model.voxels import SparseVoxels, gather_rows, hit_positions
+from distillnerf_core.model.voxels import SparseVoxels, compaction_pays, gather_rows, hit_positions
 
 
 @dataclass
@@ -117,14 +117,13 @@ class VoxelField:
     logit_clamp: float = 30.0
     _logits: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     _features: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
-    _nested: bool = field(default=False, repr=False)
+    _nested: bool | None = field(default=None, repr=False)  # computed when first needed (see _is_nested)
 
     def __post_init__(self) -> None:
         # Density lookups read one column: a contiguous (V,) table keeps that gather and its backward small.
         for name, level in (("fine", self.fine), ("coarse", self.coarse)):
             self._logits[name] = level.features[:, -1].contiguous()
             self._features[name] = level.features[:, :-1]
-        self._nested = self._is_nested()
 
     def _is_nested(self) -> bool:
         """True when every fine voxel's parent is an occupied coarse voxel (always so for `voxelize`, which
@@ -148,8 +147,11 @@ class VoxelField:
     def locate(self, points: torch.Tensor, batch: torch.Tensor, lookup: str = "nearest") -> Hits:
         """Voxel rows and weights of ego points (M, 3) belonging to batch elements (M,)."""
         s = contract(points, self.radius)
-        if lookup == "nearest" and self._nested:
-            return self._locate_nested(s, batch)
+        if lookup == "nearest" and compaction_pays(self._logits["fine"]):  # it compacts: see compaction_pays
+            if self._nested is None:
+                self._nested = self._is_nested()
+            if self._nested:
+                return self._locate_nested(s, batch)
         fr, fw = _locate(self.fine, s, batch, lookup)
         cr, cw = _locate(self.coarse, s, batch, lookup)
         return Hits(fr, fw, cr, cw)
@@ -173,7 +175,7 @@ class VoxelField:
 
     def _level_density(self, name: str, rows: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Density of one level (mass-scaled) and its occupied mass."""
-        if w.shape[-1] == 1:
+        if w.shape[-1] == 1 and compaction_pays(self._logits[name]):
             # Nearest: weights are exactly 0 or 1, so the general formula below reduces to exp(clamp(logit) - 1)
             # at hits and 0 elsewhere; computing it at the hits only gives the same bits with less work.
             mass = w.squeeze(-1)

@@ -74,6 +74,14 @@ def hit_positions(rows: torch.Tensor, num_rows: int) -> torch.Tensor:
     return (rows.reshape(-1) < num_rows).nonzero().squeeze(-1)
 
 
+def compaction_pays(table: torch.Tensor) -> bool:
+    """Whether to compact hits with `nonzero` before gathering from `table`: on the CPU always (less work),
+    on a GPU only when a backward will run (it removes the miss rows' colliding atomic adds). A GPU forward
+    without grad is launch-bound, and `nonzero` (a data-dependent size) makes the host wait for the device:
+    there misses are read from a clamped row and zeroed instead (same values, no host sync)."""
+    return table.device.type == "cpu" or (torch.is_grad_enabled() and table.requires_grad)
+
+
 def gather_rows(table: torch.Tensor, rows: torch.Tensor, hits: torch.Tensor | None = None) -> torch.Tensor:
     """`table[rows]` (rows.shape + table.shape[1:]) where a row index == len(table) (a miss) reads zeros.
 
@@ -84,6 +92,12 @@ def gather_rows(table: torch.Tensor, rows: torch.Tensor, hits: torch.Tensor | No
     caller reuses one row table several times (the sparse CNN's layers).
     """
     flat = rows.reshape(-1)
+    if not compaction_pays(table):
+        if table.shape[0] == 0:
+            return table.new_zeros(*rows.shape, *table.shape[1:])
+        picked = table.index_select(0, flat.clamp(max=table.shape[0] - 1))
+        hit = (flat < table.shape[0]).view(-1, *([1] * (table.dim() - 1)))
+        return torch.where(hit, picked, picked.new_zeros(())).view(*rows.shape, *table.shape[1:])
     if hits is None:
         hits = hit_positions(flat, table.shape[0])
     if hits.numel() == flat.numel():

@@ -138,7 +138,7 @@ def test_nested_nearest_lookup_equals_searching_both_levels():
     points = (torch.rand(2, 3000, 3, generator=g) - 0.5) * torch.tensor([160.0, 160.0, 20.0])
     coarse, fine = voxelize(points, torch.randn(2, 3000, 3, generator=g), 16, 64, RADIUS)
     field = VoxelField(coarse, fine, RADIUS)
-    assert field._nested, "voxelize output must be recognised as nested"
+    assert field._is_nested(), "voxelize output must be recognised as nested"
     # queries: the pooled points themselves, points near voxel faces, and random points
     s_faces = torch.round(contract(points[0], RADIUS) * 32) / 32 + 1e-7 * torch.randn(3000, 3, generator=g)
     queries = torch.cat([points[0], uncontract(s_faces.clamp(-0.999, 0.999), RADIUS), points[1] * 1.3])
@@ -150,4 +150,27 @@ def test_nested_nearest_lookup_equals_searching_both_levels():
         assert torch.equal(getattr(hits, f"{name}_rows"), rows) and torch.equal(getattr(hits, f"{name}_w"), w)
     assert (hits.fine_rows < fine.num_voxels).sum() > 1000, "test setup: many fine hits"
     wall, _ = _wall_field()
-    assert not wall._nested, "a fine level without coarse parents must use the full search"
+    assert not wall._is_nested(), "a fine level without coarse parents must use the full search"
+
+
+@pytest.mark.parametrize("lookup", ["nearest", "trilinear"])
+def test_sync_free_gathers_equal_the_compacting_ones(monkeypatch, lookup):
+    """A GPU forward without grad reads misses from a clamped row and zeroes them (no nonzero, no host sync);
+    forced here on the CPU, the whole model's outputs must be bit-identical to the compacting path."""
+    from distillnerf_core.model import renderer as renderer_module
+    from distillnerf_core.model import voxels as voxels_module
+    from distillnerf_core.model.distillnerf import DistillNeRFModel
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.load("tiny")
+    cfg.renderer.lookup = lookup
+    model = DistillNeRFModel(cfg).eval()
+    rig = ring_rig(6, tuple(cfg.image_hw))
+    images = torch.rand(1, 6, 3, *cfg.image_hw)
+    with torch.no_grad():
+        compacted = model(images, rig.intrinsics, rig.cam2ego)
+        for module in (voxels_module, renderer_module):
+            monkeypatch.setattr(module, "compaction_pays", lambda table: False)
+        sync_free = model(images, rig.intrinsics, rig.cam2ego)
+    for name in ("rgb", "depth", "opacity", "features", "field_features", "weights"):
+        assert torch.equal(getattr(compacted, name), getattr(sync_free, name)), f"{name} differs"
