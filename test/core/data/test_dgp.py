@@ -220,3 +220,11 @@ def test_failed_write_leaves_no_partial_dataroot(tmp_path):
     with pytest.raises(DGPFormatError, match=rf"{bad.name}: key 'data' missing"):
         write_dataroot(dst, out)
     assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name != "scene"] == []
+
+
+def test_dataroot_without_mask_files_is_all_valid(tmp_path):
+    from distillnerf_core.data.nuscenes_sample import build_dataroot
+
+    root = build_dataroot(REPO / "data" / "nuscenes_sample", tmp_path / "root", link=True)
+    masks = NuScenesDataset(root, "v1.0-test", image_size=(64, 112), load_next=False)[0]["masks"]
+    assert masks.shape == (6, 64, 112) and bool((masks == 1).all())
