@@ -234,18 +234,23 @@ class DistillNeRFLoss(torch.nn.Module):
             if "feature_target" not in batch or out.features is None:
                 raise ValueError("loss.feature > 0 needs teacher features (data.features, a feature cache) and "
                                  "an enabled feature head")
-            terms["feature"] = feature_loss(out.features.float(), batch["feature_target"])
+            terms["feature"] = feature_loss(out.features.float(), batch["feature_target"], valid_r)
         total = pred.new_zeros(())
         for name, value in terms.items():
             total = total + getattr(cfg, name) * value
         return total, terms
 
 
-def feature_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """MSE between rendered (..., k, h, w) and target PCA features of the same shape."""
+def feature_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE between rendered (..., k, h, w) and target PCA features of the same shape, over the pixels where
+    `valid` (..., h, w) is True (all when None)."""
     if pred.shape != target.shape:
         raise ValueError(f"rendered features {tuple(pred.shape)} vs teacher targets {tuple(target.shape)}")
-    return ((pred - target) ** 2).mean()
+    squared = (pred - target) ** 2
+    if valid is None:
+        return squared.mean()
+    weight = valid.unsqueeze(-3).to(squared.dtype).expand_as(squared)
+    return (squared * weight).sum() / weight.sum().clamp_min(1.0)
 
 
 def resize_depth_like(depth: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:

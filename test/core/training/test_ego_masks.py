@@ -18,12 +18,13 @@ def _case(seed: int = 0):
                           depth=1 + 30 * torch.rand(B, N, h, w, generator=g),
                           coarse_depth=1 + 30 * torch.rand(B, N, h, w, generator=g),
                           weights=torch.rand(B, N, h, w, S, generator=g), opacity=torch.rand(B, N, h, w, generator=g),
-                          features=None)
+                          features=torch.rand(B, N, 4, h, w, generator=g))
     masks = torch.ones(B, N, H, W)
     masks[:, :, -8:, :] = 0  # the "hood": bottom 8 image rows = bottom 4 render rows
     batch = {"images": torch.rand(B, N, 3, H, W, generator=g),
              "lidar_depth": 1 + 30 * torch.rand(B, N, h, w, generator=g),
-             "dense_depth": 1 + 30 * torch.rand(B, N, h, w, generator=g), "masks": masks}
+             "dense_depth": 1 + 30 * torch.rand(B, N, h, w, generator=g), "masks": masks,
+             "feature_target": torch.rand(B, N, 4, h, w, generator=g)}
     return out, batch
 
 
@@ -39,23 +40,25 @@ def _changed_under_mask(out, batch):
     out2.opacity[..., -4:, :] = 1e-4
     out2.weights = out.weights.clone()
     out2.weights[..., -4:, :, :] = 1.0
+    out2.features = out.features.clone()
+    out2.features[..., -4:, :] = 5.0
     return out2, b2
 
 
 def test_every_loss_term_ignores_masked_pixels():
-    loss = DistillNeRFLoss(LossConfig())
+    loss = DistillNeRFLoss(LossConfig(feature=1.0))
     out, batch = _case()
     total, terms = loss(out, batch)
     out2, b2 = _changed_under_mask(out, batch)
     total2, terms2 = loss(out2, b2)
     for name in ("rgb_l1", "rgb_ssim", "lidar_coarse", "lidar_render", "dense_coarse", "dense_render", "entropy",
-                 "opacity"):
+                 "opacity", "feature"):
         assert torch.allclose(terms[name], terms2[name], atol=1e-6), f"{name} depends on masked pixels"
     # without masks the same change does move every term: the test above can fail
     del batch["masks"], b2["masks"]
     _, free = loss(out, batch)
     _, free2 = loss(out2, b2)
-    for name in ("rgb_l1", "rgb_ssim", "lidar_render", "dense_render", "entropy", "opacity"):
+    for name in ("rgb_l1", "rgb_ssim", "lidar_render", "dense_render", "entropy", "opacity", "feature"):
         assert not torch.allclose(free[name], free2[name]), f"{name} did not see the change at all"
 
 
