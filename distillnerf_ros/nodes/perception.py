@@ -9,6 +9,7 @@ here: see distillnerf_core.inference.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import time
@@ -38,6 +39,7 @@ from distillnerf_ros.nodes.perception_parameters import (
     validate_parameter_change,
     validate_queries,
 )
+from distillnerf_ros.nodes.perception_semantics import SceneQueries
 from distillnerf_ros.nodes.signals import init_without_signal_handlers, spin_until_stopped
 from distillnerf_ros.srv import QueryScene
 
@@ -111,11 +113,12 @@ class PerceptionNode(LifecycleNode):
         self.outputs: PerceptionOutputs | None = None
         self.query_service = None
         self._query_times: list[float] = []
+        self.queries = SceneQueries()
         self.worker: FrameWorker[RigFrame] = FrameWorker(self._process, self._on_worker_error, "distillnerf_inference")
         self._counts = {"processed": 0, "skipped_no_subscribers": 0, "skipped_no_cameras": 0}
         self.counters = NodeCounters(self._counts, self.worker.counters)  # live view, for tests and diagnostics
         self.last = {"processing_ms": 0.0, "latency_ms": 0.0, "model_ms": 0.0, "missing": {}, "distortion": {},
-                     "error": ""}
+                     "error": "", "semantic_queries": "none set"}
         self.status_message = "unconfigured"
         self._recent_losses = RecentIncreases(hold_s=10.0)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -221,6 +224,7 @@ class PerceptionNode(LifecycleNode):
         if self.query_service is not None:
             self.destroy_service(self.query_service)
             self.query_service = None
+        self.queries.forget()  # the kept frame belongs to the model being released
         if self.predictor is not None:
             self.predictor.release()
             self.predictor = None
@@ -262,9 +266,13 @@ class PerceptionNode(LifecycleNode):
         if not frame.cameras:
             self._counts["skipped_no_cameras"] += 1
             return
-        prediction = self.predictor.predict(frame.images, [k.K for k in frame.intrinsics], frame.output_from_camera,
-                                            depth=wanted["depth"], rgb=wanted["rgb"], occupancy=wanted["occupancy"])
+        queries = self._frame_queries() if wanted["occupancy"] else []
+        with self.queries.lock if queries else contextlib.nullcontext():
+            prediction = self.predictor.predict(
+                frame.images, [k.K for k in frame.intrinsics], frame.output_from_camera, depth=wanted["depth"],
+                rgb=wanted["rgb"], occupancy=wanted["occupancy"], semantic_queries=queries or None)
         header = Header(stamp=rclpy.time.Time(nanoseconds=frame.stamp_ns).to_msg(), frame_id=frame.output_frame)
+        self.queries.remember(prediction, header)
         outputs.publish_prediction(frame, prediction, header, self.get_parameter("depth_min_opacity").value)
         self._counts["processed"] += 1
         self.last["processing_ms"] = 1000.0 * (time.perf_counter() - started)
@@ -275,6 +283,22 @@ class PerceptionNode(LifecycleNode):
         outputs.publish_timing("pipeline_latency_ms", self.last["latency_ms"])
 
     # -- text queries ---------------------------------------------------------------------------------
+    def _frame_queries(self) -> list[str]:
+        """The `semantic_queries` to label this frame with: [] when none are set or the model cannot answer
+        them (the reason shows in /diagnostics as `semantic_queries`)."""
+        queries = [q for q in self.get_parameter("semantic_queries").value if q]
+        if not queries:
+            self.last["semantic_queries"] = "none set"
+            return []
+        try:
+            with self.queries.lock:
+                self.predictor.check_queries(queries)
+        except ValueError as error:
+            self.last["semantic_queries"] = f"not applied: {error}"
+            return []
+        self.last["semantic_queries"] = f"labelling every frame with {queries}"
+        return queries
+
     def _query_scene(self, request: QueryScene.Request, response: QueryScene.Response) -> QueryScene.Response:
         """Answer every call: requests queue up to QUERY_QOS.depth deep; beyond QUERY_BURST calls in one
         second each is refused at once with the reason (never left unanswered)."""
@@ -289,13 +313,13 @@ class PerceptionNode(LifecycleNode):
         reason = validate_queries(queries)
         if reason is None and not np.isfinite(request.threshold):
             reason = f"threshold must be finite, got {request.threshold}"
-        if reason is None and (self.predictor is None or not self.predictor.has_feature_head):
-            reason = "the loaded model has no foundation-feature head, so it cannot score text queries"
-        if reason is None:
-            reason = ("the loaded model's features are not distilled from CLIP yet (no text-aligned feature space"
-                      " in the checkpoint), so text queries cannot be scored")
-        response.success = False
-        response.message = reason
+        if reason is not None:
+            response.success, response.message = False, reason
+            return response
+        answer = self.queries.answer(self.predictor, queries, float(request.threshold))
+        response.success, response.message = answer.success, answer.message
+        if answer.success:
+            response.cloud, response.max_scores = answer.cloud, answer.max_scores
         return response
 
     # -- diagnostics ----------------------------------------------------------------------------------

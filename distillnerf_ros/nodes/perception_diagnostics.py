@@ -7,6 +7,7 @@ from __future__ import annotations
 from diagnostic_msgs.msg import DiagnosticStatus
 
 from distillnerf_ros.nodes.diagnostics import RecentIncreases
+from distillnerf_ros.nodes.perception_semantics import teacher_description
 
 
 def frame_losses(node) -> dict[str, int]:
@@ -58,6 +59,7 @@ def diagnostic_values(node) -> dict:
     values = {**node.counters, **{k: v for k, v in last.items() if k not in ("missing", "distortion")}}
     values.update({f"distortion/{camera}": what for camera, what in last["distortion"].items()})
     values["device"] = str(node.predictor.device) if node.predictor else "none"
+    values["teacher"] = teacher_description(node.predictor)
     values.update({f"missing/{camera}": why for camera, why in last["missing"].items()})
     values.update(frame_losses(node))
     rig = node.rig

@@ -17,6 +17,7 @@ from distillnerf_ros.conversions.camera_info import CameraIntrinsics, intrinsics
 from distillnerf_ros.conversions.images import depth_to_image, rgb_to_image
 from distillnerf_ros.conversions.pointcloud import make_points, occupancy_grid_from_probabilities, points_to_pointcloud2
 from distillnerf_ros.input.rig_input import RigFrame
+from distillnerf_ros.nodes.perception_semantics import labelled_cloud
 
 LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 RELIABLE_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
@@ -88,8 +89,13 @@ class PerceptionOutputs:
         """Occupancy cloud + BEV grid in the output frame, depth (+ its CameraInfo and opacity) and RGB per
         camera. Depth is NaN where the ray's opacity is below `depth_min_opacity` (it hit nothing)."""
         if prediction.voxel_centers is not None:
-            points = make_points(prediction.voxel_centers, prediction.voxel_rgb, density=prediction.voxel_density)
-            self.occupancy.publish(points_to_pointcloud2(points, header))
+            if prediction.voxel_label is not None:  # semantic_queries: every voxel with its label and score
+                everything = np.ones(len(prediction.voxel_label), dtype=bool)
+                cloud = labelled_cloud(prediction, prediction.voxel_label, prediction.voxel_score, everything, header)
+            else:
+                points = make_points(prediction.voxel_centers, prediction.voxel_rgb, density=prediction.voxel_density)
+                cloud = points_to_pointcloud2(points, header)
+            self.occupancy.publish(cloud)
             self.grid.publish(occupancy_grid_from_probabilities(
                 prediction.bev_probability, prediction.voxel_size, prediction.bev_origin, header))
         for index, camera in enumerate(frame.cameras):

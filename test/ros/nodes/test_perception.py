@@ -111,7 +111,7 @@ def call(session: RosSession, client, queries: list[str], threshold: float = 0.5
     (["car"] * 1000, "1000 queries exceed the limit"),
     (["x" * 10_000], "10000 characters, more than the limit"),
     (["   "], "query 0 is empty"),
-    (["voiture garée", "歩行者"], "not distilled from CLIP"),
+    (["voiture garée", "歩行者"], "not distilled from a foundation model"),
 ])
 def test_query_service_bounds_input_and_explains_failures(session, tiny_checkpoint, queries, expected):
     start_node(session, model_path=str(tiny_checkpoint))

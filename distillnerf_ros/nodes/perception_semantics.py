@@ -1,0 +1,84 @@
+"""Text queries for perception_node: the labelled occupancy cloud of `~/query_scene` and of `semantic_queries`.
+
+All the maths (teacher text embeddings, PCA projection, cosine, softmax with a background option) is in
+distillnerf_core (ScenePredictor.query); here only the messages and the node's answers.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+from sensor_msgs.msg import PointCloud2
+from std_msgs.msg import Header
+
+from distillnerf_core.inference import FramePrediction, ScenePredictor
+from distillnerf_ros.conversions.pointcloud import make_points, points_to_pointcloud2
+
+
+def teacher_description(predictor: ScenePredictor | None) -> str:
+    """Which teacher the running model was distilled from, for messages and /diagnostics."""
+    teacher = predictor.teacher if predictor is not None else None
+    if not teacher:
+        return "none (features not distilled: text queries unavailable)"
+    described = f"{teacher.get('kind')} {teacher.get('model') or ''}".strip()
+    if teacher.get("weights_sha256"):
+        described += f" (weights sha256 {teacher['weights_sha256'][:12]})"
+    return described
+
+
+def labelled_cloud(prediction: FramePrediction, label: np.ndarray, score: np.ndarray, keep: np.ndarray,
+                   header: Header) -> PointCloud2:
+    """Occupied voxels where `keep`: x, y, z, rgb, density, label (index into the queries, -1 = background)
+    and score (probability of that label)."""
+    points = make_points(prediction.voxel_centers[keep], prediction.voxel_rgb[keep],
+                         density=prediction.voxel_density[keep].astype(np.float32),
+                         label=label[keep].astype(np.int32), score=score[keep].astype(np.float32))
+    return points_to_pointcloud2(points, header)
+
+
+@dataclass
+class QueryAnswer:
+    success: bool
+    message: str
+    cloud: PointCloud2 | None = None
+    max_scores: list[float] | None = None
+
+
+class SceneQueries:
+    """The newest frame's occupancy kept for `~/query_scene`, and the lock that serialises the predictor's
+    text querier (its embedding cache) between the worker thread and the service."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._latest: tuple[FramePrediction, Header] | None = None
+
+    def remember(self, prediction: FramePrediction, header: Header) -> None:
+        if prediction.voxel_features is not None:
+            self._latest = (prediction, header)
+
+    def forget(self) -> None:
+        self._latest = None
+
+    def answer(self, predictor: ScenePredictor | None, queries: list[str], threshold: float) -> QueryAnswer:
+        """Label the newest frame's occupied voxels; keep those whose best query scores >= threshold."""
+        if predictor is None:
+            return QueryAnswer(False, "the node is not configured (no model loaded)")
+        teacher = f" (teacher: {teacher_description(predictor)})" if predictor.teacher else ""
+        try:
+            with self.lock:
+                predictor.check_queries(queries)
+        except ValueError as error:  # undistilled model, or texts an oracle-distilled model does not know
+            return QueryAnswer(False, f"{error}{teacher}")
+        latest = self._latest
+        if latest is None:
+            return QueryAnswer(False, f"no frame with occupancy processed yet{teacher}")
+        prediction, header = latest
+        with self.lock:
+            result = predictor.query(queries, prediction)
+        label, score = result.label.numpy(), result.score.numpy()
+        keep = (label >= 0) & (score >= threshold)
+        cloud = labelled_cloud(prediction, label, score, keep, header)
+        return QueryAnswer(True, f"{int(keep.sum())} of {len(label)} occupied voxels labelled at threshold "
+                                 f"{threshold:g}{teacher}", cloud, [float(s) for s in result.max_scores])

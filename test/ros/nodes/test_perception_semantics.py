@@ -1,0 +1,112 @@
+"""perception_node's text queries over loopback DDS with a model distilled from the synthetic oracle teacher
+(tiny config, trained two steps on a tiny synthetic dataroot): `~/query_scene` returns a labelled cloud,
+`semantic_queries` labels `~/occupancy` every frame, unknown texts are refused with the known names."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import REPO
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import PointCloud2
+from train_helpers import VERSION, make_tiny_dataroot
+
+from distillnerf_core.cli import cache_features
+from distillnerf_core.training.config import load_train_config
+from distillnerf_core.training.trainer import train
+from distillnerf_ros.conversions.pointcloud import pointcloud2_to_points
+from distillnerf_ros.nodes.dataroot_publisher import DatarootPublisher
+from distillnerf_ros.nodes.perception import PerceptionNode
+from distillnerf_ros.nodes.perception_diagnostics import diagnostic_values
+from distillnerf_ros.srv import QueryScene
+from ros_helpers import RosSession, wait_for_match
+
+NODE = "/distillnerf_perception"
+RELIABLE = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+
+
+@pytest.fixture(scope="module")
+def oracle_checkpoint(tmp_path_factory):
+    root = make_tiny_dataroot(tmp_path_factory.mktemp("oracle_root"), frames=1)
+    assert cache_features.main(["--dataroot", str(root), "--version", VERSION, "--teacher", "oracle",
+                                "--no-progress"]) == 0
+    cfg = load_train_config("train_tiny")
+    cfg.data.features = "oracle"
+    run = tmp_path_factory.mktemp("oracle_run")
+    train(cfg, str(root), VERSION, run, max_steps=2, threads=1, progress=False)
+    return run / "model.safetensors"
+
+
+@pytest.fixture
+def session():
+    ros = RosSession()
+    yield ros
+    ros.close()
+
+
+def start(session: RosSession, checkpoint, **parameters) -> PerceptionNode:
+    overrides = {"input_reliability": "reliable", "device": "cpu", "tf_wait": 1.0,
+                 "model_path": str(checkpoint)} | parameters
+    node = session.node("perception", PerceptionNode,
+                        parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
+    assert node.status_message == "active", node.last["error"]
+    return node
+
+
+def play_keyframe(session: RosSession, clouds: list) -> None:
+    session.node("sink").create_subscription(PointCloud2, f"{NODE}/occupancy", clouds.append, RELIABLE)
+    publisher = session.node("keyframe", DatarootPublisher, dataroot=str(REPO / "data/nuscenes_sample"), version=None)
+    wait_for_match(session, list(publisher.image_pubs.values()))
+    publisher.publish_all()
+    assert session.spin_until(lambda: bool(clouds), 60), "no ~/occupancy from the keyframe"
+
+
+def call(session: RosSession, queries: list[str], threshold: float = 0.0) -> QueryScene.Response:
+    client = session.node("client").create_client(QueryScene, f"{NODE}/query_scene")
+    assert client.wait_for_service(timeout_sec=10), "~/query_scene is not offered"
+    future = client.call_async(QueryScene.Request(queries=queries, threshold=threshold))
+    assert session.spin_until(future.done, 20), "no answer from ~/query_scene"
+    return future.result()
+
+
+def test_query_service_labels_the_newest_frame(session, oracle_checkpoint):
+    node = start(session, oracle_checkpoint)
+    assert diagnostic_values(node)["teacher"].startswith("oracle"), "diagnostics name the teacher"
+    early = call(session, ["car"])
+    assert not early.success and "no frame with occupancy processed yet" in early.message
+
+    clouds: list = []
+    play_keyframe(session, clouds)
+    response = call(session, ["car", "building"], threshold=0.0)
+    assert response.success, response.message
+    assert "teacher: oracle" in response.message
+    assert [f.name for f in response.cloud.fields] == ["x", "y", "z", "rgb", "density", "label", "score"]
+    points = pointcloud2_to_points(response.cloud)
+    assert len(points) > 0 and set(np.unique(points["label"])) <= {0, 1}, "threshold 0 keeps only labelled voxels"
+    assert ((points["score"] >= 0) & (points["score"] <= 1)).all()
+    assert len(response.max_scores) == 2 and all(0 <= s <= 1 for s in response.max_scores)
+    assert response.cloud.header == clouds[-1].header, "the answer is about the newest processed frame"
+
+    strict = call(session, ["car", "building"], threshold=1.01)
+    assert strict.success and strict.cloud.width == 0, "no voxel scores above 1"
+    unknown = call(session, ["a red car"])
+    assert not unknown.success and "knows only its class names" in unknown.message and "road" in unknown.message
+
+
+def test_semantic_queries_label_every_frame(session, oracle_checkpoint):
+    node = start(session, oracle_checkpoint, semantic_queries=["car", "road", "building"])
+    clouds: list = []
+    play_keyframe(session, clouds)
+    assert [f.name for f in clouds[-1].fields] == ["x", "y", "z", "rgb", "density", "label", "score"]
+    labels = pointcloud2_to_points(clouds[-1])["label"]
+    assert labels.min() >= -1 and labels.max() <= 2, "labels index the queries, -1 = background"
+    assert node.last["semantic_queries"].startswith("labelling every frame")
+
+
+def test_semantic_queries_the_model_cannot_answer_are_reported(session, oracle_checkpoint):
+    node = start(session, oracle_checkpoint, semantic_queries=["a red car"])
+    clouds: list = []
+    play_keyframe(session, clouds)
+    assert [f.name for f in clouds[-1].fields] == ["x", "y", "z", "rgb", "density"], "unlabelled, not wrong"
+    assert "not applied" in diagnostic_values(node)["semantic_queries"]
