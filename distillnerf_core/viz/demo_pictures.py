@@ -83,6 +83,30 @@ def bev_image(probability: np.ndarray, origin_xy: tuple[float, float], resolutio
     return _save(figure, out)
 
 
+LABEL_COLOURS = ("tab:red", "tab:blue", "tab:orange", "tab:purple", "tab:cyan", "tab:olive")
+
+
+def labelled_bev(centers: np.ndarray, labels: np.ndarray, names: list[str], out: str | Path, title: str,
+                 extent_m: float = 40.0) -> Path:
+    """Bird's-eye view of labelled voxels (label i = names[i]) with the ego car, forward up, left left."""
+    figure, axis = plt.subplots(figsize=(6, 6))
+    axis.set_facecolor("#f0f0f0")
+    for index, name in enumerate(names):
+        chosen = centers[labels == index]
+        axis.scatter(-chosen[:, 1], chosen[:, 0], s=3, c=LABEL_COLOURS[index % len(LABEL_COLOURS)],
+                     linewidths=0, label=f"{name} ({len(chosen)} voxels)")
+    axis.add_patch(Rectangle((-EGO_WIDTH_M / 2, -EGO_LENGTH_M / 2), EGO_WIDTH_M, EGO_LENGTH_M,
+                             color="tab:green", zorder=3))
+    axis.set_xlim(-extent_m, extent_m)
+    axis.set_ylim(-extent_m, extent_m)
+    axis.set_aspect("equal")
+    axis.set_xlabel("-y (m, right)")
+    axis.set_ylabel("x (m, forward)")
+    axis.legend(loc="upper right", fontsize=8, markerscale=4)
+    axis.set_title(title, fontsize=9)
+    return _save(figure, out)
+
+
 def occupancy_3d(centers: np.ndarray, colours: np.ndarray, out: str | Path, title: str,
                  max_points: int = 20_000) -> Path:
     """3D scatter of occupied voxel centres in their own colours, seen from behind and above the car."""

@@ -22,7 +22,8 @@ def teacher_description(predictor: ScenePredictor | None) -> str:
     teacher = predictor.teacher if predictor is not None else None
     if not teacher:
         return "none (features not distilled: text queries unavailable)"
-    described = f"{teacher.get('kind')} {teacher.get('model') or ''}".strip()
+    kind, model = teacher.get("kind"), teacher.get("model")
+    described = kind if not model or model == kind else f"{kind} {model}"
     if teacher.get("weights_sha256"):
         described += f" (weights sha256 {teacher['weights_sha256'][:12]})"
     return described

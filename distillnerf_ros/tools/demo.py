@@ -8,7 +8,9 @@
    a CPU), records every topic the node publishes (outputs, depth camera_info, debug series, /diagnostics)
    into one rosbag2 per source under demo_out/outputs/ with each topic's QoS, and draws per frame a contact
    sheet, a bird's-eye occupancy image and a 3D view of the occupied voxels into demo_out/.
-4. Prints the measured latency and where everything is.
+4. After the synthetic drive, asks ~/query_scene for "car" and "building" (the bundled model is distilled
+   from the synthetic oracle teacher) and draws the labelled voxels, bird's-eye and 3D.
+5. Prints the measured latency and where everything is.
 """
 
 from __future__ import annotations
@@ -40,11 +42,14 @@ from distillnerf_core.viz import demo_pictures
 from distillnerf_ros.conversions.images import compressed_image_to_rgb, image_to_depth, image_to_rgb
 from distillnerf_ros.conversions.pointcloud import pointcloud2_to_points, unpack_rgb
 from distillnerf_ros.input.tf_cache import stamp_to_ns
+from distillnerf_ros.srv import QueryScene
 from distillnerf_ros.tools.nusc2bag import convert, recorded_qos
 from distillnerf_ros.tools.processes import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 NODE = "distillnerf_perception"
+SEMANTIC_QUERIES = ["car", "building"]  # the bundled model is distilled from the synthetic oracle teacher
+QUERY_THRESHOLD = 0.5
 CAMERAS = ["CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT"]
 DDAD_CAMERAS = ["CAMERA_05", "CAMERA_01", "CAMERA_06", "CAMERA_07", "CAMERA_09", "CAMERA_08"]  # the same display order
 # Per source: the rig's parameter file on top of config/perception.yaml, its cameras, the playback rate. The
@@ -244,6 +249,34 @@ def draw(name: str, index: int, stamp: int, bag: Path, frame: FrameOutputs, out:
     return [sheet, bev, view]
 
 
+def ask_scene(node, executor, queries: list[str], threshold: float) -> QueryScene.Response | None:
+    """Call the node's ~/query_scene once (None when the service is not offered or does not answer)."""
+    client = node.create_client(QueryScene, f"/{NODE}/query_scene")
+    try:
+        if not client.wait_for_service(timeout_sec=10):
+            return None
+        future = client.call_async(QueryScene.Request(queries=queries, threshold=threshold))
+        return future.result() if spin_until(executor, future.done, 30) else None
+    finally:
+        node.destroy_client(client)
+
+
+def draw_query(name: str, answer: QueryScene.Response | None, out: Path) -> list[Path]:
+    """The labelled voxels of a ~/query_scene answer, bird's-eye and 3D; prints what the node said."""
+    if answer is None or not answer.success:
+        print(f"  ~/query_scene {SEMANTIC_QUERIES}: {'no answer' if answer is None else answer.message}")
+        return []
+    points = pointcloud2_to_points(answer.cloud)
+    centers = np.stack([points["x"], points["y"], points["z"]], axis=1)
+    labels = points["label"]
+    print(f"  ~/query_scene {SEMANTIC_QUERIES}: {answer.message}; max scores "
+          f"{', '.join(f'{q} {s:.2f}' for q, s in zip(SEMANTIC_QUERIES, answer.max_scores, strict=True))}")
+    title = f"{name}, last frame: ~/query_scene {SEMANTIC_QUERIES} (score >= {QUERY_THRESHOLD})"
+    colours = np.array([[220, 40, 40], [40, 90, 220]] + [[128, 128, 128]] * 8, dtype=np.uint8)[labels]
+    return [demo_pictures.labelled_bev(centers, labels, SEMANTIC_QUERIES, out / f"{name}_query_bev.png", title),
+            demo_pictures.occupancy_3d(centers, colours, out / f"{name}_query_3d.png", title)]
+
+
 def spin_until(executor, condition, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and not condition():
@@ -281,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     pictures: list[Path] = []
     to_draw: list[tuple[str, int, int, Path, list[str]]] = []
     processed: dict[str, int] = {}
+    answers: dict[str, QueryScene.Response | None] = {}
     try:
         for name, bag in bags.items():
             rig_params, cameras, rate = RIGS[name]
@@ -317,11 +351,15 @@ def main(argv: list[str] | None = None) -> int:
                 node_done += 1
                 to_draw.append((name, index, stamp, bag, cameras))
             player.wait(timeout=120)
+            if name == "synthetic":  # the node still holds this bag's last frame
+                answers[name] = ask_scene(recorder_node, executor, SEMANTIC_QUERIES, QUERY_THRESHOLD)
         spin_until(executor, lambda: int(recorder.diagnostics.get("processed", 0)) >= node_done, 3.0)  # fresh counters
         # Drawn after playback: matplotlib competing with the node for 2 CPU cores made frames late.
         model_name = Path(args.model).name if args.model else "bundled model"
         for name, index, stamp, bag, cameras in to_draw:
             pictures += draw(name, index, stamp, bag, recorder.frames[stamp], args.out, model_name, cameras)
+        for name, answer in answers.items():
+            pictures += draw_query(name, answer, args.out)
     finally:
         recorder.finish()
         counters[node_rig or "config/perception.yaml"] = dict(recorder.diagnostics)
@@ -344,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"node counters ({rig}): {({k: diagnostics.get(k, '?') for k in keys})}")
     print(f"output bags (every topic the node publishes, one bag per source): "
           f"{', '.join(str(b) for b in recorder.bags)}")
-    print(f"pictures ({len(pictures)}): {args.out}/*_cameras.png, *_bev.png, *_occupancy_3d.png")
+    print(f"pictures ({len(pictures)}): {args.out}/*_cameras.png, *_bev.png, *_occupancy_3d.png, *_query_*.png")
     print(f"node log: {args.out / 'perception_node.log'}; total {time.monotonic() - started:.0f} s")
     expected = {name: len(keyframe_stamps(bag)) for name, bag in bags.items()}
     return 0 if processed == expected else 1
