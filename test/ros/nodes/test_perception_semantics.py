@@ -1,6 +1,7 @@
-"""perception_node's text queries over loopback DDS with a model distilled from the synthetic oracle teacher
-(tiny config, trained two steps on a tiny synthetic dataroot): `~/query_scene` returns a labelled cloud,
-`semantic_queries` labels `~/occupancy` every frame, unknown texts are refused with the known names."""
+"""perception_node's text queries over loopback DDS with models distilled (tiny config, two training steps on a
+tiny synthetic dataroot) from the synthetic oracle teacher and from a tiny random CLIP loaded through
+open_clip like a user's weights: `~/query_scene` returns a labelled cloud, `semantic_queries` labels
+`~/occupancy` every frame, texts the oracle does not know are refused with the names it knows."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from conftest import REPO
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import PointCloud2
+from teacher_helpers import CLIP_NAME, save_tiny_clip
 from train_helpers import VERSION, make_tiny_dataroot
 
 from distillnerf_core.cli import cache_features
@@ -27,15 +29,31 @@ RELIABLE = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 
 
 @pytest.fixture(scope="module")
-def oracle_checkpoint(tmp_path_factory):
-    root = make_tiny_dataroot(tmp_path_factory.mktemp("oracle_root"), frames=1)
-    assert cache_features.main(["--dataroot", str(root), "--version", VERSION, "--teacher", "oracle",
+def tiny_root(tmp_path_factory):
+    return make_tiny_dataroot(tmp_path_factory.mktemp("semantic_root"), frames=1)
+
+
+def distilled(tmp_path_factory, root, cache_args: list[str], name: str):
+    assert cache_features.main(["--dataroot", str(root), "--version", VERSION, *cache_args, "--name", name,
                                 "--no-progress"]) == 0
     cfg = load_train_config("train_tiny")
-    cfg.data.features = "oracle"
-    run = tmp_path_factory.mktemp("oracle_run")
+    cfg.data.features = name
+    run = tmp_path_factory.mktemp(f"{name}_run")
     train(cfg, str(root), VERSION, run, max_steps=2, threads=1, progress=False)
     return run / "model.safetensors"
+
+
+@pytest.fixture(scope="module")
+def oracle_checkpoint(tmp_path_factory, tiny_root):
+    return distilled(tmp_path_factory, tiny_root, ["--teacher", "oracle"], "oracle")
+
+
+@pytest.fixture(scope="module")
+def clip_checkpoint(tmp_path_factory, tiny_root):
+    config, weights = save_tiny_clip(tmp_path_factory.mktemp("clip"))
+    return distilled(tmp_path_factory, tiny_root, ["--teacher", "clip", "--model", CLIP_NAME, "--weights",
+                                                   str(weights), "--model-config", str(config), "--input-hw",
+                                                   "28", "56"], "tinyclip")
 
 
 @pytest.fixture
@@ -110,3 +128,14 @@ def test_semantic_queries_the_model_cannot_answer_are_reported(session, oracle_c
     play_keyframe(session, clouds)
     assert [f.name for f in clouds[-1].fields] == ["x", "y", "z", "rgb", "density"], "unlabelled, not wrong"
     assert "not applied" in diagnostic_values(node)["semantic_queries"]
+
+
+def test_query_service_with_a_clip_distilled_model_answers_any_text(session, clip_checkpoint):
+    start(session, clip_checkpoint)
+    clouds: list = []
+    play_keyframe(session, clouds)
+    response = call(session, ["a red car parked by the road", "a building"], threshold=0.0)
+    assert response.success, response.message
+    assert "teacher: clip" in response.message
+    assert [f.name for f in response.cloud.fields][-2:] == ["label", "score"]
+    assert len(response.max_scores) == 2
