@@ -140,3 +140,11 @@ def test_rviz_displays_match_the_publishers_topics_and_qos(tiny_checkpoint):
             assert qos.durability == RVIZ_QOS[settings["Durability Policy"]], f"{topic}: durability mismatch"
     finally:
         session.close()
+
+
+def test_rviz_colours_the_cloud_by_fields_the_node_publishes():
+    displays = yaml.safe_load((REPO / "rviz" / "distillnerf.rviz").read_text())["Visualization Manager"]["Displays"]
+    channels = {d["Name"]: d["Channel Name"] for d in displays
+                if d["Class"] == "rviz_default_plugins/PointCloud2" and "Channel Name" in d}
+    # x, y, z, rgb, density always; label and score with semantic_queries (test_perception_semantics.py)
+    assert channels == {"Occupancy (semantic label)": "label"}, channels
