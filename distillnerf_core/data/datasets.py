@@ -26,6 +26,10 @@ Tables are read through nuscenes-devkit. Per sample (keyframe) it yields, for N 
                     same for every frame, so they also apply to next_images; losses and metrics skip 0s
     teacher_features float32 (N, D, h, w): a teacher's cached dense features (teachers/cache.py), resized to
                     the render size; only with `features` (DataConfig.features)
+    nerf_depth      float32 (N, h, w): a per-scene field's rendered z-depth (0 = sky), nearest-resized to the
+                    render size; virtual_images float32 (N, V, 3, H, W) and virtual_depth (N, V, h, w): the
+                    field's renders of V virtual cameras per camera, virtual_cam2ego (N, V, 4, 4) their poses
+                    (same intrinsics); only with `nerf_targets` (DataConfig.nerf_targets, data/nerf_targets.py)
     camera_names    list[str];  sample_token str
 
 Missing files raise FileNotFoundError naming the path; nothing is silently substituted.
@@ -68,6 +72,8 @@ class DataConfig:
     """Also load the next keyframe (needed only when loss.nvs_l1 > 0)."""
     features: str | None = None
     """Teacher feature cache to load (a name under DATAROOT/features/ or a directory); None = none."""
+    nerf_targets: str | None = None
+    """Per-scene field targets to load (distillnerf-fit-scene: a name under DATAROOT/nerf/ or a directory)."""
 
 
 def _require(path: Path) -> Path:
@@ -128,7 +134,8 @@ class NuScenesDataset(Dataset):
     def __init__(self, dataroot: str | Path, version: str, image_size: tuple[int, int] = (224, 400),
                  render_size: tuple[int, int] | None = None, cameras: Sequence[str] = NUSCENES_CAMERAS,
                  scenes: Sequence[str] | None = None, depth_range: tuple[float, float] = (1.0, 80.0),
-                 load_next: bool = True, nusc: Any = None, features: str | Path | None = None):
+                 load_next: bool = True, nusc: Any = None, features: str | Path | None = None,
+                 nerf_targets: str | Path | None = None):
         from nuscenes.nuscenes import NuScenes
 
         self.dataroot = Path(dataroot)
@@ -151,6 +158,13 @@ class NuScenesDataset(Dataset):
 
             self.feature_cache = resolve_cache(self.dataroot, features)
             self.feature_manifest = read_manifest(self.feature_cache)
+        self.nerf_targets: Path | None = None
+        if nerf_targets is not None:
+            from distillnerf_core.data.nerf_targets import read_manifest as read_nerf_manifest
+            from distillnerf_core.data.nerf_targets import resolve_targets
+
+            self.nerf_targets = resolve_targets(self.dataroot, nerf_targets)
+            read_nerf_manifest(self.nerf_targets)  # a missing manifest is an error here, not at the first item
         self._masks: torch.Tensor | None = None  # (N, H, W), loaded once (static per camera)
         wanted = set(scenes) if scenes is not None else None
         self.sample_tokens: list[str] = []
@@ -296,7 +310,28 @@ class NuScenesDataset(Dataset):
             item["teacher_features"] = torch.stack([
                 resize_features(load_entry(self.feature_cache, ch, sd["token"]), self.render_size)
                 for ch, sd in zip(self.cameras, cams["sd"], strict=True)])
+        if self.nerf_targets is not None:
+            item.update(self._nerf_items(cams, item["cam2ego"]))
         return item
+
+    def _nerf_items(self, cams: dict, cam2ego: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The per-scene field's targets of this sample (see the module docstring); a missing entry raises."""
+        import torch.nn.functional as F
+
+        from distillnerf_core.data.nerf_targets import load_entry, virtual_cam2ego
+
+        entries = [load_entry(self.nerf_targets, ch, sd["token"]) for ch, sd in zip(self.cameras, cams["sd"],
+                                                                                      strict=True)]
+        depth = torch.as_tensor(np.stack([nearest_resize(e["depth"], self.render_size) for e in entries]))
+        vdepth = torch.as_tensor(np.stack([np.stack([nearest_resize(d, self.render_size) for d in e["virtual_depth"]])
+                                           for e in entries]))
+        vrgb = torch.stack([torch.from_numpy(e["virtual_rgb"]).permute(0, 3, 1, 2).float() / 255.0 for e in entries])
+        N, V = vrgb.shape[:2]
+        vrgb = F.interpolate(vrgb.flatten(0, 1), size=self.image_size, mode="bilinear", align_corners=False)
+        offsets = torch.as_tensor(entries[0]["offsets"], dtype=torch.float32)
+        return {"nerf_depth": depth.float(), "virtual_depth": vdepth.float(),
+                "virtual_images": vrgb.clamp(0, 1).view(N, V, 3, *self.image_size),
+                "virtual_cam2ego": virtual_cam2ego(cam2ego, offsets)}
 
     def valid_masks(self) -> torch.Tensor:
         """(N, H, W) float32 at the image size: 1 = valid, 0 = ego body (ego_masks.py); all 1 without mask files."""
@@ -342,4 +377,5 @@ def make_dataset(dataroot: str, version: str, image_hw: Sequence[int], data: Dat
         dataroot, version, image_size=tuple(image_hw), render_size=render_hw,
         cameras=data.cameras or NUSCENES_CAMERAS, scenes=scenes, depth_range=tuple(data.depth_range),
         load_next=data.load_next if load_next is None else load_next, features=data.features,
+        nerf_targets=data.nerf_targets,
     )

@@ -8,6 +8,11 @@
     dense_coarse / dense_render  dense depth (synthetic GT now, NeRF-distilled depth later): clamped to 120 m,
                   pixels whose target is < 50 m normalised by 50, the rest by 120, MSE + 0.1 L1. Dense GT of 0
                   (sky / no surface) becomes `dense_sky_depth` (the reference gives sky 115 m); None skips it
+    nerf_coarse / nerf_render  the dense-depth loss above (same normalisation, sky = 0 -> dense_sky_depth) against
+                  a per-scene field's rendered depth (`batch["nerf_depth"]`, DataConfig.nerf_targets)
+    virtual_rgb / virtual_depth  with probability `virtual_prob` per camera per step, one of the field's
+                  virtual cameras (shifted in the camera's frame) rendered by the model from the same encoding:
+                  RGB L1 and the dense-depth loss against the field's renders (`virtual` argument, the trainer)
     entropy       mean entropy of the normalised ray-sample weights (peaky rays)
     opacity       BCE of the accumulated opacity against 1 (every ray hits something; sky is far, not empty)
     nvs_l1        optional: L1 on the NEXT keyframe's cameras rendered from the current frame
@@ -59,6 +64,16 @@ class LossConfig:
     """...the rest by this, which also clamps both sides (m)."""
     dense_sky_depth: float | None = 115.0
     """Depth (m) given to pixels without a dense target (sky); None leaves them out."""
+    nerf_coarse: float = 10.0
+    """Dense-depth loss against the per-scene field's depth on the coarse depth (where the batch has nerf_depth)."""
+    nerf_render: float = 10.0
+    """Dense-depth loss against the per-scene field's depth on the rendered depth."""
+    virtual_prob: float = 0.0
+    """Probability, per camera and step, of adding one random virtual camera of the field as a target."""
+    virtual_rgb: float = 1.0
+    """L1 between the model's render of a virtual camera and the field's RGB there."""
+    virtual_depth: float = 10.0
+    """Dense-depth loss between the model's virtual-camera depth and the field's."""
     entropy: float = 0.01
     """Entropy of the ray weights (pushes each ray towards one surface)."""
     opacity: float = 0.1
@@ -186,8 +201,10 @@ class DistillNeRFLoss(torch.nn.Module):
                                  "weights are never downloaded); set loss.lpips to 0 to train without LPIPS")
             self.lpips = LPIPSVGG(self.cfg.lpips_vgg_weights)
 
-    def forward(self, out: Any, batch: dict[str, Any], nvs_rgb: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, out: Any, batch: dict[str, Any], nvs_rgb: torch.Tensor | None = None,
+                virtual: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """`virtual`: rgb (B, N, 3, H, W) and depth (B, N, h, w) of the model's virtual-camera renders, `choice`
+        (B, N) which of the field's V virtual cameras each is, `selected` (B, N) bool which cameras count."""
         cfg = self.cfg
         terms: dict[str, torch.Tensor] = {}
         images = batch["images"]
@@ -221,6 +238,17 @@ class DistillNeRFLoss(torch.nn.Module):
                 terms["dense_coarse"] = dense_depth_loss(out.coarse_depth.float(), dense, **kw)
             if cfg.dense_render:
                 terms["dense_render"] = dense_depth_loss(out.depth.float(), dense, **kw)
+        nerf = batch.get("nerf_depth")
+        if nerf is not None:
+            if valid_r is not None:
+                nerf = torch.where(valid_r, nerf, torch.full_like(nerf, float("nan")))
+            kw = dict(near=cfg.dense_near, far=cfg.dense_far, sky_depth=cfg.dense_sky_depth, l1_ratio=cfg.l1_ratio)
+            if cfg.nerf_coarse and out.coarse_depth is not None:
+                terms["nerf_coarse"] = dense_depth_loss(out.coarse_depth.float(), nerf, **kw)
+            if cfg.nerf_render:
+                terms["nerf_render"] = dense_depth_loss(out.depth.float(), nerf, **kw)
+        if virtual is not None and bool(virtual["selected"].any()):
+            terms.update(self._virtual_terms(virtual, batch, valid, valid_r))
         if cfg.entropy:
             terms["entropy"] = weight_entropy_loss(out.weights.float(), valid=valid_r)
         if cfg.opacity:
@@ -239,6 +267,27 @@ class DistillNeRFLoss(torch.nn.Module):
         for name, value in terms.items():
             total = total + getattr(cfg, name) * value
         return total, terms
+
+
+    def _virtual_terms(self, virtual: dict[str, torch.Tensor], batch: dict[str, Any], valid: torch.Tensor | None,
+                       valid_r: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """RGB L1 + dense depth on the selected cameras' virtual views (ego-body masks of the source camera)."""
+        cfg, sel, choice = self.cfg, virtual["selected"], virtual["choice"]
+        b, n = torch.nonzero(sel, as_tuple=True)
+        c = choice[b, n]
+        target_rgb = batch["virtual_images"][b, n, c]
+        target_depth = batch["virtual_depth"][b, n, c].clone()
+        terms = {}
+        if cfg.virtual_rgb:
+            terms["virtual_rgb"] = rgb_l1_loss(virtual["rgb"][b, n].float(), target_rgb,
+                                               None if valid is None else valid[b, n])
+        if cfg.virtual_depth:
+            if valid_r is not None:
+                target_depth[~valid_r[b, n]] = float("nan")
+            terms["virtual_depth"] = dense_depth_loss(virtual["depth"][b, n].float(), target_depth,
+                                                      near=cfg.dense_near, far=cfg.dense_far,
+                                                      sky_depth=cfg.dense_sky_depth, l1_ratio=cfg.l1_ratio)
+        return terms
 
 
 def feature_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:

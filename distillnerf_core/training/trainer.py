@@ -59,11 +59,32 @@ class TrainStep(nn.Module):
             nvs_rgb = m.render(scene, CameraRig(batch["next_intrinsics"], batch["next_cam2ego"], image_hw)).rgb
         if m.feature_pca is not None and "teacher_features" in batch:
             batch = {**batch, "feature_target": feature_target(m.feature_pca, batch["teacher_features"])}
-        total, terms = self.loss(out, batch, nvs_rgb)
+        virtual = self.virtual_views(scene, batch, image_hw)
+        total, terms = self.loss(out, batch, nvs_rgb, virtual)
         # Only the loss may carry the graph out of forward: DDP (find_unused_parameters) walks the graph of
         # every returned tensor, and e.g. the unsupervised feature head would count as used but get no grad.
         detached = ModelOutput(**{k: v.detach() if torch.is_tensor(v) else v for k, v in vars(out).items()})
         return total, {k: v.detach() for k, v in terms.items()}, detached
+
+
+    def virtual_views(self, scene: Any, batch: dict[str, Any], image_hw: tuple[int, int]
+                      ) -> dict[str, torch.Tensor] | None:
+        """With probability loss.virtual_prob per camera, one of its V virtual cameras (uniform), rendered from
+        the same encoding; None when none is drawn or the batch has no field targets."""
+        p = self.loss.cfg.virtual_prob
+        if p <= 0 or "virtual_cam2ego" not in batch:
+            return None
+        poses = batch["virtual_cam2ego"]  # (B, N, V, 4, 4)
+        B, N, V = poses.shape[:3]
+        selected = torch.rand(B, N, device=poses.device) < p
+        if not bool(selected.any()):
+            return None
+        choice = torch.randint(V, (B, N), device=poses.device)
+        cam2ego = poses.gather(2, choice.view(B, N, 1, 1, 1).expand(B, N, 1, 4, 4)).squeeze(2)
+        # the unselected cameras are rendered too (one batched call is simpler than ragged subsets); their
+        # loss terms are masked out by `selected`
+        views = self.model.render(scene, CameraRig(batch["intrinsics"], cam2ego, image_hw), features=False)
+        return {"rgb": views.rgb, "depth": views.depth, "choice": choice, "selected": selected}
 
 
 def weights_digest(model: nn.Module) -> str:

@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""Per-scene field targets distilled into the feedforward model (issue 15): synthetic and real (DDAD).
+
+    python benchmarks/nerf_distill.py --part synthetic [--steps 200] [--field-steps 400]
+    python benchmarks/nerf_distill.py --part real [--fit-cpu-minutes 2] [--field-steps 400]
+
+synthetic: a train dataroot (--train-scenes x --train-frames, seed 11) and a held-out one (seed 999); one field
+  per train scene (distillnerf-fit-scene, every keyframe fitted); then the `small` config trained from scratch
+  for the SAME number of steps (same seed, same data order) in four variants:
+    lidar        LiDAR depth only (no dense depth)
+    field        + the field's dense depth (reference normalisation, sky = 0 -> 115 m)
+    field+virt   + dense depth + one virtual camera per camera with probability --virtual-prob
+    oracle       + the synthetic world's exact dense depth (upper bound)
+  scored on the held-out dataroot with the paper's protocol (recon / novel-view PSNR, AbsRel vs LiDAR and vs
+  exact dense GT), plus each field's own depth against the exact GT.
+real: the field on DDAD scene 02 (frames 0 and 2 fitted, frame 1 held out; its PSNR / LiDAR AbsRel), then the
+  real-data benchmark's per-scene fit (bundled model on frames 0 and 2, scored on held-out frame 1) with and
+  without the field's targets, at the same budget of process CPU time.
+Budgets are process CPU time (time.process_time, all threads) where the machine is shared; wall time is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import torch  # noqa: E402
+
+from distillnerf_core.data.datasets import NuScenesDataset, collate_samples  # noqa: E402
+from distillnerf_core.data.synthetic.export import VERSION as SYN_VERSION  # noqa: E402
+from distillnerf_core.data.synthetic.export import write_dataroot as write_synthetic  # noqa: E402
+from distillnerf_core.scene_fit.fit import FitConfig, fit_dataroot  # noqa: E402
+from distillnerf_core.training.checkpoints import load_checkpoint  # noqa: E402
+from distillnerf_core.training.config import load_train_config  # noqa: E402
+from distillnerf_core.training.eval import evaluate  # noqa: E402
+from distillnerf_core.training.losses import DistillNeRFLoss, LossConfig  # noqa: E402
+from distillnerf_core.training.trainer import TrainStep, train  # noqa: E402
+
+KEYS = ("psnr", "nvs_psnr", "abs_rel", "dense_abs_rel", "steps", "train_cpu_minutes", "train_wall_minutes")
+
+
+def synthetic(args: argparse.Namespace) -> dict:
+    work = args.work / "synthetic"
+    roots = {}
+    for tag, scenes, frames, seed in (("train", args.train_scenes, args.train_frames, 11),
+                                      ("heldout", args.heldout_scenes, args.heldout_frames, 999)):
+        roots[tag] = work / tag
+        if not (roots[tag] / SYN_VERSION / "sample.json").is_file():
+            write_synthetic(roots[tag], scenes=scenes, frames=frames, seed=seed, width=456, height=256, progress=False)
+    fit_cfg = FitConfig(steps=args.field_steps, render_hw=[32, 57], holdout_every=0)
+    c0, t0 = time.process_time(), time.perf_counter()
+    manifest = fit_dataroot(roots["train"], SYN_VERSION, roots["train"] / "nerf" / "bench", fit_cfg,
+                            progress=not args.no_progress)
+    field_cpu, field_wall = (time.process_time() - c0) / 60, (time.perf_counter() - t0) / 60
+    fields = {name: {k: v for k, v in rec["quality"].items() if k != "frames"}
+              for name, rec in manifest["scenes"].items()}
+    variants = {
+        "lidar": dict(dense_coarse=0.0, dense_render=0.0, nerf_coarse=0.0, nerf_render=0.0),
+        "field": dict(dense_coarse=0.0, dense_render=0.0),
+        "field+virt": dict(dense_coarse=0.0, dense_render=0.0, virtual_prob=args.virtual_prob),
+        "oracle": dict(nerf_coarse=0.0, nerf_render=0.0),
+    }
+    results = {}
+    for name, loss_over in variants.items():
+        cfg = load_train_config("train_small")
+        cfg.data.num_workers = 0  # data loading counted in this process's CPU time
+        cfg.ckpt_every = 10**9
+        cfg.seed = args.seed
+        if name != "lidar" and name != "oracle":
+            cfg.data.nerf_targets = "bench"
+        for k, v in loss_over.items():
+            setattr(cfg.loss, k, v)
+        run = work / "runs" / name.replace("+", "_")
+        print(f"\n== {name}: {args.steps} steps, loss overrides {loss_over}", flush=True)
+        c0, t0 = time.process_time(), time.perf_counter()
+        summary = train(cfg, str(roots["train"]), SYN_VERSION, run, max_steps=args.steps, threads=args.threads,
+                        progress=not args.no_progress)
+        cpu, wall = (time.process_time() - c0) / 60, (time.perf_counter() - t0) / 60
+        model = load_checkpoint(run / "model.safetensors")
+        render_hw = model.renderer.render_hw(tuple(model.config.image_hw))
+        ds = NuScenesDataset(roots["heldout"], SYN_VERSION, image_size=tuple(model.config.image_hw),
+                             render_size=render_hw, load_next=True)
+        metrics = evaluate(model, ds, progress=False)["metrics"]
+        results[name] = {**metrics, "steps": summary["step"], "train_cpu_minutes": cpu, "train_wall_minutes": wall,
+                         "last_loss_terms": summary["last"]}
+        print(name, json.dumps({k: results[name].get(k) for k in KEYS}), flush=True)
+    return {"fields": fields, "field_cpu_minutes": field_cpu, "field_wall_minutes": field_wall,
+            "field_settings": manifest["settings"], "variants": results,
+            "setup": {"train": f"{args.train_scenes} scenes x {args.train_frames} keyframes (seed 11)",
+                      "heldout": f"{args.heldout_scenes} x {args.heldout_frames} (seed 999)",
+                      "config": "train_small (from scratch)", "steps": args.steps, "virtual_prob": args.virtual_prob}}
+
+
+def fit_model(model, batches: list[dict], loss_cfg: LossConfig, cpu_minutes: float, lr: float, warmup: int,
+              seed: int) -> dict:
+    """The real-data benchmark's per-scene recipe (Adam betas (0, 0.99), warmup, cosine over the CPU budget),
+    with any loss config (TrainStep: dense field depth and virtual cameras when the batches carry them)."""
+    torch.manual_seed(seed)
+    step_module = TrainStep(model, DistillNeRFLoss(loss_cfg))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr, betas=(0.0, 0.99))
+    budget, t0, c0, step = 60.0 * cpu_minutes, time.perf_counter(), time.process_time(), 0
+    model.train()
+    while time.process_time() - c0 < budget:
+        frac = min(1.0, (time.process_time() - c0) / budget)
+        for g in opt.param_groups:
+            g["lr"] = min(1.0, (step + 1) / warmup) * lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+        total, terms, _ = step_module(batches[step % len(batches)])
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(params, 35.0)
+        opt.step()
+        step += 1
+    model.eval()
+    return {"steps": step, "cpu_minutes": (time.process_time() - c0) / 60,
+            "wall_minutes": (time.perf_counter() - t0) / 60}
+
+
+def real(args: argparse.Namespace) -> dict:
+    from real_data import recon
+
+    from distillnerf_core.data.dgp import DDAD_CAMERAS, VERSION, write_dataroot
+
+    work = args.work / "real"
+    root = write_dataroot(REPO / "data" / "ddad_scene02", work / "ddad_root", overwrite=True)
+    fit_cfg = FitConfig(steps=args.field_steps, image_hw=[192, 304], render_hw=[32, 57], holdout_every=4,
+                        holdout_offset=1)
+    c0, t0 = time.process_time(), time.perf_counter()
+    manifest = fit_dataroot(root, VERSION, root / "nerf" / "bench", fit_cfg, cameras=list(DDAD_CAMERAS),
+                            progress=not args.no_progress)
+    field_cpu, field_wall = (time.process_time() - c0) / 60, (time.perf_counter() - t0) / 60
+    rec = next(iter(manifest["scenes"].values()))
+    bundled = REPO / "models" / "default" / "model.safetensors"
+    arms = {"baseline (LiDAR only, as real_data.py)": (LossConfig(rgb_ssim=0.2), False),
+            "+ field dense depth": (LossConfig(rgb_ssim=0.2), True),
+            "+ field dense depth + virtual cameras": (LossConfig(rgb_ssim=0.2, virtual_prob=args.virtual_prob), True)}
+    out = {}
+    for name, (loss_cfg, with_field) in arms.items():
+        model = load_checkpoint(bundled).eval()
+        image_hw = tuple(model.config.image_hw)
+        render_hw = model.renderer.render_hw(image_hw)
+        ds = NuScenesDataset(root, VERSION, image_size=image_hw, render_size=render_hw, cameras=DDAD_CAMERAS,
+                             load_next=False, nerf_targets=(root / "nerf" / "bench") if with_field else None)
+        items = [ds[i] for i in range(len(ds))]
+        batches = [collate_samples([items[0]]), collate_samples([items[2]])]
+        print(f"\n== per-scene fit, {name}: {args.fit_cpu_minutes} CPU min", flush=True)
+        info = fit_model(model, batches, loss_cfg, args.fit_cpu_minutes, 5e-4, 20, args.seed)
+        with torch.no_grad():
+            held, _ = recon(model, items[1])
+            train_rows = [recon(model, items[i])[0] for i in (0, 2)]
+        out[name] = {"held_out_frame1": held, "train_frames_psnr": sum(r["psnr"] for r in train_rows) / 2,
+                     "train_frames_abs_rel": sum(r["abs_rel"] for r in train_rows) / 2, **info}
+        print(name, json.dumps({k: held[k] for k in ("psnr", "ssim", "abs_rel", "top_empty_pred")}), flush=True)
+    return {"field": {k: v for k, v in rec["quality"].items()}, "field_cpu_minutes": field_cpu,
+            "field_wall_minutes": field_wall, "field_settings": manifest["settings"], "per_scene_fit": out,
+            "setup": {"fit_cpu_minutes": args.fit_cpu_minutes, "virtual_prob": args.virtual_prob,
+                      "init": "models/default/model.safetensors", "train_frames": [0, 2], "held_out": [1]}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--part", choices=("synthetic", "real"), required=True)
+    p.add_argument("--work", type=Path, default=Path("/tmp/distillnerf_bench_nerf"))
+    p.add_argument("--steps", type=int, default=200, help="synthetic: training steps per variant")
+    p.add_argument("--field-steps", type=int, default=400)
+    p.add_argument("--fit-cpu-minutes", type=float, default=2.0, help="real: CPU budget per per-scene fit arm")
+    p.add_argument("--virtual-prob", type=float, default=0.5)
+    p.add_argument("--train-scenes", type=int, default=2)
+    p.add_argument("--train-frames", type=int, default=6)
+    p.add_argument("--heldout-scenes", type=int, default=1)
+    p.add_argument("--heldout-frames", type=int, default=4)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    c0, t0 = time.process_time(), time.perf_counter()
+    result = synthetic(args) if args.part == "synthetic" else real(args)
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    result["header"] = (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC {platform.node()} "
+                        f"{os.cpu_count()} CPU cores (load average {load} at the end), {args.threads} threads, torch "
+                        f"{torch.__version__}, commit {commit}; process CPU {(time.process_time() - c0) / 60:.1f} min, "
+                        f"wall {(time.perf_counter() - t0) / 60:.1f} min")
+    result["command"] = "python " + " ".join(["benchmarks/nerf_distill.py", *(argv or sys.argv[1:])])
+    path = args.json or REPO / "benchmarks" / "results" / f"nerf_distill_{args.part}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(result["header"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
