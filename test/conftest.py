@@ -1,4 +1,5 @@
-"""Test setup shared by every test: `REPO` (the repository root), and every ROS test on loopback (Fast DDS
+"""Test setup shared by every test: `REPO` (the repository root), the `tiny_checkpoint` and `session` (rclpy)
+fixtures, and every ROS test on loopback (Fast DDS
 profile + LOCALHOST discovery) in its own domain. `test/` is on sys.path (pytest.ini), so tests import
 `REPO` with `from conftest import REPO` and the helpers (`ros_helpers`, `train_helpers`) by name.
 """
@@ -8,9 +9,32 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(REPO / "config" / "fastdds_loopback.xml")
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 # One domain per pytest run, so concurrent runs on one machine never hear each other (ids 10..99).
 os.environ.setdefault("ROS_DOMAIN_ID", str(10 + os.getpid() % 90))
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A randomly initialised `tiny` model saved as a checkpoint (safetensors + JSON)."""
+    from distillnerf_core.model.distillnerf import DistillNeRFModel
+    from distillnerf_core.training.checkpoints import save_checkpoint
+
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_checkpoint(DistillNeRFModel("tiny", load_pretrained=False), path)
+    return path
+
+
+@pytest.fixture
+def session():
+    """An rclpy context of its own with an executor (ros_helpers.RosSession), closed after the test."""
+    from ros_helpers import RosSession
+
+    ros = RosSession()
+    yield ros
+    ros.close()

@@ -18,21 +18,12 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
 from sensor_msgs.msg import PointCloud2
 
-from distillnerf_core.model.distillnerf import DistillNeRFModel
-from distillnerf_core.training.checkpoints import save_checkpoint
 from distillnerf_ros.nodes.dataroot_publisher import DatarootPublisher
 from distillnerf_ros.nodes.perception import PerceptionNode
 from ros_helpers import RosSession, wait_for_match
 
 RVIZ_QOS = {"Reliable": ReliabilityPolicy.RELIABLE, "Best Effort": ReliabilityPolicy.BEST_EFFORT,
             "Volatile": DurabilityPolicy.VOLATILE, "Transient Local": DurabilityPolicy.TRANSIENT_LOCAL}
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_checkpoint(DistillNeRFModel("tiny", load_pretrained=False), path)
-    return path
 
 
 NEEDS_LAUNCH = pytest.mark.skipif(

@@ -18,7 +18,6 @@ from collections.abc import Mapping
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Header
@@ -40,7 +39,7 @@ from distillnerf_ros.nodes.perception_parameters import (
     validate_queries,
 )
 from distillnerf_ros.nodes.perception_semantics import SceneQueries
-from distillnerf_ros.nodes.signals import init_without_signal_handlers, spin_until_stopped
+from distillnerf_ros.nodes.signals import init_without_signal_handlers, run_node
 from distillnerf_ros.srv import QueryScene
 
 # Service queue: the default depth of 10 silently lost the 11th and later of 50 simultaneous calls.
@@ -339,25 +338,15 @@ def main(argv: list[str] | None = None) -> int:
     """Run the node until SIGINT / SIGTERM, then shut it down in order (worker joined) and exit 0."""
     stop = init_without_signal_handlers(argv)
     node = PerceptionNode()
-    # One executor thread: inference has its own worker thread. rclpy's MultiThreadedExecutor, woken by
-    # /clock at 100 Hz during bag replay, starved that worker of the GIL: 5.5 s per frame instead of 0.5 s
-    # (wall time 6x the thread's CPU time, measured with the demo's synthetic bag).
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        spin_until_stopped(executor, stop)
-    except ExternalShutdownException:
-        pass
-    finally:
+
+    def release() -> None:
         if node.status_message != "finalized":
             if rclpy.ok():
                 node.trigger_shutdown()  # stops the rig and joins the worker, while logging still works
             else:
                 node.stop_threads()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+
+    return run_node(node, stop, release)
 
 
 if __name__ == "__main__":

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import sys
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
 from distillnerf_ros.input.rig_input import STEADY_CLOCK, RigFrame, declare_rig_parameters, rig_input_from_parameters
 from distillnerf_ros.nodes.diagnostics import publish_status
-from distillnerf_ros.nodes.signals import init_without_signal_handlers, spin_until_stopped
+from distillnerf_ros.nodes.signals import init_without_signal_handlers, run_node
 
 
 def describe_frame(frame: RigFrame) -> str:
@@ -84,18 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run until `max_frames` frames, SIGINT or SIGTERM; exit 0."""
     stop = init_without_signal_handlers(argv)
     node = RigMonitorNode()
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        spin_until_stopped(executor, stop, done=lambda: node.done)
-    except ExternalShutdownException:
-        pass
-    finally:
-        node.rig.destroy()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(node, stop, release=node.rig.destroy, done=lambda: node.done)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ import signal
 from collections.abc import Callable
 
 import rclpy
-from rclpy.executors import Executor
+from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
 
@@ -44,3 +45,26 @@ def spin_until_stopped(executor: Executor, stop: StopRequest, done: Callable[[],
     """Spin until a signal arrives, `done()` is true or the context is shut down by someone else."""
     while not stop and not done() and rclpy.ok():
         executor.spin_once(timeout_sec=period_s)
+
+
+def run_node(node: Node, stop: StopRequest, release: Callable[[], None],
+             done: Callable[[], bool] = lambda: False) -> int:
+    """Spin `node` until a signal or `done()`, then `release()` (stop its threads) while the context is still
+    valid, destroy the node, shut rclpy down; returns the exit code 0.
+
+    One executor thread: inference has its own worker thread. rclpy's MultiThreadedExecutor, woken by /clock
+    at 100 Hz during bag replay, starved that worker of the GIL: 5.5 s per frame instead of 0.5 s (wall time
+    6x the thread's CPU time, measured with the demo's synthetic bag).
+    """
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        spin_until_stopped(executor, stop, done)
+    except ExternalShutdownException:
+        pass
+    finally:
+        release()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0

@@ -1,7 +1,6 @@
 """CameraRigInput over real rclpy / loopback DDS: raw and bad images, a stale camera, TF arriving late."""
 
 import numpy as np
-import pytest
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
@@ -12,18 +11,11 @@ from distillnerf_ros.conversions.camera_info import CameraIntrinsics, intrinsics
 from distillnerf_ros.conversions.images import rgb_to_image
 from distillnerf_ros.conversions.nuscenes_messages import stamp_from_us, transform_stamped
 from distillnerf_ros.input.rig_input import TF_QOS, TF_STATIC_QOS, CameraRigInput, input_qos, topics_from_format
-from ros_helpers import RosSession, wait_for_match
+from ros_helpers import wait_for_match
 
 CAMERAS = ["front", "left", "back"]
 OPTICAL = quaternion_to_matrix([0.5, -0.5, 0.5, -0.5])
 K = np.array([[100.0, 0, 32], [0, 100.0, 24], [0, 0, 1]])
-
-
-@pytest.fixture
-def session():
-    ros = RosSession()
-    yield ros
-    ros.close()
 
 
 def header(camera: str, stamp_us: int) -> Header:

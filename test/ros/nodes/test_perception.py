@@ -16,8 +16,6 @@ from std_msgs.msg import Float64, Header
 from tf2_msgs.msg import TFMessage
 
 from distillnerf_core.geometry import make_transform, quaternion_to_matrix
-from distillnerf_core.model.distillnerf import DistillNeRFModel
-from distillnerf_core.training.checkpoints import save_checkpoint
 from distillnerf_ros.conversions.camera_info import CameraIntrinsics, intrinsics_to_camera_info
 from distillnerf_ros.conversions.images import image_to_depth, rgb_to_image
 from distillnerf_ros.conversions.nuscenes_messages import stamp_from_us, transform_stamped
@@ -31,20 +29,6 @@ from ros_helpers import RosSession, wait_for_match
 NODE = "/distillnerf_perception"
 RELIABLE = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_checkpoint(DistillNeRFModel("tiny", load_pretrained=False), path)
-    return path
-
-
-@pytest.fixture
-def session():
-    ros = RosSession()
-    yield ros
-    ros.close()
 
 
 def start_node(session: RosSession, **parameters) -> PerceptionNode:

@@ -17,21 +17,12 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import Float64
 
-from distillnerf_core.model.distillnerf import DistillNeRFModel
-from distillnerf_core.training.checkpoints import save_checkpoint
 from ros_helpers import RosSession, SmallRig
 
 TEST_DIR = REPO / "test"
 T0 = 1_700_000_000 * 1_000_000_000
 CRASH_MARKERS = ("terminate called", "Traceback", "Failed to complete transition",
                  "Failed to publish log message to rosout", "Segmentation fault", "failed to add time jump callback")
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_checkpoint(DistillNeRFModel("tiny", load_pretrained=False), path)
-    return path
 
 
 def run_child(script: str, timeout_s: float = 120) -> subprocess.CompletedProcess:

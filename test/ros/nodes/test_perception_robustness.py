@@ -18,8 +18,6 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from tf2_msgs.msg import TFMessage
 
-from distillnerf_core.model.distillnerf import DistillNeRFModel
-from distillnerf_core.training.checkpoints import save_checkpoint
 from distillnerf_ros.conversions.images import image_to_depth
 from distillnerf_ros.conversions.nuscenes_messages import stamp_from_us, transform_stamped
 from distillnerf_ros.nodes.perception import PerceptionNode
@@ -28,20 +26,6 @@ from ros_helpers import RosSession, SmallRig
 NODE = "/distillnerf_perception"
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 T0 = 1_700_000_000 * 1_000_000_000
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_checkpoint(DistillNeRFModel("tiny", load_pretrained=False), path)
-    return path
-
-
-@pytest.fixture
-def session():
-    ros = RosSession()
-    yield ros
-    ros.close()
 
 
 class Harness:

@@ -56,13 +56,6 @@ def clip_checkpoint(tmp_path_factory, tiny_root):
                                                    "28", "56"], "tinyclip")
 
 
-@pytest.fixture
-def session():
-    ros = RosSession()
-    yield ros
-    ros.close()
-
-
 def start(session: RosSession, checkpoint, **parameters) -> PerceptionNode:
     overrides = {"input_reliability": "reliable", "device": "cpu", "tf_wait": 1.0,
                  "model_path": str(checkpoint)} | parameters
