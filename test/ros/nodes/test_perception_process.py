@@ -4,6 +4,7 @@ the end of the test run. The nodes talk over loopback DDS to this test process."
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -102,13 +103,33 @@ def finish(process: subprocess.Popen, timeout_s: float = 20) -> tuple[int, str]:
     return process.returncode, output
 
 
+@contextlib.contextmanager
+def node_process(name: str, rig, checkpoint, session: RosSession):
+    """A node executable in its own process; killed if still running afterwards, the session closed."""
+    process = start_node_process(name, rig, checkpoint)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+        session.close()
+
+
+def stop_cleanly(process: subprocess.Popen, sig: signal.Signals) -> None:
+    """Send `sig`: the process must exit 0 without any crash marker in its output."""
+    process.send_signal(sig)
+    code, output = finish(process)
+    assert code == 0, f"exit {code} on {sig.name}: {output[-3000:]}"
+    assert not any(marker in output for marker in CRASH_MARKERS), output[-3000:]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 @pytest.mark.parametrize("busy", [True, False], ids=["processing", "idle"])
 def test_item04_perception_node_exits_0_on_a_signal_at_any_moment(tiny_checkpoint, sig, busy):
     session = RosSession()
     rig = SmallRig(session)
-    process = start_node_process("perception_node", rig, tiny_checkpoint)
-    try:
+    with node_process("perception_node", rig, tiny_checkpoint, session) as process:
         started, outputs = [], []
         sink = session.node("sink")
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -131,36 +152,19 @@ def test_item04_perception_node_exits_0_on_a_signal_at_any_moment(tiny_checkpoin
                 session.spin_until(lambda c=count: len(started) > c, 0.05)
         else:
             session.spin_until(lambda: False, 1.0)
-        process.send_signal(sig)
-        code, output = finish(process)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-        session.close()
-    assert code == 0, f"exit {code} on {sig.name}: {output[-3000:]}"
-    assert not any(marker in output for marker in CRASH_MARKERS), output[-3000:]
+        stop_cleanly(process, sig)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_item04_rig_monitor_exits_0_on_a_signal(tiny_checkpoint, sig):
     session = RosSession()
     rig = SmallRig(session)
-    process = start_node_process("rig_monitor", rig, tiny_checkpoint)
-    try:
+    with node_process("rig_monitor", rig, tiny_checkpoint, session) as process:
         rig.wait_for_node()
         rig.publish_static()
         rig.publish_frame(T0)
         session.spin_until(lambda: False, 1.0)
-        process.send_signal(sig)
-        code, output = finish(process)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-        session.close()
-    assert code == 0, f"exit {code} on {sig.name}: {output[-3000:]}"
-    assert not any(marker in output for marker in CRASH_MARKERS), output[-3000:]
+        stop_cleanly(process, sig)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
