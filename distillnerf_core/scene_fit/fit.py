@@ -189,6 +189,12 @@ def fit_field(cfg: FitConfig, data: SceneData, train_frames: list[int], progress
             log.append({"step": step + 1, "loss": float(loss.detach()), "rgb_mse": float(loss_rgb.detach())})
     if bar is not None:
         bar.close()
+    if field_.appearance is not None:
+        # held-out images were never seen: give them their camera's mean code over the fitted frames (an unfitted
+        # code is an arbitrary exposure the colour MLP never learnt to use)
+        with torch.no_grad():
+            codes = field_.appearance.weight.view(F_, N, -1)
+            codes[~train] = codes[train].mean(0, keepdim=True).expand(int((~train).sum()), N, -1)
     return field_, {"held_lidar": held_lidar, "fit_wall_s": time.perf_counter() - t0,
                     "fit_cpu_s": time.process_time() - c0, "log": log}
 
