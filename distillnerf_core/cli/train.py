@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, help="override data.num_workers")
     parser.add_argument("--features", help="override data.features: a teacher feature cache (name under "
                         "DATAROOT/features/ or a directory, from distillnerf-cache-features) to distil")
+    parser.add_argument("--nerf-targets", help="override data.nerf_targets: per-scene field targets (name under "
+                        "DATAROOT/nerf/ or a directory, from distillnerf-fit-scene): dense depth + virtual cameras")
+    parser.add_argument("--virtual-prob", type=float, help="override loss.virtual_prob (virtual cameras per camera)")
     parser.add_argument("--init", help="override init: start from this checkpoint's weights")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK if available)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads on CPU")
@@ -54,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg.data.num_workers = args.workers
     if args.features:
         cfg.data.features = args.features
+    if args.nerf_targets:
+        cfg.data.nerf_targets = args.nerf_targets
+    if args.virtual_prob is not None:
+        cfg.loss.virtual_prob = args.virtual_prob
     if args.init:
         cfg.init = args.init
     summary = train(cfg, args.dataroot, args.version, args.out, args.max_steps, args.max_minutes, args.resume,
