@@ -5,7 +5,9 @@ A set is emitted
 - with a `reference_camera`: whenever that camera's message arrives (choose the camera that fires last in
   the rig's cycle);
 - without one: as soon as every camera has a fresh message, or when a camera laps the others (sends a
-  second message before the set completed), so a dead camera can never stall the pipeline.
+  second message before the set completed), so a dead camera can never stall the pipeline;
+- and, through `flush_idle`, when no camera has sent anything for a while (the rig or the bag stopped, or
+  the last images of a set were lost on the way): an incomplete set is never held forever without a word.
 Cameras whose stamp is more than `max_camera_delay_s` away from the set's trigger stamp are left out, and
 each left-out camera is reported with the reason.
 """
@@ -36,6 +38,7 @@ class SyncStatistics:
     overwritten: Counter = field(default_factory=Counter)  # camera -> messages replaced before use
     missing: Counter = field(default_factory=Counter)  # (camera, reason kind) -> count
     discarded_on_reset: int = 0  # pending messages dropped by reset() (time went backwards)
+    sets_flushed_idle: int = 0  # incomplete sets closed by flush_idle() (no camera sent anything for a while)
 
 
 class LatestCameraSynchronizer:
@@ -60,12 +63,15 @@ class LatestCameraSynchronizer:
         self.stats = SyncStatistics()
         self._pending: dict[str, tuple[int, Any]] = {}
         self._ever_received: set[str] = set()
+        self._last_arrival_s = 0.0  # caller's clock (flush_idle's `now_s`) at the newest add()
 
-    def add(self, camera: str, stamp_ns: int, message: Any) -> CameraSet | None:
-        """Offer a camera's message; returns a set when this message completes or triggers one."""
+    def add(self, camera: str, stamp_ns: int, message: Any, now_s: float = 0.0) -> CameraSet | None:
+        """Offer a camera's message; returns a set when this message completes or triggers one. `now_s`
+        (a steady clock) is when it arrived, for flush_idle."""
         if camera not in self.camera_names:
             raise KeyError(f"unknown camera '{camera}' (configured: {self.camera_names})")
         self._ever_received.add(camera)
+        self._last_arrival_s = now_s
         emitted = None
         if camera in self._pending:
             if self.reference_camera is None:
@@ -88,6 +94,16 @@ class LatestCameraSynchronizer:
         for camera in stale:
             del self._pending[camera]
         self.stats.discarded_on_reset += len(stale)
+
+    def flush_idle(self, now_s: float, idle_s: float) -> CameraSet | None:
+        """Close the pending incomplete set when no camera has sent a message for `idle_s` (same clock as
+        add's `now_s`): the last set of a bag, or one whose other images were lost, would otherwise wait
+        for a lap that never comes. The absent cameras are reported as usual; None when nothing is pending,
+        the input is not idle yet, or the set has fewer than min_cameras (counted in sets_dropped)."""
+        if not self._pending or now_s - self._last_arrival_s < idle_s:
+            return None
+        self.stats.sets_flushed_idle += 1
+        return self._emit()
 
     def _emit(self) -> CameraSet | None:
         if self.reference_camera is not None:

@@ -142,6 +142,7 @@ def input_qos(reliability: str, depth: int) -> QoSProfile:
 
 
 STEADY_CLOCK = Clock(clock_type=ClockType.STEADY_TIME)
+IDLE_FLUSH_S = 2.0  # wall seconds without any image after which an incomplete pending camera set is closed
 JUMP_MARGIN_NS = 1_000_000_000  # on a clock jump, data stamped up to 1 s after the new time is kept
 UP = np.array([0.0, 0.0, 1.0])  # gravity "up" of the output frame (REP-103 body frame: z up)
 
@@ -199,7 +200,7 @@ class CameraRigInput:
             self._subscriptions.append(node.create_subscription(
                 CameraInfo, camera.info_topic, self._info_callback(camera.name), qos))
         # Steady clock: with use_sim_time a ROS-time timer would stall whenever /clock pauses (end of a bag).
-        self._retry_timer = node.create_timer(0.02, self._retry_waiting, clock=STEADY_CLOCK)
+        self._retry_timer = node.create_timer(0.02, self._on_timer, clock=STEADY_CLOCK)
         self._jump_handler = node.get_clock().create_jump_callback(
             JumpThreshold(min_forward=None, min_backward=Duration(seconds=-0.1), on_clock_change=True),
             post_callback=lambda _jump: self.reset("clock_jump", node.get_clock().now().nanoseconds + JUMP_MARGIN_NS))
@@ -254,13 +255,22 @@ class CameraRigInput:
             if stamp_ns < 0:  # ROS time cannot be negative: such a stamp can be neither looked up nor published
                 self._reject(camera, f"negative stamp {stamp_ns / 1e9:.9f} s")
                 return
-            camera_set = self.sync.add(camera, stamp_ns, msg)
-            if camera_set is not None:
-                if self._waiting is not None:
-                    self.stats.sets_replaced_waiting += 1
-                self._waiting = (camera_set, time.monotonic() + self._tf_wait_s)
-                self._retry_waiting()
+            self._start_waiting(self.sync.add(camera, stamp_ns, msg, time.monotonic()))
         return callback
+
+    def _start_waiting(self, camera_set: CameraSet | None) -> None:
+        if camera_set is None:
+            return
+        if self._waiting is not None:
+            self.stats.sets_replaced_waiting += 1
+        self._waiting = (camera_set, time.monotonic() + self._tf_wait_s)
+        self._retry_waiting()
+
+    def _on_timer(self) -> None:
+        # A set whose remaining images never come (end of a bag, lost on the way) is closed, not held forever.
+        if self._waiting is None:
+            self._start_waiting(self.sync.flush_idle(time.monotonic(), IDLE_FLUSH_S))
+        self._retry_waiting()
 
     def _reject(self, camera: str, reason: str) -> None:
         self.stats.rejected_images[camera] += 1

@@ -65,7 +65,8 @@ def diagnostic_values(node) -> dict:
     rig = node.rig
     if rig is not None:
         stats, tf = rig.stats, rig.tf
-        values.update(frames_uncompensated=stats.frames_uncompensated, tf_resets=tf.resets, tf_evicted=tf.evicted,
+        values.update(frames_uncompensated=stats.frames_uncompensated,
+                      sets_flushed_idle=rig.sync.stats.sets_flushed_idle, tf_resets=tf.resets, tf_evicted=tf.evicted,
                       tf_expired=tf.expired, tf_dynamic_frames=tf.dynamic_frame_count)
         values.update({f"tf_resets/{kind}": n for kind, n in sorted(tf.resets_by_kind.items())})
         left_out = sorted(rig.sync.stats.missing.items())

@@ -87,3 +87,16 @@ def test_reset_keeps_messages_of_the_new_timeline_and_counts_the_rest():
     sync.add("a", 1_030_000_000, "x")
     sync.reset()
     assert sync.stats.discarded_on_reset == 2
+
+
+def test_an_incomplete_last_set_is_closed_once_the_input_goes_quiet():
+    # The end of a bag, or the last images of a set lost on the way: no lap ever comes to close it.
+    sync = LatestCameraSynchronizer(["a", "b", "c"], max_camera_delay_s=0.05)
+    assert sync.add("a", 1_000_000_000, "a", now_s=10.0) is None
+    assert sync.add("b", 1_000_000_000, "b", now_s=10.1) is None
+    assert sync.flush_idle(now_s=11.0, idle_s=2.0) is None, "not idle yet: c may still come"
+    camera_set = sync.flush_idle(now_s=12.2, idle_s=2.0)
+    assert camera_set is not None and sorted(camera_set.messages) == ["a", "b"]
+    assert camera_set.missing["c"] == "no message received yet"
+    assert sync.stats.sets_flushed_idle == 1 and sync.stats.missing[("c", "never_received")] == 1
+    assert sync.flush_idle(now_s=20.0, idle_s=2.0) is None, "nothing pending: nothing to close"
