@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -277,6 +278,15 @@ def draw_query(name: str, answer: QueryScene.Response | None, out: Path) -> list
             demo_pictures.occupancy_3d(centers, colours, out / f"{name}_query_3d.png", title)]
 
 
+def loopback_dds_defaults() -> None:
+    """What `make demo` sets, for a direct `python -m distillnerf_ros.tools.demo` too (where unset): the
+    loopback Fast DDS profile (its 16 MB shared-memory segment: with the default 512 kB a burst of six camera
+    images is lost on the best-effort input), LOCALHOST discovery and a domain of this run's own."""
+    os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(REPO / "config" / "fastdds_loopback.xml"))
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.setdefault("ROS_DOMAIN_ID", str(10 + os.getpid() % 90))
+
+
 def spin_until(executor, condition, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and not condition():
@@ -291,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frame-timeout", type=float, default=60.0, help="seconds to wait for one frame")
     parser.add_argument("--bags", nargs="+", choices=tuple(RIGS), default=list(RIGS))
     args = parser.parse_args(argv)
+    loopback_dds_defaults()
     started = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
     print("building the demo bags ...", flush=True)
