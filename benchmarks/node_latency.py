@@ -48,6 +48,8 @@ def main() -> int:
     parser.add_argument("--hz", type=float, default=12.0)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--semantic-queries", nargs="+", default=[], metavar="TEXT",
+                        help="set the node's semantic_queries (labels on ~/occupancy every frame)")
     parser.add_argument("--json", default="")
     args = parser.parse_args()
 
@@ -59,6 +61,8 @@ def main() -> int:
                 "-p", "input_reliability:=reliable"]
     if args.model:
         node_cmd += ["-p", f"model_path:={args.model}"]
+    if args.semantic_queries:  # labelled every frame (the bundled model knows the oracle's class names)
+        node_cmd += ["-p", "semantic_queries:=[" + ",".join(f"'{q}'" for q in args.semantic_queries) + "]"]
     node_process = subprocess.Popen(node_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     rclpy.init()
     bench = rclpy.create_node("node_latency_bench")
@@ -120,6 +124,7 @@ def main() -> int:
         "processing_ms": percentiles(series["processing"]), "ros_overhead_ms": percentiles(overhead),
         "input_delay_ms": percentiles(series["input_delay"]), "in_node_overhead_ms": percentiles(in_node),
         "rss_mb": rss, "device": counters.get("device"), "cpu_count": os.cpu_count(),
+        "semantic_queries": args.semantic_queries, "semantic_status": counters.get("semantic_queries"),
     }
     print(f"{'metric':<20}{'median':>10}{'p90':>10}{'max':>10}   (ms, {len(series['latency'])} frames)")
     for key in ("latency_ms", "model_ms", "processing_ms", "ros_overhead_ms", "input_delay_ms", "in_node_overhead_ms"):
@@ -127,6 +132,8 @@ def main() -> int:
         if row.get("n"):
             print(f"{key:<20}{row['median']:>10.1f}{row['p90']:>10.1f}{row['max']:>10.1f}")
     print(f"frames sent {sent} at {args.hz} Hz, processed {processed}, drop rate {result['drop_rate']:.1%}")
+    if args.semantic_queries:
+        print(f"semantic_queries: {counters.get('semantic_queries')}")
     if rss:
         print(f"node RSS {rss[0][1]:.0f} MB at {rss[0][0]:.0f} s -> {rss[-1][1]:.0f} MB at {rss[-1][0]:.0f} s")
     if args.json:
