@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import platform
 import subprocess
@@ -37,6 +36,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import torch  # noqa: E402
+from real_data import fit as real_data_fit  # noqa: E402
 
 from distillnerf_core.data.datasets import NuScenesDataset, collate_samples  # noqa: E402
 from distillnerf_core.data.synthetic.export import VERSION as SYN_VERSION  # noqa: E402
@@ -45,8 +45,8 @@ from distillnerf_core.scene_fit.fit import FitConfig, fit_dataroot  # noqa: E402
 from distillnerf_core.training.checkpoints import load_checkpoint  # noqa: E402
 from distillnerf_core.training.config import load_train_config  # noqa: E402
 from distillnerf_core.training.eval import evaluate  # noqa: E402
-from distillnerf_core.training.losses import DistillNeRFLoss, LossConfig  # noqa: E402
-from distillnerf_core.training.trainer import TrainStep, train  # noqa: E402
+from distillnerf_core.training.losses import LossConfig  # noqa: E402
+from distillnerf_core.training.trainer import train  # noqa: E402
 
 KEYS = ("psnr", "nvs_psnr", "abs_rel", "dense_abs_rel", "steps", "train_cpu_minutes", "train_wall_minutes")
 
@@ -105,27 +105,10 @@ def synthetic(args: argparse.Namespace) -> dict:
 
 def fit_model(model, batches: list[dict], loss_cfg: LossConfig, cpu_minutes: float, lr: float, warmup: int,
               seed: int) -> dict:
-    """The real-data benchmark's per-scene recipe (Adam betas (0, 0.99), warmup, cosine over the CPU budget),
-    with any loss config (TrainStep: dense field depth and virtual cameras when the batches carry them)."""
+    """The real-data benchmark's per-scene recipe (real_data.fit) with any loss config, from a fixed seed."""
     torch.manual_seed(seed)
-    step_module = TrainStep(model, DistillNeRFLoss(loss_cfg))
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr, betas=(0.0, 0.99))
-    budget, t0, c0, step = 60.0 * cpu_minutes, time.perf_counter(), time.process_time(), 0
-    model.train()
-    while time.process_time() - c0 < budget:
-        frac = min(1.0, (time.process_time() - c0) / budget)
-        for g in opt.param_groups:
-            g["lr"] = min(1.0, (step + 1) / warmup) * lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
-        total, terms, _ = step_module(batches[step % len(batches)])
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(params, 35.0)
-        opt.step()
-        step += 1
-    model.eval()
-    return {"steps": step, "cpu_minutes": (time.process_time() - c0) / 60,
-            "wall_minutes": (time.perf_counter() - t0) / 60}
+    info = real_data_fit(model, batches, cpu_minutes, lr, warmup, max_steps=10**9, loss_cfg=loss_cfg)
+    return {k: info[k] for k in ("steps", "cpu_minutes", "wall_minutes")}
 
 
 def real(args: argparse.Namespace) -> dict:

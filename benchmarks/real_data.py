@@ -126,11 +126,12 @@ def picture(path: Path, item: dict, views, order: list[int]) -> None:
     save_png(camera_grid(rows), path)
 
 
-def fit(model, items: list[dict], cpu_minutes: float, lr: float, warmup: int, max_steps: int) -> dict:
-    """Optimise on `items` in turn (the real_keyframe recipe: Adam betas (0, 0.99), warmup, cosine over the
-    budget) until `cpu_minutes` of this process's CPU time (all threads) are spent."""
-    batches = [collate_samples([it]) for it in items]
-    step_module = TrainStep(model, DistillNeRFLoss(LossConfig(rgb_ssim=0.2)))
+def fit(model, batches: list[dict], cpu_minutes: float, lr: float, warmup: int, max_steps: int,
+        loss_cfg: LossConfig | None = None) -> dict:
+    """Optimise on `batches` in turn (the real_keyframe recipe: Adam betas (0, 0.99), warmup, cosine over the
+    budget) until `cpu_minutes` of this process's CPU time (all threads) are spent or `max_steps` are taken.
+    TrainStep renders the field targets and virtual cameras when the batches carry them (nerf_distill.py)."""
+    step_module = TrainStep(model, DistillNeRFLoss(loss_cfg or LossConfig(rgb_ssim=0.2)))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr, betas=(0.0, 0.99))
     budget, t0, c0, step, log = 60.0 * cpu_minutes, time.perf_counter(), time.process_time(), 0, []
@@ -223,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     # (c) per-scene fit on DDAD frames 0 and 2; frame 1 held out
     print(f"per-scene fit on DDAD frames 0, 2 for {args.fit_cpu_minutes} CPU min on {args.threads} threads ...",
           flush=True)
-    info = fit(model, [ddad_items[0], ddad_items[2]], args.fit_cpu_minutes, args.lr, args.warmup, args.fit_max_steps)
+    info = fit(model, [collate_samples([ddad_items[i]]) for i in (0, 2)], args.fit_cpu_minutes, args.lr,
+               args.warmup, args.fit_max_steps)
     rows = []
     for i, item in enumerate(ddad_items):
         s, (_, views) = recon(model, item)
