@@ -114,7 +114,7 @@ class PerceptionNode(LifecycleNode):
         self._query_times: list[float] = []
         self.queries = SceneQueries()
         self.worker: FrameWorker[RigFrame] = FrameWorker(self._process, self._on_worker_error, "distillnerf_inference")
-        self._counts = {"processed": 0, "skipped_no_subscribers": 0, "skipped_no_cameras": 0}
+        self._counts = {"processed": 0, "skipped_no_subscribers": 0, "skipped_no_cameras": 0, "clock_behind_stamp": 0}
         self.counters = NodeCounters(self._counts, self.worker.counters)  # live view, for tests and diagnostics
         self.last = {"processing_ms": 0.0, "latency_ms": 0.0, "model_ms": 0.0, "missing": {}, "distortion": {},
                      "error": "", "semantic_queries": "none set"}
@@ -252,7 +252,7 @@ class PerceptionNode(LifecycleNode):
     def _process(self, frame: RigFrame) -> None:
         started = time.perf_counter()
         outputs = self.outputs
-        outputs.publish_timing("input_delay_ms", (self.get_clock().now().nanoseconds - frame.stamp_ns) / 1e6)
+        self._publish_since_stamp("input_delay_ms", frame.stamp_ns)
         wanted = outputs.wanted(frame.cameras, self.get_parameter("publish_rendered").value)
         if not any(wanted.values()):
             self._counts["skipped_no_subscribers"] += 1
@@ -276,10 +276,22 @@ class PerceptionNode(LifecycleNode):
         self._counts["processed"] += 1
         self.last["processing_ms"] = 1000.0 * (time.perf_counter() - started)
         self.last["model_ms"] = prediction.model_ms
-        self.last["latency_ms"] = (self.get_clock().now().nanoseconds - frame.stamp_ns) / 1e6
         outputs.publish_timing("processing_time_ms", self.last["processing_ms"])
         outputs.publish_timing("model_time_ms", self.last["model_ms"])
-        outputs.publish_timing("pipeline_latency_ms", self.last["latency_ms"])
+        latency = self._publish_since_stamp("pipeline_latency_ms", frame.stamp_ns)
+        if latency is not None:
+            self.last["latency_ms"] = latency
+
+    def _publish_since_stamp(self, series: str, stamp_ns: int) -> float | None:
+        """Publish now - stamp (ms) on ~/debug/<series>. Not when the clock is behind the stamp: sim time lags
+        the images, or went back (a looping bag) while the frame was processed; a negative time is no latency,
+        so it is counted (`clock_behind_stamp`) instead."""
+        elapsed_ms = (self.get_clock().now().nanoseconds - stamp_ns) / 1e6
+        if elapsed_ms < 0:
+            self._counts["clock_behind_stamp"] += 1
+            return None
+        self.outputs.publish_timing(series, elapsed_ms)
+        return elapsed_ms
 
     # -- text queries ---------------------------------------------------------------------------------
     def _frame_queries(self) -> list[str]:
