@@ -7,8 +7,9 @@ levels and towards empty space; with nearest lookup the mass is exactly 0 or 1 a
 reference's. Rays march in distance; the returned depth is camera z-depth.
 
 Speed: densities are needed at every sample, features only where the compositing weight matters, so
-features (and the per-sample feature head) are evaluated only for samples whose weight exceeds
-`feature_weight_threshold` (0 evaluates all samples).
+features (and the per-sample feature head) are composited only for samples whose weight exceeds
+`feature_weight_threshold` (0 evaluates all samples). With nearest lookup a sample's features are one of
+V + 1 per-voxel rows, so the feature head runs once per voxel, not once per sample (`_feature_table`).
 """
 
 from __future__ import annotations
@@ -89,22 +90,27 @@ def _locate(level: SparseVoxels, s: torch.Tensor, batch: torch.Tensor, mode: str
     return rows, w * ok.to(s.dtype)
 
 
-def _select_samples(coarse: Hits, fine: Hits | None, sel: torch.Tensor, n_samples: int) -> Hits:
-    """Hits of the samples `sel` (flat indices over rays x [coarse samples | fine samples]), in `sel` order,
-    read from the two sample sets directly instead of concatenating them (4 full-size copies)."""
+def _select_samples(coarse: torch.Tensor, fine: torch.Tensor | None, sel: torch.Tensor, n_samples: int) -> torch.Tensor:
+    """Rows (.., k) of the samples `sel` (flat indices over rays x [coarse samples | fine samples]) from
+    per-sample tensors (B, R, S_coarse, k) and (B, R, S_fine, k), read from the two sample sets directly
+    instead of concatenating them (a full-size copy each)."""
     if fine is None:
-        return coarse.map(lambda x: x.reshape(-1, x.shape[-1]).index_select(0, sel))
-    n_coarse = coarse.fine_rows.shape[-2]
+        return coarse.reshape(-1, coarse.shape[-1]).index_select(0, sel)
+    n_coarse = coarse.shape[-2]
     ray, j = sel // n_samples, sel % n_samples
     is_coarse = (j < n_coarse)[:, None]
     coarse_at = ray * n_coarse + j.clamp(max=n_coarse - 1)
     fine_at = ray * (n_samples - n_coarse) + (j - n_coarse).clamp(min=0)
+    a, b = coarse.reshape(-1, coarse.shape[-1]), fine.reshape(-1, fine.shape[-1])
+    return torch.where(is_coarse, a.index_select(0, coarse_at), b.index_select(0, fine_at))
 
-    def pick(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
-        return torch.where(is_coarse, a.index_select(0, coarse_at), b.index_select(0, fine_at))
 
-    return Hits(*(pick(a, b) for a, b in zip(vars(coarse).values(), vars(fine).values(), strict=True)))
+def _select_hits(coarse: Hits, fine: Hits | None, sel: torch.Tensor, n_samples: int) -> Hits:
+    """`_select_samples` of every field of the hits."""
+    if fine is None:
+        return coarse.map(lambda x: _select_samples(x, None, sel, n_samples))
+    return Hits(*(_select_samples(a, b, sel, n_samples)
+                  for a, b in zip(vars(coarse).values(), vars(fine).values(), strict=True)))
 
 
 @dataclass
@@ -207,6 +213,31 @@ class VoxelField:
             parts.append(acc / w.sum(-1, keepdim=True).clamp_min(1e-8))
         return torch.cat(parts, dim=-1)
 
+    def nearest_feature_table(self) -> torch.Tensor | None:
+        """Every [fine | coarse] feature a nearest lookup can return, one row per case (Vf + Vc + 1, C):
+        fine voxel v -> [its features | its parent coarse voxel's], then coarse voxel u -> [0 | u's], then
+        a miss -> [0 | 0]; `nearest_feature_ids` addresses it. Per-sample work (gathers, the feature head)
+        then shrinks to one row per voxel. None unless the level ratio is a power of two: only then is a
+        point's coarse voxel exactly its fine voxel's parent (see `_is_nested`), so the pair is one row."""
+        fine, coarse = self.fine, self.coarse
+        ratio = fine.resolution // coarse.resolution
+        if fine.resolution % coarse.resolution or ratio & (ratio - 1):
+            return None
+        fine_feats, coarse_feats = self._features["fine"], self._features["coarse"]
+        coarse_padded = torch.cat([coarse_feats, coarse_feats.new_zeros(1, coarse_feats.shape[-1])])
+        parents = coarse.find(linearize(fine.batch, fine.coords // ratio, coarse.resolution))
+        parent_rows = torch.where(parents >= 0, parents, torch.full_like(parents, coarse.num_voxels))
+        fine_rows = torch.cat([fine_feats, coarse_padded.index_select(0, parent_rows)], dim=-1)
+        no_fine = coarse_padded.new_zeros(coarse_padded.shape[0], fine_feats.shape[-1])
+        coarse_rows = torch.cat([no_fine, coarse_padded], dim=-1)
+        return torch.cat([fine_rows, coarse_rows])
+
+    def nearest_feature_ids(self, hits: Hits) -> torch.Tensor:
+        """Rows of `nearest_feature_table` for nearest-lookup hits (.., 1) -> (..)."""
+        fine_rows, coarse_rows = hits.fine_rows[..., 0], hits.coarse_rows[..., 0]
+        num_fine = self.fine.num_voxels
+        return torch.where(fine_rows < num_fine, fine_rows, coarse_rows + num_fine)
+
     def query(
         self, points: torch.Tensor, batch: torch.Tensor, lookup: str = "nearest"
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,11 +285,12 @@ class VolumeRenderer(nn.Module):
         b, m = targets.batch_size, targets.num_cameras
         origins = rays.origins.reshape(b, -1, 3)
         dirs = rays.directions.reshape(b, -1, 3)
+        table = self._feature_table(field, sample_head) if features else None
         chunks = []
         step = max(1, self.cfg.chunk_rays // b)
         for start in range(0, origins.shape[1], step):
             sl = slice(start, start + step)
-            chunks.append(self._render_rays(field, origins[:, sl], dirs[:, sl], sample_head, features))
+            chunks.append(self._render_rays(field, origins[:, sl], dirs[:, sl], sample_head, features, table))
         dist, opacity, feats, head, weights = (
             torch.cat(parts, dim=1) if parts[0] is not None else None for parts in zip(*chunks, strict=True)
         )
@@ -275,6 +307,21 @@ class VolumeRenderer(nn.Module):
             weights=weights.view(b, m, h, w, -1),
         )
 
+    def _feature_table(
+        self, field: VoxelField, sample_head: Callable[[torch.Tensor], torch.Tensor] | None
+    ) -> torch.Tensor | None:
+        """For nearest lookup: `VoxelField.nearest_feature_table` with the head's output appended, computed
+        once per forward for every voxel instead of once per sample (same values: a nearest sample's
+        features are one of these rows). None for trilinear lookup (features blend 8 corners)."""
+        if self.cfg.lookup != "nearest":
+            return None
+        table = field.nearest_feature_table()
+        if table is None or sample_head is None:
+            return table
+        head_rows = sample_head(table)
+        dtype = torch.promote_types(table.dtype, head_rows.dtype)
+        return torch.cat([table.to(dtype), head_rows.to(dtype)], dim=-1)
+
     def _render_rays(
         self,
         field: VoxelField,
@@ -282,6 +329,7 @@ class VolumeRenderer(nn.Module):
         dirs: torch.Tensor,
         sample_head: Callable[[torch.Tensor], torch.Tensor] | None,
         features: bool = True,
+        table: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
         """Rays (B, R, 3) -> distance (B, R), opacity, features (B, R, C), head (B, R, D), weights (B, R, S)."""
         cfg = self.cfg
@@ -325,19 +373,20 @@ class VolumeRenderer(nn.Module):
         weights = torch.zeros_like(w_sorted).scatter(-1, order, w_sorted).reshape(-1)
         n_samples = t_all.shape[-1]
         sel = (weights > cfg.feature_weight_threshold).nonzero().squeeze(-1)
-        hits_sel = _select_samples(hits, hits_fine, sel, n_samples)
         ray_idx = sel // n_samples
         w_sel = weights.index_select(0, sel)[:, None]  # index_select: its backward is a scatter, not a sort
-        sample_feats = field.features(hits_sel)
+        if table is not None:
+            ids_fine = None if hits_fine is None else field.nearest_feature_ids(hits_fine)[..., None]
+            ids = _select_samples(field.nearest_feature_ids(hits)[..., None], ids_fine, sel, n_samples)
+            values = table.index_select(0, ids.squeeze(-1))
+        else:
+            sample_feats = field.features(_select_hits(hits, hits_fine, sel, n_samples))
+            values = sample_feats if sample_head is None else torch.cat(
+                [sample_feats, sample_head(sample_feats).to(sample_feats.dtype)], dim=-1)
         # Compositing sums accumulate in fp32 whatever autocast made of the features (index_add also needs
         # one dtype on both sides: bf16 features times fp32 weights crashed here under autocast).
         acc = torch.promote_types(w_sel.dtype, torch.float32)
-        feat_img = w_sel.new_zeros(b * r, sample_feats.shape[-1], dtype=acc).index_add(
-            0, ray_idx, (w_sel * sample_feats).to(acc))
-        head = None
-        if sample_head is not None:
-            head_vals = sample_head(sample_feats)
-            head = w_sel.new_zeros(b * r, head_vals.shape[-1], dtype=acc).index_add(
-                0, ray_idx, (w_sel * head_vals).to(acc))
-            head = head.view(b, r, -1)
+        composited = w_sel.new_zeros(b * r, values.shape[-1], dtype=acc).index_add(0, ray_idx, (w_sel * values).to(acc))
+        feat_img, head = composited.split([field.feature_dim, values.shape[-1] - field.feature_dim], dim=-1)
+        head = head.reshape(b, r, -1) if sample_head is not None else None
         return dist, opacity, feat_img.view(b, r, -1), head, w_sorted

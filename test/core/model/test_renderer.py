@@ -174,3 +174,57 @@ def test_sync_free_gathers_equal_the_compacting_ones(monkeypatch, lookup):
         sync_free = model(images, rig.intrinsics, rig.cam2ego)
     for name in ("rgb", "depth", "opacity", "features", "field_features", "weights"):
         assert torch.equal(getattr(compacted, name), getattr(sync_free, name)), f"{name} differs"
+
+
+@pytest.mark.parametrize("nested", [True, False])
+def test_nearest_feature_table_rows_equal_the_per_sample_features(nested):
+    """A nearest sample's [fine | coarse] features are one row of the per-voxel table, also where a fine
+    voxel has no occupied coarse parent (the wall field) and for points that miss both levels."""
+    from distillnerf_core.model.voxels import voxelize
+
+    g = torch.Generator().manual_seed(2)
+    if nested:
+        points = (torch.rand(1, 3000, 3, generator=g) - 0.5) * torch.tensor([160.0, 160.0, 20.0])
+        field = VoxelField(*voxelize(points, torch.randn(1, 3000, 5, generator=g), 16, 64, RADIUS), RADIUS)
+        queries = torch.cat([points[0], points[0] * 1.3])
+    else:
+        field, surface = _wall_field()
+        queries = (torch.rand(6000, 3, generator=g) - 0.5) * torch.tensor([2.0, 24.0, 12.0])
+        queries[:, 0] += surface + 0.5  # around the wall: hits, and misses beside it
+    hits = field.locate(queries, torch.zeros(len(queries), dtype=torch.long), "nearest")
+    fine_hit = hits.fine_rows[:, 0] < field.fine.num_voxels
+    assert fine_hit.sum() > 50 and (~fine_hit).sum() > 50, "test setup: fine hits and misses"
+    table = field.nearest_feature_table()
+    assert table.shape == (field.fine.num_voxels + field.coarse.num_voxels + 1, field.feature_dim)
+    assert torch.equal(table.index_select(0, field.nearest_feature_ids(hits)), field.features(hits))
+
+
+@pytest.mark.parametrize("fine_level", [True, False])
+def test_feature_table_path_equals_per_sample_features_and_head(monkeypatch, fine_level):
+    """Rendering features and the feature head from the per-voxel table gives the per-sample path's images
+    and parameter gradients (the head runs on ~V rows instead of every weighted sample)."""
+    from distillnerf_core.model.distillnerf import DistillNeRFModel
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.load("tiny")
+    cfg.voxels.fine_level = fine_level
+    model = DistillNeRFModel(cfg).train()
+    rig = ring_rig(6, tuple(cfg.image_hw))
+    images = torch.rand(1, 6, 3, *cfg.image_hw)
+
+    def run():
+        torch.manual_seed(1)  # the same jitter in both runs
+        model.zero_grad()
+        out = model(images, rig.intrinsics, rig.cam2ego)
+        (out.features.square().mean() + out.field_features.abs().mean() + out.rgb.mean()).backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    table_out, table_grads = run()
+    monkeypatch.setattr(VolumeRenderer, "_feature_table", lambda self, field, head: None)
+    sample_out, sample_grads = run()
+    for name in ("features", "field_features", "rgb", "depth"):
+        a, b = getattr(table_out, name), getattr(sample_out, name)
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), f"{name} differs by {(a - b).abs().max()}"
+    assert table_grads.keys() == sample_grads.keys()
+    for name, grad in table_grads.items():
+        assert torch.allclose(grad, sample_grads[name], rtol=1e-4, atol=1e-6), f"gradient of {name} differs"
