@@ -108,20 +108,32 @@ def gather_rows(table: torch.Tensor, rows: torch.Tensor, hits: torch.Tensor | No
     return picked.view(*rows.shape, *table.shape[1:])
 
 
+def _sum_by_key(keys: torch.Tensor, values: torch.Tensor, counts: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sorted unique keys, the fp32 sums of `values` (M, C) per key and how many items (or, with
+    `counts`, how many counted items) each key holds."""
+    uniq, inverse, n = torch.unique(keys, sorted=True, return_inverse=True, return_counts=True)
+    # Sums of many points accumulate in fp32 (bf16/fp16 values under autocast would lose the small ones).
+    acc = torch.promote_types(values.dtype, torch.float32)
+    sums = values.new_zeros(uniq.numel(), values.shape[-1], dtype=acc).index_add(0, inverse, values.to(acc))
+    if counts is not None:
+        n = counts.new_zeros(uniq.numel()).index_add(0, inverse, counts)
+    return uniq, sums, n.to(acc)
+
+
+def _voxels(keys: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor, resolution: int, batch_size: int
+            ) -> SparseVoxels:
+    r = resolution
+    coords = torch.stack([(keys // (r * r)) % r, (keys // r) % r, keys % r], dim=-1)
+    return SparseVoxels(keys, coords, keys // (r**3), sums / counts[:, None], counts, resolution, batch_size)
+
+
 def pool(
     batch: torch.Tensor, index: torch.Tensor, values: torch.Tensor, resolution: int, batch_size: int
 ) -> SparseVoxels:
     """Mean of `values` (M, C) per voxel `index` (M, 3) of batch element `batch` (M,)."""
-    keys = linearize(batch, index, resolution)
-    uniq, inverse, counts = torch.unique(keys, sorted=True, return_inverse=True, return_counts=True)
-    # Sums of many points accumulate in fp32 (bf16/fp16 values under autocast would lose the small ones).
-    acc = torch.promote_types(values.dtype, torch.float32)
-    sums = values.new_zeros(uniq.numel(), values.shape[-1], dtype=acc).index_add(0, inverse, values.to(acc))
-    counts = counts.to(acc)
-    feats = sums / counts[:, None]
-    r = resolution
-    coords = torch.stack([(uniq // (r * r)) % r, (uniq // r) % r, uniq % r], dim=-1)
-    return SparseVoxels(uniq, coords, uniq // (r**3), feats, counts, resolution, batch_size)
+    keys, sums, counts = _sum_by_key(linearize(batch, index, resolution), values)
+    return _voxels(keys, sums, counts, resolution, batch_size)
 
 
 def voxelize(
@@ -134,14 +146,18 @@ def voxelize(
     """Pool ego-frame points (B, P, 3) with values (B, P, C) into the (coarse, fine) levels.
 
     The coarse index is derived from the fine one by integer division, so every fine voxel's parent is
-    exactly the coarse voxel its points fall in (no float disagreement at boundaries).
+    exactly the coarse voxel its points fall in (no float disagreement at boundaries). The coarse level is
+    pooled from the fine level's sums and counts (the same mean over the same points), so the big
+    per-point `unique` and scatter run once.
     """
     b, p, _ = points.shape
     fine_idx = voxel_index(contract(points.reshape(-1, 3), radius), fine_resolution)
     batch = torch.arange(b, device=points.device).repeat_interleave(p)
-    flat = values.reshape(b * p, -1)
-    fine = pool(batch, fine_idx, flat, fine_resolution, b)
-    coarse = pool(batch, fine_idx // (fine_resolution // coarse_resolution), flat, coarse_resolution, b)
+    fine_keys, fine_sums, fine_counts = _sum_by_key(linearize(batch, fine_idx, fine_resolution),
+                                                    values.reshape(b * p, -1))
+    fine = _voxels(fine_keys, fine_sums, fine_counts, fine_resolution, b)
+    parents = linearize(fine.batch, fine.coords // (fine_resolution // coarse_resolution), coarse_resolution)
+    coarse = _voxels(*_sum_by_key(parents, fine_sums, fine_counts), coarse_resolution, b)
     return coarse, fine
 
 
