@@ -71,7 +71,7 @@ def compressed_image_to_rgb(msg: CompressedImage, min_hw: tuple[int, int] | None
                 raise ImageConversionError(f"compressed data is {image.format}, not JPEG or PNG")
             if min_hw is not None and image.format == "JPEG":
                 image.draft("RGB", (min_hw[1], min_hw[0]))
-            return np.asarray(image.convert("RGB"))
+            return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))  # convert would copy
     except ImageConversionError:
         raise
     except Exception as error:  # PIL raises several types for truncated or garbage data

@@ -14,6 +14,7 @@ import functools
 import sys
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import rclpy
@@ -24,7 +25,13 @@ from std_msgs.msg import Header
 
 from distillnerf_core.inference import DeviceUnavailableError, ScenePredictor
 from distillnerf_ros.input.frame_worker import FrameWorker, FrameWorkerCounters
-from distillnerf_ros.input.rig_input import STEADY_CLOCK, RigFrame, declare_rig_parameters, rig_input_from_parameters
+from distillnerf_ros.input.rig_input import (
+    STEADY_CLOCK,
+    RigFrame,
+    declare_rig_parameters,
+    decode_pool,
+    rig_input_from_parameters,
+)
 from distillnerf_ros.nodes.diagnostics import RecentIncreases, publish_status
 from distillnerf_ros.nodes.perception_diagnostics import diagnostic_level, diagnostic_values, frame_losses
 from distillnerf_ros.nodes.perception_outputs import PerceptionOutputs, camera_topic_name
@@ -114,6 +121,7 @@ class PerceptionNode(LifecycleNode):
         self._query_times: list[float] = []
         self.queries = SceneQueries()
         self.worker: FrameWorker[RigFrame] = FrameWorker(self._process, self._on_worker_error, "distillnerf_inference")
+        self._decode_pool: ThreadPoolExecutor | None = None  # while active: decodes a frame's cameras at once
         self._counts = {"processed": 0, "skipped_no_subscribers": 0, "skipped_no_cameras": 0, "clock_behind_stamp": 0}
         self.counters = NodeCounters(self._counts, self.worker.counters)  # live view, for tests and diagnostics
         self.last = {"processing_ms": 0.0, "latency_ms": 0.0, "model_ms": 0.0, "missing": {}, "distortion": {},
@@ -156,6 +164,7 @@ class PerceptionNode(LifecycleNode):
         """Move the model to its device, enable the publishers, subscribe the rig and start the worker."""
         self.predictor.to_device()
         result = super().on_activate(state)  # enables the lifecycle publishers
+        self._decode_pool = decode_pool(len(self.get_parameter("cameras").value))
         self.worker.start()
         self.rig = rig_input_from_parameters(self, self.worker.submit)
         self.status_message = "active"
@@ -243,6 +252,9 @@ class PerceptionNode(LifecycleNode):
             self.rig.destroy()
             self.rig = None
         self.worker.stop(timeout_s=30)
+        if self._decode_pool is not None:  # after the worker: a frame being decoded still needs it
+            self._decode_pool.shutdown()
+            self._decode_pool = None
 
     # -- processing (on the worker thread) ------------------------------------------------------------
     def _on_worker_error(self, error: BaseException) -> None:
@@ -259,7 +271,7 @@ class PerceptionNode(LifecycleNode):
             self.last["missing"] = dict(frame.missing)
             return
         if self.rig is not None:
-            self.rig.stats.count_failures(frame.decode(min_hw=self.predictor.input_hw))
+            self.rig.stats.count_failures(frame.decode(self.predictor.input_hw, self._decode_pool))
         self.last["missing"] = dict(frame.missing)
         self.last["distortion"] = dict(frame.distortion)
         if not frame.cameras:
