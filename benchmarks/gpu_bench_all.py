@@ -38,15 +38,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", nargs="+", default=["infer", "train"])
     parser.add_argument("--budget-s", type=float, default=150.0)
     parser.add_argument("--quick", action="store_true", help="2 iterations, 1 warm-up (a dry run of the script)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the static stages; files are named bench_<...>_compiled.json")
+    parser.add_argument("--no-batch4", action="store_true", help="skip the paper train bf16 batch-4 run")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     plan = [(c, m, p, 1) for c in args.configs for m in args.modes for p in args.precisions]
-    if "paper" in args.configs and "train" in args.modes and "bf16" in args.precisions:
+    if "paper" in args.configs and "train" in args.modes and "bf16" in args.precisions and not args.no_batch4:
         plan.append(("paper", "train", "bf16", 4))
     start = time.perf_counter()
     outcomes = []
     for config, mode, precision, batch in plan:
-        tag = f"{config}_{mode}_{precision}" + (f"_b{batch}" if batch > 1 else "")
+        tag = f"{config}_{mode}_{precision}" + (f"_b{batch}" if batch > 1 else "") + ("_compiled" * args.compile)
         elapsed = time.perf_counter() - start
         if elapsed > args.budget_s:
             outcomes.append({"run": tag, "status": "skipped", "reason": f"budget of {args.budget_s:.0f} s spent"})
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         iters, warmup = (2, 1) if args.quick else ITERS.get(config, (10, 3))
         try:
             result = run_benchmark(config, args.device, iters=iters, warmup=warmup, mode=mode, precision=precision,
-                                   batch=batch)
+                                   batch=batch, compile=args.compile)
         except Exception as err:  # one failing run (e.g. out of memory) must not lose the others
             outcomes.append({"run": tag, "status": "error", "error": f"{type(err).__name__}: {err}",
                              "traceback": traceback.format_exc()[-2000:]})
@@ -69,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--- {tag} ({time.perf_counter() - start:.0f} s)\n{_table(result)}", flush=True)
         if args.device == "cuda":
             torch.cuda.empty_cache()
-    (args.out / "bench_all.json").write_text(json.dumps({"device": args.device, "runs": outcomes}, indent=2) + "\n")
+    listing = args.out / f"bench_all{'_compiled' * args.compile}.json"
+    listing.write_text(json.dumps({"device": args.device, "runs": outcomes}, indent=2) + "\n")
     return 0 if all(o["status"] != "error" for o in outcomes) else 1
 
 

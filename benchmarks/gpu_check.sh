@@ -7,9 +7,12 @@
 # 3. ScenePredictor on the bundled real keyframe (data/nuscenes_sample, models/default), depth only / full /
 #    occupancy only, fp32 + bf16 -> keyframe_predictor.json
 # 4. torch.profiler top kernels of the paper training step (fp32, bf16) -> profile_*.{txt,json}
-# 5. summary.md from all of the above; then every file (per-run JSON, profiler tables, logs log_*.txt) is
+# 5. the same with torch.compile of the static stages: paper infer + train, fp32 + bf16 -> bench_*_compiled.json;
+#    the keyframe predictor compiled -> keyframe_predictor_compiled.json (first calls, i.e. compile times, too)
+# 6. summary.md from all of the above; then every file (per-run JSON, profiler tables, logs log_*.txt) is
 #    packed into results.tar.gz and every JSON merged into results.json: OUTDIR holds those three files
-# GPU_CHECK_QUICK=1 (or no CUDA): a dry run on the CPU: tiny config only, 2 iterations, fp32 + bf16.
+# GPU_CHECK_QUICK=1 (or no CUDA): a dry run on the CPU: tiny config only, 2 iterations, fp32 + bf16 (no
+# compiled keyframe run: compiling the bundled model on 2 CPU cores takes longer than its step's limit).
 # PYTHON=... picks the interpreter (default: the first of .venv/bin/python, python, python3 that imports torch).
 set -u
 OUT=${1:?usage: bash benchmarks/gpu_check.sh OUTDIR}
@@ -68,12 +71,15 @@ PYEOF
 if [ "${GPU_CHECK_QUICK:-0}" = 1 ] || ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
   echo "QUICK / no CUDA: CPU dry run, tiny config only"
   DEV=cpu; CONFIGS="tiny"; PRECS="fp32 bf16"; QUICK=--quick; KF_PRECS=fp32; KF_ITERS=1; KF_WARM=0; PROF=tiny
+  COMPILE_CONFIGS=tiny; COMPILE_PRECS=fp32; COMPILE_MODES=infer
 else
   DEV=cuda; CONFIGS="paper small tiny"; PRECS="fp32 bf16 fp16"; QUICK=; KF_PRECS=$PRECS; KF_ITERS=20; KF_WARM=3
+  COMPILE_CONFIGS=paper; COMPILE_PRECS="fp32 bf16"; COMPILE_MODES="infer train"
   PROF=paper
 fi
-# Limits: 60 + 135 + 40 + 2 x 25 + 10 + 15 s; no step runs past TOTAL_LIMIT (265 s), the pack adds <= 15 s: under 5 min
-# whatever happens. The bench stops starting new runs after 115 s; expected total on an H100/H200 ~3 min.
+# Limits: 60 + 135 + 40 + 2 x 25 + 105 + 45 + 10 + 15 s, but no step runs past TOTAL_LIMIT (265 s) and the pack
+# adds <= 15 s: under 5 min whatever happens (late steps are cut or skipped). The bench stops starting new runs
+# after 115 s; measured on an H200: the eager steps take ~75 s in all.
 
 step bench 135 "$PY" benchmarks/gpu_bench_all.py --out "$OUT" --device $DEV --configs $CONFIGS --precisions $PRECS \
   --budget-s 115 $QUICK
@@ -83,6 +89,11 @@ for prec in fp32 bf16; do
   step "profile_$prec" 25 "$PY" benchmarks/profile_step.py --config $PROF --mode train --precision $prec \
     --device $DEV --steps 3 --warmup 2 --out "$OUT"
 done
+# torch.compile of the static stages (encoder, lift, decoder): each run's first call compiles (first_call_ms).
+step bench_compiled 105 "$PY" benchmarks/gpu_bench_all.py --out "$OUT" --device $DEV --configs $COMPILE_CONFIGS \
+  --precisions $COMPILE_PRECS --modes $COMPILE_MODES --no-batch4 --budget-s 85 --compile $QUICK
+[ "$DEV" = cuda ] && step keyframe_compiled 45 "$PY" benchmarks/keyframe_predictor.py --device $DEV --precision $COMPILE_PRECS --iters $KF_ITERS \
+  --warmup $KF_WARM --compile --json "$OUT/keyframe_predictor_compiled.json"
 step summary 10 "$PY" benchmarks/gpu_summary.py "$OUT"
 # The device hands back only a few files per call: everything else goes into results.json + results.tar.gz.
 timeout 15 "$PY" benchmarks/gpu_pack.py "$OUT"

@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["## distillnerf-bench (random weights, 6 cameras at 228x128 unless the config says otherwise)", "",
               "| config | mode | precision | batch | median ms | p90 ms | images/s | peak MB | floor ms | x floor |",
               "|---|---|---|---|---|---|---|---|---|---|"]
+    compiled_note = ("`compiled`: `--compile` (torch.compile of encoder, lift, decoder); first call s = its "
+                     "compilation; failed = stages that fell back to eager")
     rows = []
     for path in sorted(out.glob("bench_*_*_*.json")):
         r = _load(path)
@@ -35,11 +37,17 @@ def main(argv: list[str] | None = None) -> int:
         total = r.get("total", {})
         ratio = total.get("measured_over_floor")
         floor = f"{total['floor_ms']:.3f} | {ratio:.0f}" if ratio else "- | -"
-        lines.append(f"| {r['config']} | {r['mode']} | {r['precision']} | {r['batch']} | "
+        mode = r["mode"]
+        if r.get("compiled"):
+            failed = f", failed: {', '.join(r['compile_errors'])}" if r.get("compile_errors") else ""
+            mode += f" compiled (first call {r['first_call_ms'] / 1000:.0f} s{failed})"
+        lines.append(f"| {r['config']} | {mode} | {r['precision']} | {r['batch']} | "
                      f"{r['latency_ms_median']:.1f} | {r['latency_ms_p90']:.1f} | {r['images_per_s']:.0f} | "
                      f"{r['peak_mem_mb']:.0f} | {floor} |")
         rows.append(r)
-    for outcome in _load(out / "bench_all.json").get("runs", []):
+    if any(r.get("compiled") for r in rows):
+        lines += ["", compiled_note]
+    for outcome in [o for p in sorted(out.glob("bench_all*.json")) for o in _load(p).get("runs", [])]:
         if outcome["status"] != "ok":
             lines.append(f"| {outcome['run']} | {outcome['status']}: {outcome.get('error', outcome.get('reason'))} |")
     lines += ["", "## Per-stage (ms measured / floor ms)", "",
@@ -48,18 +56,21 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         floors = r.get("floors", {})
         cells = [f"{r['stage_ms'][s]:.1f} / {floors.get(s, {}).get('floor_ms', 0):.3f}" for s in r["stage_ms"]]
-        lines.append(f"| {r['config']} {r['mode']} {r['precision']} b{r['batch']} | " + " | ".join(cells) + " |")
-    kf = _load(out / "keyframe_predictor.json")
-    if kf:
+        run = f"{r['config']} {r['mode']} {r['precision']} b{r['batch']}" + (" compiled" if r.get("compiled") else "")
+        lines.append(f"| {run} | " + " | ".join(cells) + " |")
+    for kf in (_load(p) for p in sorted(out.glob("keyframe_predictor*.json"))):
+        compiled = " (compiled: torch.compile of encoder, lift, decoder)" if kf.get("compiled") else ""
         lines += ["", f"## ScenePredictor on the real keyframe ({kf.get('cameras')} x {kf.get('image_hw')}, "
-                      f"bundled model, {kf.get('device')})", "",
+                      f"bundled model, {kf.get('device')}){compiled}", "",
                   "| precision | outputs | predict median ms | model ms |", "|---|---|---|---|"]
         for precision, runs in kf.get("runs", {}).items():
             if "skipped" in runs:
                 lines.append(f"| {precision} | skipped: {runs['skipped']} | | |")
                 continue
             for name, run in runs.items():
-                lines.append(f"| {precision} | {name} | {run['call_ms_median']:.1f} | {run['model_ms_median']:.1f} |")
+                first = f" (first call {run['first_call_ms'] / 1000:.1f} s)" if kf.get("compiled") else ""
+                lines.append(f"| {precision} | {name}{first} | {run['call_ms_median']:.1f} | "
+                             f"{run['model_ms_median']:.1f} |")
     for path in sorted(out.glob("profile_*.json")):
         prof = _load(path)
         lines += ["", f"## Top kernels: {prof['config']} {prof['mode']} {prof['precision']} "

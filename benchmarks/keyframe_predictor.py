@@ -50,14 +50,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the static stages (ScenePredictor"
+                        "(compile=True)); the first warm-up call compiles and is reported as first_call_ms")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     images, Ks, extrinsics = load_keyframe(args.dataroot)
     results = {"cameras": len(images), "image_hw": list(images[0].shape[:2]), "model": str(args.model),
-               "torch_version": torch.__version__, "runs": {}}
+               "torch_version": torch.__version__, "compiled": args.compile, "runs": {}}
     for precision in args.precision:
         try:
-            predictor = ScenePredictor(args.model, args.device, precision)
+            predictor = ScenePredictor(args.model, args.device, precision, compile=args.compile)
         except ValueError as err:
             results["runs"][precision] = {"skipped": str(err)}
             print(f"{precision}: skipped ({err})")
@@ -66,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
                              else "cpu")
         runs = {}
         for name, outputs in OUTPUTS.items():
-            for _ in range(args.warmup):
+            start = time.perf_counter()
+            predictor.predict(images, Ks, extrinsics, **outputs)
+            first_call_ms = 1000.0 * (time.perf_counter() - start)
+            for _ in range(args.warmup - 1):
                 predictor.predict(images, Ks, extrinsics, **outputs)
             times, model_ms, stages = [], [], []
             for _ in range(args.iters):
@@ -79,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
                 "call_ms_median": statistics.median(times),  # predict() end to end: resize, model, outputs
                 "model_ms_median": statistics.median(model_ms),  # FramePrediction.model_ms (what the node logs)
                 "call_ms_all": times,
+                "first_call_ms": first_call_ms,
+                "compile_errors": dict(predictor.model.compile_errors),
                 "stage_ms": {k: statistics.median([s.get(k, 0.0) for s in stages]) for k in stages[-1]},
                 "depth_median_m": float(np.median(out.depth)) if out.depth is not None else None,
                 "occupied_voxels": int(len(out.voxel_centers)) if out.voxel_centers is not None else None,

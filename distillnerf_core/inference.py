@@ -101,7 +101,7 @@ class ScenePredictor:
 
     def __init__(self, model: DistillNeRFModel | str | Path, device: str = "auto", precision: str = "fp32",
                  occupancy: OccupancyConfig | None = None, teacher_weights: str | Path | None = None,
-                 query: QueryConfig | None = None) -> None:
+                 query: QueryConfig | None = None, compile: bool = False) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got '{precision}'")
         self.device = resolve_device(device)
@@ -110,6 +110,8 @@ class ScenePredictor:
         self.precision = precision
         self.model = load_checkpoint(model, self.device) if isinstance(model, str | Path) else model.to(self.device)
         self.model.eval()
+        if compile:  # compiles at the first predict (call `warm_up` to take that cost before the first frame)
+            self.model.compile_stages()
         self.occupancy = occupancy or OccupancyConfig()
         self.teacher_weights = teacher_weights  # CLIP weights for text queries (default: the path in the checkpoint)
         self.query_config = query or QueryConfig()

@@ -51,7 +51,7 @@ def _median_p90(values: list[float]) -> tuple[float, float]:
 
 def run_benchmark(
     config: str, device: str = "cpu", cameras: int = 6, iters: int = 5, warmup: int = 1, seed: int = 0,
-    mode: str = "infer", precision: str = "fp32", batch: int = 1, floors: bool = True,
+    mode: str = "infer", precision: str = "fp32", batch: int = 1, floors: bool = True, compile: bool = False,
 ) -> dict[str, Any]:
     """Time `iters` forwards (infer) or training steps (train) after `warmup`; returns the JSON-able result."""
     if mode not in ("infer", "train"):
@@ -67,6 +67,8 @@ def run_benchmark(
     torch.manual_seed(seed)
     cfg = ModelConfig.load(config)
     model = DistillNeRFModel(cfg).to(dev)
+    if compile:
+        model.compile_stages()
     hw = tuple(cfg.image_hw)
     rig = ring_rig(cameras, hw, batch_size=batch).to(dev)
     images = torch.rand(batch, cameras, 3, *hw, device=dev)
@@ -107,7 +109,8 @@ def run_benchmark(
                 per_stage[s].append(model.stage_ms.get(s, 0.0))
         return times, per_stage, out
 
-    timed(warmup, False)
+    first_call_ms = timed(1, False)[0][0]  # with --compile: includes compiling the static stages
+    timed(max(0, warmup - 1), False)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     # On CUDA the per-stage synchronisation slows the whole, so stages get their own pass.
@@ -142,11 +145,14 @@ def run_benchmark(
         "voxels_occupied": out.voxels_occupied,
         "depth_bins": model.lift.num_bins,
         "tf32": dev.type == "cuda",
+        "compiled": compile,
+        "compile_errors": dict(model.compile_errors),
+        "first_call_ms": first_call_ms,
         "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
     }
-    if floors:
+    if floors and not compile:  # the floors do not depend on compilation (and the FLOP counter traces eagerly)
         result.update(_floors(model, images, rig, run, mode, dev, amp_dtype, autocast, latencies, stage_ms))
     return result
 
@@ -217,6 +223,9 @@ def _table(result: dict[str, Any]) -> str:
                                     f"measured {t['measured_over_floor']:.0f}x floor"))
         rows.append(("measured peaks", f"{pk['matmul_tflops']:.2f} TFLOP/s ({pk['matmul_dtype']} matmul), "
                                        f"{pk['copy_gbs']:.0f} GB/s copy"))
+    if result.get("compiled"):
+        rows.append(("compiled", f"first call {result['first_call_ms'] / 1000:.1f} s; "
+                                 f"failed: {result['compile_errors'] or 'none'}"))
     rows += [
         ("params", f"{result['params']:,}"),
         ("peak mem MB", f"{result['peak_mem_mb']:.0f}"),
@@ -240,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="autocast dtype (fp16 needs CUDA; fp32 on CUDA uses TF32)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--no-floors", action="store_true", help="skip FLOP / byte counting and peak measurement")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the encoder, lift and RGB decoder (first call compiles; no floors)")
     parser.add_argument("--json", type=Path, help="write the result JSON here")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -247,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         result = run_benchmark(args.config, args.device, args.cameras, args.iters, args.warmup, mode=args.mode,
-                               precision=args.precision, batch=args.batch, floors=not args.no_floors)
+                               precision=args.precision, batch=args.batch, floors=not args.no_floors,
+                               compile=args.compile)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -85,12 +85,17 @@ class RGBDecoder(nn.Module):
         self.high = ConditionedBlock(cfg.width, cfg.width // 2, cfg.groups, cfg.camera_embed_dim)
         self.out = nn.Conv2d(cfg.width // 2, 3, 3, padding=1)
 
-    def forward(self, feats: torch.Tensor, camera_ids: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
+    def check_camera_ids(self, camera_ids: torch.Tensor) -> None:
+        """ValueError for an id without an embedding (kept out of `forward`: the host sync would break its
+        torch.compile graph)."""
         if int(camera_ids.max()) >= self.num_embeddings:
             raise ValueError(
                 f"camera id {int(camera_ids.max())} >= decoder.num_camera_embeddings "
                 f"({self.num_embeddings}); raise it in the config"
             )
+
+    def forward(self, feats: torch.Tensor, camera_ids: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
+        """`check_camera_ids` first: an id out of range fails inside the embedding lookup here."""
         embed = self.embed(camera_ids)
         x = self.inp(feats, embed)
         for block in self.low:

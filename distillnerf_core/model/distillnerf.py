@@ -12,6 +12,7 @@ other timestamps, virtual cameras). Per-stage wall times land in `stage_ms` afte
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +35,8 @@ from distillnerf_core.model.voxels import VoxelConfig, voxelize
 from distillnerf_core.teachers.pca import FeaturePCA
 
 STAGES = ("encoder", "lift", "voxelize", "sparse_conv", "render", "decode")
+COMPILABLE_STAGES = ("encoder", "lift", "decoder")  # the stages whose tensor shapes the config fixes
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -175,6 +178,36 @@ class DistillNeRFModel(nn.Module):
         self.feature_pca = FeaturePCA(fh.teacher_dim, fh.dim) if fh.enabled and fh.teacher_dim > 0 else None
         self.stage_ms: dict[str, float] = {}
         self.profile_stages = False
+        self._compiled: dict[str, nn.Module] = {}
+        self.compile_errors: dict[str, str] = {}
+
+    def compile_stages(self, backend: str = "inductor") -> None:
+        """`torch.compile` the encoder, the lift and the RGB decoder: their shapes depend only on the config
+        and the camera count, so their many small elementwise kernels fuse. Voxelize, the sparse CNN and the
+        renderer (data-dependent sizes) stay eager. Each compiles at its first call (seconds to a minute; a
+        new camera count compiles once more, then shapes are treated as dynamic). Each stage must compile as
+        one graph (`fullgraph`); a stage whose compilation fails runs eagerly from then on, with the reason
+        in `compile_errors` (the forward never fails for it). Parameters and the state dict are shared with
+        the eager modules. `backend` is torch.compile's ("inductor" generates kernels; "eager" and
+        "aot_eager" only trace, for tests)."""
+        self._compiled = {name: torch.compile(getattr(self, name), backend=backend, fullgraph=True)
+                          for name in COMPILABLE_STAGES}
+        self.compile_errors = {}
+
+    def _run(self, name: str, *args: Any) -> Any:
+        """Call stage `name`, compiled when `compile_stages` was called and its compilation works."""
+        module = getattr(self, name)
+        compiled = self._compiled.get(name)
+        if compiled is None:
+            return module(*args)
+        try:
+            return compiled(*args)
+        except Exception as err:  # compilation failed: fall back to the eager stage (which raises input errors)
+            out = module(*args)
+            self._compiled.pop(name)
+            self.compile_errors[name] = f"{type(err).__name__}: {err}"
+            log.warning("torch.compile of the %s failed, running it eagerly: %s", name, self.compile_errors[name])
+            return out
 
     @contextmanager
     def _stage(self, name: str, device: torch.device) -> Iterator[None]:
@@ -206,9 +239,9 @@ class DistillNeRFModel(nn.Module):
         lift_hw = (hw[0] // stride, hw[1] // stride)
         dev = images.device
         with self._stage("encoder", dev):
-            feats = self.encoder(flat, lift_hw)
+            feats = self._run("encoder", flat, lift_hw)
         with self._stage("lift", dev):
-            lifted = self.lift(feats, rig.resized(lift_hw).rays())
+            lifted = self._run("lift", feats, rig.resized(lift_hw).rays())
         with self._stage("voxelize", dev):
             coarse, fine = voxelize(
                 lifted.points,
@@ -243,7 +276,10 @@ class DistillNeRFModel(nn.Module):
                 depth_channel = (out.depth / self.config.renderer.max_depth)[:, :, None]
                 dec_in = torch.cat([out.features, depth_channel.to(out.features.dtype)], dim=2).flatten(0, 1)
                 dec_in = dec_in.contiguous(memory_format=torch.channels_last)
-                image = self.decoder(dec_in, rig.camera_ids.repeat(b), rig.image_hw).view(b, m, 3, *rig.image_hw)
+                camera_ids = rig.camera_ids.repeat(b)
+                self.decoder.check_camera_ids(camera_ids)
+                image = self._run("decoder", dec_in, camera_ids, rig.image_hw)
+                image = image.view(b, m, 3, *rig.image_hw)
         return RenderedViews(
             rgb=image,
             depth=out.depth,

@@ -66,6 +66,9 @@ class TrainConfig:
     amp: str = "auto"
     """Mixed precision: auto (CUDA: bf16 if supported, else fp16 + GradScaler; CPU: off), bf16 (CUDA or CPU),
     fp16 (CUDA only, with loss scaling) or off."""
+    compile: bool = False
+    """torch.compile the encoder, lift and RGB decoder (`DistillNeRFModel.compile_stages`): the first steps
+    compile (up to minutes); a stage that fails to compile trains eagerly, with a warning."""
     seed: int = 0
     """Seed of weights and data order."""
     init: str | None = None

@@ -200,6 +200,8 @@ def train(cfg: TrainConfig, dataroot: str, version: str, out: str | Path, max_st
         model.feature_pca.load_state_dict(pca.state_dict())
     if cfg.init and not resume:
         load_init_weights(model, cfg.init)
+    if cfg.compile:
+        model.compile_stages()
     loss_fn = DistillNeRFLoss(cfg.loss).to(dev)
     step_module = TrainStep(model, loss_fn)
     params = [p for p in model.parameters() if p.requires_grad]
