@@ -63,6 +63,9 @@ class SparseConv3d(nn.Module):
         `hit_positions(neighbours, V)`, computed once per level when several layers share the table.
         """
         v, cin = features.shape
+        device = features.device.type
+        if torch.is_autocast_enabled(device):  # the GEMM casts anyway: gather (27x the rows) at half the bytes
+            features = features.to(torch.get_autocast_dtype(device))
         cols = gather_rows(features, neighbours, hits).reshape(v, 27 * cin)
         out = cols @ self.weight.reshape(27 * cin, -1)
         return out if self.bias is None else out + self.bias
