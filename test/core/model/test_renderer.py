@@ -228,3 +228,21 @@ def test_feature_table_path_equals_per_sample_features_and_head(monkeypatch, fin
     assert table_grads.keys() == sample_grads.keys()
     for name, grad in table_grads.items():
         assert torch.allclose(grad, sample_grads[name], rtol=1e-4, atol=1e-6), f"gradient of {name} differs"
+
+
+def test_chunked_inference_equals_one_chunk():
+    """Without gradients rays go in chunks of `chunk_rays` (memory bound): the images are the same."""
+    from distillnerf_core.model.distillnerf import DistillNeRFModel
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.load("tiny")
+    model = DistillNeRFModel(cfg).eval()
+    rig = ring_rig(6, tuple(cfg.image_hw))
+    images = torch.rand(1, 6, 3, *cfg.image_hw)
+    with torch.no_grad():
+        whole = model(images, rig.intrinsics, rig.cam2ego)
+        model.renderer.cfg.chunk_rays = 37  # not a divisor of the ray count
+        chunked = model(images, rig.intrinsics, rig.cam2ego)
+    for name in ("depth", "opacity", "features", "weights", "rgb"):
+        a, b = getattr(whole, name), getattr(chunked, name)
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), f"{name} differs by {(a - b).abs().max()}"
