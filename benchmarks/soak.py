@@ -1,13 +1,17 @@
 """Soak: loop the synthetic demo bag at real time into perception_node for M minutes.
 
-Counts what happened to every frame: sent (camera sets the player published, counted by this process on
-the camera topics), processed, and lost by reason (worker busy, no TF, too few cameras, replaced while
-waiting for TF, images refused, inference errors, ...) plus the frames that no counter explains
-("unaccounted": camera sets never formed because a reset discarded some of their images, or sent
-while the node was inactive during a lifecycle cycle); TF cache resets by kind (a transform going back
-in time, a clock jump) and TF transforms rejected / evicted / expired. Optionally a TF publisher at
---tf-hz and a lifecycle deactivate/activate cycle every --lifecycle-period seconds. Also latency
-percentiles and the node's RSS (target: growth < 5 % over 30 minutes, no crash, no growing queue).
+Accounts for every frame sent (camera sets the player published, counted by this process on the camera
+topics): processed, or lost by reason, in pipeline order: never reached the node (sent while it was inactive
+during a lifecycle cycle, or before its new subscriptions matched again; from the node's images_received
+counters), dropped by the synchroniser (too few cameras), discarded by a reset (the old timeline's last set
+when a looped bag's clock jumps back), dropped for TF, replaced while waiting, no usable camera, held at a
+deactivation, dropped while the worker was busy, frames discarded when the worker stopped, skipped, errors.
+After the run the player stops first and the node's counters are read once they have settled, so nothing is
+in flight; "unaccounted" is what is left (a set split or merged by the synchroniser, e.g. after an activation
+mid-set). Also TF cache resets by kind (a transform going back in time, a clock jump) and TF transforms
+rejected / evicted / expired. Optionally a TF publisher at --tf-hz and a lifecycle deactivate/activate cycle
+every --lifecycle-period seconds. Also latency percentiles and the node's memory every 10 s (RSS, anonymous /
+file-backed, threads; target: growth < 5 % over 30 minutes, no crash, no growing queue).
 
     .venv/bin/python benchmarks/soak.py --minutes 30 --tf-hz 100 --lifecycle-period 60 [--model M] [--json OUT]
 """
@@ -45,8 +49,13 @@ from distillnerf_ros.tools.demo import build_bags  # noqa: E402
 from distillnerf_ros.tools.processes import stop_process  # noqa: E402
 
 NODE = "/distillnerf_perception"
-LOSS_KEYS = ("dropped_busy", "sets_dropped_tf", "sets_dropped_min_cameras", "sets_replaced_waiting",
-             "skipped_no_cameras", "skipped_no_subscribers", "errors")
+# Where the node loses a camera set or frame, in pipeline order (its /diagnostics counters, cumulative).
+INPUT_LOSS_KEYS = ("sets_dropped_min_cameras", "sets_discarded_on_reset", "sets_dropped_tf", "sets_replaced_waiting",
+                   "sets_dropped_no_cameras", "sets_discarded_on_stop")
+WORKER_LOSS_KEYS = ("dropped_busy", "frames_discarded_on_stop", "skipped_no_cameras", "skipped_no_subscribers",
+                    "errors")
+LOSS_KEYS = INPUT_LOSS_KEYS + WORKER_LOSS_KEYS
+FLOW_KEYS = ("processed", "sets_emitted", "sets_flushed_idle", "frames_submitted", "clock_behind_stamp")
 EVENT_KEYS = ("images_rejected", "images_discarded_on_reset", "tf_rejected", "tf_evicted", "tf_expired")
 
 
@@ -67,6 +76,47 @@ class MonotonicCounters:
 
     def keys(self) -> set[str]:
         return set(self.last)
+
+
+FIRST_CAMERA = "CAM_FRONT_LEFT"  # the synthetic bag's first camera of each instant
+
+
+def memory_sample(t: float, pid: int) -> dict[str, float]:
+    """RSS split into anonymous and file-backed memory (MB) and the thread count, from /proc."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem", "Threads"):
+            fields[key] = int(value.split()[0])
+    return {"t": round(t, 1), "rss_mb": fields.get("VmRSS", 0) / 1024, "anon_mb": fields.get("RssAnon", 0) / 1024,
+            "file_mb": fields.get("RssFile", 0) / 1024, "shmem_mb": fields.get("RssShmem", 0) / 1024,
+            "threads": fields.get("Threads", 0), "malloc_heaps": malloc_heaps(pid)}
+
+
+def malloc_heaps(pid: int) -> int:
+    """Anonymous mappings that start on a 64 MiB boundary: the heaps of glibc's per-thread malloc arenas (each
+    arena keeps the memory its threads freed; at most 8 per core)."""
+    count = 0
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        parts = line.split()
+        start = int(parts[0].split("-")[0], 16)
+        if len(parts) == 5 and start % (64 << 20) == 0:
+            count += 1
+    return count
+
+
+def drain_until_settled(bench, counters: MonotonicCounters, settled_s: float = 4.0, timeout_s: float = 20.0) -> None:
+    """After the player stopped: spin until /diagnostics has reported the same counters for `settled_s` (longer
+    than the node's idle flush + tf_wait), so what the node still held (a pending or waiting set, a frame in the
+    worker) has reached a counter."""
+    deadline, last, since = time.monotonic() + timeout_s, None, time.monotonic()
+    while time.monotonic() < deadline:
+        rclpy.spin_once(bench, timeout_sec=0.1)
+        snapshot = {key: counters.total(key) for key in counters.keys()}
+        if snapshot != last:
+            last, since = snapshot, time.monotonic()
+        elif time.monotonic() - since >= settled_s:
+            return
 
 
 def main() -> int:
@@ -92,14 +142,21 @@ def main() -> int:
     counters = MonotonicCounters()
     images: Counter = Counter()
     clock_ns = [0]
+    inactive_sets = [0]  # camera sets whose first image was published while a lifecycle cycle was under way
+    cycling = [False]
     bench.create_subscription(Float64, f"{NODE}/debug/pipeline_latency_ms", lambda m: latency.append(m.data), 10)
     bench.create_subscription(Float64, f"{NODE}/debug/processing_time_ms", lambda m: processing.append(m.data), 10)
     bench.create_subscription(Float64, f"{NODE}/debug/model_time_ms", lambda m: model.append(m.data), 10)
     bench.create_subscription(PointCloud2, f"{NODE}/occupancy", lambda m: None,
                               QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+    def on_image(camera: str) -> None:
+        images.update([camera])
+        if camera == FIRST_CAMERA and cycling[0]:
+            inactive_sets[0] += 1
+
     for camera in NUSCENES_CAMERAS:  # frames sent = camera sets published by the player
         bench.create_subscription(CompressedImage, f"/{camera}/image_rect_compressed",
-                                  lambda m, c=camera: images.update([c]), 10)
+                                  lambda m, c=camera: on_image(c), 10)
     bench.create_subscription(Clock, "/clock", lambda m: clock_ns.__setitem__(
         0, m.clock.sec * 1_000_000_000 + m.clock.nanosec), 10)
 
@@ -109,7 +166,7 @@ def main() -> int:
                 values = {kv.key: kv.value for kv in item.values}
                 status.update(values, message=item.message, level=int.from_bytes(item.level, "little"))
                 for key, value in values.items():
-                    if key in LOSS_KEYS + EVENT_KEYS + ("processed",) or key.startswith("tf_resets/"):
+                    if key in LOSS_KEYS + EVENT_KEYS + FLOW_KEYS or key.startswith(("tf_resets/", "images_received/")):
                         counters.update(key, int(value))
 
     bench.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
@@ -126,6 +183,7 @@ def main() -> int:
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     start = time.monotonic()
     rss = [(0.0, rss_mb(node.pid))]
+    memory = [memory_sample(0.0, node.pid)]
     next_tf, next_cycle, cycles, failed_cycles, tf_sent = start, start + (args.lifecycle_period or 1e12), 0, 0, 0
     while time.monotonic() - start < args.minutes * 60 and node.poll() is None:
         rclpy.spin_once(bench, timeout_sec=0.005 if args.tf_hz else 0.1)
@@ -137,28 +195,40 @@ def main() -> int:
             next_tf += 1.0 / args.tf_hz
         if now >= next_cycle:
             next_cycle += args.lifecycle_period
-            ok = True
+            ok, cycling[0] = True, True
             for transition in (Transition.TRANSITION_DEACTIVATE, Transition.TRANSITION_ACTIVATE):
                 future = lifecycle.call_async(ChangeState.Request(transition=Transition(id=transition)))
                 rclpy.spin_until_future_complete(bench, future, timeout_sec=30)
                 ok = ok and future.done() and future.result().success
+            cycling[0] = False
             cycles += 1
             failed_cycles += not ok
         if now - start - rss[-1][0] >= 10:
             rss.append((now - start, rss_mb(node.pid)))
+            memory.append(memory_sample(now - start, node.pid))
     crashed = node.poll() is not None
-    for process in (player, node):
-        stop_process(process)
+    stop_process(player)
+    if not crashed:  # let the node finish what it holds and report it: every frame ends in a counter
+        drain_until_settled(bench, counters)
+    crashed = crashed or node.poll() is not None
+    stop_process(node)
     # The first samples include the model's warm-up allocations; growth is measured from the first minute on.
     baseline = next((mb for t, mb in rss if t >= 60), rss[0][1])
     sent = min(images[c] for c in NUSCENES_CAMERAS)
-    lost = {key: counters.total(key) for key in LOSS_KEYS}
+    received = {c: counters.total(f"images_received/{c}") for c in NUSCENES_CAMERAS}
+    # A set none of whose images reached the node (sent while it was inactive, or before its new subscriptions
+    # matched the player's publishers again after an activation) never enters its counters.
+    not_received = min(images[c] - received[c] for c in NUSCENES_CAMERAS)
+    lost = {"never_reached_node": not_received, **{key: counters.total(key) for key in LOSS_KEYS}}
     processed = counters.total("processed")
     result = {
         "minutes": args.minutes, "crashed": crashed, "tf_hz": args.tf_hz, "tf_sent": tf_sent,
         "lifecycle_cycles": cycles, "lifecycle_cycles_failed": failed_cycles,
         "frames": {"sent": sent, "processed": processed, "lost": lost,
-                   "unaccounted": sent - processed - sum(lost.values())},
+                   "unaccounted": sent - processed - sum(lost.values()),
+                   "sent_during_lifecycle_cycles": inactive_sets[0],
+                   "flow": {key: counters.total(key) for key in FLOW_KEYS}},
+        "images": {"sent": {c: images[c] for c in NUSCENES_CAMERAS}, "received_by_node": received},
         "tf_resets": {key.split("/", 1)[1]: counters.total(key) for key in sorted(counters.keys())
                       if key.startswith("tf_resets/")},
         "events": {key: counters.total(key) for key in EVENT_KEYS},
@@ -170,7 +240,7 @@ def main() -> int:
     }
     print(json.dumps(result, indent=2))
     if args.json:
-        Path(args.json).write_text(json.dumps({**result, "rss_series": rss}, indent=2))
+        Path(args.json).write_text(json.dumps({**result, "rss_series": rss, "memory_series": memory}, indent=2))
     bench.destroy_node()
     rclpy.shutdown()
     return 1 if crashed or failed_cycles else 0

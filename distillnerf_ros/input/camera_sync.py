@@ -38,6 +38,7 @@ class SyncStatistics:
     overwritten: Counter = field(default_factory=Counter)  # camera -> messages replaced before use
     missing: Counter = field(default_factory=Counter)  # (camera, reason kind) -> count
     discarded_on_reset: int = 0  # pending messages dropped by reset() (time went backwards)
+    sets_discarded_on_reset: int = 0  # incomplete sets a reset() dropped messages of (each set counted once)
     sets_flushed_idle: int = 0  # incomplete sets closed by flush_idle() (no camera sent anything for a while)
 
 
@@ -94,6 +95,13 @@ class LatestCameraSynchronizer:
         for camera in stale:
             del self._pending[camera]
         self.stats.discarded_on_reset += len(stale)
+        self.stats.sets_discarded_on_reset += bool(stale)
+
+    def discard_pending(self) -> int:
+        """Forget the pending incomplete set (the input is going away); returns 1 if there was one, else 0."""
+        had = bool(self._pending)
+        self._pending.clear()
+        return int(had)
 
     def flush_idle(self, now_s: float, idle_s: float) -> CameraSet | None:
         """Close the pending incomplete set when no camera has sent a message for `idle_s` (same clock as

@@ -4,7 +4,9 @@ Producers (camera callbacks) `submit` frames; the worker thread calls `work(fram
 Nothing queues: a frame that arrives while the previous one is still waiting replaces it (newest wins) and
 the replaced one is counted as `dropped_busy`. An exception raised by `work` never ends the worker
 thread: it is counted in `errors`, kept in `last_error` and handed to `on_error`, and the worker goes on
-with the next frame. `stop()` wakes and joins the thread; `start()` may be called again afterwards.
+with the next frame. `stop()` wakes and joins the thread (a frame still waiting is counted as
+`discarded_on_stop`); `start()` may be called again afterwards. Every submitted frame ends in exactly one
+counter, or is still waiting or running.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class FrameWorkerCounters:
     processed: int = 0  # work() returned normally
     dropped_busy: int = 0  # replaced by a newer frame before the worker took them
     dropped_stopped: int = 0  # offered while the worker was not running
+    discarded_on_stop: int = 0  # waiting in the slot when stop() was called (never processed)
     errors: int = 0  # work() raised
 
 
@@ -90,6 +93,7 @@ class FrameWorker(Generic[Frame]):
             thread.join(timeout=timeout_s)
             joined = not thread.is_alive()
         with self._lock:
+            self.counters.discarded_on_stop += self._has_frame
             self._slot, self._has_frame = None, False
         if joined:
             self._thread = None

@@ -127,10 +127,15 @@ def decode_pool(cameras: int) -> ThreadPoolExecutor:
 class RigStatistics:
     """What the input path did with what it received (all counters only grow)."""
 
-    frames: int = 0
+    frames: int = 0  # RigFrames handed to on_frame
     frames_uncompensated: int = 0  # fixed frame present but not connected: placed without ego-motion compensation
-    sets_dropped_tf: int = 0
-    sets_replaced_waiting: int = 0
+    sets_dropped_tf: int = 0  # no camera of the set had TF within tf_wait
+    sets_replaced_waiting: int = 0  # a newer set came while this one waited for TF / CameraInfo
+    sets_dropped_no_cameras: int = 0  # TF there, but no camera usable (no CameraInfo, not an optical frame)
+    sets_discarded_on_reset: int = 0  # waiting for TF when time jumped back (a looped bag): of the old timeline
+    sets_discarded_on_stop: int = 0  # pending or waiting when the input was destroyed (deactivate, shutdown)
+    images_received: Counter = field(default_factory=Counter)  # camera -> images that arrived (before any check)
+    images_discarded_after_reset: int = 0  # of the old timeline, still on their way at a reset (see reset)
     camera_errors: Counter = field(default_factory=Counter)  # camera -> decode / CameraInfo failures
     rejected_images: Counter = field(default_factory=Counter)  # camera -> images refused on arrival
     rejected_reasons: dict[str, str] = field(default_factory=dict)  # camera -> why the latest was refused
@@ -162,6 +167,7 @@ def input_qos(reliability: str, depth: int) -> QoSProfile:
 STEADY_CLOCK = Clock(clock_type=ClockType.STEADY_TIME)
 IDLE_FLUSH_S = 2.0  # wall seconds without any image after which an incomplete pending camera set is closed
 JUMP_MARGIN_NS = 1_000_000_000  # on a clock jump, data stamped up to 1 s after the new time is kept
+STRAGGLER_S = 1.0  # wall seconds after a reset during which images of the old timeline are still expected
 UP = np.array([0.0, 0.0, 1.0])  # gravity "up" of the output frame (REP-103 body frame: z up)
 
 
@@ -206,6 +212,8 @@ class CameraRigInput:
         self._infos: dict[str, CameraInfo] = {}
         self._info_paired: set[str] = set()  # cameras whose CameraInfo carries each image's own stamp
         self._waiting: tuple[CameraSet, float] | None = None  # a set whose TF has not arrived yet
+        # After a reset: images stamped after this are of the old timeline, until the steady deadline.
+        self._old_timeline: tuple[int, float] | None = None
         self._subscriptions = [
             node.create_subscription(TFMessage, "/tf", lambda m: self._tf_callback(m, static=False), TF_QOS),
             node.create_subscription(TFMessage, "/tf_static", lambda m: self._tf_callback(m, static=True),
@@ -226,12 +234,17 @@ class CameraRigInput:
     def reset(self, kind: str = "manual", keep_until_ns: int | None = None) -> None:
         """Forget dynamic TF and pending images (time went backwards, e.g. a looped bag); with
         `keep_until_ns` (the new time + a margin), what is stamped up to it already belongs to the new
-        timeline and stays (a looped bag's first images and /tf may arrive before its /clock)."""
+        timeline and stays (a looped bag's first images and /tf may arrive before its /clock), and images
+        stamped after it that were still on their way are discarded on arrival until the clock comes near it
+        (images_discarded_after_reset): added to the first set of the new timeline, such a straggler made that
+        set's trigger stamp an old one and lost the set."""
         self.tf.clear_dynamic(kind, keep_until_ns)
         self.sync.reset(keep_until_ns)
+        self._old_timeline = None if keep_until_ns is None else (keep_until_ns, time.monotonic() + STRAGGLER_S)
         if self._waiting is not None and (keep_until_ns is None
                                           or self._waiting[0].trigger_stamp_ns > keep_until_ns):
             self._waiting = None
+            self.stats.sets_discarded_on_reset += 1
 
     def destroy(self) -> None:
         """Unsubscribe everything and unregister the clock jump callback (a callback left registered on the
@@ -239,6 +252,8 @@ class CameraRigInput:
         if self._jump_handler is not None:
             self._jump_handler.unregister()
             self._jump_handler = None
+        self.stats.sets_discarded_on_stop += self.sync.discard_pending() + (self._waiting is not None)
+        self._waiting = None
         for subscription in self._subscriptions:
             self._node.destroy_subscription(subscription)
         self._subscriptions = []
@@ -259,6 +274,18 @@ class CameraRigInput:
             self._retry_waiting()
         return callback
 
+    def _of_old_timeline(self, stamp_ns: int) -> bool:
+        """Whether an image arriving after a reset (time went back) is stamped after the reset's horizon, that
+        is, belongs to the old timeline and was still on its way. The horizon is forgotten once the clock comes
+        near it (images stamped later are then of the new timeline) or after STRAGGLER_S of steady time."""
+        if self._old_timeline is None:
+            return False
+        horizon, deadline = self._old_timeline
+        if time.monotonic() > deadline or self._node.get_clock().now().nanoseconds >= horizon - JUMP_MARGIN_NS // 2:
+            self._old_timeline = None
+            return False
+        return stamp_ns > horizon
+
     def _info_pending(self, camera: str, image_stamp_ns: int) -> bool:
         """No CameraInfo yet, or, for a camera whose CameraInfo comes with every image (same stamp), the one of
         this image is still on its way: it travels on its own topic, and using the previous one is wrong when
@@ -273,9 +300,13 @@ class CameraRigInput:
 
     def _image_callback(self, camera: str) -> Callable[[Image | CompressedImage], None]:
         def callback(msg: Image | CompressedImage) -> None:
+            self.stats.images_received[camera] += 1
             stamp_ns = stamp_to_ns(msg.header.stamp)
             if stamp_ns < 0:  # ROS time cannot be negative: such a stamp can be neither looked up nor published
                 self._reject(camera, f"negative stamp {stamp_ns / 1e9:.9f} s")
+                return
+            if self._of_old_timeline(stamp_ns):
+                self.stats.images_discarded_after_reset += 1
                 return
             self._start_waiting(self.sync.add(camera, stamp_ns, msg, time.monotonic()))
         return callback
@@ -316,10 +347,14 @@ class CameraRigInput:
             self._node.get_logger().warning(f"dropped a camera set: no camera had TF: {tf_errors}")
             return
         frame = self._build_frame(camera_set, extrinsics, compensated)
-        if frame.cameras:
-            self.stats.frames += 1
-            self.stats.frames_uncompensated += self.tf.has_frame(self.fixed_frame) and not compensated
-            self._on_frame(frame)
+        if not frame.cameras:
+            self.stats.sets_dropped_no_cameras += 1
+            self._node.get_logger().warning(f"dropped a camera set: no usable camera: {frame.missing}",
+                                            throttle_duration_sec=5.0)
+            return
+        self.stats.frames += 1
+        self.stats.frames_uncompensated += self.tf.has_frame(self.fixed_frame) and not compensated
+        self._on_frame(frame)
 
     def _extrinsics(self, camera_set: CameraSet) -> tuple[dict[str, np.ndarray], dict[str, str], bool]:
         """output <- camera per camera, and why it failed for the others; whether all were compensated.

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import sys
 import time
+from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
@@ -33,7 +34,7 @@ from distillnerf_ros.input.rig_input import (
     rig_input_from_parameters,
 )
 from distillnerf_ros.nodes.diagnostics import RecentIncreases, publish_status
-from distillnerf_ros.nodes.perception_diagnostics import diagnostic_level, diagnostic_values, frame_losses
+from distillnerf_ros.nodes.perception_diagnostics import diagnostic_level, diagnostic_values, frame_losses, rig_counts
 from distillnerf_ros.nodes.perception_outputs import PerceptionOutputs, camera_topic_name
 from distillnerf_ros.nodes.perception_parameters import (
     BUNDLED_MODEL,
@@ -124,6 +125,7 @@ class PerceptionNode(LifecycleNode):
         self._decode_pool: ThreadPoolExecutor | None = None  # while active: decodes a frame's cameras at once
         self._counts = {"processed": 0, "skipped_no_subscribers": 0, "skipped_no_cameras": 0, "clock_behind_stamp": 0}
         self.counters = NodeCounters(self._counts, self.worker.counters)  # live view, for tests and diagnostics
+        self._retired_rig_counts: Counter = Counter()  # counters of the rig inputs of earlier activations
         self.last = {"processing_ms": 0.0, "latency_ms": 0.0, "model_ms": 0.0, "missing": {}, "distortion": {},
                      "error": "", "semantic_queries": "none set"}
         self.status_message = "unconfigured"
@@ -249,7 +251,9 @@ class PerceptionNode(LifecycleNode):
 
     def _stop_processing(self) -> None:
         if self.rig is not None:
-            self.rig.destroy()
+            self.rig.destroy()  # counts the camera sets it held (sets_discarded_on_stop)
+            for key, value in rig_counts(self.rig).items():
+                self._retired_rig_counts[key] += value
             self.rig = None
         self.worker.stop(timeout_s=30)
         if self._decode_pool is not None:  # after the worker: a frame being decoded still needs it
@@ -347,8 +351,17 @@ class PerceptionNode(LifecycleNode):
 
     # -- diagnostics ----------------------------------------------------------------------------------
     def losses(self) -> dict[str, int]:
-        """Frames and messages lost before an output, by reason (cumulative since the rig was created)."""
+        """Camera sets, frames and messages lost before an output, by reason (cumulative over the node's life)."""
         return frame_losses(self)
+
+    def rig_counts(self) -> dict[str, int]:
+        """The input path's counters (perception_diagnostics.rig_counts), summed over every activation."""
+        counts = dict(self._retired_rig_counts)
+        rig = self.rig
+        if rig is not None:
+            for key, value in rig_counts(rig).items():
+                counts[key] = counts.get(key, 0) + value
+        return counts
 
     def publish_diagnostics(self) -> None:
         """One DiagnosticStatus: the lifecycle state, processing time against thresholds, counters, what was

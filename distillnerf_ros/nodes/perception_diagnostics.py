@@ -10,16 +10,40 @@ from distillnerf_ros.nodes.diagnostics import RecentIncreases
 from distillnerf_ros.nodes.perception_semantics import teacher_description
 
 
+def rig_counts(rig) -> dict[str, int]:
+    """The counters of a rig input that only grow: what its synchroniser and TF cache did with what arrived."""
+    stats, sync, tf = rig.stats, rig.sync.stats, rig.tf
+    counts = {
+        "sets_emitted": sync.sets_emitted, "sets_flushed_idle": sync.sets_flushed_idle,
+        "sets_dropped_min_cameras": sync.sets_dropped, "sets_dropped_tf": stats.sets_dropped_tf,
+        "sets_replaced_waiting": stats.sets_replaced_waiting, "sets_dropped_no_cameras": stats.sets_dropped_no_cameras,
+        "sets_discarded_on_reset": sync.sets_discarded_on_reset + stats.sets_discarded_on_reset,
+        "sets_discarded_on_stop": stats.sets_discarded_on_stop, "frames_submitted": stats.frames,
+        "frames_uncompensated": stats.frames_uncompensated,
+        "images_discarded_on_reset": sync.discarded_on_reset + stats.images_discarded_after_reset,
+        "images_rejected": sum(stats.rejected_images.values()), "tf_rejected": tf.rejected,
+        "tf_evicted": tf.evicted, "tf_expired": tf.expired,
+    }
+    counts.update({f"tf_resets/{kind}": n for kind, n in tf.resets_by_kind.items()})
+    counts.update({f"images_received/{camera}": n for camera, n in stats.images_received.items()})
+    return counts
+
+
+# Where a camera set or frame can be lost before an output, by reason (every key is a counter of frame_losses).
+INPUT_LOSS_KEYS = ("sets_dropped_min_cameras", "sets_discarded_on_reset", "sets_dropped_tf", "sets_replaced_waiting",
+                   "sets_dropped_no_cameras", "sets_discarded_on_stop")
+EVENT_KEYS = ("images_discarded_on_reset", "images_rejected", "tf_rejected")
+
+
 def frame_losses(node) -> dict[str, int]:
-    """Frames and messages lost before an output, by reason (rig counters restart with each activation)."""
-    lost = {"dropped_busy": node.worker.counters.dropped_busy, "errors": node.worker.counters.errors,
+    """Camera sets and frames lost before an output, by reason, and rejected messages: cumulative over the
+    node's life (the counts of a rig input destroyed by a deactivation are kept)."""
+    worker = node.worker.counters
+    counts = node.rig_counts()
+    lost = {"dropped_busy": worker.dropped_busy, "errors": worker.errors,
+            "frames_discarded_on_stop": worker.discarded_on_stop + worker.dropped_stopped,
             "skipped_no_cameras": node.counters["skipped_no_cameras"]}
-    rig = node.rig
-    if rig is not None:
-        lost.update(sets_dropped_tf=rig.stats.sets_dropped_tf, sets_dropped_min_cameras=rig.sync.stats.sets_dropped,
-                    sets_replaced_waiting=rig.stats.sets_replaced_waiting,
-                    images_discarded_on_reset=rig.sync.stats.discarded_on_reset,
-                    images_rejected=sum(rig.stats.rejected_images.values()), tf_rejected=rig.tf.rejected)
+    lost.update({key: counts.get(key, 0) for key in INPUT_LOSS_KEYS + EVENT_KEYS})
     return lost
 
 
@@ -62,13 +86,15 @@ def diagnostic_values(node) -> dict:
     values["teacher"] = teacher_description(node.predictor)
     values.update({f"missing/{camera}": why for camera, why in last["missing"].items()})
     values.update(frame_losses(node))
+    counts = node.rig_counts()  # cumulative over activations
+    values.update({key: counts.get(key, 0) for key in ("sets_emitted", "sets_flushed_idle", "frames_submitted",
+                                                       "frames_uncompensated", "tf_evicted", "tf_expired")})
+    values["tf_resets"] = sum(n for key, n in counts.items() if key.startswith("tf_resets/"))
+    values.update({key: counts[key] for key in sorted(counts) if key.startswith(("tf_resets/", "images_received/"))})
     rig = node.rig
     if rig is not None:
         stats, tf = rig.stats, rig.tf
-        values.update(frames_uncompensated=stats.frames_uncompensated,
-                      sets_flushed_idle=rig.sync.stats.sets_flushed_idle, tf_resets=tf.resets, tf_evicted=tf.evicted,
-                      tf_expired=tf.expired, tf_dynamic_frames=tf.dynamic_frame_count)
-        values.update({f"tf_resets/{kind}": n for kind, n in sorted(tf.resets_by_kind.items())})
+        values["tf_dynamic_frames"] = tf.dynamic_frame_count
         left_out = sorted(rig.sync.stats.missing.items())
         values.update({f"sync_missing/{camera}/{kind}": n for (camera, kind), n in left_out})
         values.update({f"rejected/{camera}": f"{n} ({stats.rejected_reasons[camera]})"

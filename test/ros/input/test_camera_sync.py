@@ -100,3 +100,15 @@ def test_an_incomplete_last_set_is_closed_once_the_input_goes_quiet():
     assert camera_set.missing["c"] == "no message received yet"
     assert sync.stats.sets_flushed_idle == 1 and sync.stats.missing[("c", "never_received")] == 1
     assert sync.flush_idle(now_s=20.0, idle_s=2.0) is None, "nothing pending: nothing to close"
+
+
+def test_reset_counts_each_incomplete_set_it_drops_once():
+    sync = LatestCameraSynchronizer(["a", "b", "c"], max_camera_delay_s=0.05)
+    sync.add("a", 90_000_000_000, "old a")
+    sync.add("b", 90_010_000_000, "old b")  # two images of one set of the old timeline
+    sync.reset(keep_until_ns=2_000_000_000)
+    assert sync.stats.discarded_on_reset == 2 and sync.stats.sets_discarded_on_reset == 1
+    sync.add("a", 1_000_000_000, "new a")
+    sync.reset(keep_until_ns=2_000_000_000)  # only messages of the new timeline pending: nothing dropped
+    assert sync.stats.sets_discarded_on_reset == 1
+    assert sync.discard_pending() == 1 and sync.discard_pending() == 0

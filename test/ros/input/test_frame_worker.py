@@ -119,3 +119,21 @@ def test_stop_times_out_on_work_that_never_returns():
     assert wait_until(lambda: worker.busy)
     assert not worker.stop(timeout_s=0.1), "stop reports that the thread is still inside work()"
     never.set()
+
+
+def test_every_submitted_frame_ends_in_one_counter_even_when_stopped_while_waiting():
+    release, done = threading.Event(), []
+    worker = FrameWorker(lambda frame: (release.wait(5), done.append(frame)))
+    worker.start()
+    worker.submit("a")
+    assert wait_until(lambda: worker.busy)
+    worker.submit("replaced")
+    worker.submit("waiting")  # replaces "replaced" (dropped_busy); still waiting when stop() comes
+    release.set()
+    stopper = threading.Thread(target=worker.stop)
+    stopper.start()  # stop() lands while "a" may still finish: "waiting" is discarded, never processed
+    stopper.join(5)
+    counters = worker.counters
+    assert counters.dropped_busy == 1
+    assert counters.processed + counters.discarded_on_stop + counters.dropped_busy == counters.submitted == 3, counters
+    assert counters.discarded_on_stop == ("waiting" not in done), (counters, done)
