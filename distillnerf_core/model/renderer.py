@@ -9,7 +9,7 @@ reference's. Rays march in distance; the returned depth is camera z-depth.
 Speed: densities are needed at every sample, features only where the compositing weight matters, so
 features (and the per-sample feature head) are composited only for samples whose weight exceeds
 `feature_weight_threshold` (0 evaluates all samples). With nearest lookup a sample's features are one of
-V + 1 per-voxel rows, so the feature head runs once per voxel, not once per sample (`_feature_table`).
+V + 1 per-voxel rows, so the feature head runs once per referenced voxel, not once per sample.
 """
 
 from __future__ import annotations
@@ -115,6 +115,13 @@ def _select_hits(coarse: Hits, fine: Hits | None, sel: torch.Tensor, n_samples: 
                   for a, b in zip(vars(coarse).values(), vars(fine).values(), strict=True)))
 
 
+def _referenced_rows(ids: torch.Tensor, num_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct rows `ids` refer to (ascending) and `ids` renumbered into them, without sorting `ids`."""
+    used = torch.zeros(num_rows, dtype=torch.bool, device=ids.device).index_fill_(0, ids, True)
+    renumber = used.cumsum(0) - 1
+    return used.nonzero().squeeze(-1), renumber.index_select(0, ids)
+
+
 def _composite(
     table: torch.Tensor, ids: torch.Tensor, ray: torch.Tensor, weights: torch.Tensor, num_rays: int
 ) -> torch.Tensor:
@@ -141,6 +148,7 @@ class VoxelField:
     _logits: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     _features: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     _nested: bool | None = field(default=None, repr=False)  # computed when first needed (see _is_nested)
+    _parent_rows: torch.Tensor | None = field(default=None, repr=False)  # see nearest_feature_rows
 
     def __post_init__(self) -> None:
         # Density lookups read one column: a contiguous (V,) table keeps that gather and its backward small.
@@ -231,27 +239,32 @@ class VoxelField:
             parts.append(acc / w.sum(-1, keepdim=True).clamp_min(1e-8))
         return torch.cat(parts, dim=-1)
 
-    def nearest_feature_table(self) -> torch.Tensor | None:
-        """Every [fine | coarse] feature a nearest lookup can return, one row per case (Vf + Vc + 1, C):
-        fine voxel v -> [its features | its parent coarse voxel's], then coarse voxel u -> [0 | u's], then
-        a miss -> [0 | 0]; `nearest_feature_ids` addresses it. Per-sample work (gathers, the feature head)
-        then shrinks to one row per voxel. None unless the level ratio is a power of two: only then is a
-        point's coarse voxel exactly its fine voxel's parent (see `_is_nested`), so the pair is one row."""
+    def has_nearest_rows(self) -> bool:
+        """Whether a nearest sample's [fine | coarse] features are one of Vf + Vc + 1 rows (`nearest_feature_rows`):
+        true when the level ratio is a power of two, since only then is a point's coarse voxel exactly its fine
+        voxel's parent (see `_is_nested`). Per-sample work (gathers, the feature head) then becomes per-row."""
+        ratio = self.fine.resolution // self.coarse.resolution
+        return self.fine.resolution % self.coarse.resolution == 0 and ratio & (ratio - 1) == 0
+
+    def nearest_feature_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """[fine | coarse] features (len(rows), C) of rows of the nearest-lookup table (`has_nearest_rows`):
+        row v < Vf is fine voxel v with its parent coarse voxel, row Vf + u is coarse voxel u alone (zero fine
+        part), row Vf + Vc is a miss (zeros); `nearest_feature_ids` maps hits to rows."""
         fine, coarse = self.fine, self.coarse
-        ratio = fine.resolution // coarse.resolution
-        if fine.resolution % coarse.resolution or ratio & (ratio - 1):
-            return None
-        fine_feats, coarse_feats = self._features["fine"], self._features["coarse"]
-        coarse_padded = torch.cat([coarse_feats, coarse_feats.new_zeros(1, coarse_feats.shape[-1])])
-        parents = coarse.find(linearize(fine.batch, fine.coords // ratio, coarse.resolution))
-        parent_rows = torch.where(parents >= 0, parents, torch.full_like(parents, coarse.num_voxels))
-        fine_rows = torch.cat([fine_feats, coarse_padded.index_select(0, parent_rows)], dim=-1)
-        no_fine = coarse_padded.new_zeros(coarse_padded.shape[0], fine_feats.shape[-1])
-        coarse_rows = torch.cat([no_fine, coarse_padded], dim=-1)
-        return torch.cat([fine_rows, coarse_rows])
+        if self._parent_rows is None:  # each fine voxel's parent row, Vc where that coarse voxel is empty
+            ratio = fine.resolution // coarse.resolution
+            parents = coarse.find(linearize(fine.batch, fine.coords // ratio, coarse.resolution))
+            self._parent_rows = torch.where(parents >= 0, parents, torch.full_like(parents, coarse.num_voxels))
+        num_fine = fine.num_voxels
+        is_fine = rows < num_fine
+        parent = self._parent_rows.index_select(0, rows.clamp(max=max(num_fine - 1, 0))) if num_fine else rows
+        coarse_rows = torch.where(is_fine, parent, rows - num_fine)
+        fine_rows = torch.where(is_fine, rows, torch.full_like(rows, num_fine))
+        return torch.cat([gather_rows(self._features["fine"], fine_rows),
+                          gather_rows(self._features["coarse"], coarse_rows)], dim=-1)
 
     def nearest_feature_ids(self, hits: Hits) -> torch.Tensor:
-        """Rows of `nearest_feature_table` for nearest-lookup hits (.., 1) -> (..)."""
+        """Rows of `nearest_feature_rows` for nearest-lookup hits (.., 1) -> (..)."""
         fine_rows, coarse_rows = hits.fine_rows[..., 0], hits.coarse_rows[..., 0]
         num_fine = self.fine.num_voxels
         return torch.where(fine_rows < num_fine, fine_rows, coarse_rows + num_fine)
@@ -303,12 +316,11 @@ class VolumeRenderer(nn.Module):
         b, m = targets.batch_size, targets.num_cameras
         origins = rays.origins.reshape(b, -1, 3)
         dirs = rays.directions.reshape(b, -1, 3)
-        table = self._feature_table(field, sample_head) if features else None
         chunks = []
         step = max(1, self.cfg.chunk_rays // b if not torch.is_grad_enabled() else origins.shape[1])
         for start in range(0, origins.shape[1], step):
             sl = slice(start, start + step)
-            chunks.append(self._render_rays(field, origins[:, sl], dirs[:, sl], sample_head, features, table))
+            chunks.append(self._render_rays(field, origins[:, sl], dirs[:, sl], sample_head, features))
         dist, opacity, feats, head, weights = (
             torch.cat(parts, dim=1) if parts[0] is not None else None for parts in zip(*chunks, strict=True)
         )
@@ -325,21 +337,6 @@ class VolumeRenderer(nn.Module):
             weights=weights.view(b, m, h, w, -1),
         )
 
-    def _feature_table(
-        self, field: VoxelField, sample_head: Callable[[torch.Tensor], torch.Tensor] | None
-    ) -> torch.Tensor | None:
-        """For nearest lookup: `VoxelField.nearest_feature_table` with the head's output appended, computed
-        once per forward for every voxel instead of once per sample (same values: a nearest sample's
-        features are one of these rows). None for trilinear lookup (features blend 8 corners)."""
-        if self.cfg.lookup != "nearest":
-            return None
-        table = field.nearest_feature_table()
-        if table is None or sample_head is None:
-            return table
-        head_rows = sample_head(table)
-        dtype = torch.promote_types(table.dtype, head_rows.dtype)
-        return torch.cat([table.to(dtype), head_rows.to(dtype)], dim=-1)
-
     def _render_rays(
         self,
         field: VoxelField,
@@ -347,7 +344,6 @@ class VolumeRenderer(nn.Module):
         dirs: torch.Tensor,
         sample_head: Callable[[torch.Tensor], torch.Tensor] | None,
         features: bool = True,
-        table: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
         """Rays (B, R, 3) -> distance (B, R), opacity, features (B, R, C), head (B, R, D), weights (B, R, S)."""
         cfg = self.cfg
@@ -392,15 +388,18 @@ class VolumeRenderer(nn.Module):
         n_samples = t_all.shape[-1]
         sel = (weights > cfg.feature_weight_threshold).nonzero().squeeze(-1)
         ray_idx = sel // n_samples
-        if table is not None:
+        if cfg.lookup == "nearest" and field.has_nearest_rows():
+            # Features and the head per referenced table row, not per sample (same values; far fewer rows).
             ids_fine = None if hits_fine is None else field.nearest_feature_ids(hits_fine)[..., None]
             ids = _select_samples(field.nearest_feature_ids(hits)[..., None], ids_fine, sel, n_samples).squeeze(-1)
+            rows, ids = _referenced_rows(ids, field.fine.num_voxels + field.coarse.num_voxels + 1)
+            values = field.nearest_feature_rows(rows)
         else:
-            sample_feats = field.features(_select_hits(hits, hits_fine, sel, n_samples))
-            table = sample_feats if sample_head is None else torch.cat(
-                [sample_feats, sample_head(sample_feats).to(sample_feats.dtype)], dim=-1)
+            values = field.features(_select_hits(hits, hits_fine, sel, n_samples))
             ids = torch.arange(sel.numel(), device=sel.device)
-        composited = _composite(table, ids, ray_idx, weights.index_select(0, sel), b * r)
-        feat_img, head = composited.split([field.feature_dim, table.shape[-1] - field.feature_dim], dim=-1)
+        if sample_head is not None:
+            values = torch.cat([values, sample_head(values).to(values.dtype)], dim=-1)
+        composited = _composite(values, ids, ray_idx, weights.index_select(0, sel), b * r)
+        feat_img, head = composited.split([field.feature_dim, values.shape[-1] - field.feature_dim], dim=-1)
         head = head.reshape(b, r, -1) if sample_head is not None else None
         return dist, opacity, feat_img.view(b, r, -1), head, w_sorted

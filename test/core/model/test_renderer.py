@@ -177,7 +177,7 @@ def test_sync_free_gathers_equal_the_compacting_ones(monkeypatch, lookup):
 
 
 @pytest.mark.parametrize("nested", [True, False])
-def test_nearest_feature_table_rows_equal_the_per_sample_features(nested):
+def test_nearest_feature_rows_equal_the_per_sample_features(nested):
     """A nearest sample's [fine | coarse] features are one row of the per-voxel table, also where a fine
     voxel has no occupied coarse parent (the wall field) and for points that miss both levels."""
     from distillnerf_core.model.voxels import voxelize
@@ -194,15 +194,17 @@ def test_nearest_feature_table_rows_equal_the_per_sample_features(nested):
     hits = field.locate(queries, torch.zeros(len(queries), dtype=torch.long), "nearest")
     fine_hit = hits.fine_rows[:, 0] < field.fine.num_voxels
     assert fine_hit.sum() > 50 and (~fine_hit).sum() > 50, "test setup: fine hits and misses"
-    table = field.nearest_feature_table()
-    assert table.shape == (field.fine.num_voxels + field.coarse.num_voxels + 1, field.feature_dim)
+    assert field.has_nearest_rows()
+    table = field.nearest_feature_rows(torch.arange(field.fine.num_voxels + field.coarse.num_voxels + 1))
     assert torch.equal(table.index_select(0, field.nearest_feature_ids(hits)), field.features(hits))
+    some = torch.tensor([len(table) - 1, 0, field.fine.num_voxels, len(table) - 2, 0])  # any subset, any order
+    assert torch.equal(field.nearest_feature_rows(some), table.index_select(0, some))
 
 
 @pytest.mark.parametrize("fine_level", [True, False])
-def test_feature_table_path_equals_per_sample_features_and_head(monkeypatch, fine_level):
-    """Rendering features and the feature head from the per-voxel table gives the per-sample path's images
-    and parameter gradients (the head runs on ~V rows instead of every weighted sample)."""
+def test_feature_rows_path_equals_per_sample_features_and_head(monkeypatch, fine_level):
+    """Rendering features and the feature head from the referenced per-voxel rows gives the per-sample path's
+    images and parameter gradients (the head runs on at most V rows instead of every weighted sample)."""
     from distillnerf_core.model.distillnerf import DistillNeRFModel
 
     torch.manual_seed(0)
@@ -220,7 +222,7 @@ def test_feature_table_path_equals_per_sample_features_and_head(monkeypatch, fin
         return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     table_out, table_grads = run()
-    monkeypatch.setattr(VolumeRenderer, "_feature_table", lambda self, field, head: None)
+    monkeypatch.setattr(VoxelField, "has_nearest_rows", lambda self: False)
     sample_out, sample_grads = run()
     for name in ("features", "field_features", "rgb", "depth"):
         a, b = getattr(table_out, name), getattr(sample_out, name)
