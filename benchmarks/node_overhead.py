@@ -99,7 +99,7 @@ def main() -> int:
     outputs = PerceptionOutputs.create(node, [r.channel for r in records])
     node.trigger_configure()
     node.trigger_activate()  # lifecycle publishers publish only while active
-    pool = decode_pool(len(records))
+    pool = decode_pool(len(records))  # None on one CPU: "pool" then decodes serially too
     samples: dict[str, list[float]] = {}
     for round_index in range(args.iters + 1):  # round 0 warms up (model, thread pools) and is not kept
         frames = {mode: rig_frame(records, messages) for mode in ("serial", "pool")}

@@ -15,8 +15,9 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 from rclpy.clock import Clock, ClockType, JumpThreshold
@@ -37,6 +38,8 @@ from distillnerf_ros.conversions.images import ImageConversionError, message_to_
 from distillnerf_ros.conversions.rectify import DistortionError, Rectifier, has_distortion
 from distillnerf_ros.input.camera_sync import CameraSet, LatestCameraSynchronizer
 from distillnerf_ros.input.tf_cache import FrameNotAvailableError, TfCache, TfLookupError, stamp_to_ns
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -74,15 +77,15 @@ class RigFrame:
         """Convert the messages to RGB + intrinsics; cameras that fail move to `missing` (returned too).
 
         min_hw lets JPEGs decode at a reduced size no smaller than (height, width), with K scaled to match.
-        With `pool`, the cameras are decoded on its threads at once: the JPEG decoder (and numpy in the
-        rectification) releases the GIL, so 6 cameras take about half the time on 2 cores.
+        With `pool` (decode_pool), its threads decode cameras alongside this one (share_jobs): the JPEG
+        decoder releases the GIL, so 6 cameras take about half the time on 2 idle cores.
         """
         jobs = [functools.partial(self._convert, index, min_hw) for index in range(len(self.cameras))]
-        futures = [pool.submit(job) for job in jobs] if pool is not None else None
+        outcomes = share_jobs(jobs, pool) if pool is not None else None
         failures, keep = {}, []
         for index, camera in enumerate(self.cameras):
             try:
-                rgb, intrinsics, distortion = futures[index].result() if futures else jobs[index]()
+                rgb, intrinsics, distortion = outcomes[index].result() if outcomes else jobs[index]()
             except (ImageConversionError, CameraInfoError, DistortionError) as error:
                 failures[camera] = str(error)
                 continue
@@ -117,10 +120,28 @@ class RigFrame:
         return rectified, intrinsics, f"rectified ({model})"
 
 
-def decode_pool(cameras: int) -> ThreadPoolExecutor:
-    """Threads for RigFrame.decode: one per CPU, never more than there are cameras."""
-    return ThreadPoolExecutor(max_workers=max(1, min(cameras, os.cpu_count() or 1)),
-                              thread_name_prefix="rig_decode")
+def decode_pool(cameras: int) -> ThreadPoolExecutor | None:
+    """Helper threads for RigFrame.decode: one per CPU beyond the decoding thread's own, never more than the
+    other cameras; None on one CPU (decoding stays on the calling thread)."""
+    helpers = min(cameras - 1, (os.cpu_count() or 1) - 1)
+    return ThreadPoolExecutor(max_workers=helpers, thread_name_prefix="rig_decode") if helpers > 0 else None
+
+
+def share_jobs(jobs: list[Callable[[], T]], pool: Executor) -> list[Future[T]]:
+    """Run `jobs` on `pool` and on this thread at once; each job's outcome, in order. The pool starts them from
+    the front, this thread takes the ones not started yet from the back: on a loaded machine, a helper thread
+    that gets no CPU holds up at most the one job it started (waiting on the pool alone waited for all)."""
+    futures = [pool.submit(job) for job in jobs]
+    outcomes = list(futures)
+    for index in reversed(range(len(jobs))):
+        if not futures[index].cancel():  # running or done on the pool: the pool starts the rest before it
+            break
+        outcomes[index] = Future()
+        try:
+            outcomes[index].set_result(jobs[index]())
+        except Exception as error:  # noqa: BLE001 - handed to the caller through the outcome, as a pool would
+            outcomes[index].set_exception(error)
+    return outcomes
 
 
 @dataclass

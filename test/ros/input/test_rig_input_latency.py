@@ -1,10 +1,12 @@
 """CameraRigInput's latency paths: a waiting set goes out as soon as what it waited for arrives (not on the
-next retry tick), and decoding on a thread pool gives the serial result. Callbacks are called directly,
-without spinning, so no timer can be what released a set."""
+next retry tick), and decoding shared with a thread pool gives the serial result without waiting for a busy
+helper. Callbacks are called directly, without spinning, so no timer can be what released a set."""
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 from std_msgs.msg import Header
 from tf2_msgs.msg import TFMessage
 
@@ -13,7 +15,7 @@ from distillnerf_ros.conversions.camera_info import CameraIntrinsics, intrinsics
 from distillnerf_ros.conversions.images import rgb_to_compressed_image, rgb_to_image
 from distillnerf_ros.conversions.nuscenes_messages import stamp_from_us, transform_stamped
 from distillnerf_ros.conversions.rectify import Rectifier
-from distillnerf_ros.input.rig_input import CameraRigInput, RigFrame, input_qos, topics_from_format
+from distillnerf_ros.input.rig_input import CameraRigInput, RigFrame, input_qos, share_jobs, topics_from_format
 
 CAMERAS = ["front", "left", "back"]
 OPTICAL = quaternion_to_matrix([0.5, -0.5, 0.5, -0.5])
@@ -109,3 +111,18 @@ def test_decoding_on_a_pool_gives_the_serial_result():
     assert all(np.array_equal(a.K, b.K) for a, b in zip(pooled.intrinsics, serial.intrinsics, strict=True))
     assert [m.header.frame_id for m in pooled.messages] == ["a_optical", "c_optical", "distorted_optical",
                                                             "e_optical"]
+
+
+def test_shared_jobs_do_not_wait_for_a_helper_that_gets_no_cpu():
+    def fail() -> int:
+        raise ValueError("bad camera")
+
+    release = threading.Event()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(release.wait, 10)  # the only helper is busy (descheduled, on a loaded machine)
+        outcomes = share_jobs([lambda: 0, fail, lambda: 2], pool)
+        assert all(outcome.done() for outcome in outcomes), "this thread must run the jobs the pool has not started"
+        release.set()
+    assert [outcomes[0].result(), outcomes[2].result()] == [0, 2]
+    with pytest.raises(ValueError, match="bad camera"):
+        outcomes[1].result()
