@@ -42,6 +42,18 @@ def _renderer(lookup):
     return VolumeRenderer(cfg, edges).eval()
 
 
+def _tiny_model(train=False, lookup="nearest", fine_level=True):
+    """The tiny model with random weights, a ring of 6 cameras and random images."""
+    from distillnerf_core.model.distillnerf import DistillNeRFModel
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.load("tiny")
+    cfg.renderer.lookup = lookup
+    cfg.voxels.fine_level = fine_level
+    model = DistillNeRFModel(cfg).train(train)
+    return model, ring_rig(6, tuple(cfg.image_hw)), torch.rand(1, 6, 3, *cfg.image_hw)
+
+
 @pytest.mark.parametrize("lookup", ["nearest", "trilinear"])
 def test_wall_depth_within_one_percent(lookup):
     field, surface = _wall_field()
@@ -159,14 +171,8 @@ def test_sync_free_gathers_equal_the_compacting_ones(monkeypatch, lookup):
     forced here on the CPU, the whole model's outputs must be bit-identical to the compacting path."""
     from distillnerf_core.model import renderer as renderer_module
     from distillnerf_core.model import voxels as voxels_module
-    from distillnerf_core.model.distillnerf import DistillNeRFModel
 
-    torch.manual_seed(0)
-    cfg = ModelConfig.load("tiny")
-    cfg.renderer.lookup = lookup
-    model = DistillNeRFModel(cfg).eval()
-    rig = ring_rig(6, tuple(cfg.image_hw))
-    images = torch.rand(1, 6, 3, *cfg.image_hw)
+    model, rig, images = _tiny_model(lookup=lookup)
     with torch.no_grad():
         compacted = model(images, rig.intrinsics, rig.cam2ego)
         for module in (voxels_module, renderer_module):
@@ -205,14 +211,7 @@ def test_nearest_feature_rows_equal_the_per_sample_features(nested):
 def test_feature_rows_path_equals_per_sample_features_and_head(monkeypatch, fine_level):
     """Rendering features and the feature head from the referenced per-voxel rows gives the per-sample path's
     images and parameter gradients (the head runs on at most V rows instead of every weighted sample)."""
-    from distillnerf_core.model.distillnerf import DistillNeRFModel
-
-    torch.manual_seed(0)
-    cfg = ModelConfig.load("tiny")
-    cfg.voxels.fine_level = fine_level
-    model = DistillNeRFModel(cfg).train()
-    rig = ring_rig(6, tuple(cfg.image_hw))
-    images = torch.rand(1, 6, 3, *cfg.image_hw)
+    model, rig, images = _tiny_model(train=True, fine_level=fine_level)
 
     def run():
         torch.manual_seed(1)  # the same jitter in both runs
@@ -234,13 +233,7 @@ def test_feature_rows_path_equals_per_sample_features_and_head(monkeypatch, fine
 
 def test_chunked_inference_equals_one_chunk():
     """Without gradients rays go in chunks of `chunk_rays` (memory bound): the images are the same."""
-    from distillnerf_core.model.distillnerf import DistillNeRFModel
-
-    torch.manual_seed(0)
-    cfg = ModelConfig.load("tiny")
-    model = DistillNeRFModel(cfg).eval()
-    rig = ring_rig(6, tuple(cfg.image_hw))
-    images = torch.rand(1, 6, 3, *cfg.image_hw)
+    model, rig, images = _tiny_model()
     with torch.no_grad():
         whole = model(images, rig.intrinsics, rig.cam2ego)
         model.renderer.cfg.chunk_rays = 37  # not a divisor of the ray count
