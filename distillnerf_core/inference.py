@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image as PILImage
 
+from distillnerf_core.model.cameras import ring_rig
 from distillnerf_core.model.distillnerf import DistillNeRFModel
 from distillnerf_core.model.occupancy import OccupancyConfig, query_occupancy
 from distillnerf_core.teachers.query import QueryConfig, QueryResult, SemanticQuerier, SemanticsUnavailableError
@@ -170,6 +171,17 @@ class ScenePredictor:
         self.model = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+    def warm_up(self, num_cameras: int, rgb: bool = False) -> float:
+        """Predict one synthetic frame (random pixels, a ring of `num_cameras` cameras at the model's input
+        size) so that compilation (`compile=True`) and first-call allocations happen now rather than at the
+        first real frame of that camera count; returns its seconds."""
+        rig = ring_rig(num_cameras, self.input_hw)
+        rng = np.random.default_rng(0)
+        images = [rng.integers(0, 256, (*self.input_hw, 3), dtype=np.uint8) for _ in range(num_cameras)]
+        started = time.perf_counter()
+        self.predict(images, list(rig.intrinsics[0].numpy()), list(rig.cam2ego[0].numpy()), rgb=rgb)
+        return time.perf_counter() - started
 
     def _inputs(self, images: list[np.ndarray], intrinsics: list[np.ndarray], ego_from_camera: list[np.ndarray]
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

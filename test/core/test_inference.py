@@ -92,7 +92,12 @@ def test_compiled_predictor_gives_the_eager_predictions():
     images = [np.random.default_rng(i).integers(0, 255, (64, 96, 3), dtype=np.uint8) for i in range(6)]
     want = eager.predict(images, Ks, poses, rgb=True)
     compiled = ScenePredictor(model, "cpu", occupancy=OccupancyConfig(voxel_size=1.0, threshold=0.0), compile=True)
+    from torch._dynamo.utils import counters
+
+    assert compiled.warm_up(6, rgb=True) > 0  # compiles the 6-camera graphs now, not at the first frame
+    graphs = counters["stats"]["unique_graphs"]
     got = compiled.predict(images, Ks, poses, rgb=True)
+    assert counters["stats"]["unique_graphs"] == graphs, "the first real frame compiled again after warm_up"
     assert model.compile_errors == {}, f"stages fell back to eager: {model.compile_errors}"
     np.testing.assert_allclose(got.depth, want.depth, rtol=1e-4, atol=1e-4, err_msg="depth differs when compiled")
     assert np.abs(got.rgb.astype(int) - want.rgb.astype(int)).max() <= 1, "RGB differs when compiled"
