@@ -34,6 +34,7 @@ from distillnerf_ros.input.rig_input import (
     rig_input_from_parameters,
 )
 from distillnerf_ros.nodes.diagnostics import RecentIncreases, publish_status
+from distillnerf_ros.nodes.memory import release_free_heap
 from distillnerf_ros.nodes.perception_diagnostics import diagnostic_level, diagnostic_values, frame_losses, rig_counts
 from distillnerf_ros.nodes.perception_outputs import PerceptionOutputs, camera_topic_name
 from distillnerf_ros.nodes.perception_parameters import (
@@ -121,7 +122,8 @@ class PerceptionNode(LifecycleNode):
         self.query_service = None
         self._query_times: list[float] = []
         self.queries = SceneQueries()
-        self.worker: FrameWorker[RigFrame] = FrameWorker(self._process, self._on_worker_error, "distillnerf_inference")
+        self.worker: FrameWorker[RigFrame] = FrameWorker(self._process_and_trim, self._on_worker_error,
+                                                         "distillnerf_inference")
         self._decode_pool: ThreadPoolExecutor | None = None  # while active: decodes a frame's cameras at once
         self._counts = {"processed": 0, "skipped_no_subscribers": 0, "skipped_no_cameras": 0, "clock_behind_stamp": 0}
         self.counters = NodeCounters(self._counts, self.worker.counters)  # live view, for tests and diagnostics
@@ -264,6 +266,12 @@ class PerceptionNode(LifecycleNode):
     def _on_worker_error(self, error: BaseException) -> None:
         self.last["error"] = f"inference failed: {type(error).__name__}: {error}"
         self.get_logger().error(self.last["error"], throttle_duration_sec=5.0)
+
+    def _process_and_trim(self, frame: RigFrame) -> None:
+        try:
+            self._process(frame)
+        finally:  # what this frame's tensors and images freed goes back to the OS (see nodes/memory.py)
+            release_free_heap()
 
     def _process(self, frame: RigFrame) -> None:
         started = time.perf_counter()
