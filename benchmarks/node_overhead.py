@@ -92,6 +92,7 @@ def main() -> int:
     parser.add_argument("--json", default="")
     args = parser.parse_args()
 
+    load_at_start = os.getloadavg()[0]
     records, messages = keyframe(args.dataroot)
     predictor = ScenePredictor(bundled_model_path(), "cpu")
     rclpy.init()
@@ -113,12 +114,14 @@ def main() -> int:
     medians = {step: statistics.median(values) for step, values in samples.items()}
     outside = ("wanted", "publish_prediction", "publish_timing x4")
     result = {"dataroot": args.dataroot, "iters": args.iters, "cpu_count": os.cpu_count(), "cameras": len(records),
+              "load_avg_1min": {"start": load_at_start, "end": os.getloadavg()[0]},  # the shared machine's other work
               "model_input_hw": list(predictor.input_hw), "decoded_hw": list(frames["pool"].images[0].shape[:2]),
               "voxels": len(prediction.voxel_centers), "median_ms": medians,
               "min_ms": {step: min(values) for step, values in samples.items()},
               "in_node_outside_model_ms": {mode: medians[f"decode_{mode}"] + sum(medians[s] for s in outside)
                                            for mode in ("serial", "pool")}}
-    print(f"{'step':<34}{'median':>9}{'min':>9}   (ms, {args.iters} rounds, {os.cpu_count()} CPUs)")
+    print(f"{'step':<34}{'median':>9}{'min':>9}   (ms, {args.iters} rounds, {os.cpu_count()} CPUs,"
+          f" load {result['load_avg_1min']['start']:.1f} -> {result['load_avg_1min']['end']:.1f})")
     for step, value in medians.items():
         print(f"{step:<34}{value:>9.2f}{result['min_ms'][step]:>9.2f}")
     for mode, value in result["in_node_outside_model_ms"].items():
