@@ -157,7 +157,10 @@ class PerceptionNode(LifecycleNode):
             self.transition_failed("configure", f"{type(error).__name__}: {error}"
                                    if not isinstance(error, OSError | ValueError | RuntimeError) else str(error))
             return TransitionCallbackReturn.FAILURE
-        self.outputs = PerceptionOutputs.create(self, list(self.get_parameter("cameras").value))
+        cameras = list(self.get_parameter("cameras").value)
+        if self.get_parameter("compile").value:
+            self._compile_on_warm_up_frame(len(cameras))
+        self.outputs = PerceptionOutputs.create(self, cameras)
         self.query_service = self.create_service(QueryScene, "~/query_scene", self._query_scene, qos_profile=QUERY_QOS)
         self.status_message = "configured"
         self.get_logger().info(f"loaded {self.model_path} on {self.predictor.device} ({self.predictor.precision})")
@@ -220,14 +223,24 @@ class PerceptionNode(LifecycleNode):
 
             torch.set_num_threads(threads)
         occupancy = occupancy_config_from_parameters(self)
+        compile_stages = self.get_parameter("compile").value
         try:
-            return ScenePredictor(self.model_path, device, precision, occupancy)
+            return ScenePredictor(self.model_path, device, precision, occupancy, compile=compile_stages)
         except DeviceUnavailableError as error:
             if not self.get_parameter("device_fallback").value:
                 raise
             self.get_logger().warning(f"{error}; falling back to the CPU (device_fallback is true)")
             self.last["error"] = f"{error}; running on the CPU"
-            return ScenePredictor(self.model_path, "cpu", "fp32" if precision == "fp16" else precision, occupancy)
+            return ScenePredictor(self.model_path, "cpu", "fp32" if precision == "fp16" else precision, occupancy,
+                                  compile=compile_stages)
+
+    def _compile_on_warm_up_frame(self, num_cameras: int) -> None:
+        """Compile now (configure) rather than at the first frame; failures fall back to eager stages."""
+        self.get_logger().info(f"compile: compiling on a warm-up frame of {num_cameras} cameras")
+        seconds = self.predictor.warm_up(num_cameras, rgb=self.get_parameter("publish_rendered").value)
+        failed = self.predictor.model.compile_errors
+        self.get_logger().info(f"compile: warm-up frame took {seconds:.1f} s"
+                               + (f"; running eagerly: {', '.join(failed)}" if failed else ""))
 
     def _release(self) -> None:
         if self.outputs is not None:

@@ -84,6 +84,9 @@ def diagnostic_values(node) -> dict:
     values.update({f"distortion/{camera}": what for camera, what in last["distortion"].items()})
     values["device"] = str(node.predictor.device) if node.predictor else "none"
     values["teacher"] = teacher_description(node.predictor)
+    if node.predictor is not None and node.get_parameter("compile").value:
+        failed = node.predictor.model.compile_errors
+        values["compile_errors"] = "; ".join(f"{stage}: {why}" for stage, why in failed.items()) or "none"
     values.update({f"missing/{camera}": why for camera, why in last["missing"].items()})
     values.update(frame_losses(node))
     counts = node.rig_counts()  # cumulative over activations

@@ -230,3 +230,23 @@ def test_lifecycle_creates_enables_and_destroys_the_outputs(session, tiny_checkp
     assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
     assert node.outputs is None and node.predictor is None
     assert session.spin_until(lambda: not node.get_publishers_info_by_topic(topic), 5), "cleanup destroys them"
+
+
+def test_compile_parameter_compiles_on_configure_then_processes_frames(session, tiny_checkpoint):
+    """compile: the static stages compile on a warm-up frame during configure; the first real 6-camera frame
+    compiles nothing more, its outputs arrive, and /diagnostics says no stage fell back to eager."""
+    from torch._dynamo.utils import counters
+
+    from distillnerf_ros.nodes.perception_diagnostics import diagnostic_values
+
+    node = start_node(session, model_path=str(tiny_checkpoint), compile=True)
+    assert node.status_message == "active", node.last["error"]
+    assert diagnostic_values(node)["compile_errors"] == "none"
+    graphs = counters["stats"]["unique_graphs"]
+    received = listen(session, session.node("sink"), {f"{NODE}/occupancy": PointCloud2})
+    publisher = session.node("keyframe", DatarootPublisher, dataroot=str(REPO / "data/nuscenes_sample"), version=None)
+    wait_for_match(session, list(publisher.image_pubs.values()))
+    publisher.publish_all()
+    assert session.spin_until(lambda: bool(received), 60), f"no ~/occupancy; node: {node.counters} {node.last}"
+    assert counters["stats"]["unique_graphs"] == graphs, "the first frame compiled again after the warm-up"
+    assert node.counters["processed"] == 1 and node.counters["errors"] == 0
