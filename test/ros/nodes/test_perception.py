@@ -250,3 +250,24 @@ def test_compile_parameter_compiles_on_configure_then_processes_frames(session, 
     assert session.spin_until(lambda: bool(received), 60), f"no ~/occupancy; node: {node.counters} {node.last}"
     assert counters["stats"]["unique_graphs"] == graphs, "the first frame compiled again after the warm-up"
     assert node.counters["processed"] == 1 and node.counters["errors"] == 0
+
+
+def test_no_negative_latency_when_the_clock_is_behind_the_images(session, tiny_checkpoint):
+    """use_sim_time with no /clock yet (time 0) and images stamped in 2018: the frame is processed, but neither
+    the input delay nor the pipeline latency is published (they would be negative); clock_behind_stamp counts
+    them."""
+    node = start_node(session, model_path=str(tiny_checkpoint), use_sim_time=True)
+    assert node.status_message == "active", node.last["error"]
+    latencies = []
+    received = listen(session, session.node("sink"), {f"{NODE}/occupancy": PointCloud2})
+    for series in ("pipeline_latency_ms", "input_delay_ms"):
+        session.node(f"sink_{series}").create_subscription(Float64, f"{NODE}/debug/{series}", latencies.append,
+                                                           RELIABLE)
+    publisher = session.node("keyframe", DatarootPublisher, dataroot=str(REPO / "data/nuscenes_sample"), version=None)
+    wait_for_match(session, list(publisher.image_pubs.values()))
+    publisher.publish_all()
+    assert session.spin_until(lambda: bool(received), 60), f"no ~/occupancy; node: {node.counters} {node.last}"
+    session.spin_until(lambda: False, 0.5)  # a latency message would have arrived by now
+    assert latencies == [], f"negative latency published: {[m.data for m in latencies]}"
+    assert node.counters["processed"] == 1
+    assert node.counters["clock_behind_stamp"] == 2, "one per since-stamp series: input delay and latency"
