@@ -44,6 +44,23 @@ sys.exit(service.run())
 """
 
 
+def stop_group(process: subprocess.Popen, sig: int, timeout_s: float) -> str:
+    """Signal the process's group (started with start_new_session), then SIGKILL the group if it has not
+    exited within timeout_s: a launched node must never outlive its test and answer for the next one."""
+    os.killpg(process.pid, sig)
+    try:
+        output, _ = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        output = ""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # children the launch runner left behind, if any
+    except ProcessLookupError:
+        pass
+    if process.poll() is None:
+        output, _ = process.communicate()
+    return output
+
+
 @NEEDS_LAUNCH
 def test_launch_file_describes_the_perception_node(monkeypatch):
     monkeypatch.setenv("AMENT_PREFIX_PATH", sys.prefix)  # make setup installs the package's share folder here
@@ -67,7 +84,7 @@ def test_launch_file_runs_the_node_that_answers_the_keyframe(tiny_checkpoint, tm
                                                                            os.environ.get("AMENT_PREFIX_PATH")]))}
     process = subprocess.Popen([sys.executable, "-c", LAUNCH_RUNNER, str(REPO / "launch" / "perception.launch.py"),
                                 f"config:={config}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, env=env)
+                               text=True, env=env, start_new_session=True)
     session = RosSession()
     received = []
     try:
@@ -80,12 +97,7 @@ def test_launch_file_runs_the_node_that_answers_the_keyframe(tiny_checkpoint, tm
         got = session.spin_until(lambda: bool(received), 60)
     finally:
         session.close()
-        process.send_signal(signal.SIGINT)
-        try:
-            output, _ = process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            output, _ = process.communicate()
+        output = stop_group(process, signal.SIGINT, 30)
     assert got, f"no ~/occupancy from the launched node; launch output:\n{output}"
     assert received[0].header.frame_id == "base_link"
     assert "perception_node" in output and f"loaded {tiny_checkpoint}" in output, output
@@ -93,24 +105,20 @@ def test_launch_file_runs_the_node_that_answers_the_keyframe(tiny_checkpoint, tm
 
 def test_executable_starts_with_the_launch_yaml_and_reports_diagnostics(tiny_checkpoint):
     session = RosSession()
+    name = "perception_executable_test"  # its own node name: another node's diagnostics cannot pass for it
     process = subprocess.Popen(
-        [sys.executable, str(REPO / "scripts" / "perception_node"), "--ros-args", "--params-file",
-         str(REPO / "config" / "perception.yaml"), "-p", f"model_path:={tiny_checkpoint}"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+        [sys.executable, str(REPO / "scripts" / "perception_node"), "--ros-args", "-r", f"__node:={name}",
+         "--params-file", str(REPO / "config" / "perception.yaml"), "-p", f"model_path:={tiny_checkpoint}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy(), start_new_session=True)
     try:
         statuses = []
         session.node("listener").create_subscription(
             DiagnosticArray, "/diagnostics", lambda m: statuses.extend(m.status), 10)
-        up = session.spin_until(lambda: any(s.name.startswith("distillnerf_perception") and s.message == "active"
+        up = session.spin_until(lambda: any(s.name.startswith(f"{name}:") and s.message == "active"
                                             for s in statuses), 60)
         assert up, f"perception_node did not come up active; diagnostics: {[s.message for s in statuses]}"
     finally:
-        process.terminate()
-        try:
-            output, _ = process.communicate(timeout=10)
-        except subprocess.TimeoutExpired:  # rclpy sometimes ignores SIGTERM for a while
-            process.kill()
-            output, _ = process.communicate()
+        output = stop_group(process, signal.SIGTERM, 10)
         session.close()
     assert f"loaded {tiny_checkpoint}" in output, output
 

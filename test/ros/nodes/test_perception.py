@@ -247,7 +247,9 @@ def test_compile_parameter_compiles_on_configure_then_processes_frames(session, 
     publisher = session.node("keyframe", DatarootPublisher, dataroot=str(REPO / "data/nuscenes_sample"), version=None)
     wait_for_match(session, list(publisher.image_pubs.values()))
     publisher.publish_all()
-    assert session.spin_until(lambda: bool(received), 60), f"no ~/occupancy; node: {node.counters} {node.last}"
+    # processed is counted after the outputs are published: wait for both
+    assert session.spin_until(lambda: bool(received) and node.counters["processed"] == 1, 60), (
+        f"no ~/occupancy; node: {node.counters} {node.last}")
     assert counters["stats"]["unique_graphs"] == graphs, "the first frame compiled again after the warm-up"
     assert node.counters["processed"] == 1 and node.counters["errors"] == 0
 
@@ -266,7 +268,8 @@ def test_no_negative_latency_when_the_clock_is_behind_the_images(session, tiny_c
     publisher = session.node("keyframe", DatarootPublisher, dataroot=str(REPO / "data/nuscenes_sample"), version=None)
     wait_for_match(session, list(publisher.image_pubs.values()))
     publisher.publish_all()
-    assert session.spin_until(lambda: bool(received), 60), f"no ~/occupancy; node: {node.counters} {node.last}"
+    assert session.spin_until(lambda: bool(received) and node.counters["processed"] == 1, 60), (
+        f"no ~/occupancy; node: {node.counters} {node.last}")
     session.spin_until(lambda: False, 0.5)  # a latency message would have arrived by now
     assert latencies == [], f"negative latency published: {[m.data for m in latencies]}"
     assert node.counters["processed"] == 1
