@@ -93,3 +93,16 @@ def test_gather_rows_equals_padded_indexing_and_never_reads_misses():
     assert sorted(log.sizes) == [("index_add", hits), ("index_select", hits)], (
         f"only the {hits} hits may be gathered and scattered back, got {log.sizes}")
     assert torch.equal(gather_rows(table[:, 0], rows), old[..., 0]), "1-D tables (density logits) too"
+
+
+def test_gather_rows_without_backward_reads_misses_as_zeros():
+    """The no-grad path (one gather from a zero-padded table) gives the same values, empty tables included."""
+    g = torch.Generator().manual_seed(3)
+    table = torch.randn(7, 3, generator=g)
+    rows = torch.randint(0, 8, (50, 8), generator=g)  # 7 = a miss
+    expected = torch.cat([table, table.new_zeros(1, 3)])[rows]
+    with torch.no_grad():
+        assert torch.equal(gather_rows(table, rows), expected)
+        assert torch.equal(gather_rows(table.requires_grad_(True), rows), expected)
+        empty = gather_rows(torch.zeros(0, 3), torch.zeros(4, 2, dtype=torch.long))
+    assert empty.shape == (4, 2, 3) and not empty.any()
