@@ -7,6 +7,7 @@ train_summary.json into the run directory. The command line is `distillnerf-trai
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import math
@@ -339,5 +340,9 @@ def train(cfg: TrainConfig, dataroot: str, version: str, out: str | Path, max_st
             if len(set(hashes)) != 1:
                 print(f"WARNING: ranks hold different weights: {hashes}", file=sys.stderr)
         dist.barrier()
+        # The DDP reducer holds the process group: free it first so that destroy really tears the group down
+        # now, not in the interpreter's finalisation (a rank once aborted at exit after a finished run).
+        del ddp_module
+        gc.collect()
         dist.destroy_process_group()
     return summary

@@ -101,7 +101,10 @@ def test_looped_bag_with_sim_time_keeps_the_perception_node_working(keyframe_bag
         assert counters["processed"] + counters["dropped_busy"] == 3, f"one frame per loop: {counters} {node.last}"
         assert counters["processed"] >= 2, f"processing must go on after the time jump: {counters}"
         assert counters["errors"] == 0 and node.status_message == "active"
-        assert len({c.header.stamp.nanosec for c in clouds}) == 1, "each loop replays the same frame"
+        # Each loop replays the same keyframe: every output carries one of its camera stamps (the set's trigger
+        # is its last camera, or an earlier one when a camera delivered late on a loaded machine is left out).
+        stamps = [c.header.stamp.sec * 10**9 + c.header.stamp.nanosec for c in clouds]
+        assert max(stamps) - min(stamps) < 100_000_000, f"outputs of more than one instant: {stamps}"
         assert all(0 <= latency < 60_000 for latency in latencies), f"sim-time latencies {latencies}"
     finally:
         session.close()
