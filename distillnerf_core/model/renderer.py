@@ -148,7 +148,7 @@ class VoxelField:
     _logits: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     _features: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     _nested: bool | None = field(default=None, repr=False)  # computed when first needed (see _is_nested)
-    _parent_rows: torch.Tensor | None = field(default=None, repr=False)  # see nearest_feature_rows
+    _parent_rows: torch.Tensor | None = field(default=None, repr=False)  # see _fine_parent_rows
 
     def __post_init__(self) -> None:
         # Density lookups read one column: a contiguous (V,) table keeps that gather and its backward small.
@@ -162,14 +162,16 @@ class VoxelField:
         coarse voxel is exactly its fine voxel // ratio (scaling a float by 2^k is exact), and a point
         outside the occupied coarse voxels cannot hit the fine level: nearest lookups search the fine
         level only for coarse hits, with results identical to searching both levels everywhere."""
-        rf, rc = self.fine.resolution, self.coarse.resolution
-        ratio = rf // rc
-        if rf % rc or ratio & (ratio - 1):
-            return False
-        if self.fine.num_voxels == 0:
-            return True
-        parents = linearize(self.fine.batch, self.fine.coords // ratio, rc)
-        return bool((self.coarse.find(parents) >= 0).all())
+        return self.has_nearest_rows() and bool((self._fine_parent_rows() < self.coarse.num_voxels).all())
+
+    def _fine_parent_rows(self) -> torch.Tensor:
+        """Each fine voxel's parent row in the coarse level, Vc where that coarse voxel is empty (cached)."""
+        if self._parent_rows is None:
+            fine, coarse = self.fine, self.coarse
+            ratio = fine.resolution // coarse.resolution
+            parents = coarse.find(linearize(fine.batch, fine.coords // ratio, coarse.resolution))
+            self._parent_rows = torch.where(parents >= 0, parents, torch.full_like(parents, coarse.num_voxels))
+        return self._parent_rows
 
     @property
     def feature_dim(self) -> int:
@@ -250,14 +252,9 @@ class VoxelField:
         """[fine | coarse] features (len(rows), C) of rows of the nearest-lookup table (`has_nearest_rows`):
         row v < Vf is fine voxel v with its parent coarse voxel, row Vf + u is coarse voxel u alone (zero fine
         part), row Vf + Vc is a miss (zeros); `nearest_feature_ids` maps hits to rows."""
-        fine, coarse = self.fine, self.coarse
-        if self._parent_rows is None:  # each fine voxel's parent row, Vc where that coarse voxel is empty
-            ratio = fine.resolution // coarse.resolution
-            parents = coarse.find(linearize(fine.batch, fine.coords // ratio, coarse.resolution))
-            self._parent_rows = torch.where(parents >= 0, parents, torch.full_like(parents, coarse.num_voxels))
-        num_fine = fine.num_voxels
+        num_fine = self.fine.num_voxels
         is_fine = rows < num_fine
-        parent = self._parent_rows.index_select(0, rows.clamp(max=max(num_fine - 1, 0))) if num_fine else rows
+        parent = self._fine_parent_rows().index_select(0, rows.clamp(max=num_fine - 1)) if num_fine else rows
         coarse_rows = torch.where(is_fine, parent, rows - num_fine)
         fine_rows = torch.where(is_fine, rows, torch.full_like(rows, num_fine))
         return torch.cat([gather_rows(self._features["fine"], fine_rows),
