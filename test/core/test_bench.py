@@ -31,3 +31,23 @@ def test_bench_cli_writes_json_and_refuses_fp16_on_cpu(tmp_path, capsys):
     assert "latency median" in capsys.readouterr().out
     assert main(["--config", "tiny", "--precision", "fp16"]) == 2
     assert "fp16 needs CUDA" in capsys.readouterr().err
+
+
+def test_bench_compile_times_the_compiled_training_step(monkeypatch):
+    """--compile: the static stages run compiled through the timed training steps (traced with aot_eager
+    here: inductor's CPU compile of the backward takes minutes; test_compile.py runs inductor)."""
+    from distillnerf_core.model.distillnerf import DistillNeRFModel
+
+    compiled_models = []
+    compile_stages = DistillNeRFModel.compile_stages
+
+    def traced(model, backend="inductor"):
+        compiled_models.append(model)
+        compile_stages(model, backend="aot_eager")
+
+    monkeypatch.setattr(DistillNeRFModel, "compile_stages", traced)
+    r = run_benchmark("tiny", iters=1, warmup=1, mode="train", compile=True)
+    assert r["compiled"] and r["compile_errors"] == {} and r["first_call_ms"] > 0
+    assert "floors" not in r, "no floors with --compile"
+    (model,) = compiled_models
+    assert len(model._compiled) == 3, "a stage fell back to eager during the training steps"

@@ -129,3 +129,25 @@ def test_train_configs_load(tmp_path):
     path.write_text("loss:\n  rgb_l2: 1.0\n")
     with pytest.raises(ValueError, match="unknown config key 'loss.rgb_l2'"):
         load_train_config(path)
+
+
+def test_train_config_compile_trains_through_the_compiled_stages(root, tmp_path, monkeypatch):
+    """TrainConfig.compile: training steps run the compiled encoder, lift and decoder (traced with aot_eager
+    here, the training path of torch.compile; inductor's CPU compile of the backward takes minutes)."""
+    from distillnerf_core.model.distillnerf import DistillNeRFModel
+    from distillnerf_core.training.trainer import train
+
+    compiled_models = []
+    compile_stages = DistillNeRFModel.compile_stages
+
+    def traced(model, backend="inductor"):
+        compiled_models.append(model)
+        compile_stages(model, backend="aot_eager")
+
+    monkeypatch.setattr(DistillNeRFModel, "compile_stages", traced)
+    cfg = load_train_config("train_tiny")
+    cfg.compile = True
+    summary = train(cfg, str(root), VERSION, tmp_path / "run", max_steps=2, device="cpu", progress=False)
+    assert summary["step"] == 2
+    (model,) = compiled_models
+    assert model.compile_errors == {} and len(model._compiled) == 3, f"fell back to eager: {model.compile_errors}"
