@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             result = run_benchmark(config, args.device, iters=iters, warmup=warmup, mode=mode, precision=precision,
                                    batch=batch, compile=args.compile)
-        except Exception as err:  # one failing run (e.g. out of memory) must not lose the others
+        except Exception as err:  # noqa: BLE001 - one failing run (e.g. out of memory) must not lose the others
             outcomes.append({"run": tag, "status": "error", "error": f"{type(err).__name__}: {err}",
                              "traceback": traceback.format_exc()[-2000:]})
             print(f"--- {tag}: ERROR {type(err).__name__}: {err}", flush=True)

@@ -286,7 +286,7 @@ def load_training_state(ckpt: Path) -> tuple[dict[str, torch.Tensor], dict[str, 
     try:
         state = json.loads((ckpt / "train_state.json").read_text())
         tensors = load_file(str(ckpt / "train_state.safetensors"))
-    except Exception as err:  # noqa: BLE001 - any failure means "not usable"
+    except Exception as err:  # any failure means "not usable"
         raise CheckpointError(f"{ckpt}: unreadable training state ({err})") from err
     return tensors, state
 

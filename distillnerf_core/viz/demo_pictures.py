@@ -9,13 +9,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.colors import ListedColormap
+from matplotlib.patches import Rectangle
 
-from distillnerf_core.viz.images import colorize_depth  # noqa: E402
+from distillnerf_core.viz.images import colorize_depth
 
 EGO_LENGTH_M, EGO_WIDTH_M = 4.6, 1.9  # a nuScenes Renault Zoe, roughly
 

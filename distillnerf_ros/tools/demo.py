@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd[5:5] = ["--params-file", str(REPO / rig_params)]
         return cmd + (["-p", f"model_path:={args.model}"] if args.model else [])
 
-    node_log = open(args.out / "perception_node.log", "w")  # noqa: SIM115 - closed in finally
+    node_log = open(args.out / "perception_node.log", "w")  # closed in finally
     node_process, node_rig, node_done, counters = None, "", 0, {}  # node_done: frames the current node finished
     rclpy.init()
     recorder_node = rclpy.create_node("demo_recorder")

@@ -78,7 +78,7 @@ class BagPlayer(Node):
         self._reader = Reader(self.bag)
         try:
             self._reader.open()
-        except Exception as error:  # noqa: BLE001 - rosbags raises many types on malformed input; all are bag errors
+        except Exception as error:  # rosbags raises many types on malformed input; all are bag errors
             raise BagError(f"cannot read bag {self.bag}: {type(error).__name__}: {error}") from error
         available = {c.topic for c in self._reader.connections}
         if topics:
@@ -93,7 +93,7 @@ class BagPlayer(Node):
     def close(self) -> None:
         try:
             self._reader.close()
-        except Exception:  # noqa: BLE001, S110 - closing a corrupted bag must not hide the error that ended playback
+        except Exception:  # noqa: BLE001 - closing a corrupted bag must not hide the error that ended playback
             pass
         self.destroy_node()
 
