@@ -68,7 +68,7 @@ def test_intrinsics_follow_a_jpeg_dct_reduction_only_when_allowed():
     (8, 0.0, "last row"), (7, 1.0, "last row"), (0, 1e-30, "focal length"), (4, 1e30, "focal length"),
     (3, 2.0, "zero below the diagonal"), (1, 1e9, "skew"),
 ])
-def test_item10_k_is_validated_fully(index, value, reason):
+def test_k_with_a_bad_last_row_focal_length_lower_triangle_or_skew_is_rejected(index, value, reason):
     K = np.array([[800.0, 0, 320], [0, 800.0, 240], [0, 0, 1]])
     msg = intrinsics_to_camera_info(CameraIntrinsics(K, 640, 480), Header(frame_id="cam"))
     k = list(msg.k)

@@ -1,5 +1,6 @@
-"""Rectification from CameraInfo distortion (issue 11 item 8): a point drawn where the distorted camera sees
-a ray lands, after rectification, where the pinhole camera with the same K sees it."""
+"""Rectification from CameraInfo distortion (plumb_bob, rational_polynomial, equidistant): a point drawn
+where the distorted camera sees a ray lands, after rectification, where the pinhole camera with the same K
+sees it."""
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ def project(K, x, y):
 
 
 @pytest.mark.parametrize("model", sorted(MODELS))
-def test_item08_a_distorted_dot_lands_at_its_pinhole_pixel(model):
+def test_a_distorted_dot_lands_at_its_pinhole_pixel_after_rectification(model):
     width, height = 192, 128
     small_K = np.diag([width / 1920, height / 1280, 1.0]) @ K
     rectifier = Rectifier()
@@ -35,8 +36,8 @@ def test_item08_a_distorted_dot_lands_at_its_pinhole_pixel(model):
         assert abs(cols.mean() - u) < 1.5 and abs(rows.mean() - v) < 1.5, (model, u, v, cols.mean(), rows.mean())
 
 
-def test_item08_distortion_is_large_enough_to_matter_and_maps_are_cached():
-    # k2 = -0.33 on a 1920x1280 camera: about 20 px at the corners, as the issue measured
+def test_distortion_is_large_enough_to_matter_and_maps_are_cached():
+    # k2 = -0.33 on a 1920x1280 camera: about 20 px at the corners, enough to matter
     map_x, map_y = rectify_maps(K, "plumb_bob", [0.0, -0.33, 0, 0, 0], 1920, 1280)
     shift = np.hypot(map_x - np.arange(1920)[None], map_y - np.arange(1280)[:, None])
     assert 20 < shift[0, 0] < 60 and shift[640, 960] < 1e-3
@@ -48,7 +49,7 @@ def test_item08_distortion_is_large_enough_to_matter_and_maps_are_cached():
     assert rectifier._maps["cam"][1] is first, "maps are built once per camera"
 
 
-def test_item08_unknown_models_are_refused_and_zero_d_is_no_distortion():
+def test_unknown_distortion_models_are_refused_and_zero_d_is_no_distortion():
     assert not has_distortion([0.0] * 5) and has_distortion([0, 0.1, 0, 0, 0])
     with pytest.raises(DistortionError, match="not supported"):
         Rectifier().rectify("cam", np.zeros((4, 4, 3), np.uint8), K, "kannala_brandt_x", [0.1])

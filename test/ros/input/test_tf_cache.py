@@ -93,7 +93,7 @@ def test_tf_message_feeding_and_ego_motion_compensation():
     assert np.allclose(compensated[:3, 3], [1.0 - 4.5, 0.0, 1.5])
 
 
-def test_item01_invalid_transforms_in_a_message_are_rejected_and_the_rest_kept():
+def test_invalid_transforms_in_a_message_are_rejected_and_the_rest_kept():
     cache = TfCache()
     good = transform_stamped("base_link", "cam", stamp_from_us(1), np.eye(4))
     nan = transform_stamped("base_link", "cam_nan", stamp_from_us(1), np.eye(4))
@@ -106,7 +106,7 @@ def test_item01_invalid_transforms_in_a_message_are_rejected_and_the_rest_kept()
     assert "base_link" in cache.last_rejection
 
 
-def test_item11_dynamic_frames_are_bounded_and_stale_ones_expire():
+def test_dynamic_frames_are_bounded_and_stale_ones_expire():
     cache = TfCache(cache_duration_s=10.0, max_dynamic_frames=100)
     for i in range(1000):
         cache.set_transform("map", f"f{i}", 5 * S, np.eye(4), static=False)

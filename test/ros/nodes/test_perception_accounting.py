@@ -1,6 +1,5 @@
-"""Issue 11, "Also": every camera set that reaches the node ends in a counter of /diagnostics, also across a
-lifecycle cycle and a clock jump (the soak found about one set per loop of a bag that no counter explained).
-Real node, real DDS."""
+"""Every camera set that reaches the node ends in a counter of /diagnostics, also across a lifecycle cycle and
+a clock jump (the soak found about one set per loop of a bag that no counter explained). Real node, real DDS."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Issue 11 items 3 and 4: what can crash or abort a node process (a clock jump after lifecycle cycles; a
-signal while a frame is being processed) is tried in a child process, so a crash is a test failure and not
-the end of the test run. The nodes talk over loopback DDS to this test process."""
+"""What can crash or abort a node process (a clock jump after lifecycle cycles; a signal while a frame is
+being processed) is tried in a child process, so a crash is a test failure and not the end of the test run.
+The nodes talk over loopback DDS to this test process."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def run_child(script: str, timeout_s: float = 120) -> subprocess.CompletedProces
                           timeout=timeout_s, env=env, cwd=REPO)
 
 
-def test_item03_lifecycle_cycles_then_clock_jumps_neither_crash_nor_fail(tiny_checkpoint):
+def test_clock_jumps_after_lifecycle_cycles_neither_crash_nor_fail_the_node(tiny_checkpoint):
     result = run_child(f"""
         import gc
         import conftest  # loopback DDS, this run's domain
@@ -126,7 +126,7 @@ def stop_cleanly(process: subprocess.Popen, sig: signal.Signals) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 @pytest.mark.parametrize("busy", [True, False], ids=["processing", "idle"])
-def test_item04_perception_node_exits_0_on_a_signal_at_any_moment(tiny_checkpoint, sig, busy):
+def test_perception_node_exits_0_on_sigint_or_sigterm_idle_or_processing(tiny_checkpoint, sig, busy):
     session = RosSession()
     rig = SmallRig(session)
     with node_process("perception_node", rig, tiny_checkpoint, session) as process:
@@ -156,7 +156,7 @@ def test_item04_perception_node_exits_0_on_a_signal_at_any_moment(tiny_checkpoin
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_item04_rig_monitor_exits_0_on_a_signal(tiny_checkpoint, sig):
+def test_rig_monitor_exits_0_on_sigint_or_sigterm(tiny_checkpoint, sig):
     session = RosSession()
     rig = SmallRig(session)
     with node_process("rig_monitor", rig, tiny_checkpoint, session) as process:
@@ -168,7 +168,7 @@ def test_item04_rig_monitor_exits_0_on_a_signal(tiny_checkpoint, sig):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_item04_dataroot_publisher_exits_0_on_a_signal(sig):
+def test_dataroot_publisher_exits_0_on_sigint_or_sigterm(sig):
     process = subprocess.Popen([sys.executable, str(REPO / "scripts" / "dataroot_publisher"), "--dataroot",
                                 str(REPO / "data" / "nuscenes_sample")], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, env=os.environ.copy())

@@ -1,5 +1,6 @@
-"""Issue 11, "the node never dies and never lies": each attack over real DDS on the real node, then a good
-frame that must still be processed. Test names carry the issue's item number."""
+"""The node never dies and never lies: each bad input (invalid TF, negative stamps, a failing transition, a bad
+K, distortion, a query flood, ...) over real DDS on the real node, then a good frame that must still be
+processed. docs/reliability.md maps each behaviour to its test."""
 
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ BAD_TRANSFORMS = {
 
 
 @pytest.mark.parametrize("topic", ["/tf", "/tf_static"])
-def test_item01_bad_transforms_are_rejected_counted_and_reported(session, tiny_checkpoint, topic):
+def test_invalid_tf_transforms_are_rejected_counted_and_reported(session, tiny_checkpoint, topic):
     harness = Harness(session, tiny_checkpoint)
     assert harness.good_frame_is_processed(T0)
     publisher = harness.rig.tf if topic == "/tf" else harness.rig.tf_static
@@ -114,7 +115,7 @@ def test_item01_bad_transforms_are_rejected_counted_and_reported(session, tiny_c
     assert status.level >= status.WARN and "rejected" in status.message, status.message
 
 
-def test_item02_negative_stamps_are_refused_and_the_worker_survives(session, tiny_checkpoint):
+def test_images_with_negative_stamps_are_refused_and_the_worker_survives(session, tiny_checkpoint):
     harness = Harness(session, tiny_checkpoint)
     assert harness.good_frame_is_processed(T0)
     for _ in range(3):
@@ -128,7 +129,7 @@ def test_item02_negative_stamps_are_refused_and_the_worker_survives(session, tin
     assert harness.node.worker.running and harness.node.counters["errors"] == 0
 
 
-def test_item02_an_exception_in_the_worker_is_counted_reported_and_processing_goes_on(session, tiny_checkpoint,
+def test_an_exception_in_inference_is_counted_reported_and_processing_goes_on(session, tiny_checkpoint,
                                                                                      monkeypatch):
     harness = Harness(session, tiny_checkpoint)
     predict = harness.node.predictor.predict
@@ -148,7 +149,7 @@ def test_item02_an_exception_in_the_worker_is_counted_reported_and_processing_go
     assert harness.good_frame_is_processed(T0 + 1_000_000_000)
 
 
-def test_item11_a_flood_of_tf_frame_names_is_bounded_and_expires(session, tiny_checkpoint):
+def test_a_flood_of_tf_child_frames_is_bounded_and_expires(session, tiny_checkpoint):
     harness = Harness(session, tiny_checkpoint)
     assert harness.good_frame_is_processed(T0)
     tf = harness.node.rig.tf
@@ -170,7 +171,7 @@ def test_item11_a_flood_of_tf_frame_names_is_bounded_and_expires(session, tiny_c
 
 
 @pytest.mark.parametrize("tree", ["disconnected", "loop"])
-def test_item05_a_fixed_frame_not_connected_falls_back_and_says_so(session, tiny_checkpoint, tree):
+def test_a_fixed_frame_not_connected_to_base_link_falls_back_and_says_so(session, tiny_checkpoint, tree):
     harness = Harness(session, tiny_checkpoint, fixed_frame="map")
     if tree == "disconnected":  # map exists, but in a tree of its own
         extra = [transform_stamped("map", "some_frame", stamp_from_us(0), np.eye(4))]
@@ -187,7 +188,7 @@ def test_item05_a_fixed_frame_not_connected_falls_back_and_says_so(session, tiny
     assert status.level == status.WARN and int(values["frames_uncompensated"]) >= 1
 
 
-def test_item05_frames_dropped_for_tf_raise_the_diagnostic_level(session, tiny_checkpoint):
+def test_frames_dropped_for_missing_tf_raise_the_diagnostic_level(session, tiny_checkpoint):
     harness = Harness(session, tiny_checkpoint, tf_wait=0.2)
     assert harness.good_frame_is_processed(T0)
 
@@ -210,7 +211,7 @@ def checkpoint_with_encoder(tmp_path, checkpoint, **encoder) -> Path:
     return copy
 
 
-def test_item06_a_failing_configure_is_logged_and_reported_as_error(session, tiny_checkpoint, tmp_path, capfd):
+def test_a_failing_configure_is_logged_reported_as_error_and_can_be_retried(session, tiny_checkpoint, tmp_path, capfd):
     bad = checkpoint_with_encoder(tmp_path, tiny_checkpoint, vit_name="vit_tiny_patch16_224",
                                   vit_weights=str(tmp_path / "vit.safetensors"),
                                   vit_kwargs={"depth": 1, "num_heads": 0})  # timm: ZeroDivisionError
@@ -231,7 +232,7 @@ def test_item06_a_failing_configure_is_logged_and_reported_as_error(session, tin
     assert harness.fresh_status().level == DiagnosticStatus.OK
 
 
-def test_item06_an_exception_in_any_transition_is_logged_and_reported(session, tiny_checkpoint, monkeypatch, capfd):
+def test_an_exception_in_a_lifecycle_transition_is_logged_and_reported(session, tiny_checkpoint, monkeypatch, capfd):
     harness = Harness(session, tiny_checkpoint)
     node = harness.node
 
@@ -245,7 +246,7 @@ def test_item06_an_exception_in_any_transition_is_logged_and_reported(session, t
     assert "deactivate failed" in capfd.readouterr().err
 
 
-def test_item13_vit_kwargs_outside_the_allow_list_never_reach_timm(session, tiny_checkpoint, tmp_path, monkeypatch):
+def test_sidecar_vit_kwargs_outside_the_allow_list_never_reach_timm(session, tiny_checkpoint, tmp_path, monkeypatch):
     import torch
 
     loads = []
@@ -261,7 +262,7 @@ def test_item13_vit_kwargs_outside_the_allow_list_never_reach_timm(session, tiny
     assert not loads, f"torch.load was called on {loads}"
 
 
-def test_item07_depth_is_nan_below_the_opacity_threshold_and_opacity_is_published(session, tiny_checkpoint):
+def test_depth_is_nan_below_the_opacity_threshold_and_opacity_is_published(session, tiny_checkpoint):
     harness = Harness(session, tiny_checkpoint, depth_min_opacity=0.0)
     opacity = []
     session.nodes[-1].create_subscription(Image, f"{NODE}/front/depth/opacity", opacity.append, RELIABLE)
@@ -290,7 +291,7 @@ def test_item07_depth_is_nan_below_the_opacity_threshold_and_opacity_is_publishe
     (lambda k: (k.__setitem__(0, 1e30), k.__setitem__(4, 1e30)), "focal length"),
     (lambda k: k.__setitem__(3, 5.0), "zero below the diagonal"),
 ])
-def test_item10_a_bad_k_leaves_out_only_that_camera(session, tiny_checkpoint, spoil, reason):
+def test_a_camera_with_an_invalid_k_is_left_out_and_the_others_processed(session, tiny_checkpoint, spoil, reason):
     harness = Harness(session, tiny_checkpoint)
 
     def spoil_left(camera, info, image):
@@ -308,7 +309,7 @@ def test_item10_a_bad_k_leaves_out_only_that_camera(session, tiny_checkpoint, sp
 
 
 @pytest.mark.parametrize("calls", [50, 150])
-def test_item12_simultaneous_queries_are_all_answered_or_refused(session, tiny_checkpoint, calls):
+def test_simultaneous_scene_queries_are_all_answered_or_refused_as_busy(session, tiny_checkpoint, calls):
     from distillnerf_ros.nodes.perception import QUERY_BURST
     from distillnerf_ros.srv import QueryScene
 
@@ -333,7 +334,7 @@ def non_optical_left(rig: SmallRig) -> None:
         transform_stamped("base_link", "left", stamp_from_us(0), make_transform(np.eye(3), [0.0, 0.0, 1.5]))]))
 
 
-def test_item09_a_camera_in_a_non_optical_frame_is_named_and_left_out(session, tiny_checkpoint):
+def test_a_camera_in_a_non_optical_frame_is_named_and_left_out(session, tiny_checkpoint):
     harness = Harness(session, tiny_checkpoint)
     non_optical_left(harness.rig)
     session.spin_until(lambda: False, 0.3)
@@ -344,7 +345,7 @@ def test_item09_a_camera_in_a_non_optical_frame_is_named_and_left_out(session, t
     assert status.level == status.WARN and "left" in status.message, status.message
 
 
-def test_item09_rig_monitor_reports_a_non_optical_frame(session):
+def test_rig_monitor_reports_a_camera_in_a_non_optical_frame(session):
     from distillnerf_ros.nodes.rig_monitor import RigMonitorNode
 
     rig = SmallRig(session)
@@ -377,7 +378,7 @@ def distorted_front(camera, info, image):
 
 
 @pytest.mark.parametrize("rectify", [True, False])
-def test_item08_distortion_is_rectified_or_reported(session, tiny_checkpoint, rectify, monkeypatch):
+def test_distorted_camera_info_is_rectified_or_reported_as_unrectified(session, tiny_checkpoint, rectify, monkeypatch):
     harness = Harness(session, tiny_checkpoint, rectify=rectify)
     seen = []
     predict = harness.node.predictor.predict

@@ -111,7 +111,8 @@ def lidar_row(rows):
     ("absolute", "outside the dataroot"),
     ("lidar_size", "not a multiple of 20 bytes"),
 ])
-def test_item15_bad_rows_and_files_are_clear_errors(tmp_path, capsys, attack, expected):
+def test_rows_without_filename_paths_escaping_the_dataroot_or_bad_lidar_files_are_clear_errors(tmp_path, capsys, attack,
+                                                                                               expected):
     broken = tmp_path / "broken"
     shutil.copytree(SAMPLE, broken)
     secret = tmp_path / "secret.txt"

@@ -133,7 +133,7 @@ def middle_message_record(data: bytes) -> int:
 
 @pytest.mark.parametrize("corruption", ["magic_only", "flipped_middle", "flipped_header", "flipped_profile",
                                         "flipped_library", "flipped_chunk_header", "flipped_footer", "empty"])
-def test_item14_every_malformed_mcap_bag_is_a_clear_error_with_exit_2(keyframe_bag, tmp_path, corruption):
+def test_every_malformed_mcap_bag_is_a_clear_error_with_exit_2(keyframe_bag, tmp_path, corruption):
     data = (keyframe_bag / "keyframe.mcap").read_bytes()
     spoiled = {
         "magic_only": lambda: b"\x89MCAP0\r\n",
@@ -157,7 +157,7 @@ def test_item14_every_malformed_mcap_bag_is_a_clear_error_with_exit_2(keyframe_b
 
 
 @pytest.mark.parametrize("corruption", ["garbage", "flipped_middle", "truncated"])
-def test_item14_malformed_sqlite3_bags_are_clear_errors_too(tmp_path, corruption):
+def test_malformed_sqlite3_bags_are_clear_errors_with_exit_2(tmp_path, corruption):
     bag = tmp_path / "keyframe_db3"
     convert(SAMPLE, bag, storage="sqlite3", progress=False)
     (db,) = bag.glob("*.db3")
@@ -172,7 +172,7 @@ def test_item14_malformed_sqlite3_bags_are_clear_errors_too(tmp_path, corruption
 
 
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
-def test_item04_the_player_exits_0_on_a_signal_while_playing(keyframe_bag, sig):
+def test_the_player_exits_0_on_sigint_or_sigterm_while_playing(keyframe_bag, sig):
     import signal
     import time
 
