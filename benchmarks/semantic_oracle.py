@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Zero-shot semantic occupancy with the oracle teacher on synthetic scenes (CPU budget), held-out evaluation.
 
-    python benchmarks/semantic_oracle.py [--minutes 15] [--work /tmp/distillnerf_semantic] \\
-        [--json benchmarks/results/semantic_oracle.json] [--reuse]
+    python benchmarks/semantic_oracle.py [--minutes 15] [--init models/stage1/model.safetensors] \\
+        [--work /tmp/distillnerf_semantic] [--json benchmarks/results/semantic_oracle.json] [--reuse]
 
 1. synthetic train dataroot (seed 101, the bundled model's towns) and held-out dataroot (seed 999, other towns)
 2. oracle feature caches for both (`distillnerf-cache-features --teacher oracle`)
@@ -38,6 +38,7 @@ import torch  # noqa: E402
 
 from distillnerf_core.data.datasets import DataConfig, make_dataset  # noqa: E402
 from distillnerf_core.data.synthetic.export import VERSION, write_dataroot  # noqa: E402
+from distillnerf_core.portable_paths import portable_path  # noqa: E402
 from distillnerf_core.teachers.base import TeacherConfig  # noqa: E402
 from distillnerf_core.teachers.cache import MANIFEST, cache_features  # noqa: E402
 from distillnerf_core.training.checkpoints import load_checkpoint  # noqa: E402
@@ -63,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=15.0, help="training wall-clock budget")
     p.add_argument("--work", type=Path, default=Path("/tmp/distillnerf_semantic"))
-    p.add_argument("--init", default=str(REPO / "models" / "default" / "model.safetensors"))
+    p.add_argument("--init", default=str(REPO / "models" / "stage1" / "model.safetensors"),
+                   help="weights to start from (default: the shipped stage-1 model, which the bundled model was"
+                   " distilled from)")
     p.add_argument("--config", default="train_default")
     p.add_argument("--max-steps", type=int, default=1000, help="cosine schedule horizon (the budget stops first)")
     p.add_argument("--train-scenes", type=int, default=8)
@@ -113,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     semantic = semantic_occupancy_eval(model, dataset, progress=not args.no_progress)
     eval_s = time.perf_counter() - t0
     trained_on = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"{args.threads} CPU threads"
-    training = (f"reused run {run.resolve()} ({summary['step']} steps in {summary['elapsed_s'] / 60:.1f} min, trained "
-                "by an earlier run: see its train_summary)" if reused else
+    training = (f"reused run {portable_path(run)} ({summary['step']} steps in {summary['elapsed_s'] / 60:.1f} min,"
+                " trained by an earlier run: see its train_summary)" if reused else
                 f"trained on {trained_on} for at most {args.minutes:g} min ({summary['step']} steps)")
     header = (f"semantic oracle benchmark {datetime.date.today()}  {platform.node()}  {os.cpu_count()} CPU cores, "
               f"torch {torch.__version__}; {training}; init {Path(args.init).name}; train "
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
           f"recon PSNR {protocol['metrics']['psnr']}")
     print(format_semantic_table(semantic))
     result = {"header": header, "command": "python benchmarks/semantic_oracle.py " + " ".join(argv or sys.argv[1:]),
-              "run": str(run), "train_summary": summary, "protocol": protocol["metrics"],
+              "run": portable_path(run), "train_summary": summary, "protocol": protocol["metrics"],
               "feat_psnr": protocol["details"].get("feat_psnr"), "feat_cosine": protocol["details"].get("feat_cosine"),
               "semantic_occupancy": semantic, "eval_seconds": eval_s}
     args.json.parent.mkdir(parents=True, exist_ok=True)

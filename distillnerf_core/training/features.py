@@ -10,13 +10,16 @@ similarity between the PCA reconstruction and the teacher's own D-dim features.
 
 from __future__ import annotations
 
-import sys
+import logging
 from typing import Any
 
 import torch
 
 from distillnerf_core.model.distillnerf import ModelConfig
+from distillnerf_core.portable_paths import portable_path
 from distillnerf_core.teachers.pca import FeaturePCA
+
+logger = logging.getLogger(__name__)
 
 # The normalised PCA targets differ by ~0.01 per channel (MSE) between classes, where the depth terms (weight 10)
 # sit at ~0.005: 10 keeps the feature term on the same scale as the others (not tuned further).
@@ -64,14 +67,14 @@ def prepare_feature_distillation(train_cfg: Any, mcfg: ModelConfig, dataroot: st
     pca, explained = FeaturePCA.fit(vectors, mcfg.feature_head.dim)
     teacher = dict(manifest["teacher"])
     teacher["pca"] = {"dim": mcfg.feature_head.dim, "explained_variance": float(explained.sum()),
-                      "fit_vectors": int(vectors.shape[0]), "cache": str(cache)}
+                      "fit_vectors": int(vectors.shape[0]), "cache": portable_path(cache, dataroot)}
     mcfg.feature_head.teacher_dim = int(manifest["dim"])
     mcfg.feature_head.teacher = teacher
     if verbose:
-        print(f"feature distillation: {teacher['kind']} {teacher.get('model')} ({manifest['dim']}-d) -> PCA "
-              f"{mcfg.feature_head.dim}-d explaining {100 * float(explained.sum()):.1f}% of the variance "
-              f"({vectors.shape[0]} vectors from {min(len(entries), 256)} images), loss weight {loss.feature}",
-              file=sys.stderr)
+        logger.info("feature distillation: %s %s (%s-d) -> PCA %d-d explaining %.1f%% of the variance "
+                    "(%d vectors from %d images), loss weight %s", teacher["kind"], teacher.get("model"),
+                    manifest["dim"], mcfg.feature_head.dim, 100 * float(explained.sum()), vectors.shape[0],
+                    min(len(entries), 256), loss.feature)
     return pca
 
 
