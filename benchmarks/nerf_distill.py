@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import torch  # noqa: E402
 from real_data import fit as real_data_fit  # noqa: E402
 
+from distillnerf_core.cli import configure_logging  # noqa: E402
 from distillnerf_core.data.datasets import NuScenesDataset, collate_samples  # noqa: E402
 from distillnerf_core.data.synthetic.export import VERSION as SYN_VERSION  # noqa: E402
 from distillnerf_core.data.synthetic.export import write_dataroot as write_synthetic  # noqa: E402
@@ -153,6 +154,7 @@ def real(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_logging()  # the library's progress and warnings to stderr
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", choices=("synthetic", "real"), required=True)
     p.add_argument("--work", type=Path, default=Path("/tmp/distillnerf_bench_nerf"))

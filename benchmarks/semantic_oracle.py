@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from distillnerf_core.cli import configure_logging  # noqa: E402
 from distillnerf_core.data.datasets import DataConfig, make_dataset  # noqa: E402
 from distillnerf_core.data.synthetic.export import VERSION, write_dataroot  # noqa: E402
 from distillnerf_core.portable_paths import portable_path  # noqa: E402
@@ -61,6 +62,7 @@ def ensure_cache(dataroot: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_logging()  # the library's progress and warnings to stderr
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=15.0, help="training wall-clock budget")
     p.add_argument("--work", type=Path, default=Path("/tmp/distillnerf_semantic"))

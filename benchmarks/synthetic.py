@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from distillnerf_core.cli import configure_logging  # noqa: E402
 from distillnerf_core.data.datasets import DataConfig, make_dataset  # noqa: E402
 from distillnerf_core.data.synthetic.export import VERSION, write_dataroot  # noqa: E402
 from distillnerf_core.training.checkpoints import load_checkpoint  # noqa: E402
@@ -93,6 +94,7 @@ def table(results: dict[str, dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_logging()  # the library's progress and warnings to stderr
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=20.0, help="total training wall-clock budget")
     p.add_argument("--ablations", action="store_true")

@@ -32,6 +32,7 @@ from distillnerf_core.benchmarking import (
     stage_flops,
     synchronize,
 )
+from distillnerf_core.cli import configure_logging
 from distillnerf_core.model.cameras import ring_rig
 from distillnerf_core.model.distillnerf import STAGES, DistillNeRFModel, ModelConfig
 from distillnerf_core.training.losses import DistillNeRFLoss
@@ -237,6 +238,7 @@ def _table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_logging()
     parser = argparse.ArgumentParser(prog="distillnerf-bench", description=__doc__)
     parser.add_argument("--config", default="small", help=f"one of {configs.MODEL_CONFIG_NAMES} or a YAML path")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

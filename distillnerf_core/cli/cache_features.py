@@ -21,11 +21,13 @@ import sys
 
 import torch
 
+from distillnerf_core.cli import configure_logging
 from distillnerf_core.teachers.base import TEACHER_KINDS, TeacherConfig
 from distillnerf_core.teachers.cache import cache_features
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_logging()
     parser = argparse.ArgumentParser(prog="distillnerf-cache-features", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataroot", required=True)

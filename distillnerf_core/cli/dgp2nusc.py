@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from distillnerf_core.cli import configure_logging
 from distillnerf_core.data.dgp import VERSION, DGPFormatError, read_scene, write_dataroot
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_logging()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--scene", required=True,
                    help="DGP scene folder (holds scene*.json, calibration/, rgb/, point_cloud/)")

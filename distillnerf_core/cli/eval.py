@@ -29,12 +29,14 @@ from pathlib import Path
 
 import torch
 
+from distillnerf_core.cli import configure_logging
 from distillnerf_core.data.datasets import DataConfig, make_dataset
 from distillnerf_core.training.checkpoints import load_checkpoint, resolve_checkpoint
 from distillnerf_core.training.eval import evaluate, format_table, select_second_keyframes
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_logging()
     parser = argparse.ArgumentParser(prog="distillnerf-eval", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)

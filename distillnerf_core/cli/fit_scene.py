@@ -16,11 +16,13 @@ import json
 import sys
 from pathlib import Path
 
+from distillnerf_core.cli import configure_logging
 from distillnerf_core.data.nerf_targets import NERF_DIR
 from distillnerf_core.scene_fit.fit import FitConfig, fit_dataroot
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_logging()
     p = argparse.ArgumentParser(prog="distillnerf-fit-scene", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataroot", required=True)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from distillnerf_core.cli import configure_logging
 from distillnerf_core.data.nuscenes_sample import build_dataroot, find_version
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_logging()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--src", help="partial dataroot (default: the bundled data/nuscenes_sample)")
     p.add_argument("--out", required=True, help="output dataroot")

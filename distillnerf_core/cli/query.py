@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from distillnerf_core.cli import configure_logging
 from distillnerf_core.data.datasets import DataConfig, collate_samples, make_dataset
 from distillnerf_core.model.cameras import CameraRig
 from distillnerf_core.model.occupancy import OccupancyConfig, query_occupancy
@@ -58,6 +59,7 @@ def bev_heatmap(index: torch.Tensor, prob: torch.Tensor, shape: tuple[int, int, 
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_logging()
     parser = argparse.ArgumentParser(prog="distillnerf-query", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)

@@ -9,11 +9,13 @@ import argparse
 
 import torch
 
+from distillnerf_core.cli import configure_logging
 from distillnerf_core.data.synthetic.export import VERSION, write_dataroot
 from distillnerf_core.data.synthetic.rigs import RIG_NAMES
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_logging()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="output dataroot directory")
     p.add_argument("--scenes", type=int, default=1)

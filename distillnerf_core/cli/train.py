@@ -20,11 +20,13 @@ import os
 import sys
 from pathlib import Path
 
+from distillnerf_core.cli import configure_logging
 from distillnerf_core.training.config import load_train_config
 from distillnerf_core.training.trainer import train
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_logging()
     parser = argparse.ArgumentParser(prog="distillnerf-train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="train YAML (path or shipped name, e.g. train_small) "

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from distillnerf_core.cli import configure_logging
 from distillnerf_core.viz.sample_sheet import render_contact_sheet
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_logging()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dataroot", required=True)
     p.add_argument("--version", required=True, help="table folder, e.g. v1.0-synthetic, v1.0-test, v1.0-mini")

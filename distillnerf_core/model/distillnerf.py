@@ -36,7 +36,7 @@ from distillnerf_core.teachers.pca import FeaturePCA
 
 STAGES = ("encoder", "lift", "voxelize", "sparse_conv", "render", "decode")
 COMPILABLE_STAGES = ("encoder", "lift", "decoder")  # the stages whose tensor shapes the config fixes
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -206,7 +206,7 @@ class DistillNeRFModel(nn.Module):
             out = module(*args)
             self._compiled.pop(name)
             self.compile_errors[name] = f"{type(err).__name__}: {err}"
-            log.warning("torch.compile of the %s failed, running it eagerly: %s", name, self.compile_errors[name])
+            logger.warning("torch.compile of the %s failed, running it eagerly: %s", name, self.compile_errors[name])
             return out
 
     @contextmanager

@@ -13,6 +13,7 @@ depth and the virtual cameras' RGB + depth at `render_hw`, written as data/nerf_
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
@@ -38,6 +39,8 @@ from distillnerf_core.data.nuscenes_tables import NUSCENES_CAMERAS
 from distillnerf_core.geometry import invert_transform
 from distillnerf_core.model.cameras import pixel_rays, rescale_intrinsics
 from distillnerf_core.scene_fit.field import FieldConfig, RayBundle, SceneField, plane_tv
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -372,7 +375,7 @@ def fit_dataroot(dataroot: str | Path, version: str, out: str | Path, cfg: FitCo
         if done.is_file():
             manifest["scenes"][name] = json.loads(done.read_text())
             if progress:
-                print(f"{name}: complete, skipped", flush=True)
+                logger.info("%s: complete, skipped", name)
             continue
         t0, c0 = time.perf_counter(), time.process_time()
         data = load_scene(dataset, by_scene[name])
@@ -381,7 +384,7 @@ def fit_dataroot(dataroot: str | Path, version: str, out: str | Path, cfg: FitCo
         if not train:
             raise ValueError(f"{name}: every keyframe would be held out (holdout_every {cfg.holdout_every})")
         if progress:
-            print(f"{name}: {n} keyframes x {len(cams)} cameras, fitting on {train}", flush=True)
+            logger.info("%s: %d keyframes x %d cameras, fitting on %s", name, n, len(cams), train)
         field_, info = fit_field(cfg, data, train, progress)
         views = write_targets(field_, cfg, data, cams, out)
         quality = evaluate_field(field_, data, train, info["held_lidar"], views, cfg.chunk)
@@ -396,9 +399,9 @@ def fit_dataroot(dataroot: str | Path, version: str, out: str | Path, cfg: FitCo
         manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
         if progress:
             q = quality
-            print(f"{name}: held-out LiDAR AbsRel {q['held_out_lidar_abs_rel']}, held-out frames PSNR "
-                  f"{q['held_out_frames_psnr']}, train PSNR {q['train_frames_psnr']:.2f}; "
-                  f"{record['total_cpu_s']:.0f} CPU s", flush=True)
+            logger.info("%s: held-out LiDAR AbsRel %s, held-out frames PSNR %s, train PSNR %.2f; %.0f CPU s", name,
+                        q["held_out_lidar_abs_rel"], q["held_out_frames_psnr"], q["train_frames_psnr"],
+                        record["total_cpu_s"])
     manifest["complete"] = all((out / "scenes" / f"{s}.json").is_file() for s in by_scene)
     manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +24,8 @@ from safetensors.torch import load_file, save_file
 
 from distillnerf_core import __version__
 from distillnerf_core.model.distillnerf import DistillNeRFModel, ModelConfig
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 CKPT_RE = re.compile(r"^step_(\d{8})$")
@@ -300,7 +302,7 @@ def find_resumable(run: str | Path) -> Path | None:
             load_training_state(ckpt)
             return ckpt
         except (CheckpointError, FileNotFoundError, OSError) as err:
-            print(f"skipping unusable checkpoint {ckpt}: {err}", file=sys.stderr)
+            logger.warning("skipping unusable checkpoint %s: %s", ckpt, err)
     return None
 
 

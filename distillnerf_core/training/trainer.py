@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -38,6 +39,8 @@ from distillnerf_core.training.checkpoints import (
 from distillnerf_core.training.config import OptimConfig, TrainConfig, model_config
 from distillnerf_core.training.features import feature_target, load_init_weights, prepare_feature_distillation
 from distillnerf_core.training.losses import DistillNeRFLoss
+
+logger = logging.getLogger(__name__)
 
 
 class TrainStep(nn.Module):
@@ -217,7 +220,7 @@ def train(cfg: TrainConfig, dataroot: str, version: str, out: str | Path, max_st
         ckpt = find_resumable(run)
         if ckpt is None:
             if rank == 0:
-                print(f"--resume: no complete checkpoint in {run}/checkpoints, starting from step 0", file=sys.stderr)
+                logger.warning("--resume: no complete checkpoint in %s/checkpoints, starting from step 0", run)
         else:
             load_weights(model, ckpt / "model.safetensors")
             tensors, state = load_training_state(ckpt)
@@ -230,7 +233,7 @@ def train(cfg: TrainConfig, dataroot: str, version: str, out: str | Path, max_st
                 scaler.load_state_dict(state["scaler"])
             start_step = int(state["step"])
             if rank == 0:
-                print(f"resumed from {ckpt} at step {start_step}", file=sys.stderr)
+                logger.info("resumed from %s at step %d", ckpt, start_step)
 
     ddp_module: nn.Module = step_module
     if distributed:
@@ -256,7 +259,7 @@ def train(cfg: TrainConfig, dataroot: str, version: str, out: str | Path, max_st
 
             writer = SummaryWriter(str(run / "tb"))
         except ImportError:
-            print("tensorboard not installed: no event files", file=sys.stderr)
+            logger.warning("tensorboard not installed: no event files")
         (run / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     bar = None
     if rank == 0 and progress:
@@ -338,7 +341,7 @@ def train(cfg: TrainConfig, dataroot: str, version: str, out: str | Path, max_st
         if rank == 0:
             (run / "train_summary.json").write_text(json.dumps(summary, indent=2))
             if len(set(hashes)) != 1:
-                print(f"WARNING: ranks hold different weights: {hashes}", file=sys.stderr)
+                logger.warning("ranks hold different weights: %s", hashes)
         dist.barrier()
         # The DDP reducer holds the process group: free it first so that destroy really tears the group down
         # now, not in the interpreter's finalisation (a rank once aborted at exit after a finished run).

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -41,6 +42,8 @@ from distillnerf_core.data.synthetic.world import (
     simulate_lidar,
 )
 from distillnerf_core.geometry import matrix_to_quaternion
+
+logger = logging.getLogger(__name__)
 
 VERSION = "v1.0-synthetic"
 KEYFRAME_PERIOD_US = 500_000  # 2 Hz
@@ -197,7 +200,7 @@ def _write_dataroot(out: Path, scenes: int, frames: int, seed: int, cameras: str
                 ann_lists.setdefault(obj.instance, []).append(ann_tok)
             render_s += time.perf_counter() - t_start
             if progress:
-                print(f"  scene {si} keyframe {k + 1}/{frames}: {time.perf_counter() - t_start:.2f} s", flush=True)
+                logger.info("  scene %d keyframe %d/%d: %.2f s", si, k + 1, frames, time.perf_counter() - t_start)
         for obj in town.objects:
             if obj.instance in ann_lists:
                 toks = ann_lists[obj.instance]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -80,12 +81,13 @@ def test_dataset_reads_targets_and_a_missing_entry_is_an_error(fitted):
         NuScenesDataset(root, VERSION, image_size=(32, 64), load_next=False, nerf_targets="nonexistent")
 
 
-def test_rerun_skips_complete_scenes_and_refuses_other_settings(fitted, capsys):
+def test_rerun_skips_complete_scenes_and_refuses_other_settings(fitted, caplog):
     root, out, cfg, _ = fitted
     scene_file = next((out / "scenes").glob("*.json"))
     before = scene_file.stat().st_mtime_ns
-    fit_dataroot(root, VERSION, out, cfg, progress=True)
-    assert "complete, skipped" in capsys.readouterr().out
+    with caplog.at_level(logging.INFO, logger="distillnerf_core.scene_fit.fit"):
+        fit_dataroot(root, VERSION, out, cfg, progress=True)
+    assert "complete, skipped" in caplog.text
     assert scene_file.stat().st_mtime_ns == before
     other = FitConfig(**{**cfg.__dict__, "steps": 4})
     with pytest.raises(ValueError, match="other settings"):
