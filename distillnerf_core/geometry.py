@@ -66,11 +66,6 @@ def invert_transform(transform: np.ndarray) -> np.ndarray:
     return inverse
 
 
-def transform_points(transform: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Apply a 4x4 transform to an (N, 3) array of points."""
-    return points @ transform[:3, :3].T + transform[:3, 3]
-
-
 def slerp(q0_wxyz: np.ndarray, q1_wxyz: np.ndarray, alpha: float) -> np.ndarray:
     """Spherical linear interpolation between two unit quaternions, alpha in [0, 1]."""
     q0 = np.asarray(q0_wxyz, dtype=np.float64)

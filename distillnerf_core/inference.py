@@ -119,10 +119,6 @@ class ScenePredictor:
         self._querier: SemanticQuerier | None = None
 
     @property
-    def has_feature_head(self) -> bool:
-        return self.model.feature_head is not None
-
-    @property
     def teacher(self) -> dict | None:
         """Identity of the teacher the model was distilled from (kind, model, weights sha256, ...), None if none."""
         return dict(self.model.config.feature_head.teacher) or None if self.model.feature_pca is not None else None

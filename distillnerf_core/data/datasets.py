@@ -181,10 +181,6 @@ class NuScenesDataset(Dataset):
     def __len__(self) -> int:
         return len(self.sample_tokens)
 
-    @property
-    def has_ground_truth(self) -> bool:
-        return self.gt_meta is not None
-
     # ------------------------------------------------------------------------------------------ tables
     def _sample_data(self, sample: dict, channel: str) -> dict:
         if channel not in sample["data"]:

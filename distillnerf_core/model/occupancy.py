@@ -105,8 +105,3 @@ def query_occupancy(
         config.voxel_size,
         config.threshold,
     )
-
-
-def bev_max(density_grid: torch.Tensor) -> torch.Tensor:
-    """Bird's-eye view (X, Y): the maximum density over z of an (X, Y, Z) grid."""
-    return density_grid.amax(dim=-1)

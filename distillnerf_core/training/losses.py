@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from distillnerf_core.training.metrics import resize_mask
 from distillnerf_core.training.metrics import ssim as ssim_fn
@@ -300,12 +299,3 @@ def feature_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor |
         return squared.mean()
     weight = valid.unsqueeze(-3).to(squared.dtype).expand_as(squared)
     return (squared * weight).sum() / weight.sum().clamp_min(1.0)
-
-
-def resize_depth_like(depth: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """Nearest resize of (..., h, w) depth maps (no mixing across depth edges)."""
-    if tuple(depth.shape[-2:]) == tuple(hw):
-        return depth
-    lead = depth.shape[:-2]
-    flat = depth.reshape(-1, 1, *depth.shape[-2:])
-    return F.interpolate(flat, size=hw, mode="nearest").reshape(*lead, *hw)

@@ -5,7 +5,7 @@ import torch
 from distillnerf_core.model.cameras import ring_rig
 from distillnerf_core.model.contraction import contract
 from distillnerf_core.model.distillnerf import DistillNeRFModel
-from distillnerf_core.model.occupancy import bev_max, grid_centers, query_occupancy
+from distillnerf_core.model.occupancy import grid_centers, query_occupancy
 from distillnerf_core.model.renderer import VoxelField
 from distillnerf_core.model.voxels import pool
 
@@ -45,5 +45,3 @@ def test_occupied_cells_match_a_hand_built_box():
             occ.occupied_index[:, 0] * 160 * 16 + occ.occupied_index[:, 1] * 16 + occ.occupied_index[:, 2]
         ],
     )
-    bev = bev_max(occ.density_grid)
-    assert bev.shape == (160, 160) and bev.max() == occ.density_grid.max()
