@@ -14,11 +14,12 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
 # A per-run DDS domain so that concurrent runs on one machine do not hear each other.
 export ROS_DOMAIN_ID ?= $(shell echo $$(( $$$$ % 90 + 10 )))
 
-.PHONY: help setup demo test lint clean
+.PHONY: help setup demo test test-fast lint clean
 
 help:
 	@echo "make demo   set up .venv and run the perception node on replayed nuScenes + synthetic bags (demo_out/)"
 	@echo "make test   set up .venv and run lint + every test"
+	@echo "make test-fast  lint + the tests marked neither slow nor ros (no DDS; a contributor's loop)"
 	@echo "make clean  remove .venv and build/"
 
 $(VENV)/.deps: requirements.txt requirements-core.txt constraints.txt
@@ -49,6 +50,10 @@ lint: setup
 
 test: lint
 	$(PYTHON) -m pytest test -q
+
+# The markers are registered in pytest.ini: `ros` (test/ros/, test/test_launch.py, rclpy) and `slow`.
+test-fast: lint
+	$(PYTHON) -m pytest test -q -m "not slow and not ros"
 
 clean:
 	rm -rf $(VENV) build

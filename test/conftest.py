@@ -19,6 +19,18 @@ os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("ROS_DOMAIN_ID", str(10 + os.getpid() % 90))
 
 
+ROS_TEST_PATHS = (REPO / "test" / "ros", REPO / "test" / "test_launch.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test under test/ros/ and in test/test_launch.py is marked `ros` (it uses rclpy / DDS); core tests
+    that start rclpy carry `@pytest.mark.ros` themselves."""
+    for item in items:
+        path = Path(str(item.path))
+        if any(path == root or root in path.parents for root in ROS_TEST_PATHS):
+            item.add_marker(pytest.mark.ros)
+
+
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     """A randomly initialised `tiny` model saved as a checkpoint (safetensors + JSON)."""

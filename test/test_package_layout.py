@@ -79,6 +79,7 @@ def test_installed_programs_and_directories_exist():
         assert any((REPO / directory).iterdir()), f"{directory}/ is installed but empty"
 
 
+@pytest.mark.ros  # rclpy.init and a PerceptionNode: a DDS participant
 def test_parameter_file_sets_only_declared_parameters_and_loads_into_the_node():
     from distillnerf_ros.nodes.perception import PerceptionNode
 

@@ -8,7 +8,8 @@ from distillnerf_core.cli.bench import main, run_benchmark
 from distillnerf_core.model.distillnerf import STAGES
 
 
-@pytest.mark.parametrize(("mode", "precision"), [("infer", "fp32"), ("train", "bf16")])
+@pytest.mark.parametrize(("mode", "precision"), [("infer", "fp32"),
+                                                  pytest.param("train", "bf16", marks=pytest.mark.slow)])
 def test_bench_reports_stages_with_floors(mode, precision):
     r = run_benchmark("tiny", iters=1, warmup=0, mode=mode, precision=precision)
     assert (r["mode"], r["precision"], r["batch"]) == (mode, precision, 1)
@@ -33,6 +34,7 @@ def test_bench_cli_writes_json_and_refuses_fp16_on_cpu(tmp_path, capsys):
     assert "fp16 needs CUDA" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bench_compile_times_the_compiled_training_step(monkeypatch):
     """--compile: the static stages run compiled through the timed training steps (traced with aot_eager
     here: inductor's CPU compile of the backward takes minutes; test_compile.py runs inductor)."""

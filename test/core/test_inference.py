@@ -83,6 +83,7 @@ def test_bad_arguments_are_clear_errors(predictor):
         predictor.predict([np.zeros((32, 64), np.uint8)] * 2, Ks, extrinsics)
 
 
+@pytest.mark.slow
 def test_compiled_predictor_gives_the_eager_predictions():
     """ScenePredictor(compile=True) compiles the static stages (inductor on the CPU) with the same outputs."""
     torch.manual_seed(0)

@@ -24,7 +24,7 @@ def _close(a, b, name, tol=1e-5):
     assert torch.allclose(a, b, rtol=tol, atol=tol), f"{name} differs from eager by {(a - b).abs().max():.3g}"
 
 
-@pytest.mark.parametrize("backend", ["eager", "inductor"])
+@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.slow)])
 def test_compiled_stages_give_the_eager_outputs(backend):
     """`eager` checks that each stage traces as one graph; `inductor` runs generated CPU kernels."""
     model, rig, images = _setup()
@@ -38,6 +38,7 @@ def test_compiled_stages_give_the_eager_outputs(backend):
         _close(getattr(compiled, name), getattr(eager, name), name)
 
 
+@pytest.mark.slow
 def test_compiled_stages_train_with_the_eager_gradients():
     """AOTAutograd's joint graph (the training path of torch.compile) gives the eager gradients."""
     model, rig, images = _setup(train=True)
@@ -57,6 +58,7 @@ def test_compiled_stages_train_with_the_eager_gradients():
         _close(grad, eager[name], f"gradient of {name}", tol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_stage_that_fails_to_compile_runs_eagerly_and_says_why():
     def broken_backend(graph, example_inputs):
         raise RuntimeError("no compiler here")

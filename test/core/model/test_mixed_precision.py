@@ -50,6 +50,7 @@ def test_bf16_forward_within_tolerance_of_fp32(seed):
     assert (ref.opacity - out.opacity).abs().median() < 0.01
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lookup", ["nearest", "trilinear"])
 def test_bf16_backward_gradients_agree_with_fp32(lookup):
     model, images, rig = _tiny(0, lookup)

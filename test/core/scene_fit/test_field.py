@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from distillnerf_core.model.cameras import pixel_rays
@@ -48,6 +49,7 @@ def _cfg(steps: int) -> FitConfig:
                      steps=steps, rays=128, lr=0.03, render_hw=[12, 16], lidar_holdout=0.2, seed=0)
 
 
+@pytest.mark.slow
 def test_field_renders_the_wall_depth_and_the_held_out_frame():
     data = _toy_scene()
     cfg = _cfg(300)

@@ -24,6 +24,7 @@ def root(tmp_path_factory):
     return make_tiny_dataroot(tmp_path_factory.mktemp("synth_ddp"), frames=4)
 
 
+@pytest.mark.slow
 def test_two_process_gloo_ranks_identical(root, tmp_path):
     run = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo",

@@ -44,6 +44,7 @@ def _step(ckpt: Path) -> int:
     return int(ckpt.name.split("_")[1])
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume(root, tmp_path):
     run = tmp_path / "run"
     proc = subprocess.Popen(_cmd(root, run, "--max-steps", "100000"), cwd=REPO, env=_env(),
@@ -86,6 +87,7 @@ def test_sigkill_then_resume(root, tmp_path):
     assert {"loss", "rgb_l1", "lidar_coarse", "lidar_render", "dense_render", "entropy", "opacity"} <= set(log[-1])
 
 
+@pytest.mark.slow
 def test_broken_checkpoints_are_skipped(root, tmp_path):
     run = tmp_path / "run"
     res = subprocess.run(_cmd(root, run, "--max-steps", "2"), cwd=REPO, env=_env(), capture_output=True,
