@@ -1,8 +1,9 @@
 """The training loop: self-supervised training on any nuScenes-format dataroot, single process or DDP.
 
-`train()` builds the model from a TrainConfig, resumes from the newest complete checkpoint when asked, and
-writes atomic checkpoints (training/checkpoints.py), tensorboard scalars and pictures, train_log.jsonl and
-train_summary.json into the run directory. The command line is `distillnerf-train` (cli/train.py).
+`train()` (a `Trainer`: set-up, steps, checkpoints, logs) builds the model from a TrainConfig, resumes from
+the newest complete checkpoint when asked, and writes atomic checkpoints (training/checkpoints.py), tensorboard
+scalars and pictures, train_log.jsonl and train_summary.json into the run directory. The command line is
+`distillnerf-train` (cli/train.py).
 """
 
 from __future__ import annotations
@@ -173,179 +174,293 @@ def _log_images(writer: Any, step: int, batch: dict[str, Any], out: ModelOutput)
     writer.add_image("views/input_rendered_depth_lidar", camera_grid(rows), step)
 
 
-def train(cfg: TrainConfig, dataroot: str, version: str, out: str | Path, max_steps: int | None = None,
-          max_minutes: float | None = None, resume: bool = False, device: str | None = None,
-          threads: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run (or continue) a training; returns a summary dict (rank 0's view)."""
-    rank, world, local_rank = _dist_env()
-    distributed = world > 1
-    if device is None:
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cpu":
-        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get(
-            "LOCAL_WORLD_SIZE", world)))))
-    if distributed and not dist.is_initialized():
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    if max_steps is not None:
-        cfg.max_steps = max_steps
-    run = Path(out)
-    if rank == 0:
-        run.mkdir(parents=True, exist_ok=True)
-        for stale in (run / "checkpoints").glob(".tmp-step_*") if (run / "checkpoints").is_dir() else []:
+class Trainer:
+    """One training run, single process or one rank of a DDP run.
+
+    Constructing it sets the run up (process group, run directory, model, optimizer, data, and the state of the
+    newest complete checkpoint when resuming); `train()` runs the steps, logs and checkpoints them, writes the
+    final weights and returns the summary (rank 0's view).
+    """
+
+    def __init__(self, cfg: TrainConfig, dataroot: str, version: str, out: str | Path, max_steps: int | None = None,
+                 max_minutes: float | None = None, resume: bool = False, device: str | None = None,
+                 threads: int | None = None, progress: bool = True) -> None:
+        self.rank, self.world, local_rank = _dist_env()
+        self.distributed = self.world > 1
+        self.dev = self._set_up_process(device, local_rank, threads)
+        if max_steps is not None:
+            cfg.max_steps = max_steps
+        self.cfg, self.dataroot, self.version, self.run = cfg, dataroot, version, Path(out)
+        self.max_minutes, self.resume, self.progress = max_minutes, resume, progress
+        self._prepare_run_dir()
+        self._build_model()
+        self._build_optimizer()
+        self.start_step = self._resume_from_checkpoint() if resume else 0
+        self.ddp_module = self._wrap_for_ddp()
+        self._build_loader()
+        self.writer: Any = None  # tensorboard, rank 0 (opened by train())
+        self.bar: Any = None  # progress bar, rank 0 (opened by train())
+        self.step = self.start_step
+        self.last_saved = self.start_step if resume else -1
+        self.last: dict[str, float] = {}  # the latest step's loss, grad norm and loss terms (rank 0)
+        self.t0 = time.perf_counter()  # reset when train() starts the steps
+        self.data_time = 0.0  # seconds the steps waited for the loader
+
+    # ------------------------------------------------------------------------------------------ set-up
+    def _set_up_process(self, device: str | None, local_rank: int, threads: int | None) -> torch.device:
+        """This process's device (cuda:LOCAL_RANK when CUDA is there), CPU threads (the cores shared by the
+        ranks of this machine unless `threads`) and, when torchrun started several ranks, the process group."""
+        if device is None:
+            device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+        dev = torch.device(device)
+        if dev.type == "cpu":
+            torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get(
+                "LOCAL_WORLD_SIZE", self.world)))))
+        if self.distributed and not dist.is_initialized():
+            if dev.type == "cuda":
+                torch.cuda.set_device(dev)
+            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        return dev
+
+    def _prepare_run_dir(self) -> None:
+        """Rank 0: create the run directory and remove the half-written checkpoints a killed run left."""
+        if self.rank != 0:
+            return
+        self.run.mkdir(parents=True, exist_ok=True)
+        checkpoints = self.run / "checkpoints"
+        for stale in checkpoints.glob(".tmp-step_*") if checkpoints.is_dir() else []:
             shutil.rmtree(stale, ignore_errors=True)
-    torch.manual_seed(cfg.seed)
-    mcfg = model_config(cfg)
-    pca = prepare_feature_distillation(cfg, mcfg, dataroot, seed=cfg.seed, verbose=rank == 0)
-    model = DistillNeRFModel(mcfg).to(dev)
-    if pca is not None:
-        model.feature_pca.load_state_dict(pca.state_dict())
-    if cfg.init and not resume:
-        load_init_weights(model, cfg.init)
-    if cfg.compile:
-        model.compile_stages()
-    loss_fn = DistillNeRFLoss(cfg.loss).to(dev)
-    step_module = TrainStep(model, loss_fn)
-    params = [p for p in model.parameters() if p.requires_grad]
-    o = cfg.optim
-    optimizer = torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o, cfg.max_steps))
-    amp_dtype = resolve_amp(cfg.amp, dev)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
-    start_step = 0
-    if resume:
-        ckpt = find_resumable(run)
+    def _build_model(self) -> None:
+        """The seeded model (feature PCA fitted, init weights loaded unless resuming, stages compiled when
+        cfg.compile), the forward + loss module and the trainable parameters."""
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        self.mcfg = model_config(cfg)
+        pca = prepare_feature_distillation(cfg, self.mcfg, self.dataroot, seed=cfg.seed, verbose=self.rank == 0)
+        self.model = DistillNeRFModel(self.mcfg).to(self.dev)
+        if pca is not None:
+            self.model.feature_pca.load_state_dict(pca.state_dict())
+        if cfg.init and not self.resume:
+            load_init_weights(self.model, cfg.init)
+        if cfg.compile:
+            self.model.compile_stages()
+        self.step_module = TrainStep(self.model, DistillNeRFLoss(cfg.loss).to(self.dev))
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+
+    def _build_optimizer(self) -> None:
+        """Adam, the warmup / cosine learning-rate schedule, the autocast dtype and the fp16 gradient scaler."""
+        o = self.cfg.optim
+        self.optimizer = torch.optim.Adam(self.params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                          weight_decay=o.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(o, self.cfg.max_steps))
+        self.amp_dtype = resolve_amp(self.cfg.amp, self.dev)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+
+    def _resume_from_checkpoint(self) -> int:
+        """Load weights, optimizer, scheduler and scaler state of the newest usable checkpoint; its step (0 and
+        a warning when there is none)."""
+        ckpt = find_resumable(self.run)
         if ckpt is None:
-            if rank == 0:
-                logger.warning("--resume: no complete checkpoint in %s/checkpoints, starting from step 0", run)
-        else:
-            load_weights(model, ckpt / "model.safetensors")
-            tensors, state = load_training_state(ckpt)
-            optimizer.load_state_dict(optimizer_from_flat(tensors, state["optimizer"]))
-            if state.get("scheduler"):
-                sd = dict(state["scheduler"])
-                sd["lr_lambdas"] = [None] * len(scheduler.lr_lambdas)
-                scheduler.load_state_dict(sd)
-            if state.get("scaler") and scaler.is_enabled():
-                scaler.load_state_dict(state["scaler"])
-            start_step = int(state["step"])
-            if rank == 0:
-                logger.info("resumed from %s at step %d", ckpt, start_step)
+            if self.rank == 0:
+                logger.warning("--resume: no complete checkpoint in %s/checkpoints, starting from step 0", self.run)
+            return 0
+        load_weights(self.model, ckpt / "model.safetensors")
+        tensors, state = load_training_state(ckpt)
+        self.optimizer.load_state_dict(optimizer_from_flat(tensors, state["optimizer"]))
+        if state.get("scheduler"):
+            sd = dict(state["scheduler"])
+            sd["lr_lambdas"] = [None] * len(self.scheduler.lr_lambdas)
+            self.scheduler.load_state_dict(sd)
+        if state.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        step = int(state["step"])
+        if self.rank == 0:
+            logger.info("resumed from %s at step %d", ckpt, step)
+        return step
 
-    ddp_module: nn.Module = step_module
-    if distributed:
-        ddp_module = nn.parallel.DistributedDataParallel(
-            step_module, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=True)
+    def _wrap_for_ddp(self) -> nn.Module:
+        """The module the steps call: the forward + loss module, wrapped in DistributedDataParallel under DDP."""
+        if not self.distributed:
+            return self.step_module
+        return nn.parallel.DistributedDataParallel(self.step_module, find_unused_parameters=True,
+                                                   device_ids=[self.dev.index] if self.dev.type == "cuda" else None)
 
-    render_hw = model.renderer.render_hw(tuple(mcfg.image_hw))
-    load_next = cfg.data.load_next or cfg.loss.nvs_l1 > 0
-    dataset = make_dataset(dataroot, version, mcfg.image_hw, cfg.data, render_hw, load_next=load_next)
+    def _build_loader(self) -> None:
+        """The dataset, its per-rank shuffling sampler and the loader (batches collated, pinned on CUDA)."""
+        cfg = self.cfg
+        render_hw = self.model.renderer.render_hw(tuple(self.mcfg.image_hw))
+        load_next = cfg.data.load_next or cfg.loss.nvs_l1 > 0
+        dataset = make_dataset(self.dataroot, self.version, self.mcfg.image_hw, cfg.data, render_hw,
+                               load_next=load_next)
+        self.sampler = DistributedSampler(dataset, num_replicas=self.world, rank=self.rank, shuffle=True,
+                                          seed=cfg.seed, drop_last=False)
+        workers = cfg.data.num_workers
+        self.loader = DataLoader(dataset, batch_size=cfg.data.batch_size, sampler=self.sampler, num_workers=workers,
+                                 collate_fn=collate_samples, pin_memory=self.dev.type == "cuda", drop_last=False,
+                                 persistent_workers=workers > 0, worker_init_fn=_worker_init if workers > 0 else None,
+                                 prefetch_factor=2 if workers > 0 else None)
+        self.steps_per_epoch = max(1, len(self.loader))
 
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=False)
-    workers = cfg.data.num_workers
-    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, sampler=sampler, num_workers=workers,
-                        collate_fn=collate_samples, pin_memory=dev.type == "cuda", drop_last=False,
-                        persistent_workers=workers > 0, worker_init_fn=_worker_init if workers > 0 else None,
-                        prefetch_factor=2 if workers > 0 else None)
-    steps_per_epoch = max(1, len(loader))
+    # ------------------------------------------------------------------------------------------ the run
+    def train(self) -> dict[str, Any]:
+        """Step until cfg.max_steps or the time budget, checkpointing every cfg.ckpt_every steps and at the end;
+        then the final weights (run/model.safetensors) and the summary (train_summary.json)."""
+        self._open_logs()
+        self.model.train()
+        self.t0 = time.perf_counter()
+        stop = self.step >= self.cfg.max_steps
+        epoch = self.step // self.steps_per_epoch
+        while not stop:
+            self.sampler.set_epoch(epoch)
+            t_data = time.perf_counter()
+            for batch in self.loader:
+                self.data_time += time.perf_counter() - t_data
+                self._step(batch)
+                stop = self._should_stop()
+                if self.rank == 0 and (self.step % self.cfg.ckpt_every == 0 or stop):
+                    self._save_training_checkpoint()
+                if stop:
+                    break
+                t_data = time.perf_counter()
+            epoch += 1
+        self._save_final_weights()
+        self._close_logs()
+        return self._finish()
 
-    writer = None
-    if rank == 0:
+    def _step(self, batch: dict[str, Any]) -> None:
+        """One optimizer step and one scheduler step on `batch`; rank 0 logs it."""
+        batch = _to_device(batch, self.dev)
+        total, terms, out, grad_norm = optimizer_step(self.ddp_module, batch, self.optimizer, self.scaler,
+                                                      self.params, self.cfg.optim.grad_clip, self.amp_dtype,
+                                                      self.dev.type)
+        self.scheduler.step()
+        self.step += 1
+        if self.rank == 0:
+            self.last = {"loss": float(total.detach()), "grad_norm": float(grad_norm),
+                         **{k: float(v.detach()) for k, v in terms.items()}}
+            self._log_step(batch, out)
+
+    def _should_stop(self) -> bool:
+        """cfg.max_steps reached or the time budget spent; under DDP every rank must take the same decision
+        (time budgets differ per process), so the ranks agree on it."""
+        out_of_time = self.max_minutes is not None and (time.perf_counter() - self.t0) > 60.0 * self.max_minutes
+        stop = self.step >= self.cfg.max_steps or out_of_time
+        if self.distributed:
+            flag = torch.tensor([1.0 if stop else 0.0], device=self.dev)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item() > 0)
+        return stop
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def _save_training_checkpoint(self) -> None:
+        """Rank 0: an atomic checkpoint of this step (weights + optimizer, scheduler and scaler state)."""
+        save_training_checkpoint(self.run, self.step, self.model, self.optimizer, self.scheduler, self.scaler,
+                                 self.cfg.to_dict(), self.cfg.keep_last)
+        self.last_saved = self.step
+
+    def _save_final_weights(self) -> None:
+        """Rank 0: a checkpoint of the last step unless it has one, and the weights as run/model.safetensors."""
+        if self.rank != 0:
+            return
+        if self.last_saved != self.step:
+            self._save_training_checkpoint()
+        save_checkpoint(self.model, self.run / "model.safetensors",
+                        extra={"step": self.step, "dataroot": str(self.dataroot), "version": self.version})
+
+    # ------------------------------------------------------------------------------------------ logs
+    def _open_logs(self) -> None:
+        """Rank 0: the tensorboard writer (when tensorboard is installed), train_config.json and, unless
+        progress is off, the progress bar."""
+        if self.rank != 0:
+            return
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            writer = SummaryWriter(str(run / "tb"))
+            self.writer = SummaryWriter(str(self.run / "tb"))
         except ImportError:
             logger.warning("tensorboard not installed: no event files")
-        (run / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    bar = None
-    if rank == 0 and progress:
-        from tqdm import tqdm
+        (self.run / "train_config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
+        if self.progress:
+            from tqdm import tqdm
 
-        bar = tqdm(total=cfg.max_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
-                   mininterval=1.0 if sys.stderr.isatty() else 30.0)
+            self.bar = tqdm(total=self.cfg.max_steps, initial=self.start_step, desc="train", unit="step",
+                            dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
 
-    model.train()
-    step = start_step
-    t0 = time.perf_counter()
-    data_time = 0.0
-    last: dict[str, float] = {}
-    log_path = run / "train_log.jsonl"
-    stop = step >= cfg.max_steps
-    epoch = step // steps_per_epoch
-    last_saved = start_step if resume else -1
-    while not stop:
-        sampler.set_epoch(epoch)
-        t_data = time.perf_counter()
-        for batch in loader:
-            data_time += time.perf_counter() - t_data
-            batch = _to_device(batch, dev)
-            total, terms, out, grad_norm = optimizer_step(ddp_module, batch, optimizer, scaler, params, o.grad_clip,
-                                                          amp_dtype, dev.type)
-            scheduler.step()
-            step += 1
-            if rank == 0:
-                last = {"loss": float(total.detach()), "grad_norm": float(grad_norm),
-                        **{k: float(v.detach()) for k, v in terms.items()}}
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
-                if writer is not None and (step % cfg.log_every == 0 or step == 1):
-                    for k, v in last.items():
-                        writer.add_scalar(f"loss/{k}" if k not in ("grad_norm",) else k, v, step)
-                    writer.add_scalar("lr", scheduler.get_last_lr()[0], step)
-                    elapsed = time.perf_counter() - t0
-                    writer.add_scalar("perf/steps_per_s", (step - start_step) / max(elapsed, 1e-9), step)
-                    writer.add_scalar("perf/data_wait_fraction", data_time / max(elapsed, 1e-9), step)
-                if step % cfg.log_every == 0 or step == 1:
-                    with open(log_path, "a") as fh:
-                        fh.write(json.dumps({"step": step, "time_s": time.perf_counter() - t0, **last}) + "\n")
-                if writer is not None and cfg.image_every > 0 and (step % cfg.image_every == 0 or step == 1):
-                    _log_images(writer, step, batch, out)
-            out_of_time = max_minutes is not None and (time.perf_counter() - t0) > 60.0 * max_minutes
-            stop = step >= cfg.max_steps or out_of_time
-            if distributed:  # every rank must take the same decision (time budgets differ per process)
-                flag = torch.tensor([1.0 if stop else 0.0], device=dev)
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                stop = bool(flag.item() > 0)
-            if rank == 0 and (step % cfg.ckpt_every == 0 or stop):
-                save_training_checkpoint(run, step, model, optimizer, scheduler, scaler, cfg.to_dict(), cfg.keep_last)
-                last_saved = step
-            if stop:
-                break
-            t_data = time.perf_counter()
-        epoch += 1
-    if rank == 0:
-        if last_saved != step:
-            save_training_checkpoint(run, step, model, optimizer, scheduler, scaler, cfg.to_dict(), cfg.keep_last)
-        save_checkpoint(model, run / "model.safetensors", extra={"step": step, "dataroot": str(dataroot),
-                                                                   "version": version})
-    if bar is not None:
-        bar.close()
-    if writer is not None:
-        writer.close()
-    elapsed = time.perf_counter() - t0
-    summary = {"step": step, "start_step": start_step, "elapsed_s": elapsed,
-               "steps_per_s": (step - start_step) / max(elapsed, 1e-9),
-               "data_wait_fraction": data_time / max(elapsed, 1e-9), "last": last, "world_size": world}
-    if rank == 0:
-        (run / "train_summary.json").write_text(json.dumps(summary, indent=2))
-    if distributed:
-        # Consistency check: every rank must hold bit-identical weights (DDP averages gradients).
-        hashes: list[Any] = [None] * world
-        dist.all_gather_object(hashes, weights_digest(model))
+    def _log_step(self, batch: dict[str, Any], out: ModelOutput) -> None:
+        """Rank 0, after a step: the progress bar; on the first and every cfg.log_every-th step the tensorboard
+        scalars and a train_log.jsonl line; on the first and every cfg.image_every-th step the rendered views."""
+        step, cfg = self.step, self.cfg
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{self.last['loss']:.4f}", refresh=False)
+        log_now = step % cfg.log_every == 0 or step == 1
+        if self.writer is not None and log_now:
+            self._write_scalars()
+        if log_now:
+            with open(self.run / "train_log.jsonl", "a") as fh:
+                fh.write(json.dumps({"step": step, "time_s": time.perf_counter() - self.t0, **self.last}) + "\n")
+        if self.writer is not None and cfg.image_every > 0 and (step % cfg.image_every == 0 or step == 1):
+            _log_images(self.writer, step, batch, out)
+
+    def _write_scalars(self) -> None:
+        """Tensorboard: the latest losses and grad norm, the learning rate, steps/s and the data-wait fraction."""
+        step, writer = self.step, self.writer
+        for k, v in self.last.items():
+            writer.add_scalar(f"loss/{k}" if k not in ("grad_norm",) else k, v, step)
+        writer.add_scalar("lr", self.scheduler.get_last_lr()[0], step)
+        elapsed = time.perf_counter() - self.t0
+        writer.add_scalar("perf/steps_per_s", (step - self.start_step) / max(elapsed, 1e-9), step)
+        writer.add_scalar("perf/data_wait_fraction", self.data_time / max(elapsed, 1e-9), step)
+
+    def _close_logs(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+    # ------------------------------------------------------------------------------------------ the end
+    def _finish(self) -> dict[str, Any]:
+        """The summary, written by rank 0; under DDP also the ranks' weight digests, then the process group
+        is torn down."""
+        elapsed = time.perf_counter() - self.t0
+        summary = {"step": self.step, "start_step": self.start_step, "elapsed_s": elapsed,
+                   "steps_per_s": (self.step - self.start_step) / max(elapsed, 1e-9),
+                   "data_wait_fraction": self.data_time / max(elapsed, 1e-9), "last": self.last,
+                   "world_size": self.world}
+        if self.rank == 0:
+            self._write_summary(summary)
+        if self.distributed:
+            self._compare_rank_weights(summary)
+            self._destroy_process_group()
+        return summary
+
+    def _write_summary(self, summary: dict[str, Any]) -> None:
+        (self.run / "train_summary.json").write_text(json.dumps(summary, indent=2))
+
+    def _compare_rank_weights(self, summary: dict[str, Any]) -> None:
+        """Consistency check: every rank must hold bit-identical weights (DDP averages gradients). The digests
+        go into the summary (rewritten by rank 0); a mismatch is logged."""
+        hashes: list[Any] = [None] * self.world
+        dist.all_gather_object(hashes, weights_digest(self.model))
         summary["rank_weight_sha256"] = hashes
-        if rank == 0:
-            (run / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        if self.rank == 0:
+            self._write_summary(summary)
             if len(set(hashes)) != 1:
                 logger.warning("ranks hold different weights: %s", hashes)
+
+    def _destroy_process_group(self) -> None:
         dist.barrier()
         # The DDP reducer holds the process group: free it first so that destroy really tears the group down
         # now, not in the interpreter's finalisation (a rank once aborted at exit after a finished run).
-        del ddp_module
+        self.ddp_module = None
         gc.collect()
         dist.destroy_process_group()
-    return summary
+
+
+def train(cfg: TrainConfig, dataroot: str, version: str, out: str | Path, max_steps: int | None = None,
+          max_minutes: float | None = None, resume: bool = False, device: str | None = None,
+          threads: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run (or continue) a training; returns a summary dict (rank 0's view). See Trainer."""
+    return Trainer(cfg, dataroot, version, out, max_steps=max_steps, max_minutes=max_minutes, resume=resume,
+                   device=device, threads=threads, progress=progress).train()
