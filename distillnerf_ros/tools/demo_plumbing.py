@@ -1,4 +1,4 @@
-"""`make demo` (until the model lands): the ROS plumbing end to end on the real nuScenes keyframe.
+"""The ROS plumbing end to end on the real nuScenes keyframe, without a model (used by the tests).
 
 A publisher process sends the keyframe (JPEGs, CameraInfo, /tf, /tf_static) over loopback DDS; this process
 receives it through the synchroniser, the TF cache and the converters (the perception node's input path),
