@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from distillnerf_core.data.datasets import collate_samples, make_dataset
 from distillnerf_core.model.cameras import CameraRig
 from distillnerf_core.model.distillnerf import DistillNeRFModel, ModelOutput
+from distillnerf_core.portable_paths import portable_path
 from distillnerf_core.training.checkpoints import (
     find_resumable,
     load_training_state,
@@ -366,7 +367,7 @@ class Trainer:
         if self.last_saved != self.step:
             self._save_training_checkpoint()
         save_checkpoint(self.model, self.run / "model.safetensors",
-                        extra={"step": self.step, "dataroot": str(self.dataroot), "version": self.version})
+                        extra={"step": self.step, "dataroot": portable_path(self.dataroot), "version": self.version})
 
     # ------------------------------------------------------------------------------------------ logs
     def _open_logs(self) -> None:
@@ -380,7 +381,10 @@ class Trainer:
             self.writer = SummaryWriter(str(self.run / "tb"))
         except ImportError:
             logger.warning("tensorboard not installed: no event files")
-        (self.run / "train_config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
+        recorded = self.cfg.to_dict()  # a file that travels with the weights: no path of this machine
+        if recorded.get("init"):
+            recorded["init"] = portable_path(recorded["init"])
+        (self.run / "train_config.json").write_text(json.dumps(recorded, indent=2))
         if self.progress:
             from tqdm import tqdm
 

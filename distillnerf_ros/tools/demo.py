@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -300,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="", help="checkpoint (default: the bundled model)")
     parser.add_argument("--frame-timeout", type=float, default=60.0, help="seconds to wait for one frame")
     parser.add_argument("--bags", nargs="+", choices=tuple(RIGS), default=list(RIGS))
+    parser.add_argument("--summary-json", type=Path, default=None,
+                        help="where to write the run's summary (default OUT/summary.json)")
     args = parser.parse_args(argv)
     loopback_dds_defaults()
     started = time.monotonic()
@@ -394,9 +397,38 @@ def main(argv: list[str] | None = None) -> int:
     print(f"output bags (every topic the node publishes, one bag per source): "
           f"{', '.join(str(b) for b in recorder.bags)}")
     print(f"pictures ({len(pictures)}): {args.out}/*_cameras.png, *_bev.png, *_occupancy_3d.png, *_query_*.png")
-    print(f"node log: {args.out / 'perception_node.log'}; total {time.monotonic() - started:.0f} s")
+    total_s = time.monotonic() - started
+    print(f"node log: {args.out / 'perception_node.log'}; total {total_s:.0f} s")
     expected = {name: len(keyframe_stamps(bag)) for name, bag in bags.items()}
+    summary_path = args.summary_json or args.out / "summary.json"
+    write_summary(summary_path, sys.argv[1:] if argv is None else argv, processed, expected, model, counters, answers,
+                  len(pictures), total_s)
+    print(f"summary: {summary_path}")
     return 0 if processed == expected else 1
+
+
+def write_summary(path: Path, argv: list[str] | None, processed: dict[str, int], expected: dict[str, int],
+                  model_ms: np.ndarray, counters: dict[str, dict], answers: dict[str, QueryScene.Response | None],
+                  pictures: int, total_s: float) -> None:
+    """What the run did, as JSON (benchmarks/results/demo_cpu.json is one such file, with its provenance)."""
+    from distillnerf_core.provenance import provenance
+
+    queries = {name: {"queries": SEMANTIC_QUERIES, "success": answer.success, "message": answer.message,
+                      "max_scores": [float(s) for s in answer.max_scores]} if answer is not None else None
+               for name, answer in answers.items()}
+    summary = {"processed": processed, "expected": expected,
+               "model_ms": {"per_frame": [float(m) for m in model_ms],
+                            "median": float(np.median(model_ms)) if len(model_ms) else None,
+                            "max": float(model_ms.max()) if len(model_ms) else None},
+               "node_counters": counters, "query_scene": queries, "pictures": pictures, "total_s": total_s,
+               "provenance": provenance("make demo" if not argv else "python -m distillnerf_ros.tools.demo "
+                                        + " ".join(argv), model="bundled (models/default)",
+                                        data="data/nuscenes_sample keyframe, a 4-keyframe synthetic drive (seed 7),"
+                                             " data/ddad_scene02 (3 frames)")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    tmp.replace(path)
 
 
 if __name__ == "__main__":
