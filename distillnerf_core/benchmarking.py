@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from distillnerf_core.provenance import provenance as provenance  # re-exported: the benchmarks' results JSON
+
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # The model attribute whose module does each stage's matmuls (voxelize has none; the per-sample feature
 # head runs inside the renderer's forward, so FlopCounterMode books it there).
