@@ -11,11 +11,13 @@ import argparse
 import importlib
 import os
 import re
+import shutil
 import struct
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from xml.etree import ElementTree
 
 import rclpy
@@ -25,6 +27,12 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rosbags.interfaces import QosDurability, QosReliability
 from rosbags.rosbag2 import Reader, ReaderError
 from rosgraph_msgs.msg import Clock
+from ruamel.yaml import YAML, YAMLError
+
+try:  # the zstd module rosbags uses
+    from compression import zstd  # Python 3.14
+except ImportError:
+    from backports import zstd  # rosbags' dependency before 3.14
 
 from distillnerf_ros.conversions.nuscenes_messages import stamp_from_us
 from distillnerf_ros.nodes.signals import init_without_signal_handlers
@@ -101,6 +109,96 @@ def message_class(msgtype: str, topic: str = "?"):
     return cls
 
 
+DEFAULT_MAX_DECOMPRESSED_MB = 8192  # hard cap on what a compressed bag may decompress to (disk and memory)
+STREAM_BLOCK = 1 << 20
+
+
+def decompression_cap(max_bytes: int, folder: Path) -> int:
+    """The cap in bytes: `max_bytes`, and never more than the free space of the folder written to."""
+    return max(0, min(max_bytes, shutil.disk_usage(folder).free))
+
+
+def decompress_file(source: Path, target: Path, cap: int) -> int:
+    """Decompress the zstd file `source` into `target`, at most `cap` bytes: a frame header that declares more
+    is refused before anything is written, and the stream is checked block by block, so a file that
+    decompresses past the cap stops there (`target` holds at most cap + 1 bytes). Returns the size written."""
+    try:
+        with source.open("rb") as infile:
+            declared = zstd.get_frame_info(infile.read(18)).decompressed_size
+    except zstd.ZstdError as error:
+        raise BagError(f"{source}: not a zstd-compressed file: {error}") from error
+    if declared is not None and declared > cap:
+        raise BagError(f"{source}: its zstd header declares {declared} bytes decompressed, over the cap of {cap}"
+                       " bytes (--max-decompressed-mb, and the free space of the temp folder)")
+    written = 0
+    try:
+        with zstd.open(source, "rb") as infile, target.open("wb") as outfile:
+            while block := infile.read(min(STREAM_BLOCK, cap - written + 1)):
+                written += len(block)
+                if written > cap:
+                    raise BagError(f"{source}: decompresses to more than the cap of {cap} bytes"
+                                   " (--max-decompressed-mb, and the free space of the temp folder); stopped there")
+                outfile.write(block)
+    except (zstd.ZstdError, EOFError) as error:
+        raise BagError(f"{source}: corrupted zstd data after {written} bytes: {error}") from error
+    return written
+
+
+def decompress_message(data: bytes, cap: int, topic: str) -> bytes:
+    """One message of a compression_mode: message bag, decompressed to at most `cap` bytes."""
+    out, rest = bytearray(), bytes(data)
+    try:
+        while rest:
+            decompressor = zstd.ZstdDecompressor()
+            out += decompressor.decompress(rest, max_length=cap + 1 - len(out))
+            if len(out) > cap:
+                raise BagError(f"a message on {topic!r} decompresses to more than the cap of {cap} bytes")
+            if not decompressor.eof:
+                raise BagError(f"a message on {topic!r} holds truncated zstd data")
+            rest = decompressor.unused_data
+    except zstd.ZstdError as error:
+        raise BagError(f"a message on {topic!r} holds corrupted zstd data: {error}") from error
+    return bytes(out)
+
+
+def uncompressed_view(bag: Path, workdir: Path, max_bytes: int) -> tuple[Path, bool]:
+    """(folder to read, messages compressed) for a zstd-compressed bag: compression_mode file is decompressed
+    into `workdir` (bounded, see decompress_file), message links the storage files there; both with a
+    metadata.yaml that says uncompressed, so the reader never decompresses anything unbounded itself.
+    Any other bag: (bag, False), and the reader reports what is wrong with its metadata."""
+    try:
+        metadata = YAML(typ="safe").load((bag / "metadata.yaml").read_text(encoding="utf-8"))
+        info = metadata["rosbag2_bagfile_information"]
+        mode = str(info.get("compression_mode") or "").lower()
+        names = [PurePath(str(name)).name for name in info["relative_file_paths"]]
+    except (OSError, UnicodeDecodeError, YAMLError, KeyError, TypeError, AttributeError):
+        return bag, False
+    if mode not in ("file", "message") or info.get("compression_format") != "zstd":
+        return bag, False
+    view = workdir / "bag"
+    view.mkdir()
+    cap = decompression_cap(max_bytes, workdir)
+    renamed = {}
+    for name in names:
+        source = bag / name
+        if not source.is_file():
+            raise BagError(f"{source} is listed in {bag / 'metadata.yaml'} but is not a file")
+        if mode == "file":
+            renamed[name] = PurePath(name).stem if name.endswith(".zstd") else f"{name}.unpacked"
+            cap -= decompress_file(source, view / renamed[name], cap)
+        else:
+            renamed[name] = name
+            (view / name).symlink_to(source.resolve())
+    info["relative_file_paths"] = [renamed[name] for name in names]
+    for entry in info.get("files") or []:
+        if isinstance(entry, dict) and PurePath(str(entry.get("path", ""))).name in renamed:
+            entry["path"] = renamed[PurePath(str(entry["path"])).name]
+    info["compression_mode"], info["compression_format"] = "", ""
+    with (view / "metadata.yaml").open("w", encoding="utf-8") as stream:
+        YAML(typ="safe").dump(metadata, stream)
+    return view, mode == "message"
+
+
 def recorded_qos(connection) -> QoSProfile:
     """QoS the topic was recorded with: transient-local stays latched, best-effort stays best-effort."""
     profiles = connection.ext.offered_qos_profiles or []
@@ -113,21 +211,30 @@ def recorded_qos(connection) -> QoSProfile:
 
 class BagPlayer(Node):
     def __init__(self, bag: Path, topics: list[str] | None, clock: bool, stop=lambda: False,
-                 **node_options) -> None:
+                 max_decompressed_mb: int = DEFAULT_MAX_DECOMPRESSED_MB, **node_options) -> None:
         super().__init__("distillnerf_bag_player", **node_options)
         self._stop = stop  # true once SIGINT / SIGTERM arrived: playback ends after the current message
         self.bag = Path(bag)
         if not (self.bag / "metadata.yaml").is_file():
             raise BagError(f"{self.bag} is not a rosbag2 directory (no metadata.yaml)")
+        self._max_bytes = max_decompressed_mb * 1_000_000
+        self._workdir = tempfile.TemporaryDirectory(prefix="distillnerf-play-")
         try:
-            for storage in sorted(self.bag.glob("*.mcap")) + sorted(self.bag.glob("*.db3")):
+            readable, self._messages_compressed = uncompressed_view(self.bag, Path(self._workdir.name),
+                                                                   self._max_bytes)
+            for storage in sorted(readable.glob("*.mcap")) + sorted(readable.glob("*.db3")):
                 check_storage_file(storage)
         except (MalformedBagError, OSError) as error:
+            self._workdir.cleanup()
             raise BagError(f"bag {self.bag} is malformed: {error}") from error
-        self._reader = Reader(self.bag)
+        except BagError:
+            self._workdir.cleanup()
+            raise
+        self._reader = Reader(readable)
         try:
             self._reader.open()
         except Exception as error:  # rosbags raises many types on malformed input; all are bag errors
+            self._workdir.cleanup()
             raise BagError(f"cannot read bag {self.bag}: {type(error).__name__}: {error}") from error
         available = {c.topic for c in self._reader.connections}
         if topics:
@@ -145,6 +252,7 @@ class BagPlayer(Node):
             self._reader.close()
         except Exception:  # noqa: BLE001 - closing a corrupted bag must not hide the error that ended playback
             pass
+        self._workdir.cleanup()
         self.destroy_node()
 
     def publish_clock(self, stamp_ns: int) -> None:
@@ -169,6 +277,8 @@ class BagPlayer(Node):
                             next_clock = now + 1.0 / clock_hz
                         time.sleep(min(due - now, 1.0 / clock_hz))
                 self.publish_clock(stamp_ns)
+                if self._messages_compressed:
+                    data = decompress_message(data, self._max_bytes, connection.topic)
                 self._topic_publishers[connection.id].publish(bytes(data))
                 stats.messages += 1
         except (ReaderError, ValueError, KeyError, IndexError, OverflowError, struct.error, EOFError, OSError) as error:
@@ -211,11 +321,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay", type=float, default=0.0,
                         help="extra seconds to wait after discovery before playing (as ros2 bag play --delay)")
     parser.add_argument("--max-loops", type=int, default=0, help="with --loop: stop after this many (0: never)")
+    parser.add_argument("--max-decompressed-mb", type=int, default=DEFAULT_MAX_DECOMPRESSED_MB,
+                        help="a zstd-compressed bag (or one message of it) may decompress to at most this many MB")
     args = parser.parse_args(argv)
+    if args.max_decompressed_mb < 0:
+        parser.error("--max-decompressed-mb must be >= 0")
     stop = init_without_signal_handlers()  # SIGINT / SIGTERM end playback cleanly, exit 0
     stats = PlaybackStats()
     try:
-        player = BagPlayer(args.bag, args.topics, args.clock, stop=lambda: bool(stop))
+        player = BagPlayer(args.bag, args.topics, args.clock, stop=lambda: bool(stop),
+                           max_decompressed_mb=args.max_decompressed_mb)
     except BagError as error:
         print(f"distillnerf-play: error: {error}", file=sys.stderr)
         rclpy.try_shutdown()
