@@ -133,6 +133,7 @@ def test_train_configs_load(tmp_path):
         load_train_config(path)
 
 
+@pytest.mark.slow
 def test_train_config_compile_trains_through_the_compiled_stages(root, tmp_path, monkeypatch):
     """TrainConfig.compile: training steps run the compiled encoder, lift and decoder (traced with aot_eager
     here, the training path of torch.compile; inductor's CPU compile of the backward takes minutes)."""
