@@ -3,7 +3,7 @@
 and the fp32 training step (forward, default loss, backward, Adam) of one config.
 
     git archive <commit> distillnerf_core | tar -x -C /tmp/before     # one tree per revision
-    python benchmarks/cpu_ab.py /tmp/before /tmp/after [--config small] [--rounds 4] [--json OUT]
+    python benchmarks/cpu_ab.py /tmp/before /tmp/after [--config small] [--rounds 4] [--labels C1 C2] [--json OUT]
 
 Each round runs every tree in a fresh process, one after the other, so background load on a shared machine
 hits all trees alike; the report gives per-tree medians and minima over all rounds (per stage too), and
@@ -19,6 +19,10 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from distillnerf_core.provenance import command_line, portable, provenance
 
 CHILD = r'''
 import json, sys, time, torch
@@ -75,10 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2,
                         help="torch threads; with 1, process CPU time measures the work done, little affected by "
                              "other load on a shared machine (no OpenMP spin-waits)")
+    parser.add_argument("--labels", nargs="+", default=None,
+                        help="one label per tree, e.g. the commit it was archived from (recorded in the JSON)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    if args.labels is not None and len(args.labels) != len(args.trees):
+        parser.error("--labels needs one label per tree")
     keys = ("infer_ms", "infer_cpu_ms", "train_ms", "train_cpu_ms")
-    runs = {str(t): {**{k: [] for k in keys}, "stages": {}} for t in args.trees}
+    runs = {portable(t): {**{k: [] for k in keys}, "stages": {}} for t in args.trees}
     for _ in range(args.rounds):
         for tree in args.trees:
             proc = subprocess.run([sys.executable, "-c", CHILD, args.config, str(args.infer), str(args.train),
@@ -89,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(proc.stderr[-2000:], file=sys.stderr)
                 return 1
             data = json.loads(proc.stdout.strip().splitlines()[-1])
-            run = runs[str(tree)]
+            run = runs[portable(tree)]
             for k in keys:
                 run[k] += data[k]
             for stage, values in data["stages"].items():
@@ -112,6 +120,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{summary['train_step_cpu_ms_median']:.1f} ms; stages "
               + ", ".join(f"{s} {v:.1f}" for s, v in summary["stage_ms_median"].items()))
     if args.json:
+        labels = dict(zip(runs, args.labels or ["not recorded"] * len(runs), strict=True))
+        report["trees_are"] = labels
+        report["provenance"] = provenance(
+            command_line("python benchmarks/cpu_ab.py", argv), model=f"random weights (`{args.config}` config)",
+            data="random images, 6 cameras (a synthetic ring rig)",
+            trees=", ".join(f"{tree}: {label}" for tree, label in labels.items()))
+        if args.labels:  # the code measured is the trees', not this checkout's
+            report["provenance"]["commit"] = " -> ".join(args.labels)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0
 

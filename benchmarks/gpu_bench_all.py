@@ -24,6 +24,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from distillnerf_core.cli.bench import _table, run_benchmark  # noqa: E402
+from distillnerf_core.provenance import command_line, provenance  # noqa: E402
 
 # (iters, warmup) per config on CUDA: enough for a stable median, small enough for the 5-minute check.
 ITERS = {"tiny": (20, 3), "small": (20, 3), "paper": (10, 3)}
@@ -66,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.device == "cuda":
                 torch.cuda.empty_cache()
             continue
+        result["provenance"] = provenance(command_line("python benchmarks/gpu_bench_all.py", argv),
+                                          model=f"random weights (`{config}` config)",
+                                          data=f"random images: batch {batch} x 6 cameras (a synthetic ring rig)")
         (args.out / f"bench_{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
         outcomes.append({"run": tag, "status": "ok", "latency_ms_median": result["latency_ms_median"],
                          "peak_mem_mb": result["peak_mem_mb"], "wall_s": time.perf_counter() - start - elapsed})

@@ -15,6 +15,10 @@ import sys
 import tarfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from distillnerf_core.provenance import provenance
+
 KEEP = {"summary.md", "results.json", "results.tar.gz"}
 
 
@@ -35,6 +39,15 @@ def main(argv: list[str] | None = None) -> int:
             merged["profiles"][path.stem[len("profile_"):]] = data
         else:
             merged[path.stem] = data
+    merged["provenance"] = provenance(
+        "bash benchmarks/gpu_check.sh OUTDIR",
+        model="random weights for distillnerf-bench; the ScenePredictor rows: the bundled model (models/default)",
+        data="random images, 6 cameras at each config's size; the ScenePredictor rows: the real keyframe "
+             "(data/nuscenes_sample)")
+    env = merged.get("env") or {}
+    if env.get("gpu"):
+        merged["provenance"]["machine"] = (f"{env['gpu']}, torch {env.get('torch')}, CUDA {env.get('cuda')}; "
+                                           + merged["provenance"]["machine"])
     (out / "results.json").write_text(json.dumps(merged, indent=1) + "\n")
     with tarfile.open(out / "results.tar.gz", "w:gz") as tar:
         for path in files:

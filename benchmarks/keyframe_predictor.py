@@ -27,6 +27,7 @@ from PIL import Image  # noqa: E402
 
 from distillnerf_core.data.nuscenes_tables import NUSCENES_CAMERAS, load_sensor_records  # noqa: E402
 from distillnerf_core.inference import ScenePredictor  # noqa: E402
+from distillnerf_core.provenance import command_line, portable, provenance  # noqa: E402
 
 OUTPUTS = {"depth_only": dict(depth=True, rgb=False, occupancy=False),
            "full": dict(depth=True, rgb=True, occupancy=True),
@@ -55,8 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     images, Ks, extrinsics = load_keyframe(args.dataroot)
-    results = {"cameras": len(images), "image_hw": list(images[0].shape[:2]), "model": str(args.model),
-               "torch_version": torch.__version__, "compiled": args.compile, "runs": {}}
+    results = {"cameras": len(images), "image_hw": list(images[0].shape[:2]), "model": portable(args.model),
+               "torch_version": torch.__version__, "compiled": args.compile, "runs": {},
+               "provenance": provenance(command_line("python benchmarks/keyframe_predictor.py", argv),
+                                        model=portable(args.model), data=portable(args.dataroot))}
     for precision in args.precision:
         try:
             predictor = ScenePredictor(args.model, args.device, precision, compile=args.compile)

@@ -29,6 +29,7 @@ from distillnerf_core.model.lift import (
 )
 from distillnerf_core.model.renderer import RendererConfig, VolumeRenderer, VoxelField
 from distillnerf_core.model.voxels import pool
+from distillnerf_core.provenance import command_line, provenance
 
 RADIUS = (50.0, 50.0, 6.4)
 FINE_RES, COARSE_RES = 256, 64
@@ -96,6 +97,9 @@ def main() -> None:
         for lookup in ("nearest", "trilinear")
     }
     result["fine_voxel_m"] = {"x": 2 / FINE_RES / 0.8 * RADIUS[0], "z": 2 / FINE_RES / 0.8 * RADIUS[2]}
+    result["provenance"] = provenance(command_line("python benchmarks/lookup_accuracy.py"),
+                                      model="hand-built voxel fields with analytic ground truth (no trained model)",
+                                      data="the same analytic fields")
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -25,7 +25,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -42,6 +41,7 @@ from distillnerf_core.cli import configure_logging  # noqa: E402
 from distillnerf_core.data.datasets import NuScenesDataset, collate_samples  # noqa: E402
 from distillnerf_core.data.synthetic.export import VERSION as SYN_VERSION  # noqa: E402
 from distillnerf_core.data.synthetic.export import write_dataroot as write_synthetic  # noqa: E402
+from distillnerf_core.provenance import command_line, provenance  # noqa: E402
 from distillnerf_core.scene_fit.fit import FitConfig, fit_dataroot  # noqa: E402
 from distillnerf_core.training.checkpoints import load_checkpoint  # noqa: E402
 from distillnerf_core.training.config import load_train_config  # noqa: E402
@@ -173,15 +173,25 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     c0, t0 = time.process_time(), time.perf_counter()
+    started = provenance(command_line("python benchmarks/nerf_distill.py", argv))  # the code as the run starts
     result = synthetic(args) if args.part == "synthetic" else real(args)
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    result["header"] = (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC {platform.node()} "
+    result["header"] = (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC "
                         f"{os.cpu_count()} CPU cores (load average {load} at the end), {args.threads} threads, torch "
                         f"{torch.__version__}, commit {commit}; process CPU {(time.process_time() - c0) / 60:.1f} min, "
                         f"wall {(time.perf_counter() - t0) / 60:.1f} min")
-    result["command"] = "python " + " ".join(["benchmarks/nerf_distill.py", *(argv or sys.argv[1:])])
+    result["command"] = started["command"]
+    setup = result.get("setup", {})
+    result["provenance"] = {
+        **started,
+        "model": (f"per-scene fits from {setup['init']}; per-scene fields fitted in the run" if args.part == "real"
+                  else f"`small` trained from scratch per variant ({setup.get('steps')} steps); per-scene fields "
+                       "fitted in the run"),
+        "data": (f"DDAD scene 02 (data/ddad_scene02): frames {setup.get('train_frames')} fitted, "
+                 f"{setup.get('held_out')} held out" if args.part == "real"
+                 else f"synthetic: train {setup.get('train')}, held out {setup.get('heldout')}")}
     path = args.json or REPO / "benchmarks" / "results" / f"nerf_distill_{args.part}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")

@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 from node_metrics import percentiles, rss_mb  # noqa: E402
 
 from distillnerf_core.data.nuscenes_tables import load_sensor_records  # noqa: E402
+from distillnerf_core.provenance import command_line, model_identity, portable, provenance  # noqa: E402
 from distillnerf_ros.conversions.nuscenes_messages import camera_messages, static_tf_message  # noqa: E402
 from distillnerf_ros.input.rig_input import TF_STATIC_QOS  # noqa: E402
 from distillnerf_ros.tools.processes import stop_process  # noqa: E402
@@ -52,6 +53,11 @@ def main() -> int:
                         help="set the node's semantic_queries (labels on ~/occupancy every frame)")
     parser.add_argument("--json", default="")
     args = parser.parse_args()
+    started = provenance(
+        command_line(".venv/bin/python benchmarks/node_latency.py"),
+        model=model_identity(args.model or REPO / "models" / "default" / "model.safetensors"),
+        data=f"{portable(args.dataroot)}: one sample's camera JPEGs + CameraInfo re-stamped with the current time at "
+             f"{args.hz:g} Hz for {args.seconds:g} s")
 
     records = [r for r in load_sensor_records(args.dataroot) if r.modality == "camera"]
     first_sample = records[0].sample_token
@@ -118,13 +124,14 @@ def main() -> int:
     in_node = [proc - mod for proc, mod in zip(series["processing"], series["model"], strict=False)]
     processed = int(counters.get("processed", 0))
     result = {
-        "dataroot": args.dataroot, "hz": args.hz, "seconds": args.seconds, "frames_sent": sent,
+        "dataroot": portable(args.dataroot), "hz": args.hz, "seconds": args.seconds, "frames_sent": sent,
         "frames_processed": processed, "drop_rate": 1 - processed / sent if sent else None,
         "latency_ms": percentiles(series["latency"]), "model_ms": percentiles(series["model"]),
         "processing_ms": percentiles(series["processing"]), "ros_overhead_ms": percentiles(overhead),
         "input_delay_ms": percentiles(series["input_delay"]), "in_node_overhead_ms": percentiles(in_node),
         "rss_mb": rss, "device": counters.get("device"), "cpu_count": os.cpu_count(),
         "semantic_queries": args.semantic_queries, "semantic_status": counters.get("semantic_queries"),
+        "provenance": started,
     }
     print(f"{'metric':<20}{'median':>10}{'p90':>10}{'max':>10}   (ms, {len(series['latency'])} frames)")
     for key in ("latency_ms", "model_ms", "processing_ms", "ros_overhead_ms", "input_delay_ms", "in_node_overhead_ms"):

@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from distillnerf_core.data.nuscenes_tables import load_sensor_records  # noqa: E402
 from distillnerf_core.inference import FramePrediction, ScenePredictor  # noqa: E402
+from distillnerf_core.provenance import command_line, model_identity, portable, provenance  # noqa: E402
 from distillnerf_ros.conversions.nuscenes_messages import camera_messages  # noqa: E402
 from distillnerf_ros.input.rig_input import RigFrame, decode_pool  # noqa: E402
 from distillnerf_ros.nodes.perception_outputs import PerceptionOutputs  # noqa: E402
@@ -93,6 +94,9 @@ def main() -> int:
     args = parser.parse_args()
 
     load_at_start = os.getloadavg()[0]
+    started = provenance(command_line(".venv/bin/python benchmarks/node_overhead.py"),
+                         model=model_identity(bundled_model_path()),
+                         data=f"{portable(args.dataroot)}: one sample's camera JPEGs")
     records, messages = keyframe(args.dataroot)
     predictor = ScenePredictor(bundled_model_path(), "cpu")
     rclpy.init()
@@ -113,13 +117,15 @@ def main() -> int:
 
     medians = {step: statistics.median(values) for step, values in samples.items()}
     outside = ("wanted", "publish_prediction", "publish_timing x4")
-    result = {"dataroot": args.dataroot, "iters": args.iters, "cpu_count": os.cpu_count(), "cameras": len(records),
+    result = {"dataroot": portable(args.dataroot), "iters": args.iters, "cpu_count": os.cpu_count(),
+              "cameras": len(records),
               "load_avg_1min": {"start": load_at_start, "end": os.getloadavg()[0]},  # the shared machine's other work
               "model_input_hw": list(predictor.input_hw), "decoded_hw": list(frames["pool"].images[0].shape[:2]),
               "voxels": len(prediction.voxel_centers), "median_ms": medians,
               "min_ms": {step: min(values) for step, values in samples.items()},
               "in_node_outside_model_ms": {mode: medians[f"decode_{mode}"] + sum(medians[s] for s in outside)
-                                           for mode in ("serial", "pool")}}
+                                           for mode in ("serial", "pool")},
+              "provenance": started}
     print(f"{'step':<34}{'median':>9}{'min':>9}   (ms, {args.iters} rounds, {os.cpu_count()} CPUs,"
           f" load {result['load_avg_1min']['start']:.1f} -> {result['load_avg_1min']['end']:.1f})")
     for step, value in medians.items():

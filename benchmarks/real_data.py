@@ -27,7 +27,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -42,6 +41,7 @@ from distillnerf_core.data.datasets import NuScenesDataset, collate_samples  # n
 from distillnerf_core.data.dgp import DDAD_CAMERAS, VERSION, write_dataroot  # noqa: E402
 from distillnerf_core.data.nuscenes_sample import build_dataroot, find_version  # noqa: E402
 from distillnerf_core.model.cameras import CameraRig  # noqa: E402
+from distillnerf_core.provenance import command_line, portable, provenance  # noqa: E402
 from distillnerf_core.training.checkpoints import load_checkpoint  # noqa: E402
 from distillnerf_core.training.losses import DistillNeRFLoss, LossConfig  # noqa: E402
 from distillnerf_core.training.metrics import depth_metrics, psnr, resize_mask, ssim  # noqa: E402
@@ -174,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     pictures = args.pictures or args.work / "pictures"
     wall0 = time.perf_counter()
+    started = provenance(command_line("python benchmarks/real_data.py", argv),
+                         model=portable(args.model),
+                         data="data/nuscenes_sample (the nuScenes keyframe) and data/ddad_scene02 (three DDAD frames)")
 
     model = load_checkpoint(args.model).eval()
     image_hw = tuple(model.config.image_hw)
@@ -245,12 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    header = (f"{datetime.date.today()} {platform.node()} {os.cpu_count()} CPU cores (load average {load} at the end),"
+    header = (f"{datetime.date.today()} {os.cpu_count()} CPU cores (load average {load} at the end),"
               f" {args.threads} threads, "
               f"torch {torch.__version__}, commit {commit}; model {args.model.name} ({model.config.image_hw[1]}x"
               f"{model.config.image_hw[0]} input, render {render_hw[1]}x{render_hw[0]}); "
               f"total {time.perf_counter() - wall0:.0f} s")
-    result = {"header": header, "command": "python " + " ".join(["benchmarks/real_data.py", *(argv or sys.argv[1:])]),
+    result = {"header": header, "command": started["command"], "provenance": started,
               "ddad_masked_fraction": masked,
               "camera_order": {"nuscenes": list(nusc.cameras), "ddad": list(DDAD_CAMERAS)}, "bundled": bundled,
               "novel_view": novel, "per_scene_fit": per_scene}

@@ -18,7 +18,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from distillnerf_core.configs import deep_merge  # noqa: E402
 from distillnerf_core.data.datasets import NuScenesDataset, collate_samples  # noqa: E402
 from distillnerf_core.data.nuscenes_sample import build_dataroot, find_version  # noqa: E402
 from distillnerf_core.model.distillnerf import DistillNeRFModel, ModelConfig  # noqa: E402
+from distillnerf_core.provenance import command_line, portable, provenance  # noqa: E402
 from distillnerf_core.training.checkpoints import load_weights, read_metadata  # noqa: E402
 from distillnerf_core.training.eval import evaluate, format_table  # noqa: E402
 from distillnerf_core.training.losses import DistillNeRFLoss, LossConfig  # noqa: E402
@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
+    model = f"initialised from {portable(args.init)}" if args.init else f"`{args.config}` from scratch"
+    started = provenance(command_line("python benchmarks/real_keyframe.py", argv), model=model,
+                         data=f"{portable(args.src)}: trained and evaluated on the same frame")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     version = find_version(args.src)
@@ -94,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     result = evaluate(model, dataset, images_dir=args.work / "images", num_images=1, progress=False)
     m = result["metrics"]
     header = (f"real keyframe PER-FRAME FIT (trained and evaluated on the same frame) {datetime.date.today()} "
-              f"{platform.node()} {os.cpu_count()} CPU cores, {args.threads} threads, torch {torch.__version__}; "
-              f"config {args.init or args.config} render_scale {mcfg.renderer.render_scale}, "
+              f"{os.cpu_count()} CPU cores, {args.threads} threads, torch {torch.__version__}; "
+              f"config {portable(args.init) if args.init else args.config} render_scale {mcfg.renderer.render_scale}, "
               f"{step} steps in {minutes:.1f} min, "
               f"lr {args.lr} cosine, image {mcfg.image_hw[1]}x{mcfg.image_hw[0]}, render {render_hw[1]}x{render_hw[0]}")
     print("\n" + header)
@@ -105,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{'met' if ok_depth else 'NOT met'}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"header": header, "steps": step, "minutes": minutes, **m}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"header": header, "steps": step, "minutes": minutes, **m,
+                                         "provenance": started}, indent=2) + "\n")
     return 0
 
 

@@ -26,7 +26,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ from distillnerf_core.cli import configure_logging  # noqa: E402
 from distillnerf_core.data.datasets import DataConfig, make_dataset  # noqa: E402
 from distillnerf_core.data.synthetic.export import VERSION, write_dataroot  # noqa: E402
 from distillnerf_core.portable_paths import portable_path  # noqa: E402
+from distillnerf_core.provenance import command_line, provenance  # noqa: E402
 from distillnerf_core.teachers.base import TeacherConfig  # noqa: E402
 from distillnerf_core.teachers.cache import MANIFEST, cache_features  # noqa: E402
 from distillnerf_core.training.checkpoints import load_checkpoint  # noqa: E402
@@ -86,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    started = provenance(command_line("python benchmarks/semantic_oracle.py", argv),
+                         model=f"initialised from {portable_path(args.init)}, trained with oracle-feature distillation",
+                         data=f"synthetic: train {args.train_scenes} x {args.train_frames} keyframes (seed "
+                              f"{args.train_seed}), held out {args.heldout_scenes} x {args.heldout_frames} keyframes "
+                              f"(seed {args.heldout_seed}), {args.width}x{args.height}")
     work = args.work
     ensure_dataroot(work / "train", args.train_scenes, args.train_frames, args.train_seed, args.width, args.height)
     ensure_dataroot(work / "heldout", args.heldout_scenes, args.heldout_frames, args.heldout_seed, args.width,
@@ -121,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     training = (f"reused run {portable_path(run)} ({summary['step']} steps in {summary['elapsed_s'] / 60:.1f} min,"
                 " trained by an earlier run: see its train_summary)" if reused else
                 f"trained on {trained_on} for at most {args.minutes:g} min ({summary['step']} steps)")
-    header = (f"semantic oracle benchmark {datetime.date.today()}  {platform.node()}  {os.cpu_count()} CPU cores, "
+    header = (f"semantic oracle benchmark {datetime.date.today()}  {os.cpu_count()} CPU cores, "
               f"torch {torch.__version__}; {training}; init {Path(args.init).name}; train "
               f"{args.train_scenes}x{args.train_frames} keyframes (seed {args.train_seed}); held-out "
               f"{args.heldout_scenes}x{args.heldout_frames} (seed {args.heldout_seed}); evaluation on the CPU")
@@ -129,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"feat_psnr {protocol['details'].get('feat_psnr')}  feat_cosine {protocol['details'].get('feat_cosine')}  "
           f"recon PSNR {protocol['metrics']['psnr']}")
     print(format_semantic_table(semantic))
-    result = {"header": header, "command": "python benchmarks/semantic_oracle.py " + " ".join(argv or sys.argv[1:]),
+    if reused:
+        started["model"] = f"reused run {portable_path(run)} ({summary['step']} steps, trained by an earlier run)"
+    result = {"header": header, "command": started["command"], "provenance": started,
               "run": portable_path(run), "train_summary": summary, "protocol": protocol["metrics"],
               "feat_psnr": protocol["details"].get("feat_psnr"), "feat_cosine": protocol["details"].get("feat_cosine"),
               "semantic_occupancy": semantic, "eval_seconds": eval_s}

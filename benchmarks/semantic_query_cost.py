@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -28,6 +27,7 @@ import torch  # noqa: E402
 
 from distillnerf_core.data.datasets import DataConfig, make_dataset  # noqa: E402
 from distillnerf_core.inference import ScenePredictor  # noqa: E402
+from distillnerf_core.provenance import command_line, portable, provenance  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,13 +62,17 @@ def main(argv: list[str] | None = None) -> int:
             plain.append(1000 * (t1 - t0))
             labelled.append(1000 * (t2 - t1))
             query_only.append(1000 * (t3 - t2))
-    result = {"machine": f"{platform.node()} {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-                         f"{args.threads} threads", "checkpoint": args.checkpoint, "queries": args.queries,
+    result = {"machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {args.threads} threads",
+              "checkpoint": portable(args.checkpoint), "queries": args.queries,
               "voxels": int(pred.voxel_centers.shape[0]), "iters": args.iters,
               "predict_ms_median": statistics.median(plain),
               "predict_with_queries_ms_median": statistics.median(labelled),
               "query_only_ms_median": statistics.median(query_only)}
     result["added_ms_median"] = result["predict_with_queries_ms_median"] - result["predict_ms_median"]
+    result["provenance"] = provenance(command_line("python benchmarks/semantic_query_cost.py", argv),
+                                      model=portable(args.checkpoint),
+                                      data=f"{portable(args.dataroot)} ({args.version}), sample {args.sample_index}",
+                                      threads=args.threads)
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,7 @@ sys.path.insert(0, str(REPO))
 from node_metrics import percentiles, rss_mb  # noqa: E402
 
 from distillnerf_core.data.nuscenes_tables import NUSCENES_CAMERAS  # noqa: E402
+from distillnerf_core.provenance import command_line, model_identity, provenance  # noqa: E402
 from distillnerf_ros.conversions.nuscenes_messages import transform_stamped  # noqa: E402
 from distillnerf_ros.input.rig_input import TF_QOS  # noqa: E402
 from distillnerf_ros.tools.demo import build_bags  # noqa: E402
@@ -130,6 +131,12 @@ def main() -> int:
     parser.add_argument("--lifecycle-period", type=float, default=0.0,
                         help="deactivate + activate the node every this many seconds (0: never)")
     args = parser.parse_args()
+    started = provenance(
+        command_line("benchmarks/soak.sh"),
+        model=model_identity(args.model or REPO / "models" / "default" / "model.safetensors") + ", fp32 on the CPU",
+        data="the synthetic demo bag looped at real time with /clock"
+             + (f"; base_link -> soak_extra on /tf at {args.tf_hz:g} Hz" if args.tf_hz else "")
+             + (f"; deactivate + activate every {args.lifecycle_period:g} s" if args.lifecycle_period else ""))
     bag = build_bags(args.out)["synthetic"]
     node_cmd = [sys.executable, str(REPO / "scripts" / "perception_node"), "--ros-args", "--params-file",
                 str(REPO / "config" / "perception.yaml"), "-p", "use_sim_time:=true"]
@@ -240,7 +247,8 @@ def main() -> int:
     }
     print(json.dumps(result, indent=2))
     if args.json:
-        Path(args.json).write_text(json.dumps({**result, "rss_series": rss, "memory_series": memory}, indent=2))
+        Path(args.json).write_text(json.dumps({**result, "rss_series": rss, "memory_series": memory,
+                                               "provenance": started}, indent=2))
     bench.destroy_node()
     rclpy.shutdown()
     return 1 if crashed or failed_cycles else 0

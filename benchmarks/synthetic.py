@@ -21,7 +21,6 @@ import copy
 import datetime
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import torch  # noqa: E402
 from distillnerf_core.cli import configure_logging  # noqa: E402
 from distillnerf_core.data.datasets import DataConfig, make_dataset  # noqa: E402
 from distillnerf_core.data.synthetic.export import VERSION, write_dataroot  # noqa: E402
+from distillnerf_core.provenance import command_line, provenance  # noqa: E402
 from distillnerf_core.training.checkpoints import load_checkpoint  # noqa: E402
 from distillnerf_core.training.config import load_train_config  # noqa: E402
 from distillnerf_core.training.eval import evaluate  # noqa: E402
@@ -116,6 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.heldout_seed == args.train_seed:
         p.error("the held-out seed must differ from the train seed")
     torch.set_num_threads(args.threads)
+    started = provenance(command_line("python benchmarks/synthetic.py", argv),
+                         model=f"`{args.config}` trained from scratch per variant",
+                         data=f"synthetic: train {args.train_scenes} x {args.train_frames} keyframes (seed "
+                              f"{args.train_seed}), held out {args.heldout_scenes} x {args.heldout_frames} keyframes "
+                              f"(seed {args.heldout_seed}), {args.width}x{args.height}")
     work = args.work
     ensure_dataroot(work / "train", args.train_scenes, args.train_frames, args.train_seed, args.width, args.height)
     ensure_dataroot(work / "heldout", args.heldout_scenes, args.heldout_frames, args.heldout_seed, args.width,
@@ -123,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = VARIANTS if args.ablations else {"small": {}}
     per = args.minutes / len(variants)
     results = {name: run_variant(name, ov, args, per, work) for name, ov in variants.items()}
-    header = (f"synthetic benchmark {datetime.date.today()}  {platform.node()}  {os.cpu_count()} CPU cores, "
+    header = (f"synthetic benchmark {datetime.date.today()}  {os.cpu_count()} CPU cores, "
               f"torch {torch.__version__}, {args.threads} threads; config {args.config}; budget {args.minutes:g} min"
               f"{' split over ' + str(len(variants)) + ' variants' if len(variants) > 1 else ''}; train "
               f"{args.train_scenes}x{args.train_frames} keyframes (seed {args.train_seed}), held-out "
@@ -132,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"header": header, "results": results}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"header": header, "results": results, "provenance": started},
+                                        indent=2) + "\n")
     return 0
 
 

@@ -35,8 +35,9 @@ def portable(path: str | os.PathLike[str], root: Path = REPO) -> str:
         return resolved.name
 
 
-def command_line(script: str, argv: Sequence[str] | None = None, root: Path = REPO) -> str:
-    """`python SCRIPT ARGS` as run, with every absolute path argument made portable."""
+def command_line(program: str, argv: Sequence[str] | None = None, root: Path = REPO) -> str:
+    """`program ARGS` as run (program e.g. "python benchmarks/soak.py" or "distillnerf-bench"; ARGS default
+    sys.argv[1:]), with every absolute path argument made portable."""
     args = list(sys.argv[1:] if argv is None else argv)
     parts = []
     for arg in args:
@@ -47,7 +48,7 @@ def command_line(script: str, argv: Sequence[str] | None = None, root: Path = RE
             parts.append(portable(arg, root))
         else:
             parts.append(arg)
-    return " ".join(["python", portable(script, root) if os.path.isabs(script) else script, *parts])
+    return " ".join([program, *parts])
 
 
 def git_commit(root: Path = REPO) -> tuple[str, bool | None]:
@@ -60,6 +61,23 @@ def git_commit(root: Path = REPO) -> tuple[str, bool | None]:
     except (OSError, subprocess.SubprocessError):
         return "unknown", None
     return head or "unknown", bool(status.strip())
+
+
+def model_identity(path: str | os.PathLike[str], root: Path = REPO) -> str:
+    """A model file as recorded: its portable path and, inside the checkout, the commit that last changed it
+    (so "models/default/model.safetensors" says which bundled model it was on the run's date)."""
+    name = portable(path, root)
+    try:
+        rel = Path(path).expanduser().resolve().relative_to(root.resolve())
+        last = subprocess.run(["git", "-C", str(root), "log", "-1", "--format=%h", "--", str(rel)],
+                              capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        changed = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", str(rel)],
+                                 capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (ValueError, OSError, subprocess.SubprocessError):
+        return name
+    if not last:
+        return f"{name} (not committed)"
+    return f"{name} (last changed in {last}{', modified since' if changed else ''})"
 
 
 def machine() -> str:

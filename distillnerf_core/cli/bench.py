@@ -35,6 +35,7 @@ from distillnerf_core.benchmarking import (
 from distillnerf_core.cli import configure_logging
 from distillnerf_core.model.cameras import ring_rig
 from distillnerf_core.model.distillnerf import STAGES, DistillNeRFModel, ModelConfig
+from distillnerf_core.provenance import command_line, provenance
 from distillnerf_core.training.losses import DistillNeRFLoss
 from distillnerf_core.training.trainer import TrainStep, optimizer_step
 
@@ -267,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(_table(result))
     if args.json:
+        result["provenance"] = provenance(
+            command_line("distillnerf-bench", argv), model=f"random weights (`{args.config}` config)",
+            data=f"random images: batch {args.batch} x {args.cameras} cameras at {result['image_hw'][1]}x"
+                 f"{result['image_hw'][0]} (a synthetic ring rig)")
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -7,7 +7,7 @@ import os
 
 from conftest import REPO
 
-from distillnerf_core.provenance import command_line, git_commit, portable, provenance
+from distillnerf_core.provenance import command_line, git_commit, model_identity, portable, provenance
 
 
 def test_provenance_has_every_fact_report_py_prints_and_no_absolute_path():
@@ -30,5 +30,11 @@ def test_paths_are_written_relative_to_the_repository_or_by_name():
     assert portable(REPO / "data" / "nuscenes_sample") == "data/nuscenes_sample"
     assert portable("/tmp/scratch/run/model.safetensors") == "model.safetensors"
     argv = ["--json", str(REPO / "benchmarks" / "results" / "s.json"), "--work=/tmp/w/x", "--minutes", "3"]
-    line = command_line(str(REPO / "benchmarks" / "soak.py"), argv)
+    line = command_line("python benchmarks/soak.py", argv)
     assert line == "python benchmarks/soak.py --json benchmarks/results/s.json --work=x --minutes 3"
+
+
+def test_a_bundled_model_is_named_with_the_commit_that_last_changed_it(tmp_path):
+    identity = model_identity(REPO / "models" / "default" / "model.safetensors")
+    assert identity.startswith("models/default/model.safetensors (last changed in ")
+    assert model_identity(tmp_path / "x.safetensors") == "x.safetensors"
