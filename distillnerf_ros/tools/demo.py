@@ -5,9 +5,11 @@
 2. Starts perception_node (its own process, config/perception.yaml, the bundled model, use_sim_time); for the
    DDAD bag a second node with config/ddad.yaml on top (that rig's camera names).
 3. Plays each bag with /clock through distillnerf-play (slowed down so that every keyframe is processed on
-   a CPU), records every topic the node publishes (outputs, depth camera_info, debug series, /diagnostics)
-   into one rosbag2 per source under demo_out/outputs/ with each topic's QoS, and draws per frame a contact
-   sheet, a bird's-eye occupancy image and a 3D view of the occupied voxels into demo_out/.
+   a CPU), records every topic the node publishes (outputs, depth camera_info and opacity, debug series,
+   transitions, /diagnostics) into one rosbag2 per source under demo_out/outputs/ (a message goes to the source
+   whose time span holds its stamp, or the /clock when it has none) with each publisher's offered QoS, and
+   draws per frame a contact sheet, a bird's-eye occupancy image and a 3D view of the occupied voxels into
+   demo_out/.
 4. After the synthetic drive, asks ~/query_scene for "car" and "building" (the bundled model is distilled
    from the synthetic oracle teacher) and draws the labelled voxels, bird's-eye and 3D.
 5. Prints the measured latency and where everything is.
@@ -29,12 +31,16 @@ from pathlib import Path
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
+from lifecycle_msgs.msg import TransitionEvent
 from nav_msgs.msg import OccupancyGrid
+from rclpy.duration import Infinite
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import serialize_message
+from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 from rosbags.rosbag2 import Reader, Writer
 from rosbags.typesys import Stores, get_typestore
+from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Float64
 
@@ -45,7 +51,7 @@ from distillnerf_ros.conversions.images import compressed_image_to_rgb, image_to
 from distillnerf_ros.conversions.pointcloud import pointcloud2_to_points, unpack_rgb
 from distillnerf_ros.input.tf_cache import stamp_to_ns
 from distillnerf_ros.srv import QueryScene
-from distillnerf_ros.tools.nusc2bag import convert, recorded_qos
+from distillnerf_ros.tools.nusc2bag import convert
 from distillnerf_ros.tools.processes import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,11 +80,14 @@ class FrameOutputs:
 
 
 def output_topics() -> dict[str, tuple[type, QoSProfile]]:
-    """Every topic the node publishes in the demo (publish_rendered on), with the QoS to hear it."""
+    """Every topic the node publishes in the demo (publish_rendered on), with the QoS to hear it: the outputs,
+    per camera depth + its CameraInfo + opacity + rendered RGB, the debug series, the lifecycle transitions and
+    /diagnostics. Not /rosout and /parameter_events, which every node on the domain writes (the node's log is in
+    perception_node.log)."""
     topics = {f"/{NODE}/occupancy": (PointCloud2, RELIABLE), f"/{NODE}/occupancy_grid": (OccupancyGrid, LATCHED),
-              "/diagnostics": (DiagnosticArray, RELIABLE)}
+              f"/{NODE}/transition_event": (TransitionEvent, RELIABLE), "/diagnostics": (DiagnosticArray, RELIABLE)}
     for camera in (*CAMERAS, *DDAD_CAMERAS):
-        for kind in ("depth", "rendered"):
+        for kind in ("depth", "depth/opacity", "rendered"):
             topics[f"/{NODE}/{camera.lower()}/{kind}"] = (Image, RELIABLE)
         topics[f"/{NODE}/{camera.lower()}/depth/camera_info"] = (CameraInfo, RELIABLE)
     for series in ("pipeline_latency_ms", "processing_time_ms", "model_time_ms", "input_delay_ms"):
@@ -86,10 +95,56 @@ def output_topics() -> dict[str, tuple[type, QoSProfile]]:
     return topics
 
 
+def bag_qos(qos: QoSProfile) -> Qos:
+    """An rclpy QoS (as get_publishers_info_by_topic reports it) in the form a rosbag2 stores. A remote
+    publisher's history and depth are not carried by DDS discovery: they read UNKNOWN / 0, and are recorded so,
+    as `ros2 bag record` does."""
+    def time(duration) -> QosTime:
+        if duration.nanoseconds >= Infinite.nanoseconds:
+            return QosTime(sec=0x7FFFFFFF, nsec=0xFFFFFFFF)  # rosbag2's infinite duration
+        return QosTime(sec=duration.nanoseconds // 1_000_000_000, nsec=duration.nanoseconds % 1_000_000_000)
+
+    return Qos(history=QosHistory(int(qos.history)), depth=int(qos.depth),
+               reliability=QosReliability(int(qos.reliability)), durability=QosDurability(int(qos.durability)),
+               deadline=time(qos.deadline), lifespan=time(qos.lifespan), liveliness=QosLiveliness(int(qos.liveliness)),
+               liveliness_lease_duration=time(qos.liveliness_lease_duration),
+               avoid_ros_namespace_conventions=bool(qos.avoid_ros_namespace_conventions))
+
+
+def bag_span(bag: Path) -> tuple[int, int]:
+    """First and last message time of a bag (ns): the window of a played source's stamps and /clock."""
+    with Reader(bag) as reader:
+        return reader.start_time, reader.end_time
+
+
+@dataclass
+class SourceBag:
+    """One played source's output bag while it is being written: its time window, writer and topics."""
+
+    name: str
+    first_ns: int
+    last_ns: int | None  # None: open until the end of the recording
+    staging: Path
+    writer: Writer
+    connections: dict[str, object] = field(default_factory=dict)
+    newest_ns: int = 0  # the newest output stamp written
+
+    def contains(self, stamp_ns: int) -> bool:
+        return self.first_ns <= stamp_ns and (self.last_ns is None or stamp_ns <= self.last_ns)
+
+    def clamp(self, stamp_ns: int) -> int:
+        return max(self.first_ns, stamp_ns if self.last_ns is None else min(stamp_ns, self.last_ns))
+
+
 class OutputRecorder:
-    """Subscribes to every output of the node and writes them into one rosbag2 per played source (so that a
-    bag's stamps come from one recording), with each topic's QoS (a latched grid replays latched); keeps the
-    outputs per stamp for the pictures. Each bag is written under a temporary name, then renamed (atomic)."""
+    """Subscribes to every output of the node and writes them into one rosbag2 per played source; keeps the
+    outputs per stamp for the pictures. A message goes to the source whose time window (the played bag's
+    span) holds it, not to the source playing when it arrived: stamped outputs by their header stamp;
+    unstamped ones (debug series, /diagnostics, transitions) by the /clock the player published last, written at
+    that time. So a late output of one source (a CameraInfo, a debug series) still lands in its own bag, and a
+    bag spans its source's time only; a stamped message in no window is left out (counted in `unplaced`). Each
+    topic is stored with its publisher's offered QoS (get_publishers_info_by_topic), so a latched grid replays
+    latched. The bags stay open until `finish`, then each moves into place from a temporary name (atomic)."""
 
     def __init__(self, node, out_dir: Path) -> None:
         self.frames: dict[int, FrameOutputs] = {}
@@ -98,66 +153,90 @@ class OutputRecorder:
         self.status = ""
         self.diagnostics: dict[str, str] = {}
         self.bags: list[Path] = []
+        self.unplaced: dict[str, int] = {}
+        self.clock_ns: int | None = None  # the newest /clock heard
+        self._node = node
         self._out_dir = out_dir
-        self._writer: Writer | None = None
-        self._staging: Path | None = None
+        self._sources: list[SourceBag] = []
         self._typestore = get_typestore(Stores.ROS2_KILTED)
-        self._connections: dict[str, object] = {}
-        self._clock_ns = 0
+        self._publisher_qos: dict[str, list[Qos]] = {}
         for topic, (kind, qos) in output_topics().items():
             node.create_subscription(kind, topic, lambda m, t=topic, q=qos: self._on_message(t, m, q), qos)
+        node.create_subscription(Clock, "/clock", self._on_clock, 10)
 
-    def start(self, source: str, first_stamp_ns: int, cameras: list[str] = CAMERAS) -> None:
-        """Record from now on into `out_dir/<source>` (closing the previous source's bag); `first_stamp_ns`
-        is the source's first stamp."""
-        self.finish()
+    def start(self, source: str, first_stamp_ns: int, last_stamp_ns: int | None = None,
+              cameras: list[str] = CAMERAS) -> None:
+        """Record the source `out_dir/<source>` whose stamps (and /clock) lie in [first_stamp_ns, last_stamp_ns]
+        (the played bag's span; None: no end). The previous sources' bags stay open for their late messages."""
         self.cameras = cameras
-        self._clock_ns = first_stamp_ns
         self._out_dir.mkdir(parents=True, exist_ok=True)
-        self._staging = Path(tempfile.mkdtemp(prefix=f".{source}.", dir=self._out_dir))
-        self._writer = Writer(self._staging / source, version=9)
-        self._writer.open()
-        self._connections = {}
+        staging = Path(tempfile.mkdtemp(prefix=f".{source}.", dir=self._out_dir))
+        writer = Writer(staging / source, version=9)
+        writer.open()
+        self._sources.append(SourceBag(source, first_stamp_ns, last_stamp_ns, staging, writer,
+                                       newest_ns=first_stamp_ns))
 
     def finish(self) -> None:
-        """Close the current bag and move it into place."""
-        if self._writer is None:
-            return
-        self._writer.close()
-        bag = next(self._staging.iterdir())
-        final = self._out_dir / bag.name
-        if final.exists():
-            shutil.rmtree(final)
-        bag.rename(final)
-        shutil.rmtree(self._staging, ignore_errors=True)
-        self.bags.append(final)
-        self._writer = self._staging = None
+        """Close every bag and move each into place."""
+        for source in self._sources:
+            source.writer.close()
+            bag = source.staging / source.name
+            final = self._out_dir / bag.name
+            if final.exists():
+                shutil.rmtree(final)
+            bag.rename(final)
+            shutil.rmtree(source.staging, ignore_errors=True)
+            self.bags.append(final)
+        self._sources = []
+
+    def _on_clock(self, message: Clock) -> None:
+        self.clock_ns = stamp_to_ns(message.clock)
 
     def _on_message(self, topic: str, message, qos: QoSProfile) -> None:
-        if self._writer is not None:
+        if self._sources:
             self._write(topic, message, qos)
         if isinstance(message, DiagnosticArray):
             self._on_diagnostics(message)
         elif isinstance(message, Float64):
             if topic.endswith("/model_time_ms"):
                 self.series["model"].append(message.data)
-        elif not isinstance(message, CameraInfo):
+        elif isinstance(message, PointCloud2 | OccupancyGrid | Image) and not topic.endswith("/opacity"):
             self._keep(topic, message)
 
+    def _place(self, stamp_ns: int | None) -> tuple[SourceBag | None, int]:
+        """The source a message belongs to and its bag time: by its stamp, else by the last /clock, else (no
+        clock heard yet) the newest source at its newest output stamp. Later sources win where windows overlap."""
+        if stamp_ns is None and self.clock_ns is not None:
+            stamp_ns = self.clock_ns
+            owner = next((s for s in reversed(self._sources) if s.contains(stamp_ns)), None)
+            return (owner, owner.clamp(stamp_ns)) if owner else (self._sources[-1], self._sources[-1].newest_ns)
+        if stamp_ns is None:
+            return self._sources[-1], self._sources[-1].newest_ns
+        return next((s for s in reversed(self._sources) if s.contains(stamp_ns)), None), stamp_ns
+
+    def _offered_qos(self, topic: str, fallback: QoSProfile) -> list[Qos]:
+        """The offered QoS of the node's publishers of `topic` (any publisher's where the node has none);
+        the last one seen when the publisher is gone; the subscription's only if none was ever seen."""
+        infos = self._node.get_publishers_info_by_topic(topic)
+        own = [info for info in infos if info.node_name == NODE] or infos
+        profiles = list(dict.fromkeys(bag_qos(info.qos_profile) for info in own))
+        if profiles:
+            self._publisher_qos[topic] = profiles
+        return self._publisher_qos.get(topic, [bag_qos(fallback)])
+
     def _write(self, topic: str, message, qos: QoSProfile) -> None:
-        if topic not in self._connections:
+        stamped = isinstance(message, PointCloud2 | OccupancyGrid | Image | CameraInfo)
+        source, stamp = self._place(stamp_to_ns(message.header.stamp) if stamped else None)
+        if source is None:
+            self.unplaced[topic] = self.unplaced.get(topic, 0) + 1
+            return
+        if stamped:
+            source.newest_ns = max(source.newest_ns, stamp)
+        if topic not in source.connections:
             msgtype = type(message).__module__.split(".")[0] + "/msg/" + type(message).__name__
-            latched = qos.durability == DurabilityPolicy.TRANSIENT_LOCAL
-            self._connections[topic] = self._writer.add_connection(
-                topic, msgtype, typestore=self._typestore, offered_qos_profiles=[recorded_qos(latched, qos.depth)])
-        # Outputs carry their trigger camera's stamp; diagnostics and debug series (wall-clock or no stamp)
-        # are written at the source's newest output stamp, so that a bag spans one source's time only.
-        if isinstance(message, PointCloud2 | OccupancyGrid | Image | CameraInfo):
-            self._clock_ns = max(self._clock_ns, stamp_to_ns(message.header.stamp))
-            stamp = stamp_to_ns(message.header.stamp)
-        else:
-            stamp = self._clock_ns
-        self._writer.write(self._connections[topic], stamp, serialize_message(message))
+            source.connections[topic] = source.writer.add_connection(
+                topic, msgtype, typestore=self._typestore, offered_qos_profiles=self._offered_qos(topic, qos))
+        source.writer.write(source.connections[topic], stamp, serialize_message(message))
 
     def _on_diagnostics(self, message: DiagnosticArray) -> None:
         for status in message.status:
@@ -350,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise RuntimeError(f"perception_node is not running ({recorder.status or 'exited'}):\n  "
                                        + "\n  ".join(tail))
             stamps = keyframe_stamps(bag)
-            recorder.start(name, min(stamps), cameras)
+            recorder.start(name, *bag_span(bag), cameras=cameras)
             print(f"playing {name} ({len(stamps)} frames) ...", flush=True)
             # Slowed down (RIGS) so a CPU finishes each frame before the next (none dropped).
             player = subprocess.Popen([sys.executable, "-m", "distillnerf_ros.tools.play", str(bag), "--clock",
