@@ -187,6 +187,11 @@ def dig(data: Any, *keys: Any) -> Any:
     return data
 
 
+def short_model(text: str) -> str:
+    """A provenance model description up to its first parenthesis ("stage 1 (`models/stage1` ...)" -> "stage 1")."""
+    return text.split(" (", 1)[0]
+
+
 def rss_summary(samples: Sequence[Sequence[float]]) -> tuple[float, float, float]:
     """(start, peak, end) MB of [time, MB] samples."""
     values = [s[1] for s in samples]
@@ -689,10 +694,11 @@ def node_latency(ctx: Context) -> str:
     pairs: dict[str, dict[str, dict]] = {}
     for r in ab["quieter_pairs"]["runs"]:
         pairs.setdefault(r["pair"], {})[r["tree"]] = r
-    columns = ["1 Hz, quiet", f"1 Hz, busy, {len(busy['before'])} pairs (range of medians): before -> after"]
+    columns = [f"1 Hz, quiet, {ctx.provenance(NODE_1HZ)['date'][:10]}",
+               f"1 Hz, busy, {len(busy['before'])} pairs (range of medians): before -> after"]
     columns += [f"1 Hz, pair {p} (load at start {v['before']['load_avg_1min_at_start']:.1f} / "
                 f"{v['after']['load_avg_1min_at_start']:.1f}): before -> after" for p, v in pairs.items()]
-    columns.append(f"{fast['hz']:.0f} Hz, quiet")
+    columns.append(f"{fast['hz']:.0f} Hz, quiet, {ctx.provenance(NODE_12HZ)['date'][:10]}")
     rows = []
     for key, label in NODE_METRICS:
         row = [f"{label}, ms: median (p90)", _med_p90(quiet[key])]
@@ -716,8 +722,8 @@ def node_latency(ctx: Context) -> str:
                  f"{rss_range(busy['before'])} -> {rss_range(busy['after'])}",
                  *[f"{rss_text(v['before']['rss_mb'])} -> {rss_text(v['after']['rss_mb'])}" for v in pairs.values()],
                  rss_text(fast["rss_mb"])])
-    models = [ctx.provenance(NODE_1HZ)["model"], ctx.provenance(NODE_AB)["model"]]
-    rows.append(["model", models[0], models[1], *[models[1]] * len(pairs), ctx.provenance(NODE_12HZ)["model"]])
+    models = [short_model(ctx.provenance(rel)["model"]) for rel in (NODE_1HZ, NODE_AB, NODE_12HZ)]
+    rows.append(["model (in full on the source lines)", models[0], models[1], *[models[1]] * len(pairs), models[2]])
     rows.append(["code", ctx.provenance(NODE_1HZ)["commit"], ab["trees"]["before"].split()[0] + " -> "
                  + ab["trees"]["after"].split()[0], *[ab["trees"]["before"].split()[0] + " -> "
                                                       + ab["trees"]["after"].split()[0]] * len(pairs),
@@ -822,7 +828,8 @@ def soak_runs(ctx: Context) -> str:
         ["RSS 5-minute means (MB)", *[", ".join(f"{m:.0f}" for m in _five_minute_means(d["rss_series"], d["minutes"]))
                                       for _, d in runs]],
         ["glibc malloc heaps start -> end", *[heaps(d) for _, d in runs]],
-        ["code / model", *[f"{ctx.provenance(rel)['commit']} / {ctx.provenance(rel)['model']}" for rel, _ in runs]],
+        ["code / model (in full on the source lines)",
+         *[f"{ctx.provenance(rel)['commit']} / {short_model(ctx.provenance(rel)['model'])}" for rel, _ in runs]],
     ]
     header = ["", *[f"`{Path(rel).name}`" for rel, _ in runs]]
     return join(table(header, rows), ctx.sources([rel for rel, _ in runs]))
