@@ -906,6 +906,12 @@ def demo_run(ctx: Context) -> str:
     if model.get("median") is not None:
         rows.append(["model time per 6-camera frame: median / max",
                      f"{model['median']:,.0f} / {model['max']:,.0f} ms over {len(per_frame)} frames"])
+    for source, answer in (d.get("query_scene") or {}).items():
+        if answer:
+            scores = ", ".join(f"{q} {v:.2f}" for q, v in zip(answer["queries"], answer["max_scores"], strict=False))
+            rows.append([f"`~/query_scene` {', '.join(answer['queries'])} ({source})",
+                         f"{'success' if answer['success'] else 'failed'}: {answer['message']}"
+                         + (f"; max scores {scores}" if scores else "")])
     if "pictures" in d:
         rows.append(["pictures drawn", f"{d['pictures']:,}"])
     rows.append(["total wall time", f"{d['total_s']:,.0f} s"])
