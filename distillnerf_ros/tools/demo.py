@@ -490,7 +490,7 @@ def write_summary(path: Path, argv: list[str] | None, processed: dict[str, int],
                   model_ms: np.ndarray, counters: dict[str, dict], answers: dict[str, QueryScene.Response | None],
                   pictures: int, total_s: float) -> None:
     """What the run did, as JSON (benchmarks/results/demo_cpu.json is one such file, with its provenance)."""
-    from distillnerf_core.provenance import provenance
+    from distillnerf_core.provenance import command_line, provenance
 
     queries = {name: {"queries": SEMANTIC_QUERIES, "success": answer.success, "message": answer.message,
                       "max_scores": [float(s) for s in answer.max_scores]} if answer is not None else None
@@ -500,8 +500,8 @@ def write_summary(path: Path, argv: list[str] | None, processed: dict[str, int],
                             "median": float(np.median(model_ms)) if len(model_ms) else None,
                             "max": float(model_ms.max()) if len(model_ms) else None},
                "node_counters": counters, "query_scene": queries, "pictures": pictures, "total_s": total_s,
-               "provenance": provenance("make demo" if not argv else "python -m distillnerf_ros.tools.demo "
-                                        + " ".join(argv), model="bundled (models/default)",
+               "provenance": provenance(command_line("python -m distillnerf_ros.tools.demo", argv) if argv else
+                                        "make demo", model="bundled (models/default)",
                                         data="data/nuscenes_sample keyframe, a 4-keyframe synthetic drive (seed 7),"
                                              " data/ddad_scene02 (3 frames)")}
     path.parent.mkdir(parents=True, exist_ok=True)
