@@ -965,14 +965,16 @@ def headline(ctx: Context) -> str:
          f"recon PSNR {bundled['psnr']:.2f}, LiDAR AbsRel {bundled['abs_rel']:.3f}", "docs/training.md"),
         ("stage-1 model (synthetic training only) on the real nuScenes keyframe",
          f"LiDAR AbsRel {real['abs_rel']:.3f}, PSNR {real['psnr']:.1f}", "docs/results/real_data.md"),
-        ("`small` forward on 2 CPU cores (6 cameras, 228x128)", ms(cpu["latency_ms_median"]), "docs/results/cpu.md"),
+        (f"`small` forward on the CPU ({cpu['torch_threads']} threads; {cpu['cameras']} cameras, "
+         f"{cpu['image_hw'][1]}x{cpu['image_hw'][0]})", ms(cpu["latency_ms_median"]), "docs/results/cpu.md"),
         (f"`paper` training step on one {ctx.load(GPU)['env']['gpu']}"
          f"{' (torch.compile)' if 'compiled' in step and step['compiled'] else ''}",
          ms(step["latency_ms_median"]), "docs/results/gpu.md"),
-        ("perception_node ROS overhead per 6-camera frame (2 CPU cores)",
+        (f"perception_node ROS overhead per 6-camera frame ({best['cpu_count']} CPU cores)",
          f"{best['ros_overhead_ms']['median']:.1f} ms at load {best['load_avg_1min_at_start']:.0f}, "
          f"{_range(busy)} ms on a busy machine", "docs/results/node.md"),
-        (f"{soak['minutes']:.0f}-minute soak (looped bag, 100 Hz TF, a lifecycle cycle a minute)",
+        (f"{soak['minutes']:.0f}-minute soak (looped bag, {soak['tf_hz']:.0f} Hz TF publisher, "
+         f"{soak['lifecycle_cycles']} lifecycle cycles)",
          f"{soak['frames']['sent']:,} frames sent, {soak['frames']['processed']:,} processed, {lost:,} lost by "
          f"counted reason, {soak['frames']['unaccounted']} unaccounted; RSS {start:.0f} / {peak:.0f} / {end:.0f} MB "
          "(start / peak / end)", "docs/results/soak.md"),
