@@ -20,19 +20,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from distillnerf_core.portable_paths import portable_path
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def portable(path: str | os.PathLike[str], root: Path = REPO) -> str:
-    """`path` relative to `root` when inside it, else its last component (never an absolute path)."""
-    text = str(path)
-    if not text:
-        return ""
-    resolved = Path(text).expanduser().resolve()
-    try:
-        return resolved.relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return resolved.name
+    """`path` relative to the repository root when inside it, else its last component (never absolute)."""
+    return portable_path(path, root)
 
 
 def command_line(program: str, argv: Sequence[str] | None = None, root: Path = REPO) -> str:
