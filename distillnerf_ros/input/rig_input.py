@@ -32,7 +32,6 @@ from rclpy.qos import (
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from tf2_msgs.msg import TFMessage
 
-from distillnerf_core.data.nuscenes_tables import NUSCENES_CAMERAS
 from distillnerf_ros.conversions.camera_info import CameraInfoError, CameraIntrinsics, intrinsics_for_image
 from distillnerf_ros.conversions.images import ImageConversionError, message_to_rgb
 from distillnerf_ros.conversions.rectify import DistortionError, Rectifier, has_distortion
@@ -433,62 +432,3 @@ class CameraRigInput:
             frame.infos.append(self._infos[camera])
             frame.output_from_camera.append(extrinsics[camera])
         return frame
-
-
-
-def declare_rig_parameters(node: Node) -> None:
-    """Declare the camera-input parameters shared by every node that consumes the rig (read-only)."""
-    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
-
-    def describe(text: str, **ranges) -> ParameterDescriptor:
-        return ParameterDescriptor(description=text, read_only=True, **ranges)
-
-    node.declare_parameter("cameras", list(NUSCENES_CAMERAS), describe("camera names; fill {camera} in the topics"))
-    node.declare_parameter("image_topic_format", "/{camera}/image_rect_compressed",
-                           describe("image topic per camera"))
-    node.declare_parameter("camera_info_topic_format", "/{camera}/camera_info", describe("CameraInfo topic"))
-    node.declare_parameter("compressed", True, describe("images are sensor_msgs/CompressedImage (JPEG/PNG)"))
-    node.declare_parameter("output_frame", "base_link", describe("frame of the outputs (REP-105 body frame)"))
-    node.declare_parameter("fixed_frame", "map", describe("world frame used to compensate ego motion between"
-                                                          " camera stamps; ignored while absent from /tf"))
-    node.declare_parameter("max_camera_delay", 0.1, describe(
-        "seconds a camera may be away from the trigger stamp before it is left out",
-        floating_point_range=[FloatingPointRange(from_value=0.001, to_value=10.0)]))
-    node.declare_parameter("reference_camera", "", describe("camera whose arrival triggers a set; empty: when"
-                                                            " all cameras are fresh"))
-    node.declare_parameter("min_cameras", 1, describe("fewest usable cameras for a set to be processed",
-                                                      integer_range=[IntegerRange(from_value=1, to_value=64)]))
-    node.declare_parameter("input_reliability", "best_effort", describe("best_effort (sensor data) or reliable"))
-    node.declare_parameter("input_depth", 5, describe("keep-last depth of the input subscriptions",
-                                                      integer_range=[IntegerRange(from_value=1, to_value=100)]))
-    node.declare_parameter("rectify", True, describe(
-        "rectify images whose CameraInfo has non-zero distortion (plumb_bob, rational_polynomial, equidistant);"
-        " false: use them as pinhole images and say so in diagnostics"))
-    node.declare_parameter("check_optical_frames", True, describe(
-        "leave out cameras whose frame is not an optical frame (REP-103: z forward, y down) in the z-up output"
-        " frame"))
-    node.declare_parameter("tf_wait", 0.5, describe(
-        "seconds to wait for TF of a camera set before leaving cameras out",
-        floating_point_range=[FloatingPointRange(from_value=0.0, to_value=10.0)]))
-
-
-def rig_input_from_parameters(node: Node, on_frame: Callable[[RigFrame], None]) -> CameraRigInput:
-    """A CameraRigInput configured by the parameters of declare_rig_parameters."""
-    value = lambda name: node.get_parameter(name).value  # noqa: E731 - a local shorthand
-    cameras = list(value("cameras"))
-    reference = value("reference_camera") or None
-    return CameraRigInput(
-        node,
-        topics_from_format(cameras, value("image_topic_format"), value("camera_info_topic_format"),
-                           value("compressed")),
-        on_frame,
-        output_frame=value("output_frame"),
-        fixed_frame=value("fixed_frame"),
-        max_camera_delay_s=value("max_camera_delay"),
-        reference_camera=reference,
-        qos=input_qos(value("input_reliability"), value("input_depth")),
-        tf_wait_s=value("tf_wait"),
-        min_cameras=min(value("min_cameras"), len(cameras)),
-        check_optical_frames=value("check_optical_frames"),
-        rectify=value("rectify"),
-    )

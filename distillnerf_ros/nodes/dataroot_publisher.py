@@ -21,6 +21,7 @@ from tf2_msgs.msg import TFMessage
 from distillnerf_core.data.nuscenes_tables import load_sensor_records
 from distillnerf_ros.conversions.nuscenes_messages import camera_messages, ego_pose_tf_message, static_tf_message
 from distillnerf_ros.input.rig_input import TF_QOS, TF_STATIC_QOS
+from distillnerf_ros.nodes.parameter_schema import add_arguments
 from distillnerf_ros.nodes.signals import init_without_signal_handlers
 
 
@@ -71,13 +72,10 @@ class DatarootPublisher(Node):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataroot", required=True)
-    parser.add_argument("--version", default=None, help="table folder, e.g. v1.0-mini (default: the only one)")
-    parser.add_argument("--wait-subscribers", type=float, default=20.0, help="seconds to wait for subscribers")
-    parser.add_argument("--linger", type=float, default=3.0, help="seconds to keep serving after publishing")
+    add_arguments(parser, "dataroot_publisher")  # the options and their ranges: SCHEMA in parameter_schema.py
     args = parser.parse_args(argv)
     stop = init_without_signal_handlers()  # SIGINT / SIGTERM: a normal way to stop it, exit 0
-    node = DatarootPublisher(args.dataroot, args.version)
+    node = DatarootPublisher(args.dataroot, args.version or None)
     try:
         if not node.wait_for_subscribers(args.wait_subscribers, stop=lambda: bool(stop)):
             if stop:

@@ -3,7 +3,7 @@
 A lifecycle node; with `autostart` (default) it configures and activates itself. Camera callbacks only hand
 the newest complete RigFrame to a FrameWorker (one slot, one thread): when inference is slower than the
 cameras, frames are dropped (and counted), never queued. Outputs are computed only while they have
-subscribers. Parameters: perception_parameters.py; publishers: perception_outputs.py. No model maths
+subscribers. Parameters: parameter_schema.py; publishers: perception_outputs.py. No model maths
 here: see distillnerf_core.inference.
 """
 
@@ -21,33 +21,28 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
+from rclpy.logging import get_logger
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Header
 
 from distillnerf_core.inference import DeviceUnavailableError, ScenePredictor
 from distillnerf_ros.input.frame_worker import FrameWorker, FrameWorkerCounters
-from distillnerf_ros.input.rig_input import (
-    STEADY_CLOCK,
-    RigFrame,
-    declare_rig_parameters,
-    decode_pool,
-    rig_input_from_parameters,
-)
+from distillnerf_ros.input.rig_input import STEADY_CLOCK, RigFrame, decode_pool
 from distillnerf_ros.nodes.diagnostics import RecentIncreases, publish_status
 from distillnerf_ros.nodes.memory import release_free_heap
+from distillnerf_ros.nodes.parameter_schema import ParameterValueError, declare_parameters
 from distillnerf_ros.nodes.perception_diagnostics import diagnostic_level, diagnostic_values, frame_losses, rig_counts
 from distillnerf_ros.nodes.perception_outputs import PerceptionOutputs, camera_topic_name
 from distillnerf_ros.nodes.perception_parameters import (
     BUNDLED_MODEL,
     PRECISIONS,
     bundled_model_path,
-    declare_perception_parameters,
     model_path_from_parameters,
     occupancy_config_from_parameters,
-    validate_parameter_change,
     validate_queries,
 )
 from distillnerf_ros.nodes.perception_semantics import SceneQueries
+from distillnerf_ros.nodes.rig_parameters import rig_input_from_parameters
 from distillnerf_ros.nodes.signals import init_without_signal_handlers, run_node
 from distillnerf_ros.srv import QueryScene
 
@@ -107,14 +102,17 @@ class PerceptionNode(LifecycleNode):
     processing_time_ms,model_time_ms,input_delay_ms}` (Float64).
     Publishes in every state: `/diagnostics` (DiagnosticArray, 1 Hz on the steady clock).
     Serves (configured or active): `~/query_scene` (distillnerf_ros/srv/QueryScene).
-    Parameters: declare_rig_parameters (input) and declare_perception_parameters (model, outputs).
+    Parameters: SCHEMA["perception_node"] in parameter_schema.py (camera input, model, outputs); a value it
+    refuses (params file or override) raises ParameterValueError here, a refused change is not applied.
     """
 
     def __init__(self, **node_options) -> None:
         super().__init__("distillnerf_perception", **node_options)
-        declare_rig_parameters(self)
-        declare_perception_parameters(self)
-        self.add_on_set_parameters_callback(lambda parameters: validate_parameter_change(self, parameters))
+        try:
+            declare_parameters(self, "perception_node")
+        except ParameterValueError:
+            super().destroy_node()  # the caller never gets this half-built node (no worker or rig yet) to destroy
+            raise
         self.predictor: ScenePredictor | None = None
         self.model_path = None
         self.rig = None
@@ -393,9 +391,15 @@ class PerceptionNode(LifecycleNode):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the node until SIGINT / SIGTERM, then shut it down in order (worker joined) and exit 0."""
+    """Run the node until SIGINT / SIGTERM, then shut it down in order (worker joined) and exit 0 (2: a
+    parameter outside the schema, named in the log)."""
     stop = init_without_signal_handlers(argv)
-    node = PerceptionNode()
+    try:
+        node = PerceptionNode()
+    except ParameterValueError as error:  # a params file or -p value outside the schema: say which, exit 2
+        get_logger("perception_node").fatal(str(error))
+        rclpy.try_shutdown()
+        return 2
 
     def release() -> None:
         if node.status_message != "finalized":

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import sys
 
+import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.logging import get_logger
 from rclpy.node import Node
 
-from distillnerf_ros.input.rig_input import STEADY_CLOCK, RigFrame, declare_rig_parameters, rig_input_from_parameters
+from distillnerf_ros.input.rig_input import STEADY_CLOCK, RigFrame
 from distillnerf_ros.nodes.diagnostics import publish_status
+from distillnerf_ros.nodes.parameter_schema import ParameterValueError, declare_parameters
+from distillnerf_ros.nodes.rig_parameters import rig_input_from_parameters
 from distillnerf_ros.nodes.signals import init_without_signal_handlers, run_node
 
 
@@ -38,16 +41,19 @@ class RigMonitorNode(Node):
     """The rig input path without a model, as node `rig_monitor`.
 
     Subscribes: per camera `image_topic_format` and `camera_info_topic_format`, `/tf`, `/tf_static`
-    (parameters of declare_rig_parameters). Publishes: `/diagnostics` (1 Hz on the steady clock: frames,
-    sets dropped, cameras missing and why, TF resets). Logs one description per synchronised frame.
+    (parameters: SCHEMA["rig_monitor"] in parameter_schema.py). Publishes: `/diagnostics` (1 Hz on the
+    steady clock: frames, sets dropped, cameras missing and why, TF resets). Logs one description per
+    synchronised frame.
     Parameter `max_frames`: `done` becomes true after that many frames (0: never).
     """
 
     def __init__(self, **node_options) -> None:
         super().__init__("rig_monitor", **node_options)
-        declare_rig_parameters(self)
-        self.declare_parameter("max_frames", 0, ParameterDescriptor(
-            description="exit after this many frames (0: run until stopped)", read_only=True))
+        try:
+            declare_parameters(self, "rig_monitor")
+        except ParameterValueError:
+            self.destroy_node()  # the caller never gets this half-built node to destroy
+            raise
         self.max_frames = self.get_parameter("max_frames").value
         self.frames: list[RigFrame] = []
         self.rig = rig_input_from_parameters(self, self._on_frame)
@@ -79,9 +85,14 @@ class RigMonitorNode(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run until `max_frames` frames, SIGINT or SIGTERM; exit 0."""
+    """Run until `max_frames` frames, SIGINT or SIGTERM; exit 0 (2: a parameter outside the schema)."""
     stop = init_without_signal_handlers(argv)
-    node = RigMonitorNode()
+    try:
+        node = RigMonitorNode()
+    except ParameterValueError as error:  # a params file or -p value outside the schema: say which, exit 2
+        get_logger("rig_monitor").fatal(str(error))
+        rclpy.try_shutdown()
+        return 2
     return run_node(node, stop, release=node.rig.destroy, done=lambda: node.done)
 
 
