@@ -16,7 +16,7 @@ from distillnerf_core.data.dgp import VERSION, DGPFormatError, read_scene, write
 
 def main(argv: list[str] | None = None) -> int:
     configure_logging()
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="distillnerf-dgp2nusc", description=__doc__.split("\n")[0])
     p.add_argument("--scene", required=True,
                    help="DGP scene folder (holds scene*.json, calibration/, rgb/, point_cloud/)")
     p.add_argument("--out", required=True, help="output dataroot (must not exist unless --overwrite)")
@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         scene = read_scene(a.scene, a.timestamp_unit)
         out = write_dataroot(scene, a.out, a.version, masks=not a.no_masks, overwrite=a.overwrite)
-    except (DGPFormatError, FileNotFoundError, FileExistsError) as error:
-        print(f"distillnerf-dgp2nusc: {error}", file=sys.stderr)
+    except (DGPFormatError, OSError) as error:  # OSError: FileNotFoundError, FileExistsError, unreadable files
+        print(f"distillnerf-dgp2nusc: error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {out}/{a.version}: {len(scene.frames)} samples, cameras {', '.join(scene.cameras)}; "
           f"load with NuScenes('{a.version}', '{out}')")

@@ -24,6 +24,12 @@ Conventions of the conversion (`write_dataroot`, the `distillnerf-dgp2nusc` comm
   outside the years 2000-2100 is an error that suggests the other unit.
 - LiDAR: nuScenes `.pcd.bin` layout, float32 x 5 = x, y, z, intensity (as DGP gives it, 0-1 for DDAD),
   ring (DGP has none: 0), in the LiDAR frame.
+- Input is checked, never trusted: every file name (images, point clouds, the calibration key) must resolve,
+  symlinks followed, inside the scene folder; every field read has its type, finiteness and range checked
+  (unit quaternions, positive focal lengths, image sizes that match the files, finite LiDAR points within
+  MAX_POINT_M); camera files must decode as JPEG / PNG; point clouds are read without pickle and bounded in
+  size. Each refusal is a DGPFormatError naming the file and the key; the tables are written with
+  allow_nan=False (never a `NaN` in the JSON).
 - Output is written to a temporary folder beside OUT and renamed into place: a failed conversion
   leaves no partial dataroot.
 """
@@ -37,8 +43,10 @@ import os
 import re
 import shutil
 import tempfile
+import zipfile
+import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image
@@ -115,19 +123,93 @@ def channel_for(name: str, where: str) -> tuple[str, str]:
     raise DGPFormatError(f"{where}: unknown sensor name {name!r} (expected CAMERA_nn or one of {sorted(LIDAR_NAMES)})")
 
 
-def _pose(record: dict, where: str) -> np.ndarray:
+MAX_JSON_BYTES = 256 * 2**20  # a scene or calibration file
+MAX_POINT_CLOUD_BYTES = 2**30  # the uncompressed `data` array of one point-cloud .npz
+MAX_IMAGE_SIDE = 16384  # pixels
+MAX_COORDINATE_M = 1e7  # |translation| of any pose (metres), far inside float32
+MAX_POINT_M = 1e5  # |X|, |Y|, |Z| of a LiDAR point (metres)
+MAX_FOCAL_PX = 1e6
+UNIT_TOLERANCE = 1e-3  # |‖q‖ - 1| a rotation quaternion may have
+_MISSING = object()
+
+
+def _get(record: object, key: str, kind: type | tuple[type, ...], where: str, default: object = _MISSING):
+    """record[key] of the type `kind`; anything else is a DGPFormatError naming `where`.key (bool is no number)."""
+    if not isinstance(record, dict):
+        raise DGPFormatError(f"{where}: expected an object, got {type(record).__name__}")
+    at = f"{where} {key}" if where.endswith(":") else f"{where}.{key}"  # "file: key" / "file: a.b.key"
+    if key not in record:
+        if default is not _MISSING:
+            return default
+        raise DGPFormatError(f"{at}: missing")
+    value = record[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind in ((int, float), int, float)):
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise DGPFormatError(f"{at}: expected {names}, got {type(value).__name__} {str(value)[:40]!r}")
+    return value
+
+
+def _number(record: object, key: str, where: str, low: float, high: float, default: object = _MISSING) -> float:
+    """A finite number record[key] in [low, high] (the bounds keep it finite in float32 too)."""
+    value = _get(record, key, (int, float), where, default)
     try:
-        r, t = record["rotation"], record["translation"]
-        return make_transform([r["qw"], r["qx"], r["qy"], r["qz"]], [t["x"], t["y"], t["z"]])
-    except (KeyError, TypeError) as error:
-        raise DGPFormatError(f"{where}: pose needs rotation (qw, qx, qy, qz) and translation (x, y, z): "
-                             f"missing {error}") from error
+        number = float(value)
+    except OverflowError:
+        number = float("inf")
+    if not (np.isfinite(number) and low <= number <= high):
+        raise DGPFormatError(f"{where}.{key}: {value!r} is not a finite number in [{low:g}, {high:g}]")
+    return number
+
+
+def _pose(record: object, where: str) -> np.ndarray:
+    """4x4 transform of a DGP pose {rotation: {qw, qx, qy, qz}, translation: {x, y, z}}: finite numbers, a unit
+    quaternion (a zero or non-unit one is no rotation), translations within MAX_COORDINATE_M."""
+    rotation = _get(record, "rotation", dict, where)
+    translation = _get(record, "translation", dict, where)
+    q = np.array([_number(rotation, k, f"{where}.rotation", -2.0, 2.0) for k in ("qw", "qx", "qy", "qz")])
+    norm = float(np.linalg.norm(q))
+    if abs(norm - 1.0) > UNIT_TOLERANCE:
+        raise DGPFormatError(f"{where}.rotation: quaternion norm {norm:.6g}; a rotation needs a unit quaternion")
+    t = [_number(translation, k, f"{where}.translation", -MAX_COORDINATE_M, MAX_COORDINATE_M) for k in "xyz"]
+    return make_transform(q / norm, t)
+
+
+def _inside(root: Path, relative: object, where: str) -> Path:
+    """The resolved path of a file name from the scene, which must stay inside the scene folder `root`
+    (no absolute names, no `..` out of it, no symlink that leads out): the file decides nothing else."""
+    if not isinstance(relative, str) or not relative or "\x00" in relative:
+        raise DGPFormatError(f"{where}: expected a relative file name, got {type(relative).__name__} "
+                             f"{str(relative)[:60]!r}")
+    if PurePosixPath(relative).is_absolute() or Path(relative).is_absolute():
+        raise DGPFormatError(f"{where}: {relative!r} is an absolute path, outside the scene folder {root}")
+    base = root.resolve()
+    resolved = (base / relative).resolve()
+    if not resolved.is_relative_to(base):
+        raise DGPFormatError(f"{where}: {relative!r} resolves to {resolved}, outside the scene folder {root}")
+    return resolved
+
+
+def _image_size(path: Path, where: str) -> tuple[int, int]:
+    """(width, height) of a JPEG or PNG camera file; anything else is a DGPFormatError naming the file."""
+    try:
+        with Image.open(path) as image:
+            kind, size = image.format, image.size
+            image.load()  # decodes it: a truncated or corrupt image fails here, not in training
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise DGPFormatError(f"{where}: {path} is not a readable image: {error}") from error
+    if kind not in ("JPEG", "PNG"):
+        raise DGPFormatError(f"{where}: {path} is a {kind} image; camera files must be JPEG or PNG")
+    if not all(1 <= side <= MAX_IMAGE_SIDE for side in size):
+        raise DGPFormatError(f"{where}: {path} is {size[0]}x{size[1]}, outside 1..{MAX_IMAGE_SIDE} pixels a side")
+    return size
 
 
 def parse_timestamp_us(iso: str, unit: str = "100ns", filename: str | None = None, where: str = "") -> int:
     """Microseconds since the epoch of a DGP `id.timestamp` (see the module docstring for `unit`)."""
     if unit not in ("100ns", "us"):
         raise ValueError(f"timestamp unit must be '100ns' or 'us', not {unit!r}")
+    if not isinstance(iso, str):
+        raise DGPFormatError(f"{where}: expected an ISO-8601 string, got {type(iso).__name__} {str(iso)[:40]!r}")
     text = iso.rstrip("Z")
     try:
         fmt = "%Y-%m-%dT%H:%M:%S.%f" if "." in text else "%Y-%m-%dT%H:%M:%S"
@@ -157,32 +239,40 @@ def find_scene_file(scene_dir: Path) -> Path:
 def _load_json(path: Path, what: str) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"missing {what}: {path}")
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise DGPFormatError(f"{path}: {path.stat().st_size} bytes, over the {MAX_JSON_BYTES}-byte limit of a {what}")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
         raise DGPFormatError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(data, dict):
+        raise DGPFormatError(f"{path}: a {what} is a JSON object, this is a {type(data).__name__}")
+    return data
 
 
 def _read_calibration(path: Path) -> dict[str, DGPSensorCalibration]:
     calib = _load_json(path, "DGP calibration file")
-    for key in ("names", "extrinsics", "intrinsics"):
-        if key not in calib:
-            raise DGPFormatError(f"{path}: key {key!r} missing")
-    if not len(calib["names"]) == len(calib["extrinsics"]) == len(calib["intrinsics"]):
+    where = f"{path}:"
+    names = _get(calib, "names", list, where)
+    extrinsics = _get(calib, "extrinsics", list, where)
+    intrinsics = _get(calib, "intrinsics", list, where)
+    if not len(names) == len(extrinsics) == len(intrinsics):
         raise DGPFormatError(f"{path}: names, extrinsics and intrinsics differ in length")
     out = {}
-    for i, name in enumerate(calib["names"]):
-        intr = calib["intrinsics"][i]
+    for i, name in enumerate(names):
+        if not isinstance(name, str):
+            raise DGPFormatError(f"{path}: names[{i}]: expected a string, got {type(name).__name__}")
+        if name in out:
+            raise DGPFormatError(f"{path}: names[{i}]: {name!r} appears twice")
         K = None
         if CAMERA_NAME.match(name):
-            try:
-                K = np.array([[intr["fx"], intr.get("skew", 0.0), intr["cx"]], [0.0, intr["fy"], intr["cy"]],
-                              [0.0, 0.0, 1.0]])
-            except KeyError as error:
-                raise DGPFormatError(f"{path}: intrinsics[{i}] ({name}) lacks {error}") from error
-            if K[0, 0] <= 0 or K[1, 1] <= 0:
-                raise DGPFormatError(f"{path}: intrinsics[{i}] ({name}) has non-positive focal lengths")
-        out[name] = DGPSensorCalibration(name, _pose(calib["extrinsics"][i], f"{path}: extrinsics[{i}] ({name})"), K)
+            at = f"{path}: intrinsics[{i}] ({name})"
+            intr = intrinsics[i]
+            fx, fy = (_number(intr, k, at, 1e-6, MAX_FOCAL_PX) for k in ("fx", "fy"))
+            cx, cy = (_number(intr, k, at, -MAX_FOCAL_PX, MAX_FOCAL_PX) for k in ("cx", "cy"))
+            skew = _number(intr, "skew", at, -MAX_FOCAL_PX, MAX_FOCAL_PX, default=0.0)
+            K = np.array([[fx, skew, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+        out[name] = DGPSensorCalibration(name, _pose(extrinsics[i], f"{path}: extrinsics[{i}] ({name})"), K)
     return out
 
 
@@ -190,47 +280,59 @@ def read_scene(scene_dir: str | Path, timestamp_unit: str = "100ns") -> DGPScene
     """Parse and check a DGP scene folder; every error names the file and the key."""
     root = Path(scene_dir)
     scene_file = find_scene_file(root)
+    _inside(root, scene_file.name, f"{root}: {scene_file.name}")
     scene = _load_json(scene_file, "DGP scene file")
-    for key in ("samples", "data"):
-        if key not in scene:
-            raise DGPFormatError(f"{scene_file}: key {key!r} missing")
-    data = {d.get("key"): d for d in scene["data"]}
-    calib_keys = {s.get("calibration_key") for s in scene["samples"]}
-    if len(calib_keys) != 1 or None in calib_keys:
+    samples = _get(scene, "samples", list, f"{scene_file}:")
+    data = {}
+    for j, d in enumerate(_get(scene, "data", list, f"{scene_file}:")):
+        key = _get(d, "key", str, f"{scene_file}: data[{j}]")
+        if key in data:
+            raise DGPFormatError(f"{scene_file}: data[key={key}]: the key appears twice in data[]")
+        data[key] = d
+    calib_keys = {_get(x, "calibration_key", str, f"{scene_file}: samples[{i}]") for i, x in enumerate(samples)}
+    if len(calib_keys) != 1:
         raise DGPFormatError(f"{scene_file}: samples[].calibration_key must be one key, "
                              f"found {sorted(map(str, calib_keys))}")
     calib_key = calib_keys.pop()
-    calib_file = root / "calibration" / f"{calib_key}.json"
+    calib_file = _inside(root, f"calibration/{calib_key}.json", f"{scene_file}: samples[].calibration_key")
     calibration = _read_calibration(calib_file)
-    out = DGPScene(root, scene_file, scene.get("name") or root.name, scene.get("log") or root.name, calib_file,
-                   calibration)
-    for i, sample in enumerate(scene["samples"]):
+    name = _get(scene, "name", str, f"{scene_file}:", default="") or root.name
+    log = _get(scene, "log", str, f"{scene_file}:", default="") or root.name
+    out = DGPScene(root, scene_file, name, log, calib_file, calibration)
+    for i, sample in enumerate(samples):
         frame: dict[str, DGPDatum] = {}
-        for key in sample.get("datum_keys", []):
+        for key in _get(sample, "datum_keys", list, f"{scene_file}: samples[{i}]", default=[]):
             where = f"{scene_file}: samples[{i}].datum_keys {key}"
-            if key not in data:
+            if not isinstance(key, str) or key not in data:
                 raise DGPFormatError(f"{where}: no datum with that key in data[]")
             d = data[key]
-            name = d.get("id", {}).get("name")
             where = f"{scene_file}: data[key={key}]"
-            channel, modality = channel_for(str(name), f"{where} id.name")
+            ident = _get(d, "id", dict, where)
+            name = _get(ident, "name", str, f"{where}.id")
+            channel, modality = channel_for(name, f"{where} id.name")
             if name not in calibration:
                 raise DGPFormatError(f"{calib_file}: names has no entry {name!r} (needed by {where})")
-            body = d.get("datum", {}).get("image" if modality == "camera" else "point_cloud")
-            if body is None or "filename" not in body:
-                raise DGPFormatError(f"{where}: datum.{'image' if modality == 'camera' else 'point_cloud'}"
-                                     ".filename missing")
-            path = root / body["filename"]
+            kind = "image" if modality == "camera" else "point_cloud"
+            body = _get(_get(d, "datum", dict, where), kind, dict, f"{where}.datum")
+            at = f"{where}.datum.{kind}"
+            filename = _get(body, "filename", str, at)
+            path = _inside(root, filename, f"{at}.filename")
             if not path.is_file():
                 raise FileNotFoundError(f"{where}: {'image' if modality == 'camera' else 'point cloud'} file "
-                                        f"{path} is missing")
+                                        f"{root / filename} is missing")
             if name in frame:
                 raise DGPFormatError(f"{where}: sample {i} has two {name} datums")
-            stamp = parse_timestamp_us(d.get("id", {}).get("timestamp", ""), timestamp_unit, body["filename"],
+            stamp = parse_timestamp_us(_get(ident, "timestamp", str, f"{where}.id"), timestamp_unit, filename,
                                        f"{where} id.timestamp")
-            frame[name] = DGPDatum(key, name, channel, modality, path, stamp,
-                                   _pose(body.get("pose") or {}, f"{where} pose"),
-                                   int(body.get("width", 0)), int(body.get("height", 0)))
+            width = height = 0
+            if modality == "camera":
+                width, height = _image_size(path, f"{at}.filename")
+                for side, actual in (("width", width), ("height", height)):
+                    declared = _number(body, side, at, 1, MAX_IMAGE_SIDE, default=actual)
+                    if declared != actual:
+                        raise DGPFormatError(f"{at}.{side}: {declared:g}, but {path.name} is {width}x{height}")
+            frame[name] = DGPDatum(key, name, channel, modality, path, stamp, _pose(_get(body, "pose", dict, at),
+                                                                                   f"{at}.pose"), width, height)
         lidars = [n for n, d in frame.items() if d.modality == "lidar"]
         if len(lidars) != 1:
             raise DGPFormatError(f"{scene_file}: samples[{i}] needs exactly one LiDAR datum, has {lidars}")
@@ -249,14 +351,35 @@ def read_scene(scene_dir: str | Path, timestamp_unit: str = "100ns") -> DGPScene
 
 
 def load_dgp_points(path: str | Path) -> np.ndarray:
-    """(N, 4) float64 X, Y, Z, INTENSITY of a DGP point-cloud .npz (key `data`), in the sensor frame."""
-    with np.load(path) as z:
-        if "data" not in z:
-            raise DGPFormatError(f"{path}: key 'data' missing (has {list(z.keys())})")
-        data = np.asarray(z["data"], dtype=np.float64)
-    if data.ndim != 2 or data.shape[1] < 4:
-        raise DGPFormatError(f"{path}: 'data' has shape {data.shape}, expected (N, 4) X, Y, Z, INTENSITY")
-    return data[:, :4]
+    """(N, 4) float64 X, Y, Z, INTENSITY of a DGP point-cloud .npz (key `data`), in the sensor frame.
+
+    Read without pickle (object arrays are refused), the array's uncompressed size bounded by
+    MAX_POINT_CLOUD_BYTES before it is read, every value finite and the coordinates within MAX_POINT_M."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = {info.filename: info for info in archive.infolist()}
+        if "data.npy" not in members:
+            raise DGPFormatError(f"{path}: key 'data' missing (has {[n.removesuffix('.npy') for n in members]})")
+        if members["data.npy"].file_size > MAX_POINT_CLOUD_BYTES:
+            raise DGPFormatError(f"{path}: key 'data' is {members['data.npy'].file_size} bytes uncompressed, over"
+                                 f" the {MAX_POINT_CLOUD_BYTES}-byte limit")
+        with np.load(path, allow_pickle=False) as z:
+            data = z["data"]
+    except zipfile.BadZipFile as error:
+        raise DGPFormatError(f"{path}: not a NumPy .npz archive (a zip of .npy arrays): {error}") from error
+    except (ValueError, OSError, EOFError, zlib.error) as error:
+        raise DGPFormatError(f"{path}: key 'data' cannot be read (truncated, corrupt or an object array): "
+                             f"{error}") from error
+    if data.dtype.kind not in "fiu" or data.ndim != 2 or data.shape[1] < 4:
+        raise DGPFormatError(f"{path}: key 'data' is {data.dtype} {data.shape}, expected (N, 4) numbers X, Y, Z,"
+                             " INTENSITY")
+    points = data[:, :4].astype(np.float64)
+    bad = ~np.isfinite(points) | (np.abs(points) > np.array([MAX_POINT_M] * 3 + [np.finfo(np.float32).max]))
+    if bad.any():
+        row = int(np.argwhere(bad)[0, 0])
+        raise DGPFormatError(f"{path}: key 'data' row {row} is non-finite or past {MAX_POINT_M:g} m: {points[row]}")
+    return points
 
 
 def _token(*parts: object) -> str:
@@ -347,7 +470,11 @@ def write_dataroot(scene: DGPScene | str | Path, out: str | Path, version: str =
         tables, files = build_tables(scene)
         (tmp / version).mkdir()
         for name, rows in tables.items():
-            (tmp / version / f"{name}.json").write_text(json.dumps(rows, indent=1))
+            try:
+                text = json.dumps(rows, indent=1, allow_nan=False)
+            except ValueError as error:  # a non-finite number got past the reader: never write NaN into JSON
+                raise DGPFormatError(f"{version}/{name}.json: {error} (scene {scene.scene_file})") from error
+            (tmp / version / f"{name}.json").write_text(text)
         (tmp / "maps").mkdir()
         Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp / MAP_FILENAME)
         for datum, fname in files:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,11 +157,9 @@ def test_converter_refuses_existing_output(root, capsys):
 
 
 def _copy_scene(tmp_path):
+    """A real copy (8 MB): a scene whose files link outside it is refused, so no symlinks here."""
     dst = tmp_path / "scene"
-    shutil.copytree(SRC, dst, ignore=shutil.ignore_patterns("rgb"))
-    (dst / "rgb").mkdir()
-    for cam in (SRC / "rgb").iterdir():  # links keep the copy cheap; the reader only opens them
-        (dst / "rgb" / cam.name).symlink_to(cam)
+    shutil.copytree(SRC, dst)
     return dst, next(dst.glob("scene*.json"))
 
 
@@ -171,7 +171,7 @@ def _edit(path, fn):
 
 def test_error_missing_image_names_file_and_key(tmp_path):
     dst, scene_file = _copy_scene(tmp_path)
-    (dst / "rgb" / "CAMERA_08").unlink()
+    shutil.rmtree(dst / "rgb" / "CAMERA_08")
     with pytest.raises(FileNotFoundError, match=r"data\[key=af8ef5088767a54a6b88266b9109ecaf44009497\].*"
                                                 r"rgb/CAMERA_08/15616458249936530.jpg"):
         read_scene(dst)
@@ -228,3 +228,215 @@ def test_dataroot_without_mask_files_is_all_valid(tmp_path):
     root = build_dataroot(REPO / "data" / "nuscenes_sample", tmp_path / "root", link=True)
     masks = NuScenesDataset(root, "v1.0-test", image_size=(64, 112), load_next=False)[0]["masks"]
     assert masks.shape == (6, 64, 112) and bool((masks == 1).all())
+
+
+def _convert(dst, tmp_path, capsys):
+    """distillnerf-dgp2nusc --no-masks on `dst`: (exit code, stderr, output folder)."""
+    out = tmp_path / "out"
+    code = dgp2nusc.main(["--scene", str(dst), "--out", str(out), "--no-masks"])
+    return code, capsys.readouterr().err, out
+
+
+def _datum(scene: dict, name: str) -> dict:
+    return next(d for d in scene["data"] if d["id"]["name"] == name)
+
+
+FIRST_IMAGE = "rgb/CAMERA_01/15616458249936530.jpg"
+FIRST_CLOUD = "point_cloud/LIDAR/15616458250027900.npz"
+
+
+@pytest.mark.parametrize("case", ["absolute_image", "dotdot_image", "symlinked_image", "dotdot_lidar",
+                                  "symlinked_lidar", "dotdot_calibration_key", "symlinked_calibration"])
+def test_a_datum_path_that_leaves_the_scene_folder_is_refused(tmp_path, capsys, case):
+    dst, scene_file = _copy_scene(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copyfile(dst / FIRST_IMAGE, outside / "secret.jpg")
+    shutil.copyfile(dst / FIRST_CLOUD, outside / "secret.npz")
+    calib = next((dst / "calibration").glob("*.json"))
+    shutil.copyfile(calib, outside / "calib.json")
+
+    def filename(name, value):
+        def edit(s):
+            body = _datum(s, name)["datum"]
+            body["image" if name.startswith("CAMERA") else "point_cloud"]["filename"] = value
+        _edit(scene_file, edit)
+
+    if case == "absolute_image":
+        filename("CAMERA_01", str(outside / "secret.jpg"))
+    elif case == "dotdot_image":
+        filename("CAMERA_01", "../outside/secret.jpg")
+    elif case == "symlinked_image":
+        (dst / FIRST_IMAGE).unlink()
+        (dst / FIRST_IMAGE).symlink_to(outside / "secret.jpg")
+    elif case == "dotdot_lidar":
+        filename("LIDAR", "../outside/secret.npz")
+    elif case == "symlinked_lidar":
+        (dst / FIRST_CLOUD).unlink()
+        (dst / FIRST_CLOUD).symlink_to(outside / "secret.npz")
+    elif case == "dotdot_calibration_key":
+        _edit(scene_file, lambda s: [x.update(calibration_key="../../outside/calib") for x in s["samples"]])
+    elif case == "symlinked_calibration":
+        calib.unlink()
+        calib.symlink_to(outside / "calib.json")
+    code, err, out = _convert(dst, tmp_path, capsys)
+    assert code == 2, err
+    assert err.startswith("distillnerf-dgp2nusc: error: ") and "outside the scene folder" in err, err
+    assert scene_file.name in err or calib.name in err, err
+    assert not out.exists(), "nothing is written for a refused scene"
+
+
+def _set(path_key, value):
+    """A mutation of the scene JSON: path_key is a list of keys from the scene's top level."""
+    def edit(s):
+        target = s
+        for key in path_key[:-1]:
+            target = target[key]
+        target[path_key[-1]] = value
+    return edit
+
+
+def _camera_body(field, value):
+    def edit(s):
+        _datum(s, "CAMERA_01")["datum"]["image"][field] = value
+    return edit
+
+
+def _pose_field(group, key, value, name="CAMERA_01"):
+    def edit(s):
+        body = _datum(s, name)["datum"]
+        body = body.get("image") or body["point_cloud"]
+        body["pose"][group][key] = value
+    return edit
+
+
+def _calibration(index_of, group, key, value):
+    def edit(c):
+        c[group][c["names"].index(index_of)][key] = value
+    return edit
+
+
+def _zero_quaternion(s):
+    _datum(s, "CAMERA_01")["datum"]["image"]["pose"]["rotation"] = {"qw": 0, "qx": 0, "qy": 0, "qz": 0}
+
+
+CAMERA_KEY = "2050436a0bed451c45a7cd3f0ab9cab2e9b5216f"
+MALFORMED_SCENES = {  # case: (scene JSON edit, what the error must name besides the scene file)
+    "width_inf": (_camera_body("width", float("inf")), rf"data\[key={CAMERA_KEY}\].datum.image.width"),
+    "width_string": (_camera_body("width", "1936"), rf"data\[key={CAMERA_KEY}\].datum.image.width"),
+    "width_1e30": (_camera_body("width", 1e30), rf"data\[key={CAMERA_KEY}\].datum.image.width"),
+    "width_not_the_image": (_camera_body("width", 640), rf"data\[key={CAMERA_KEY}\].datum.image.width"),
+    "zero_quaternion_pose": (_zero_quaternion, rf"data\[key={CAMERA_KEY}\].datum.image.pose.rotation"),
+    "nan_pose": (_pose_field("translation", "x", float("nan")),
+                 rf"data\[key={CAMERA_KEY}\].datum.image.pose.translation.x"),
+    "nan_lidar_rotation": (_pose_field("rotation", "qw", float("nan"), "LIDAR"), r"datum.point_cloud.pose.rotation.qw"),
+    "id_not_a_dict": (lambda s: _datum(s, "CAMERA_01").update(id="CAMERA_01"), rf"data\[key={CAMERA_KEY}\].id"),
+    "data_a_dict": (_set(["data"], {}), r"\bdata\b"),
+    "datum_keys_an_int": (_set(["samples", 0, "datum_keys"], 7), r"samples\[0\].datum_keys"),
+    "samples_null": (_set(["samples"], None), r"\bsamples\b"),
+    "timestamp_an_int": (lambda s: _datum(s, "CAMERA_01")["id"].update(timestamp=15616458249936530),
+                         rf"data\[key={CAMERA_KEY}\].id.timestamp"),
+    "duplicate_datum_key": (lambda s: s["data"].append(dict(s["data"][1])), rf"data\[key={CAMERA_KEY}\]"),
+    "filename_not_a_string": (_camera_body("filename", ["rgb"]), rf"data\[key={CAMERA_KEY}\].datum.image.filename"),
+}
+MALFORMED_CALIBRATIONS = {
+    "nan_fx": (_calibration("CAMERA_01", "intrinsics", "fx", float("nan")), r"intrinsics\[\d+\] \(CAMERA_01\).fx"),
+    "string_cy": (_calibration("CAMERA_01", "intrinsics", "cy", "615"), r"intrinsics\[\d+\] \(CAMERA_01\).cy"),
+    "nan_extrinsic": (_calibration("CAMERA_05", "extrinsics", "translation", {"x": float("nan"), "y": 0, "z": 0}),
+                      r"extrinsics\[\d+\] \(CAMERA_05\).translation.x"),
+    "zero_extrinsic_quaternion": (_calibration("CAMERA_05", "extrinsics", "rotation",
+                                               {"qw": 0.0, "qx": 0.0, "qy": 0.0, "qz": 0.0}),
+                                  r"extrinsics\[\d+\] \(CAMERA_05\).rotation"),
+    "names_not_a_list": (lambda c: c.update(names="CAMERA_01"), r"\bnames\b"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_SCENES))
+def test_a_malformed_scene_field_is_an_error_naming_the_file_and_key(tmp_path, capsys, case):
+    dst, scene_file = _copy_scene(tmp_path)
+    edit, key = MALFORMED_SCENES[case]
+    _edit(scene_file, edit)
+    with pytest.raises(DGPFormatError, match=rf"{scene_file.name}: .*{key}"):
+        read_scene(dst)
+    code, err, out = _convert(dst, tmp_path, capsys)
+    assert code == 2 and err.startswith("distillnerf-dgp2nusc: error: ") and scene_file.name in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_CALIBRATIONS))
+def test_a_malformed_calibration_field_is_an_error_naming_the_file_and_key(tmp_path, capsys, case):
+    dst, _ = _copy_scene(tmp_path)
+    calib = next((dst / "calibration").glob("*.json"))
+    edit, key = MALFORMED_CALIBRATIONS[case]
+    _edit(calib, edit)
+    with pytest.raises(DGPFormatError, match=rf"{calib.name}: .*{key}"):
+        read_scene(dst)
+    code, err, out = _convert(dst, tmp_path, capsys)
+    assert code == 2 and err.startswith("distillnerf-dgp2nusc: error: ") and calib.name in err, err
+    assert not out.exists()
+
+
+def _object_npz(path):
+    np.savez(path, data=np.array([[object()] * 4] * 3, dtype=object))
+
+
+def _truncated(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _npy_named_npz(path):
+    with path.open("wb") as handle:
+        np.save(handle, np.zeros((3, 4)))
+
+
+def _nan_points(path):
+    points = np.zeros((3, 4))
+    points[1, 2] = np.nan
+    np.savez(path, data=points)
+
+
+def _huge_points(path):
+    np.savez(path, data=np.full((3, 4), 1e39))  # finite in float64, inf in the float32 .pcd.bin
+
+
+def _not_an_image(path):
+    path.write_bytes(b"this is not a JPEG\n" * 10)
+
+
+MALFORMED_FILES = {  # case: (file, how it is spoiled, what the error says)
+    "npz_object_array": (FIRST_CLOUD, _object_npz, r"key 'data'"),
+    "npz_truncated": (FIRST_CLOUD, _truncated, r"npz"),
+    "npy_named_npz": (FIRST_CLOUD, _npy_named_npz, r"not a NumPy .npz archive"),
+    "npz_nan_points": (FIRST_CLOUD, _nan_points, r"key 'data'.*non-finite"),
+    "npz_points_past_float32": (FIRST_CLOUD, _huge_points, r"key 'data'.*non-finite"),
+    "camera_file_not_an_image": (FIRST_IMAGE, _not_an_image, r"not a readable image"),
+    "camera_file_truncated": (FIRST_IMAGE, lambda p: p.write_bytes(p.read_bytes()[:200]), r"image"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_FILES))
+def test_a_malformed_data_file_is_an_error_naming_the_file(tmp_path, capsys, case):
+    dst, _ = _copy_scene(tmp_path)
+    relative, spoil, message = MALFORMED_FILES[case]
+    spoil(dst / relative)
+    code, err, out = _convert(dst, tmp_path, capsys)
+    assert code == 2, err
+    assert err.startswith("distillnerf-dgp2nusc: error: ") and Path(relative).name in err, err
+    assert re.search(message, err), err
+    assert not out.exists()
+
+
+def test_the_table_writer_never_writes_nan_into_json(tmp_path):
+    """A non-finite number that got past the reader (here put into the parsed scene by hand) stops the writer
+    with an error naming the table; no dataroot with `NaN` in its JSON is left."""
+    import dataclasses
+
+    scene = read_scene(SRC)
+    calibration = scene.calibration["CAMERA_01"]
+    intrinsics = calibration.intrinsics.copy()
+    intrinsics[0, 0] = np.nan
+    scene.calibration["CAMERA_01"] = dataclasses.replace(calibration, intrinsics=intrinsics)
+    out = tmp_path / "out"
+    with pytest.raises(DGPFormatError, match=r"calibrated_sensor.json: Out of range float values"):
+        write_dataroot(scene, out, masks=False)
+    assert not out.exists()
