@@ -42,13 +42,20 @@ $(VENV)/.ros_interfaces: $(VENV)/.deps CMakeLists.txt package.xml srv/QueryScene
 
 setup: $(VENV)/.editable $(VENV)/.ros_interfaces
 
+# colcon in a venv of its own (its pytest plugins and setuptools cap stay out of .venv), for the test that
+# builds the package with `colcon build` (test/test_colcon_build.py skips without it).
+$(VENV)/.colcon: requirements-colcon.txt | $(VENV)/.deps
+	test -x $(VENV)/colcon/bin/python || python3 -m venv $(VENV)/colcon
+	$(VENV)/colcon/bin/python -m pip install -q -r requirements-colcon.txt $(PIP_QUIET)
+	touch $@
+
 demo: setup
 	$(PYTHON) -m distillnerf_ros.tools.demo
 
 lint: setup
 	$(VENV)/bin/ruff check .
 
-test: lint
+test: lint $(VENV)/.colcon
 	$(PYTHON) -m pytest test -q
 
 # The markers are registered in pytest.ini: `ros` (test/ros/, test/test_launch.py, rclpy) and `slow`.

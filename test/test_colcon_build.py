@@ -1,0 +1,66 @@
+"""`colcon build` of the package as a ROS user runs it: a workspace whose src/ holds a copy of the package with
+make's .venv inside it (the venv's Python and ROS wheels first on PATH, as when it is activated)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+EXECUTABLES = ("perception_node", "rig_monitor", "dataroot_publisher", "nusc2bag", "play", "nusc_sample")
+# What the package build needs of the source tree (docs, benchmarks and build outputs stay behind).
+COPY_IGNORE = shutil.ignore_patterns(".venv", "build", "install", "log", ".git", "demo_out", "runs", "docs",
+                                     "benchmarks", "__pycache__", "*.egg-info", ".pytest_cache", ".ruff_cache")
+
+
+def colcon_executable() -> str | None:
+    """colcon on PATH (a ROS install), else the one `make test` puts into .venv/colcon."""
+    found = shutil.which("colcon")
+    local = Path(sys.prefix) / "colcon" / "bin" / "colcon"
+    return found or (str(local) if local.exists() else None)
+
+
+@pytest.fixture(scope="module")
+def colcon_workspace(tmp_path_factory):
+    """(workspace, completed colcon build, seconds it took): src/distillnerf_ros with `.venv` inside (a link
+    to this venv: its paths then lie inside the package's source folder, as make's own .venv does)."""
+    colcon = colcon_executable()
+    if colcon is None:
+        pytest.skip("colcon is not installed: `make test` installs it into .venv/colcon from requirements-colcon.txt"
+                    " (a ROS install has it)")
+    workspace = tmp_path_factory.mktemp("colcon_ws")
+    package = workspace / "src" / "distillnerf_ros"
+    shutil.copytree(REPO, package, ignore=COPY_IGNORE)
+    (package / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
+    venv = package / ".venv"
+    env = os.environ | {"PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}", "VIRTUAL_ENV": str(venv),
+                        "AMENT_PREFIX_PATH": os.pathsep.join(filter(None, [str(venv),
+                                                                           os.environ.get("AMENT_PREFIX_PATH")])),
+                        "CMAKE_PREFIX_PATH": os.pathsep.join(filter(None, [str(venv),
+                                                                           os.environ.get("CMAKE_PREFIX_PATH")]))}
+    env.pop("PYTHONPATH", None)
+    started = time.monotonic()
+    build = subprocess.run([colcon, "build", "--event-handlers", "console_direct+"],
+                           cwd=workspace, env=env, capture_output=True, text=True, timeout=600)
+    return workspace, build, time.monotonic() - started
+
+
+def test_colcon_build_with_the_venv_inside_the_package_installs_the_executables(colcon_workspace):
+    workspace, build, seconds = colcon_workspace
+    assert build.returncode == 0, f"colcon build failed after {seconds:.0f} s:\n{build.stdout[-6000:]}\n{build.stderr}"
+    assert "prefixed in the source directory" not in build.stdout + build.stderr
+    lib = workspace / "install" / "distillnerf_ros" / "lib" / "distillnerf_ros"
+    missing = [name for name in EXECUTABLES if not os.access(lib / name, os.X_OK)]
+    assert not missing, f"not installed as executables: {missing} (in {lib})"
+    site = next((workspace / "install" / "distillnerf_ros" / "lib").glob("python3*/site-packages"))
+    for module in ("distillnerf_ros/srv/_query_scene.py", "distillnerf_ros/nodes/perception.py",
+                   "distillnerf_core/inference.py"):
+        assert (site / module).is_file(), f"{module} is not installed in {site}"
