@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = cache_features(args.dataroot, args.version, cfg, name=args.name, out=args.out,
                                  cameras=args.cameras.split(",") if args.cameras else None, device=args.device,
                                  progress=not args.no_progress)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"distillnerf-cache-features: {err}", file=sys.stderr)
+    except (FileNotFoundError, ValueError) as err:  # ValueError includes DataFileError (a malformed file)
+        print(f"distillnerf-cache-features: error: {err}", file=sys.stderr)
         return 2
     print(f"cached {summary['computed']} of {summary['images']} images ({summary['dim']}-d {args.teacher} features) "
           f"in {summary['seconds']:.1f} s -> {summary['cache']}")

@@ -29,9 +29,10 @@ from pathlib import Path
 
 import torch
 
+from distillnerf_core.checked_files import DataFileError
 from distillnerf_core.cli import configure_logging
 from distillnerf_core.data.datasets import DataConfig, make_dataset
-from distillnerf_core.training.checkpoints import load_checkpoint, resolve_checkpoint
+from distillnerf_core.training.checkpoints import CheckpointError, load_checkpoint, resolve_checkpoint
 from distillnerf_core.training.eval import evaluate, format_table, select_second_keyframes
 
 
@@ -61,17 +62,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    ckpt = resolve_checkpoint(args.checkpoint)
-    model = load_checkpoint(ckpt, args.device)
-    render_hw = model.renderer.render_hw(tuple(model.config.image_hw))
-    dataset = make_dataset(args.dataroot, args.version, model.config.image_hw, DataConfig(
-                               features=args.features, cameras=args.cameras.split(",") if args.cameras else None),
-                           render_hw, load_next=True,
-                           split=args.split)
-    indices = select_second_keyframes(dataset) if args.keyframes == "second" else list(range(len(dataset)))
-    if args.max_samples:
-        indices = indices[: args.max_samples]
-    result = evaluate(model, dataset, indices, args.images, args.num_images, args.device, not args.no_progress)
+    try:
+        ckpt = resolve_checkpoint(args.checkpoint)
+        model = load_checkpoint(ckpt, args.device)
+        render_hw = model.renderer.render_hw(tuple(model.config.image_hw))
+        dataset = make_dataset(args.dataroot, args.version, model.config.image_hw, DataConfig(
+                                   features=args.features, cameras=args.cameras.split(",") if args.cameras else None),
+                               render_hw, load_next=True,
+                               split=args.split)
+        indices = select_second_keyframes(dataset) if args.keyframes == "second" else list(range(len(dataset)))
+        if args.max_samples:
+            indices = indices[: args.max_samples]
+        result = evaluate(model, dataset, indices, args.images, args.num_images, args.device, not args.no_progress)
+    except (DataFileError, CheckpointError, FileNotFoundError) as error:  # the message names the file and key
+        print(f"distillnerf-eval: error: {error}", file=sys.stderr)
+        return 2
     print(f"checkpoint {ckpt}  dataroot {args.dataroot} ({args.version}, split {args.split}, "
           f"keyframes {args.keyframes})")
     print(format_table(result["metrics"], result["details"]))

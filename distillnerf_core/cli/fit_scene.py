@@ -47,9 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.offsets:
         cfg.offsets = [[float(x) for x in o] for o in json.loads(args.offsets)]
     out = args.out or Path(args.dataroot) / NERF_DIR / "default"
-    manifest = fit_dataroot(args.dataroot, args.version, out, cfg, scenes=args.scene,
-                            cameras=args.cameras.split(",") if args.cameras else None, progress=not args.quiet,
-                            threads=args.threads)
+    try:
+        manifest = fit_dataroot(args.dataroot, args.version, out, cfg, scenes=args.scene,
+                                cameras=args.cameras.split(",") if args.cameras else None, progress=not args.quiet,
+                                threads=args.threads)
+    except (FileNotFoundError, ValueError) as error:  # ValueError includes DataFileError (a malformed file)
+        print(f"distillnerf-fit-scene: error: {error}", file=sys.stderr)
+        return 2
     for name, rec in manifest["scenes"].items():
         q = rec["quality"]
         print(json.dumps({"scene": name, **{k: v for k, v in q.items() if k != "frames"}}))

@@ -20,9 +20,11 @@ import os
 import sys
 from pathlib import Path
 
+from distillnerf_core.checked_files import DataFileError
 from distillnerf_core.cli import configure_logging
+from distillnerf_core.training.checkpoints import CheckpointError
 from distillnerf_core.training.config import load_train_config
-from distillnerf_core.training.trainer import train
+from distillnerf_core.training.trainer import NonFiniteTrainingError, train
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,8 +67,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg.loss.virtual_prob = args.virtual_prob
     if args.init:
         cfg.init = args.init
-    summary = train(cfg, args.dataroot, args.version, args.out, args.max_steps, args.max_minutes, args.resume,
-                    args.device, args.threads, not args.no_progress)
+    try:
+        summary = train(cfg, args.dataroot, args.version, args.out, args.max_steps, args.max_minutes, args.resume,
+                        args.device, args.threads, not args.no_progress)
+    except (DataFileError, CheckpointError, NonFiniteTrainingError, FileNotFoundError) as error:
+        # a malformed cache or table, or a run gone non-finite: the message names the file / step and sample
+        print(f"distillnerf-train: error: {error}", file=sys.stderr)
+        return 2
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"done: step {summary['step']} ({summary['steps_per_s']:.3f} steps/s, "
               f"data wait {100 * summary['data_wait_fraction']:.1f}%), "

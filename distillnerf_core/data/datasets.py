@@ -37,7 +37,6 @@ Missing files raise FileNotFoundError naming the path; nothing is silently subst
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,10 +47,13 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from distillnerf_core.checked_files import load_npz, read_json
 from distillnerf_core.data.nuscenes_tables import NUSCENES_CAMERAS
 from distillnerf_core.geometry import invert_transform, make_transform
 
 LIDAR_CHANNEL = "LIDAR_TOP"
+GT_CAMERA = {"depth": ("f", 2), "semantics": ("iu", 2)}  # gt/<CAM>/<token>.npz, read checked (checked_files)
+GT_LIDAR = {"voxel_semantics": ("iu", 3)}  # gt/LIDAR_TOP/<token>.npz
 
 
 @dataclass
@@ -150,7 +152,7 @@ class NuScenesDataset(Dataset):
         self.load_next = load_next
         self.nusc = nusc or NuScenes(version=version, dataroot=str(self.dataroot), verbose=False)
         gt_meta = self.dataroot / "gt" / "meta.json"
-        self.gt_meta = json.loads(gt_meta.read_text()) if gt_meta.is_file() else None
+        self.gt_meta = read_json(gt_meta, "synthetic ground-truth meta file") if gt_meta.is_file() else None
         self.feature_cache: Path | None = None
         self.feature_manifest: dict[str, Any] | None = None
         if features is not None:
@@ -164,7 +166,8 @@ class NuScenesDataset(Dataset):
             from distillnerf_core.data.nerf_targets import resolve_targets
 
             self.nerf_targets = resolve_targets(self.dataroot, nerf_targets)
-            read_nerf_manifest(self.nerf_targets)  # a missing manifest is an error here, not at the first item
+            # a missing or malformed manifest is an error here, not at the first item
+            self.nerf_views = len(read_nerf_manifest(self.nerf_targets)["settings"]["offsets"])
         self._masks: torch.Tensor | None = None  # (N, H, W), loaded once (static per camera)
         wanted = set(scenes) if scenes is not None else None
         self.sample_tokens: list[str] = []
@@ -292,19 +295,21 @@ class NuScenesDataset(Dataset):
         if self.gt_meta is not None:
             depth, sem = [], []
             for ch, sd in zip(self.cameras, cams["sd"], strict=True):
-                with np.load(_require(self.dataroot / "gt" / ch / f"{sd['token']}.npz")) as gt:
-                    depth.append(nearest_resize(gt["depth"], self.render_size))
-                    sem.append(nearest_resize(gt["semantics"], self.render_size))
+                gt = load_npz(self.dataroot / "gt" / ch / f"{sd['token']}.npz", GT_CAMERA, "ground-truth file")
+                depth.append(nearest_resize(gt["depth"], self.render_size))
+                sem.append(nearest_resize(gt["semantics"], self.render_size))
             item["dense_depth"] = torch.as_tensor(np.stack(depth), dtype=torch.float32)
             item["semantics"] = torch.as_tensor(np.stack(sem).astype(np.int64))
-            with np.load(_require(self.dataroot / "gt" / LIDAR_CHANNEL / f"{lidar_sd['token']}.npz")) as gt:
-                item["voxel_semantics"] = torch.as_tensor(gt["voxel_semantics"].astype(np.int64))
+            gt = load_npz(self.dataroot / "gt" / LIDAR_CHANNEL / f"{lidar_sd['token']}.npz", GT_LIDAR,
+                          "ground-truth file")
+            item["voxel_semantics"] = torch.as_tensor(gt["voxel_semantics"].astype(np.int64))
         if self.feature_cache is not None:
             from distillnerf_core.teachers.cache import load_entry, resize_features
 
             # teacher_features: float32 (N, D, h, w) at the render size; a missing entry raises (no dummy).
             item["teacher_features"] = torch.stack([
-                resize_features(load_entry(self.feature_cache, ch, sd["token"]), self.render_size)
+                resize_features(load_entry(self.feature_cache, ch, sd["token"], self.feature_manifest),
+                                self.render_size)
                 for ch, sd in zip(self.cameras, cams["sd"], strict=True)])
         if self.nerf_targets is not None:
             item.update(self._nerf_items(cams, item["cam2ego"]))
@@ -316,8 +321,8 @@ class NuScenesDataset(Dataset):
 
         from distillnerf_core.data.nerf_targets import load_entry, virtual_cam2ego
 
-        entries = [load_entry(self.nerf_targets, ch, sd["token"]) for ch, sd in zip(self.cameras, cams["sd"],
-                                                                                      strict=True)]
+        entries = [load_entry(self.nerf_targets, ch, sd["token"], self.nerf_views)
+                   for ch, sd in zip(self.cameras, cams["sd"], strict=True)]
         depth = torch.as_tensor(np.stack([nearest_resize(e["depth"], self.render_size) for e in entries]))
         vdepth = torch.as_tensor(np.stack([np.stack([nearest_resize(d, self.render_size) for d in e["virtual_depth"]])
                                            for e in entries]))

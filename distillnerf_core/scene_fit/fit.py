@@ -12,11 +12,8 @@ depth and the virtual cameras' RGB + depth at `render_hw`, written as data/nerf_
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from dataclasses import field as dc_field
@@ -27,12 +24,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from distillnerf_core.checked_files import (
+    DataFileError,
+    atomic_write,
+    file_record,
+    matches_record,
+    read_json,
+    require,
+    write_json,
+)
 from distillnerf_core.data.datasets import NuScenesDataset
 from distillnerf_core.data.nerf_targets import (
     DEFAULT_OFFSETS,
     FORMAT_VERSION,
     MANIFEST,
     entry_path,
+    read_manifest,
     virtual_cam2ego,
 )
 from distillnerf_core.data.nuscenes_tables import NUSCENES_CAMERAS
@@ -296,21 +303,26 @@ def evaluate_field(field_: SceneField, data: SceneData, train_frames: list[int],
     return quality
 
 
-def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Atomic: a temp file in the same folder, then rename (an interrupted run leaves no half entry)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    os.close(fd)
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-    os.replace(tmp, path)
+def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Atomic (checked_files.atomic_write: an interrupted run leaves no half entry); returns the entry's record
+    (size + sha256). A non-finite render (a diverged field) is an error, never an entry."""
+    for key, array in arrays.items():
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise DataFileError(f"{path}: the field rendered non-finite {key} (the fit diverged?); not written")
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    atomic_write(path, write)
+    return file_record(path)
 
 
 @torch.no_grad()
-def write_targets(field_: SceneField, cfg: FitConfig, data: SceneData, cameras: list[str], out: Path
-                  ) -> list[dict[str, torch.Tensor]]:
-    """Render and write every (keyframe, camera) entry of the scene; returns per keyframe the real cameras'
-    renders (rgb (N, 3, h, w), depth (N, h, w)) for `evaluate_field`."""
+def write_targets(field_: SceneField, cfg: FitConfig, data: SceneData, cameras: list[str], out: Path,
+                  records: dict[str, Any] | None = None) -> list[dict[str, torch.Tensor]]:
+    """Render and write every (keyframe, camera) entry of the scene (their records into `records`, keyed by
+    path relative to `out`); returns per keyframe the real cameras' renders (rgb (N, 3, h, w), depth (N, h, w))
+    for `evaluate_field`."""
     F_, N, _, H, W = data.images.shape
     hw = tuple(cfg.render_hw)
     offsets = torch.tensor(cfg.offsets, dtype=torch.float32)
@@ -325,7 +337,8 @@ def write_targets(field_: SceneField, cfg: FitConfig, data: SceneData, cameras: 
         depth = v["depth"].view(N, 1 + V, *hw)
         real.append({"rgb": rgb[:, 0], "depth": depth[:, 0]})
         for n, ch in enumerate(cameras):
-            _write_npz(entry_path(out, ch, data.sd_tokens[f][n]), {
+            path = entry_path(out, ch, data.sd_tokens[f][n])
+            (records if records is not None else {})[path.relative_to(out).as_posix()] = _write_npz(path, {
                 "depth": depth[n, 0].numpy().astype(np.float32),
                 "virtual_rgb": (rgb[n, 1:].permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy(),
                 "virtual_depth": depth[n, 1:].numpy().astype(np.float32),
@@ -335,6 +348,35 @@ def write_targets(field_: SceneField, cfg: FitConfig, data: SceneData, cameras: 
 
 def _settings(cfg: FitConfig) -> dict[str, Any]:
     return asdict(cfg)
+
+
+def _finite_or_none(value: Any) -> Any:
+    """The record with every non-finite float as None (a metric without valid pixels): standard JSON only."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def verified_scene_record(done: Path, out: Path) -> dict[str, Any] | None:
+    """A complete scene's record when it reads and every entry it lists is the file written (size + sha256);
+    None (and a warning naming what failed) when the scene must be fitted again."""
+    try:
+        record = read_json(done, "scene record")
+        files = require(record, "files", dict, done)
+        require(record, "quality", dict, done)
+    except DataFileError as error:
+        logger.warning("%s; the scene is fitted again", error)
+        return None
+    bad = [name for name, entry in files.items() if not matches_record(out / name, entry)]
+    if bad or not files:
+        logger.warning("%s: %d of its %d entries are missing or do not match their record (first: %s); the scene"
+                       " is fitted again", done, len(bad), len(files), bad[:1])
+        return None
+    return record
 
 
 def fit_dataroot(dataroot: str | Path, version: str, out: str | Path, cfg: FitConfig | None = None,
@@ -349,7 +391,7 @@ def fit_dataroot(dataroot: str | Path, version: str, out: str | Path, cfg: FitCo
     settings = _settings(cfg)
     manifest_path = out / MANIFEST
     if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
+        manifest = read_manifest(out)
         if (manifest.get("settings"), manifest.get("cameras"), manifest.get("version")) != (settings, cams, version):
             raise ValueError(f"{out} holds targets made with other settings, cameras or version; use another --out")
     else:
@@ -372,8 +414,8 @@ def fit_dataroot(dataroot: str | Path, version: str, out: str | Path, cfg: FitCo
     out.mkdir(parents=True, exist_ok=True)
     for name in wanted:
         done = out / "scenes" / f"{name}.json"
-        if done.is_file():
-            manifest["scenes"][name] = json.loads(done.read_text())
+        if done.is_file() and (record := verified_scene_record(done, out)) is not None:
+            manifest["scenes"][name] = record
             if progress:
                 logger.info("%s: complete, skipped", name)
             continue
@@ -386,22 +428,24 @@ def fit_dataroot(dataroot: str | Path, version: str, out: str | Path, cfg: FitCo
         if progress:
             logger.info("%s: %d keyframes x %d cameras, fitting on %s", name, n, len(cams), train)
         field_, info = fit_field(cfg, data, train, progress)
-        views = write_targets(field_, cfg, data, cams, out)
+        files: dict[str, Any] = {}
+        views = write_targets(field_, cfg, data, cams, out, files)
         quality = evaluate_field(field_, data, train, info["held_lidar"], views, cfg.chunk)
         written = len(views) * len(cams)
         record = {"samples": [dataset.sample_tokens[i] for i in by_scene[name]], "train_frames": train,
                   "entries": written, "quality": quality, "fit_wall_s": info["fit_wall_s"],
                   "fit_cpu_s": info["fit_cpu_s"], "total_wall_s": time.perf_counter() - t0,
-                  "total_cpu_s": time.process_time() - c0, "threads": torch.get_num_threads(), "log": info["log"]}
-        done.parent.mkdir(parents=True, exist_ok=True)
-        done.write_text(json.dumps(record, indent=1) + "\n")  # last: marks the scene complete
+                  "total_cpu_s": time.process_time() - c0, "threads": torch.get_num_threads(), "log": info["log"],
+                  "files": files}
+        record = _finite_or_none(record)
+        write_json(done, record)  # last: marks the scene complete
         manifest["scenes"][name] = record
-        manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+        write_json(manifest_path, manifest)
         if progress:
             q = quality
             logger.info("%s: held-out LiDAR AbsRel %s, held-out frames PSNR %s, train PSNR %.2f; %.0f CPU s", name,
                         q["held_out_lidar_abs_rel"], q["held_out_frames_psnr"], q["train_frames_psnr"],
                         record["total_cpu_s"])
     manifest["complete"] = all((out / "scenes" / f"{s}.json").is_file() for s in by_scene)
-    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+    write_json(manifest_path, manifest)
     return manifest

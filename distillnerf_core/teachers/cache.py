@@ -6,18 +6,19 @@ Layout, beside the images of a nuScenes-format dataroot (DIR = DATAROOT/features
                                             sha256, settings), dim, dtype, version, cameras, entries, complete
     DIR/<CHANNEL>/<sample_data token>.safetensors   one tensor "features": float16 (D, h, w) for that image
 
-Entries are written atomically (temp file + rename), so an interrupted run leaves only whole entries and a
-rerun with the same teacher skips them (resumable); a rerun with a different teacher into the same
-directory is an error. Training and evaluation read entries through `load_entry`: a missing entry is an
-error naming the file, never a silent dummy.
+Entries are written atomically (temp file + rename) and recorded in the manifest's `files` (size + sha256 per
+entry, the manifest itself rewritten atomically as entries are added), so a rerun with the same teacher skips
+exactly the entries that verify and recomputes any other (a truncated or altered entry is redone, not
+skipped); a rerun with a different teacher into the same directory is an error. Non-finite features are
+never written. Training and evaluation read entries through `load_entry`, which checks each one (a readable
+safetensors file holding only a float16 `features` (D, h, w) with D = the manifest's dim, every value
+finite): a missing or malformed entry is an error naming the file, never a silent dummy.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import logging
 import random
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,27 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from distillnerf_core.checked_files import (
+    DataFileError,
+    atomic_write,
+    file_record,
+    load_npz,
+    matches_record,
+    read_json,
+    require,
+    write_json,
+)
 from distillnerf_core.teachers.base import Teacher, TeacherConfig
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 FEATURES_DIR = "features"
+MAX_ENTRY_BYTES = 2**30
+MANIFEST_KEYS = {"teacher": dict, "dim": int, "dtype": str, "version": str, "cameras": list, "complete": bool,
+                 "entries": int}
+MANIFEST_EVERY = 32  # entries between two manifest rewrites (a kill loses at most these to recomputation)
 
 
 def build_teacher(cfg: TeacherConfig) -> Teacher:
@@ -64,26 +81,61 @@ def read_manifest(cache: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"feature cache manifest not found: {path} (make the cache with "
                                 "distillnerf-cache-features)")
-    manifest = json.loads(path.read_text())
+    manifest = read_json(path, "feature cache manifest")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: cache format_version {manifest.get('format_version')!r}, this code reads "
-                         f"{FORMAT_VERSION}")
+        raise DataFileError(f"{path}: cache format_version {manifest.get('format_version')!r}, this code reads "
+                            f"{FORMAT_VERSION}")
+    for key, kind in MANIFEST_KEYS.items():
+        require(manifest, key, kind, path)
+    if manifest["dim"] <= 0 or not all(isinstance(c, str) for c in manifest["cameras"]):
+        raise DataFileError(f"{path}: key 'dim' must be > 0 and 'cameras' a list of channel names")
+    if not isinstance(manifest.setdefault("files", {}), dict):
+        raise DataFileError(f"{path}: key 'files' is a {type(manifest['files']).__name__}, expected an object")
     return manifest
+
+
+def entry_key(channel: str, sd_token: str) -> str:
+    """An entry's key in the manifest's `files`: its path relative to the cache."""
+    return f"{channel}/{sd_token}.safetensors"
 
 
 def entry_path(cache: str | Path, channel: str, sd_token: str) -> Path:
     return Path(cache) / channel / f"{sd_token}.safetensors"
 
 
-def load_entry(cache: str | Path, channel: str, sd_token: str) -> torch.Tensor:
-    """(D, h, w) float32 features of one image; a missing entry is a FileNotFoundError naming it."""
+def load_entry(cache: str | Path, channel: str, sd_token: str, manifest: dict[str, Any] | None = None
+               ) -> torch.Tensor:
+    """(D, h, w) float32 features of one image; a missing entry is a FileNotFoundError naming it, a malformed
+    one (unreadable, other tensors, dtype or shape, D other than the manifest's dim, a size other than the
+    manifest records, non-finite values) a DataFileError naming it."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = entry_path(cache, channel, sd_token)
     if not path.is_file():
         raise FileNotFoundError(f"feature cache entry missing: {path} (run distillnerf-cache-features for this "
                                 "dataroot again; it resumes)")
-    return load_file(str(path))["features"].float()
+    rerun = "(run distillnerf-cache-features again: it recomputes entries that do not verify)"
+    size = path.stat().st_size
+    record = (manifest or {}).get("files", {}).get(entry_key(channel, sd_token))
+    if size > MAX_ENTRY_BYTES or (isinstance(record, dict) and record.get("bytes") != size):
+        raise DataFileError(f"{path}: {size} bytes, the manifest records {record.get('bytes') if record else None}"
+                            f" (limit {MAX_ENTRY_BYTES}) {rerun}")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise DataFileError(f"{path}: not a readable feature cache entry (truncated or corrupt: {error}) {rerun}") \
+            from error
+    if set(tensors) != {"features"}:
+        raise DataFileError(f"{path}: holds tensors {sorted(tensors)}, a feature cache entry holds only 'features'")
+    feats = tensors["features"]
+    dim = (manifest or {}).get("dim")
+    if feats.dtype != torch.float16 or feats.ndim != 3 or (dim is not None and feats.shape[0] != dim):
+        raise DataFileError(f"{path}: key 'features' is {feats.dtype} {tuple(feats.shape)}, expected float16"
+                            f" (D, h, w) with D = {dim if dim is not None else 'the teacher dim'}")
+    if not bool(torch.isfinite(feats).all()):
+        raise DataFileError(f"{path}: key 'features' holds non-finite values {rerun}")
+    return feats.float()
 
 
 def resize_features(feats: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
@@ -97,18 +149,17 @@ def resize_features(feats: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     return out.reshape(*lead, feats.shape[-3], *hw)
 
 
-def _write_entry(path: Path, feats: torch.Tensor) -> None:
+def _write_entry(path: Path, feats: torch.Tensor, image: str = "") -> dict[str, Any]:
+    """Write one entry atomically; returns its manifest record. Non-finite features (also after the cast to
+    float16) are an error naming the image, never an entry."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({"features": feats.detach().to(torch.float16).contiguous().cpu()}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    half = feats.detach().to(torch.float16).contiguous().cpu()
+    if not bool(torch.isfinite(half).all()):
+        raise DataFileError(f"the teacher gave non-finite features (or values past float16) for {image or path.name};"
+                            f" not written to {path}")
+    atomic_write(path, lambda tmp: save_file({"features": half}, str(tmp)))
+    return file_record(path)
 
 
 def _comparable(identity: dict[str, Any]) -> dict[str, Any]:
@@ -156,16 +207,21 @@ def cache_features(dataroot: str | Path, version: str, teacher_cfg: TeacherConfi
         meta = dataroot / "gt" / "meta.json"
         if not meta.is_file():
             raise FileNotFoundError(f"the oracle teacher needs the synthetic ground truth, missing: {meta}")
-        teacher_cfg.oracle_classes = list(json.loads(meta.read_text())["classes"])
+        classes = require(read_json(meta, "synthetic ground-truth meta file"), "classes", list, meta)
+        if not classes or not all(isinstance(c, str) for c in classes):
+            raise DataFileError(f"{meta}: key 'classes' must be a non-empty list of class names")
+        teacher_cfg.oracle_classes = list(classes)
     teacher = build_teacher(teacher_cfg).to(device)
     identity = teacher.identity()
     cache = Path(out) if out else dataroot / FEATURES_DIR / (name or teacher_cfg.kind)
     manifest_path = cache / MANIFEST
+    records: dict[str, Any] = {}
     if manifest_path.is_file():
         old = read_manifest(cache)
         if _comparable(old["teacher"]) != _comparable(identity):
             raise ValueError(f"{cache} holds features of another teacher ({old['teacher']}); use another --name "
                              "or remove that directory")
+        records = old["files"]
     cache.mkdir(parents=True, exist_ok=True)
     nusc = NuScenes(version=version, dataroot=str(dataroot), verbose=False)
     cams = list(cameras or camera_channels(nusc))
@@ -173,9 +229,27 @@ def cache_features(dataroot: str | Path, version: str, teacher_cfg: TeacherConfi
                 "version": version, "dataroot": str(dataroot.resolve()), "cameras": cams,
                 "layout": "<CHANNEL>/<sample_data token>.safetensors: 'features' float16 (D, h, w)",
                 "settings": teacher_cfg.to_dict(), "complete": False, "entries": 0}
-    manifest_path.write_text(json.dumps(manifest, indent=1))
     images = keyframe_images(nusc, cams)
-    todo = [(ch, sd) for ch, sd in images if not entry_path(cache, ch, sd["token"]).is_file()]
+    # Resume: an entry is kept only when it is the file the manifest recorded (size + sha256).
+    verified = {}
+    todo = []
+    for ch, sd in images:
+        key, path = entry_key(ch, sd["token"]), entry_path(cache, ch, sd["token"])
+        if matches_record(path, records.get(key)):
+            verified[key] = records[key]
+        else:
+            if path.is_file():
+                logger.warning("%s does not match its manifest record (truncated, altered or unrecorded): "
+                               "recomputed", path)
+            todo.append((ch, sd))
+    manifest["files"] = verified
+    write_json(manifest_path, manifest)
+
+    def written(ch: str, sd: dict, feats: torch.Tensor) -> None:
+        manifest["files"][entry_key(ch, sd["token"])] = _write_entry(entry_path(cache, ch, sd["token"]), feats,
+                                                                     sd["filename"])
+        if len(manifest["files"]) % MANIFEST_EVERY == 0:
+            write_json(manifest_path, manifest)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -189,11 +263,13 @@ def cache_features(dataroot: str | Path, version: str, teacher_cfg: TeacherConfi
             gt = dataroot / "gt" / ch / f"{sd['token']}.npz"
             if not gt.is_file():
                 raise FileNotFoundError(f"the oracle teacher needs the synthetic ground truth, missing: {gt}")
-            with np.load(gt) as data:
-                sem = data["semantics"]
+            sem = load_npz(gt, {"semantics": ("iu", 2)}, "ground-truth file")["semantics"]
+            classes = len(teacher_cfg.oracle_classes)
+            if sem.size == 0 or int(sem.min()) < 0 or int(sem.max()) >= classes:
+                raise DataFileError(f"{gt}: key 'semantics' holds class ids outside 0..{classes - 1} (gt/meta.json)")
             hw = (max(1, sem.shape[0] // stride), max(1, sem.shape[1] // stride))
             feats = teacher.features_from_semantics(nearest_grid(sem, hw), sd["token"])
-            _write_entry(entry_path(cache, ch, sd["token"]), feats)
+            written(ch, sd, feats)
             grid = list(feats.shape[-2:])
             if bar is not None:
                 bar.update(1)
@@ -211,7 +287,7 @@ def cache_features(dataroot: str | Path, version: str, teacher_cfg: TeacherConfi
                 batch.append(torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1))
             feats = teacher.dense_features(torch.stack(batch).to(device)).cpu()
             for (ch, sd), f in zip(chunk, feats, strict=True):
-                _write_entry(entry_path(cache, ch, sd["token"]), f)
+                written(ch, sd, f)
             grid = list(feats.shape[-2:])
             if bar is not None:
                 bar.update(len(chunk))
@@ -220,8 +296,8 @@ def cache_features(dataroot: str | Path, version: str, teacher_cfg: TeacherConfi
     manifest.update(complete=True, entries=len(images), grid_hw=grid or manifest.get("grid_hw"),
                     seconds=time.perf_counter() - started)
     if grid is None and images:
-        manifest["grid_hw"] = list(load_entry(cache, *(images[0][0], images[0][1]["token"])).shape[-2:])
-    manifest_path.write_text(json.dumps(manifest, indent=1))
+        manifest["grid_hw"] = list(load_entry(cache, images[0][0], images[0][1]["token"], manifest).shape[-2:])
+    write_json(manifest_path, manifest)
     return {"cache": str(cache), "images": len(images), "computed": len(todo), "dim": teacher.dim,
             "seconds": manifest["seconds"], "teacher": identity}
 
@@ -234,8 +310,9 @@ def sample_vectors(cache: str | Path, entries: list[tuple[str, str]], max_vector
     per = max(1, max_vectors // max(1, len(chosen)))
     gen = torch.Generator().manual_seed(seed)
     parts = []
+    manifest = read_manifest(cache)
     for ch, tok in chosen:
-        f = load_entry(cache, ch, tok)
+        f = load_entry(cache, ch, tok, manifest)
         flat = f.reshape(f.shape[0], -1).T
         if flat.shape[0] > per:
             flat = flat[torch.randperm(flat.shape[0], generator=gen)[:per]]

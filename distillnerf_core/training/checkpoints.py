@@ -61,13 +61,24 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def refuse_non_finite(tensors: dict[str, torch.Tensor], path: str | Path, what: str = "weights") -> None:
+    """CheckpointError naming `path` and the tensors when any floating-point tensor holds a NaN or inf."""
+    bad = [k for k, v in tensors.items() if torch.is_tensor(v) and v.is_floating_point()
+           and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{path}: refusing to save non-finite {what}: {len(bad)} tensors hold NaN or inf "
+                              f"(first {bad[:3]}); nothing was written")
+
+
 def save_checkpoint(model: DistillNeRFModel, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write `path` (.safetensors) and its JSON sidecar; `extra` (JSON-able) is stored in the sidecar."""
+    """Write `path` (.safetensors) and its JSON sidecar; `extra` (JSON-able) is stored in the sidecar.
+    Non-finite weights are refused (CheckpointError), never saved."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"checkpoint path must end in .safetensors, got {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    refuse_non_finite(tensors, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format_version": str(FORMAT_VERSION)}))
     meta = {
         "format_version": FORMAT_VERSION,
@@ -238,12 +249,14 @@ def save_training_checkpoint(run: Path, step: int, model: DistillNeRFModel, opti
     root = run / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
+    refuse_non_finite(model.state_dict(), final)
+    tensors, opt_meta = optimizer_to_flat(optimizer.state_dict())
+    refuse_non_finite(tensors, final, "optimizer state")
     tmp = root / f".tmp-step_{step:08d}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
     save_checkpoint(model, tmp / "model.safetensors", extra={"step": step, **(extra or {})})
-    tensors, opt_meta = optimizer_to_flat(optimizer.state_dict())
     save_file(tensors, str(tmp / "train_state.safetensors"))
     state = {
         "step": step,

@@ -131,6 +131,11 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
+class NonFiniteTrainingError(RuntimeError):
+    """Training stopped on a non-finite loss or non-finite weights; the message names the step and the
+    samples. Nothing of that step is saved."""
+
+
 def optimizer_step(step_module: nn.Module, batch: dict[str, Any], optimizer: torch.optim.Optimizer,
                    scaler: torch.amp.GradScaler, params: list[torch.Tensor], grad_clip: float,
                    amp_dtype: torch.dtype | None, device_type: str
@@ -335,12 +340,38 @@ class Trainer:
         total, terms, out, grad_norm = optimizer_step(self.ddp_module, batch, self.optimizer, self.scaler,
                                                       self.params, self.cfg.optim.grad_clip, self.amp_dtype,
                                                       self.dev.type)
+        self._refuse_non_finite(total, terms, grad_norm, batch)
         self.scheduler.step()
         self.step += 1
         if self.rank == 0:
             self.last = {"loss": float(total.detach()), "grad_norm": float(grad_norm),
                          **{k: float(v.detach()) for k, v in terms.items()}}
             self._log_step(batch, out)
+
+    def _refuse_non_finite(self, total: torch.Tensor, terms: dict[str, torch.Tensor], grad_norm: torch.Tensor,
+                           batch: dict[str, Any]) -> None:
+        """Stop (NonFiniteTrainingError naming the step and the samples) on a non-finite loss, or on non-finite
+        weights after a non-finite gradient that the grad scaler did not skip. Under DDP the ranks agree."""
+        problem = ""
+        if not bool(torch.isfinite(total.detach())):
+            bad = sorted(k for k, v in terms.items() if not bool(torch.isfinite(v.detach()).all()))
+            problem = f"the loss is {float(total.detach())} (non-finite terms: {', '.join(bad) or 'the total'})"
+        elif not self.scaler.is_enabled() and not bool(torch.isfinite(grad_norm)):
+            weights = [n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
+            if weights:
+                problem = f"the gradient norm is {float(grad_norm)} and {len(weights)} weights are non-finite " \
+                          f"(first {weights[:3]})"
+        flag = 1.0 if problem else 0.0
+        if self.distributed:
+            flags = torch.tensor([flag], device=self.dev)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            flag = float(flags.item())
+        if flag:
+            saved = f"the newest checkpoint is step {self.last_saved}" if self.last_saved > 0 else "no checkpoint"
+            raise NonFiniteTrainingError(
+                f"training stopped at step {self.step + 1}: {problem or 'another rank saw a non-finite loss'} on "
+                f"samples {batch.get('sample_token')}; nothing of this step is saved ({saved}). Check the data of "
+                "these samples and the learning rate")
 
     def _should_stop(self) -> bool:
         """cfg.max_steps reached or the time budget spent; under DDP every rank must take the same decision
