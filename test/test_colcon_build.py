@@ -3,6 +3,7 @@ make's .venv inside it (the venv's Python and ROS wheels first on PATH, as when 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -64,3 +65,33 @@ def test_colcon_build_with_the_venv_inside_the_package_installs_the_executables(
     for module in ("distillnerf_ros/srv/_query_scene.py", "distillnerf_ros/nodes/perception.py",
                    "distillnerf_core/inference.py"):
         assert (site / module).is_file(), f"{module} is not installed in {site}"
+
+
+def test_installed_executables_run_without_the_venv_on_path(colcon_workspace):
+    """As in a shell that sourced the workspace (install/ on PYTHONPATH) but never activated the venv: the first
+    python3 on PATH is the system's, without rclpy; the executables must still start."""
+    workspace, build, _ = colcon_workspace
+    assert build.returncode == 0, "colcon build failed (see the test above)"
+    prefix = workspace / "install" / "distillnerf_ros"
+    site = next((prefix / "lib").glob("python3*/site-packages"))
+    env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp"), "PYTHONPATH": str(site),
+           "AMENT_PREFIX_PATH": f"{prefix}{os.pathsep}{sys.prefix}"}
+    for name in ("play", "nusc2bag"):
+        executable = prefix / "lib" / "distillnerf_ros" / name
+        shebang = executable.read_text().splitlines()[0]
+        ran = subprocess.run([str(executable), "--help"], env=env, capture_output=True, text=True, timeout=120)
+        assert ran.returncode == 0 and "usage" in ran.stdout, (
+            f"{name} ({shebang}) does not start without the venv: {ran.stderr[-2000:]}")
+
+
+def test_colcon_test_runs_the_pytest_suite(colcon_workspace):
+    """`colcon test` runs what CTest has registered: the package's pytest suite, from the source folder."""
+    workspace, build, _ = colcon_workspace
+    assert build.returncode == 0, "colcon build failed (see the test above)"
+    listed = subprocess.run(["ctest", "--show-only=json-v1"], cwd=workspace / "build" / "distillnerf_ros",
+                            capture_output=True, text=True, timeout=60)
+    tests = json.loads(listed.stdout)["tests"]
+    assert tests, "no test is registered with CTest: `colcon test` would run nothing"
+    commands = [" ".join(test["command"]) for test in tests]
+    assert any("-m pytest" in command and str(workspace / "src" / "distillnerf_ros" / "test") in command
+               for command in commands), commands
