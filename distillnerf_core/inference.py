@@ -117,6 +117,7 @@ class ScenePredictor:
         self.teacher_weights = teacher_weights  # CLIP weights for text queries (default: the path in the checkpoint)
         self.query_config = query or QueryConfig()
         self._querier: SemanticQuerier | None = None
+        self._querier_error: SemanticsUnavailableError | None = None  # why it cannot be built (not retried)
 
     @property
     def teacher(self) -> dict | None:
@@ -129,8 +130,15 @@ class ScenePredictor:
             if self.model.feature_pca is None:
                 raise SemanticsUnavailableError("this model was not distilled from a foundation model (no teacher "
                                                 "and no PCA in its checkpoint), so it cannot answer text queries")
-            self._querier = SemanticQuerier(self.model.feature_pca, self.model.config.feature_head.teacher,
-                                            config=self.query_config, weights=self.teacher_weights)
+            if self._querier_error is not None:
+                raise self._querier_error
+            try:
+                self._querier = SemanticQuerier(self.model.feature_pca, self.model.config.feature_head.teacher,
+                                                config=self.query_config, weights=self.teacher_weights)
+            except (OSError, ValueError) as error:  # missing or mismatched teacher weights: said, not raised again
+                self._querier_error = (error if isinstance(error, SemanticsUnavailableError)
+                                       else SemanticsUnavailableError(f"text queries unavailable: {error}"))
+                raise self._querier_error from error
         return self._querier
 
     @property

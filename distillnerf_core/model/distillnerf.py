@@ -32,6 +32,7 @@ from distillnerf_core.model.lift import LiftConfig, LiftOutput, LiftSplat
 from distillnerf_core.model.renderer import RendererConfig, RenderOutput, VolumeRenderer, VoxelField
 from distillnerf_core.model.sparse_conv import SparseCNN, SparseConvConfig
 from distillnerf_core.model.voxels import VoxelConfig, voxelize
+from distillnerf_core.teachers.identity import validate_teacher_identity
 from distillnerf_core.teachers.pca import FeaturePCA
 
 STAGES = ("encoder", "lift", "voxelize", "sparse_conv", "render", "decode")
@@ -102,6 +103,8 @@ class ModelConfig:
             raise ValueError("lift.fine_candidates must be >= 1 and lift.contracted_bins >= 0")
         if (self.encoder.vit_name is None) != (self.encoder.vit_weights is None):
             raise ValueError("encoder.vit_name and encoder.vit_weights must be given together")
+        fh = self.feature_head
+        validate_teacher_identity(fh.teacher, fh.teacher_dim, fh.dim)
 
 
 @dataclass

@@ -95,6 +95,10 @@ class SemanticQuerier:
         self.identity = dict(identity)
         self.config = config or QueryConfig()
         self.encoder = encoder or text_encoder_from_identity(identity, weights)
+        if getattr(self.encoder, "dim", 0) and self.encoder.dim != pca.in_dim:
+            raise SemanticsUnavailableError(f"the teacher's text embeddings have {self.encoder.dim} channels but the "
+                                            f"model's PCA expects {pca.in_dim} (feature_head.teacher_dim): its "
+                                            "features cannot be compared with them")
         self._cache: dict[str, torch.Tensor] = {}
 
     @property

@@ -21,11 +21,12 @@ from tf2_msgs.msg import TFMessage
 from distillnerf_core.data.nuscenes_tables import load_sensor_records
 from distillnerf_ros.conversions.nuscenes_messages import camera_messages, ego_pose_tf_message, static_tf_message
 from distillnerf_ros.input.rig_input import TF_QOS, TF_STATIC_QOS
+from distillnerf_ros.nodes.guarded import GuardedNode
 from distillnerf_ros.nodes.parameter_schema import add_arguments
 from distillnerf_ros.nodes.signals import init_without_signal_handlers
 
 
-class DatarootPublisher(Node):
+class DatarootPublisher(GuardedNode, Node):
     """A nuScenes-format dataroot as live topics, as node `nuscenes_dataroot_publisher`.
 
     Publishes: `/tf_static` (latched calibration, on construction), and on `publish_all()` in timestamp
@@ -44,6 +45,7 @@ class DatarootPublisher(Node):
                            for c in self.cameras}
         self.info_pubs = {c: self.create_publisher(CameraInfo, f"/{c}/camera_info", qos) for c in self.cameras}
         self.tf_static_pub.publish(static_tf_message(self.records))
+        self.guard_existing_callbacks()  # the services rclpy built without create_service
 
     def wait_for_subscribers(self, timeout_s: float, stop=lambda: False) -> bool:
         """Wait until every image and CameraInfo topic has a subscriber (so nothing published is lost to

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -19,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.logging import get_logger
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -29,6 +30,7 @@ from distillnerf_core.inference import DeviceUnavailableError, ScenePredictor
 from distillnerf_ros.input.frame_worker import FrameWorker, FrameWorkerCounters
 from distillnerf_ros.input.rig_input import STEADY_CLOCK, RigFrame, decode_pool
 from distillnerf_ros.nodes.diagnostics import RecentIncreases, publish_status
+from distillnerf_ros.nodes.guarded import GuardedNode
 from distillnerf_ros.nodes.memory import release_free_heap
 from distillnerf_ros.nodes.parameter_schema import ParameterValueError, declare_parameters
 from distillnerf_ros.nodes.perception_diagnostics import diagnostic_level, diagnostic_values, frame_losses, rig_counts
@@ -90,7 +92,7 @@ class NodeCounters(Mapping):
         return repr(dict(self))
 
 
-class PerceptionNode(LifecycleNode):
+class PerceptionNode(GuardedNode, LifecycleNode):
     """DistillNeRF on a camera rig, as a lifecycle node named `distillnerf_perception`.
 
     Subscribes (while active): per camera `image_topic_format` (CompressedImage or Image) and
@@ -129,9 +131,12 @@ class PerceptionNode(LifecycleNode):
         self.last = {"processing_ms": 0.0, "latency_ms": 0.0, "model_ms": 0.0, "missing": {}, "distortion": {},
                      "error": "", "semantic_queries": "none set"}
         self.status_message = "unconfigured"
+        self.degraded: dict[str, str] = {}  # what runs in a degraded way, and why (WARN in /diagnostics)
+        self._warm_up_thread: threading.Thread | None = None  # compile: the warm-up frame, off the executor
         self._recent_losses = RecentIncreases(hold_s=10.0)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(1.0, self.publish_diagnostics, clock=STEADY_CLOCK)
+        self.guard_existing_callbacks()  # the lifecycle services rclpy built without create_service
         if self.get_parameter("autostart").value:
             if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
                 self.trigger_activate()
@@ -148,6 +153,7 @@ class PerceptionNode(LifecycleNode):
         """Load the model (model_path, device, precision, occupancy grid), create the output publishers and
         the query service. A bad checkpoint, device or parameter fails the transition with its reason."""
         self.last["error"] = ""
+        self.degraded.clear()
         try:
             self.predictor = self._load_predictor()
         except Exception as error:  # noqa: BLE001 - checkpoint, sidecar, device and parameter errors alike
@@ -157,7 +163,7 @@ class PerceptionNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         cameras = list(self.get_parameter("cameras").value)
         if self.get_parameter("compile").value:
-            self._compile_on_warm_up_frame(len(cameras))
+            self._warm_up_in_background(len(cameras))
         self.outputs = PerceptionOutputs.create(self, cameras)
         self.query_service = self.create_service(QueryScene, "~/query_scene", self._query_scene, qos_profile=QUERY_QOS)
         self.status_message = "configured"
@@ -229,8 +235,31 @@ class PerceptionNode(LifecycleNode):
                 raise
             self.get_logger().warning(f"{error}; falling back to the CPU (device_fallback is true)")
             self.last["error"] = f"{error}; running on the CPU"
+            self.degraded["device"] = f"{error}; running on the CPU (device_fallback is true)"
             return ScenePredictor(self.model_path, "cpu", "fp32" if precision == "fp16" else precision, occupancy,
                                   compile=compile_stages)
+
+    def _warm_up_in_background(self, num_cameras: int) -> None:
+        """Compile on a thread of its own, so that /diagnostics ("compiling") and the services go on meanwhile;
+        the worker's first frame waits for it."""
+        self.degraded["compile"] = f"compiling on a warm-up frame of {num_cameras} cameras (frames wait for it)"
+
+        def run() -> None:
+            try:
+                self._compile_on_warm_up_frame(num_cameras)
+            except Exception as error:  # noqa: BLE001 - the thread's boundary: logged and reported, stages run eagerly
+                self.last["error"] = f"compile warm-up failed: {type(error).__name__}: {error}"
+                self.get_logger().error(self.last["error"])
+            finally:
+                self.degraded.pop("compile", None)
+
+        self._warm_up_thread = threading.Thread(target=run, name="distillnerf_compile", daemon=True)
+        self._warm_up_thread.start()
+
+    def _wait_for_warm_up(self, timeout_s: float | None = None) -> None:
+        thread = self._warm_up_thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout_s)
 
     def _compile_on_warm_up_frame(self, num_cameras: int) -> None:
         """Compile now (configure) rather than at the first frame; failures fall back to eager stages."""
@@ -241,6 +270,7 @@ class PerceptionNode(LifecycleNode):
                                + (f"; running eagerly: {', '.join(failed)}" if failed else ""))
 
     def _release(self) -> None:
+        self._wait_for_warm_up(timeout_s=60.0)  # a warm-up frame still running needs the model
         if self.outputs is not None:
             self.outputs.destroy()
             self.outputs = None
@@ -285,6 +315,7 @@ class PerceptionNode(LifecycleNode):
             release_free_heap()
 
     def _process(self, frame: RigFrame) -> None:
+        self._wait_for_warm_up()  # compile: the first frame waits for the warm-up frame (later ones are dropped)
         started = time.perf_counter()
         outputs = self.outputs
         self._publish_since_stamp("input_delay_ms", frame.stamp_ns)
@@ -388,6 +419,13 @@ class PerceptionNode(LifecycleNode):
         level, message = diagnostic_level(self, self._recent_losses)
         publish_status(self, self.diagnostics_pub, level, f"{self.get_name()}: perception", "distillnerf", message,
                        diagnostic_values(self))
+
+    def on_callback_error(self, name: str, reason: str) -> None:
+        """The diagnostics timer itself failed: publish a reduced status (state, callback errors) instead."""
+        if name == "publish_diagnostics":
+            publish_status(self, self.diagnostics_pub, DiagnosticStatus.WARN, f"{self.get_name()}: perception",
+                           "distillnerf", f"{self.status_message}; diagnostics incomplete: {reason}",
+                           {"status": self.status_message, **self.callback_errors.values()})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,8 +57,20 @@ def diagnostic_level(node, recent_losses: RecentIncreases) -> tuple[bytes, str]:
         return DiagnosticStatus.ERROR, last["error"] or state
     if state == "active" and not node.worker.running:
         return DiagnosticStatus.ERROR, "active but the inference worker is not running"
-    if processing > node.get_parameter("processing_time_error_ms").value:
+    if state == "finalized":
+        return DiagnosticStatus.WARN, "finalized: the node was shut down and processes nothing"
+    active = state == "active"  # the processing time of an inactive node is history, not a state
+    if active and processing > node.get_parameter("processing_time_error_ms").value:
         return DiagnosticStatus.ERROR, f"processing {processing:.0f} ms"
+    failed_callbacks = node.callback_errors.recent(recent_losses.hold_s)
+    if failed_callbacks:
+        listed = "; ".join(f"{name}: {reason}" for name, reason in failed_callbacks.items())
+        return DiagnosticStatus.WARN, f"{state}; callbacks failed in the last {recent_losses.hold_s:.0f} s: {listed}"
+    degraded = list(dict(node.degraded).values())
+    if last["semantic_queries"].startswith("not applied"):
+        degraded.append(f"semantic_queries {last['semantic_queries']}")
+    if degraded:
+        return DiagnosticStatus.WARN, f"{state}; " + "; ".join(degraded)
     recent = recent_losses.update(frame_losses(node))
     if recent:
         listed = ", ".join(f"{name} {count}" for name, count in sorted(recent.items()))
@@ -72,7 +84,7 @@ def diagnostic_level(node, recent_losses: RecentIncreases) -> tuple[bytes, str]:
                                        f" {unrectified}")
     if rig is not None and "fixed_frame" in rig.stats.last_errors and rig.stats.frames_uncompensated:
         return DiagnosticStatus.WARN, f"{state}; {rig.stats.last_errors['fixed_frame']}"
-    if processing > node.get_parameter("processing_time_warn_ms").value:
+    if active and processing > node.get_parameter("processing_time_warn_ms").value:
         return DiagnosticStatus.WARN, f"{state}; processing {processing:.0f} ms"
     return DiagnosticStatus.OK, state
 
@@ -89,6 +101,7 @@ def diagnostic_values(node) -> dict:
         values["compile_errors"] = "; ".join(f"{stage}: {why}" for stage, why in failed.items()) or "none"
     values.update({f"missing/{camera}": why for camera, why in last["missing"].items()})
     values.update(frame_losses(node))
+    values.update(node.callback_errors.values())
     counts = node.rig_counts()  # cumulative over activations
     values.update({key: counts.get(key, 0) for key in ("sets_emitted", "sets_flushed_idle", "frames_submitted",
                                                        "frames_uncompensated", "tf_evicted", "tf_expired")})

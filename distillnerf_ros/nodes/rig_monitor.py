@@ -16,6 +16,7 @@ from rclpy.node import Node
 
 from distillnerf_ros.input.rig_input import STEADY_CLOCK, RigFrame
 from distillnerf_ros.nodes.diagnostics import publish_status
+from distillnerf_ros.nodes.guarded import GuardedNode
 from distillnerf_ros.nodes.parameter_schema import ParameterValueError, declare_parameters
 from distillnerf_ros.nodes.rig_parameters import rig_input_from_parameters
 from distillnerf_ros.nodes.signals import init_without_signal_handlers, run_node
@@ -37,7 +38,7 @@ def describe_frame(frame: RigFrame) -> str:
     return "\n".join(lines)
 
 
-class RigMonitorNode(Node):
+class RigMonitorNode(GuardedNode, Node):
     """The rig input path without a model, as node `rig_monitor`.
 
     Subscribes: per camera `image_topic_format` and `camera_info_topic_format`, `/tf`, `/tf_static`
@@ -59,6 +60,7 @@ class RigMonitorNode(Node):
         self.rig = rig_input_from_parameters(self, self._on_frame)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(1.0, self._publish_diagnostics, clock=STEADY_CLOCK)
+        self.guard_existing_callbacks()  # the services rclpy built without create_service
 
     @property
     def done(self) -> bool:
@@ -80,8 +82,20 @@ class RigMonitorNode(Node):
         values.update({f"missing/{camera}/{kind}": n for (camera, kind), n in sorted(sync.missing.items())})
         values.update({f"errors/{camera}": n for camera, n in sorted(stats.camera_errors.items())})
         values.update({f"last_error/{key}": reason for key, reason in stats.last_errors.items()})
-        publish_status(self, self.diagnostics_pub, level, f"{self.get_name()}: camera rig", "camera_rig",
-                       f"{stats.frames} frames, {missing} camera drops", values)
+        values.update(self.callback_errors.values())
+        message = f"{stats.frames} frames, {missing} camera drops"
+        failed = self.callback_errors.recent()
+        if failed:
+            level = max(level, DiagnosticStatus.WARN)
+            message += "; callbacks failed in the last 10 s: " + "; ".join(f"{n}: {r}" for n, r in failed.items())
+        publish_status(self, self.diagnostics_pub, level, f"{self.get_name()}: camera rig", "camera_rig", message,
+                       values)
+
+    def on_callback_error(self, name: str, reason: str) -> None:
+        """The diagnostics timer itself failed: publish a reduced status (callback errors) instead."""
+        if name == "_publish_diagnostics":
+            publish_status(self, self.diagnostics_pub, DiagnosticStatus.WARN, f"{self.get_name()}: camera rig",
+                           "camera_rig", f"diagnostics incomplete: {reason}", self.callback_errors.values())
 
 
 def main(argv: list[str] | None = None) -> int:

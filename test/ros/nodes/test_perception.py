@@ -233,7 +233,7 @@ def test_lifecycle_creates_enables_and_destroys_the_outputs(session, tiny_checkp
 
 
 def test_compile_parameter_compiles_on_configure_then_processes_frames(session, tiny_checkpoint):
-    """compile: the static stages compile on a warm-up frame during configure; the first real 6-camera frame
+    """compile: the static stages compile on a warm-up frame started at configure; the first real 6-camera frame
     compiles nothing more, its outputs arrive, and /diagnostics says no stage fell back to eager."""
     from torch._dynamo.utils import counters
 
@@ -241,6 +241,8 @@ def test_compile_parameter_compiles_on_configure_then_processes_frames(session, 
 
     node = start_node(session, model_path=str(tiny_checkpoint), compile=True)
     assert node.status_message == "active", node.last["error"]
+    # the warm-up frame runs off the executor thread ("compiling" in /diagnostics meanwhile)
+    assert session.spin_until(lambda: "compile" not in node.degraded, 280), "the warm-up frame never ended"
     assert diagnostic_values(node)["compile_errors"] == "none"
     graphs = counters["stats"]["unique_graphs"]
     received = listen(session, session.node("sink"), {f"{NODE}/occupancy": PointCloud2})
