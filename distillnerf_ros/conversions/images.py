@@ -58,6 +58,13 @@ def compressed_image_to_rgb(msg: CompressedImage, min_hw: tuple[int, int] | None
     With `min_hw`, a JPEG is decoded at the smallest DCT reduction (1/2, 1/4, 1/8) that stays at least that
     large: several times faster when the model needs far fewer pixels than the camera sends.
     """
+    return compressed_image_to_rgb_sized(msg, min_hw)[0]
+
+
+def compressed_image_to_rgb_sized(msg: CompressedImage, min_hw: tuple[int, int] | None = None
+                                  ) -> tuple[np.ndarray, tuple[int, int]]:
+    """compressed_image_to_rgb, and the (width, height) the image was encoded at: the size its CameraInfo
+    describes, which a DCT reduction (min_hw) makes the decoded array smaller than."""
     data = bytes(msg.data)  # PIL needs a bytes-like stream
     fmt = msg.format.lower()
     if not any(kind in fmt for kind in ("jpeg", "jpg", "png")):
@@ -71,7 +78,8 @@ def compressed_image_to_rgb(msg: CompressedImage, min_hw: tuple[int, int] | None
                 raise ImageConversionError(f"compressed data is {image.format}, not JPEG or PNG")
             if min_hw is not None and image.format == "JPEG":
                 image.draft("RGB", (min_hw[1], min_hw[0]))
-            return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))  # convert would copy
+            rgb = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))  # convert would copy
+            return rgb, (width, height)
     except ImageConversionError:
         raise
     except Exception as error:  # PIL raises several types for truncated or garbage data
@@ -82,9 +90,16 @@ def compressed_image_to_rgb(msg: CompressedImage, min_hw: tuple[int, int] | None
 
 def message_to_rgb(msg: Image | CompressedImage, min_hw: tuple[int, int] | None = None) -> np.ndarray:
     """RGB array of either image message type (min_hw: see compressed_image_to_rgb)."""
+    return message_to_rgb_sized(msg, min_hw)[0]
+
+
+def message_to_rgb_sized(msg: Image | CompressedImage, min_hw: tuple[int, int] | None = None
+                         ) -> tuple[np.ndarray, tuple[int, int]]:
+    """RGB array of either image message type and the (width, height) it was sent at (before any reduction)."""
     if isinstance(msg, CompressedImage):
-        return compressed_image_to_rgb(msg, min_hw)
-    return image_to_rgb(msg)
+        return compressed_image_to_rgb_sized(msg, min_hw)
+    rgb = image_to_rgb(msg)
+    return rgb, (rgb.shape[1], rgb.shape[0])
 
 
 def rgb_to_image(rgb: np.ndarray, header: Header | None = None) -> Image:

@@ -32,9 +32,15 @@ from rclpy.qos import (
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from tf2_msgs.msg import TFMessage
 
-from distillnerf_ros.conversions.camera_info import CameraInfoError, CameraIntrinsics, intrinsics_for_image
-from distillnerf_ros.conversions.images import ImageConversionError, message_to_rgb
-from distillnerf_ros.conversions.rectify import DistortionError, Rectifier, has_distortion
+from distillnerf_ros.conversions.camera_info import (
+    CameraInfoError,
+    CameraIntrinsics,
+    CameraModel,
+    image_camera_model,
+    topic_is_rectified,
+)
+from distillnerf_ros.conversions.images import ImageConversionError, message_to_rgb_sized
+from distillnerf_ros.conversions.rectify import MIN_VALID_FRACTION, DistortionError, Rectifier
 from distillnerf_ros.input.camera_sync import CameraSet, LatestCameraSynchronizer
 from distillnerf_ros.input.tf_cache import FrameNotAvailableError, TfCache, TfLookupError, stamp_to_ns
 
@@ -47,6 +53,14 @@ class CameraTopics:
     image_topic: str
     info_topic: str
     compressed: bool
+    rectified: bool | None = None  # the images are rectified (use P, ignore D); None: from the topic name
+
+
+def rectified_choice(value: str, topic: str) -> bool:
+    """The `image_rectified` parameter for one camera: "true", "false", or "auto" (image_proc's topic naming)."""
+    if value not in ("auto", "true", "false"):
+        raise ValueError(f"image_rectified must be auto, true or false, got '{value}'")
+    return topic_is_rectified(topic) if value == "auto" else value == "true"
 
 
 @dataclass
@@ -70,6 +84,7 @@ class RigFrame:
     images: list[np.ndarray] = field(default_factory=list)  # HxWx3 uint8 RGB, filled by decode()
     intrinsics: list[CameraIntrinsics] = field(default_factory=list)
     rectifier: Rectifier | None = None  # set: distorted cameras are rectified by decode(); None: used as they are
+    rectified: list[bool] = field(default_factory=list)  # per camera: its images are rectified (P), not raw (K + D)
     distortion: dict[str, str] = field(default_factory=dict)  # camera -> what decode() did about its distortion
 
     def decode(self, min_hw: tuple[int, int] | None = None, pool: Executor | None = None) -> dict[str, str]:
@@ -94,7 +109,9 @@ class RigFrame:
             if distortion:
                 self.distortion[camera] = distortion
         self.missing.update(failures)
-        for name in ("cameras", "frame_ids", "stamps_ns", "messages", "infos", "output_from_camera"):
+        for name in ("cameras", "frame_ids", "stamps_ns", "messages", "infos", "output_from_camera", "rectified"):
+            if name == "rectified" and not self.rectified:
+                continue  # left empty by the producer: every camera raw
             setattr(self, name, [getattr(self, name)[i] for i in keep])
         return failures
 
@@ -102,21 +119,28 @@ class RigFrame:
                  ) -> tuple[np.ndarray, CameraIntrinsics, str | None]:
         """RGB, intrinsics and what was done about distortion of one camera (safe on any thread: it changes
         nothing on the frame)."""
-        rgb = message_to_rgb(self.messages[index], min_hw)
-        intrinsics = intrinsics_for_image(self.infos[index], (rgb.shape[1], rgb.shape[0]),
-                                          reduced_ok=min_hw is not None)
-        return self._undistort(self.cameras[index], rgb, intrinsics, self.infos[index])
+        rgb, sent_size = message_to_rgb_sized(self.messages[index], min_hw)
+        rectified = self.rectified[index] if self.rectified else False
+        camera_model = image_camera_model(self.infos[index], sent_size, rectified)
+        intrinsics = camera_model.intrinsics
+        if (rgb.shape[1], rgb.shape[0]) != sent_size:  # our own JPEG DCT reduction (min_hw): K scaled to it
+            intrinsics = intrinsics.resized(rgb.shape[1], rgb.shape[0])
+        return self._undistort(self.cameras[index], rgb, intrinsics, camera_model)
 
-    def _undistort(self, camera: str, rgb: np.ndarray, intrinsics: CameraIntrinsics, info: CameraInfo
+    def _undistort(self, camera: str, rgb: np.ndarray, intrinsics: CameraIntrinsics, camera_model: CameraModel
                    ) -> tuple[np.ndarray, CameraIntrinsics, str | None]:
-        if not has_distortion(info.d):
-            return rgb, intrinsics, None
-        model = info.distortion_model or "<empty>"
+        """The pinhole image, its intrinsics and what was applied (K + D rectified, P of a rectified image, ROI):
+        the distortion text of /diagnostics."""
+        region = camera_model.applied.partition("; ")[2]
+        suffix = f"; {region}" if region else ""
+        if not camera_model.d:
+            return rgb, intrinsics, camera_model.applied
+        model = camera_model.distortion_model or "<empty>"
         if self.rectifier is None:
-            return rgb, intrinsics, (f"distorted ({model}, d={[round(v, 4) for v in info.d]}) but rectify is"
-                                     " false: used as a pinhole image")
-        rectified = self.rectifier.rectify(camera, rgb, intrinsics.K, info.distortion_model, info.d)
-        return rectified, intrinsics, f"rectified ({model})"
+            return rgb, intrinsics, (f"distorted ({model}, d={[round(v, 4) for v in camera_model.d]}) but rectify"
+                                     f" is false: used as a pinhole image{suffix}")
+        image = self.rectifier.rectify(camera, rgb, intrinsics.K, camera_model.distortion_model, camera_model.d)
+        return image, intrinsics, f"rectified ({model}){suffix}"
 
 
 def decode_pool(cameras: int) -> ThreadPoolExecutor | None:
@@ -168,11 +192,16 @@ class RigStatistics:
     last_errors: dict[str, str] = field(default_factory=dict)  # camera or "tf" -> latest reason
 
 
-def topics_from_format(cameras: list[str], image_format: str, info_format: str, compressed: bool
-                       ) -> list[CameraTopics]:
-    """Topics per camera from format strings with a `{camera}` placeholder (e.g. /{camera}/camera_info)."""
-    return [CameraTopics(name, image_format.format(camera=name), info_format.format(camera=name), compressed)
-            for name in cameras]
+def topics_from_format(cameras: list[str], image_format: str, info_format: str, compressed: bool,
+                       image_rectified: str = "auto") -> list[CameraTopics]:
+    """Topics per camera from format strings with a `{camera}` placeholder (e.g. /{camera}/camera_info);
+    `image_rectified` (auto, true, false): see rectified_choice."""
+    topics = []
+    for name in cameras:
+        image_topic = image_format.format(camera=name)
+        topics.append(CameraTopics(name, image_topic, info_format.format(camera=name), compressed,
+                                   rectified_choice(image_rectified, image_topic)))
+    return topics
 
 
 def input_qos(reliability: str, depth: int) -> QoSProfile:
@@ -189,6 +218,22 @@ IDLE_FLUSH_S = 2.0  # wall seconds without any image after which an incomplete p
 JUMP_MARGIN_NS = 1_000_000_000  # on a clock jump, data stamped up to 1 s after the new time is kept
 STRAGGLER_S = 1.0  # wall seconds after a reset during which images of the old timeline are still expected
 UP = np.array([0.0, 0.0, 1.0])  # gravity "up" of the output frame (REP-103 body frame: z up)
+MAX_CAMERA_DISTANCE_M = 100.0  # default: a camera placed further than this from the output frame is left out
+
+
+def pose_problem(output_from_camera: np.ndarray, max_distance_m: float) -> str | None:
+    """Why a camera pose cannot be used, or None: checked in float32, the precision the model uses (1e300 m is
+    finite in float64 but inf in float32), and its translation bounded (a camera 1e20 m away is a bad TF,
+    and would paint a fake wall)."""
+    with np.errstate(over="ignore"):
+        pose32 = np.asarray(output_from_camera, dtype=np.float64).astype(np.float32)
+    if not np.all(np.isfinite(pose32)):
+        return "its transform is not finite in float32 (the model's precision)"
+    distance = float(np.linalg.norm(pose32[:3, 3].astype(np.float64)))
+    if distance > max_distance_m:
+        return (f"it is placed {distance:.4g} m from the output frame, beyond max_camera_distance"
+                f" ({max_distance_m:g} m)")
+    return None
 
 
 def optical_frame_problem(output_from_camera: np.ndarray) -> str | None:
@@ -216,7 +261,9 @@ class CameraRigInput:
     def __init__(self, node: Node, cameras: list[CameraTopics], on_frame: Callable[[RigFrame], None], *,
                  output_frame: str, fixed_frame: str, max_camera_delay_s: float,
                  reference_camera: str | None, qos: QoSProfile, tf_wait_s: float = 0.5,
-                 min_cameras: int = 1, check_optical_frames: bool = True, rectify: bool = True) -> None:
+                 min_cameras: int = 1, check_optical_frames: bool = True, rectify: bool = True,
+                 rectify_min_valid_fraction: float = MIN_VALID_FRACTION,
+                 max_camera_distance_m: float = MAX_CAMERA_DISTANCE_M) -> None:
         self._node = node
         self._cameras = cameras
         self._on_frame = on_frame
@@ -224,7 +271,10 @@ class CameraRigInput:
         self.fixed_frame = fixed_frame
         self._tf_wait_s = tf_wait_s
         self.check_optical_frames = check_optical_frames
-        self.rectifier = Rectifier() if rectify else None
+        self.rectifier = Rectifier(rectify_min_valid_fraction) if rectify else None
+        self.max_camera_distance_m = max_camera_distance_m
+        self._rectified = {c.name: c.rectified if c.rectified is not None else topic_is_rectified(c.image_topic)
+                           for c in cameras}
         self.tf = TfCache()
         self.sync = LatestCameraSynchronizer([c.name for c in cameras], max_camera_delay_s, reference_camera,
                                              min_cameras)
@@ -418,6 +468,12 @@ class CameraRigInput:
                 frame.missing[camera] = f"no CameraInfo received within {self._tf_wait_s:.2f} s"
                 continue
             msg = camera_set.messages[camera]
+            problem = pose_problem(extrinsics[camera], self.max_camera_distance_m)
+            if problem is not None:
+                reason = f"frame '{msg.header.frame_id}' in '{self.output_frame}' is unusable: {problem}"
+                frame.missing[camera] = reason
+                self.stats.count_failures({camera: reason})
+                continue
             problem = optical_frame_problem(extrinsics[camera]) if self.check_optical_frames else None
             if problem is not None:
                 reason = (f"frame '{msg.header.frame_id}' is not an optical camera frame in '{self.output_frame}'"
@@ -431,4 +487,5 @@ class CameraRigInput:
             frame.messages.append(msg)
             frame.infos.append(self._infos[camera])
             frame.output_from_camera.append(extrinsics[camera])
+            frame.rectified.append(self._rectified[camera])
         return frame

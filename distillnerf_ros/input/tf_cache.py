@@ -9,7 +9,9 @@ Whatever a neighbour publishes, the cache stays valid and bounded: a transform w
 zero quaternion, parent == child or an empty frame id is rejected (counted in `rejected`, reason in
 `last_rejection`), the others of its message are kept; at most `max_dynamic_frames` dynamic edges and
 `max_static_frames` static ones are kept (the least recently updated dynamic edge is evicted first,
-counted in `evicted`); a dynamic edge not updated for `cache_duration_s` behind the newest stamp expires
+counted in `evicted`); an edge that would close a loop (its parent hangs below its child, e.g. a dynamic
+edge under a static one) is refused and counted (`loops_refused`, also in `rejected`), so the tree stays a
+tree and later lookups keep working; a dynamic edge not updated for `cache_duration_s` behind the newest stamp expires
 (`expired`). Resets are counted by kind in `resets_by_kind`.
 """
 
@@ -77,6 +79,7 @@ class TfCache:
         self.last_rejection = ""
         self.evicted = 0
         self.expired = 0
+        self.loops_refused = 0
 
     @property
     def resets(self) -> int:
@@ -111,6 +114,11 @@ class TfCache:
             raise ValueError(f"invalid transform edge '{parent}' -> '{child}'")
         if not np.all(np.isfinite(parent_from_child)):
             raise ValueError(f"transform '{parent}' -> '{child}' contains non-finite values")
+        loop = self._path_up(parent, child)
+        if loop is not None:
+            self.loops_refused += 1
+            raise ValueError(f"transform '{parent}' -> '{child}' refused: it would close a TF loop"
+                             f" ({' -> '.join([*reversed(loop), child])}); the tree is kept as it was")
         if static:
             if child not in self._static and len(self._static) >= self.max_static_frames:
                 raise ValueError(f"static transform '{parent}' -> '{child}' refused: the cache holds"
@@ -136,6 +144,17 @@ class TfCache:
             self.evicted += 1
         if self._newest_ns >= self._next_expiry_ns:
             self._expire()
+
+    def _path_up(self, frame: str, ancestor: str) -> list[str] | None:
+        """Frames from `frame` up to `ancestor` (included) when `ancestor` is above `frame`, else None."""
+        path, seen = [], set()
+        while frame is not None and frame not in seen:
+            path.append(frame)
+            if frame == ancestor:
+                return path
+            seen.add(frame)
+            frame = self._parent(frame)
+        return None
 
     def _set_static(self, child: str, parent: str, matrix: np.ndarray) -> None:
         self._remove_static(child)

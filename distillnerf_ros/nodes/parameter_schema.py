@@ -254,6 +254,15 @@ RIG_PARAMETERS = (
     ParameterSpec("rectify", "bool", True, "rectify images whose CameraInfo has non-zero distortion (plumb_bob,"
                   " rational_polynomial, equidistant); false: use them as pinhole images and say so in"
                   " diagnostics"),
+    ParameterSpec("image_rectified", "string", "auto", "the images are rectified (REP-104, image_proc: use P's"
+                  " left 3x3, ignore D) or raw (use K and rectify with D); auto: rectified when the image topic"
+                  " has a part starting image_rect (the default /{camera}/image_rect_compressed), raw otherwise",
+                  choices=("auto", "true", "false")),
+    ParameterSpec("rectify_min_valid_fraction", "float", 0.5, "leave out a raw camera whose rectified image has"
+                  " a source pixel for less than this fraction of its pixels (absurd distortion coefficients)",
+                  range=(0.01, 1.0)),
+    ParameterSpec("max_camera_distance", "float", 100.0, "leave out a camera that TF places further than this"
+                  " from output_frame (checked in float32, the model's precision)", unit="m", range=(0.1, 10000.0)),
     ParameterSpec("check_optical_frames", "bool", True, "leave out cameras whose frame is not an optical frame"
                   " (REP-103: z forward, y down) in the z-up output frame"),
     ParameterSpec("tf_wait", "float", 0.5, "wait this long for TF and CameraInfo of a camera set before leaving"

@@ -18,7 +18,7 @@ def rig_input_from_parameters(node: Node, on_frame: Callable[[RigFrame], None]) 
     return CameraRigInput(
         node,
         topics_from_format(cameras, value("image_topic_format"), value("camera_info_topic_format"),
-                           value("compressed")),
+                           value("compressed"), value("image_rectified")),
         on_frame,
         output_frame=value("output_frame"),
         fixed_frame=value("fixed_frame"),
@@ -29,4 +29,6 @@ def rig_input_from_parameters(node: Node, on_frame: Callable[[RigFrame], None]) 
         min_cameras=min(value("min_cameras"), len(cameras)),
         check_optical_frames=value("check_optical_frames"),
         rectify=value("rectify"),
+        rectify_min_valid_fraction=value("rectify_min_valid_fraction"),
+        max_camera_distance_m=value("max_camera_distance"),
     )

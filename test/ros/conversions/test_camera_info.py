@@ -76,3 +76,53 @@ def test_k_with_a_bad_last_row_focal_length_lower_triangle_or_skew_is_rejected(i
     msg.k = k
     with pytest.raises(CameraInfoError, match=reason):
         camera_info_to_intrinsics(msg)
+
+
+def test_roi_and_binning_crop_and_scale_k_as_rep_104_says():
+    from distillnerf_ros.conversions.camera_info import image_camera_model
+
+    msg = info()
+    msg.roi.x_offset, msg.roi.y_offset, msg.roi.width, msg.roi.height = 400, 225, 800, 450
+    crop = image_camera_model(msg, (800, 450), rectified=False).intrinsics.K
+    assert np.allclose(crop, [[K[0, 0], 0, K[0, 2] - 400], [0, K[1, 1], K[1, 2] - 225], [0, 0, 1]])
+    msg.binning_x = msg.binning_y = 2
+    binned = image_camera_model(msg, (400, 225), rectified=False)
+    assert np.allclose(binned.intrinsics.K, np.diag([0.5, 0.5, 1.0]) @ crop) and "binned 2x2" in binned.applied
+    with pytest.raises(CameraInfoError, match=r"\(ROI / binning\) is for 400x225 but the image is 800x450"):
+        image_camera_model(msg, (800, 450), rectified=False)
+    msg.roi.x_offset = 1000  # 1000 + 800 > 1600
+    with pytest.raises(CameraInfoError, match="outside its 1600x900 sensor"):
+        image_camera_model(msg, (400, 225), rectified=False)
+    with pytest.raises(CameraInfoError, match="is for 1600x900 but the image is 800x450"):
+        image_camera_model(info(), (800, 450), rectified=False)  # a smaller image is no JPEG reduction
+
+
+def test_rectified_images_use_p_and_ignore_d_raw_ones_k_and_a_finite_d():
+    from distillnerf_ros.conversions.camera_info import image_camera_model
+
+    msg = info()
+    msg.d = [0.1, -0.2, 0.0, 0.0, 0.0]
+    P = np.hstack([np.diag([1000.0, 1000.0, 1.0]) + np.array([[0, 0, 800], [0, 0, 450], [0, 0, 0]]), np.zeros((3, 1))])
+    msg.p = P.ravel().tolist()
+    rectified = image_camera_model(msg, (1600, 900), rectified=True)
+    assert np.allclose(rectified.intrinsics.K, P[:, :3]) and rectified.d == () and "P (D ignored)" in rectified.applied
+    raw = image_camera_model(msg, (1600, 900), rectified=False)
+    assert np.allclose(raw.intrinsics.K, K) and raw.d == (0.1, -0.2, 0.0, 0.0, 0.0)
+    msg.d = [float("nan"), 0.0, 0.0, 0.0, 0.0]
+    with pytest.raises(CameraInfoError, match="non-finite distortion"):
+        image_camera_model(msg, (1600, 900), rectified=False)
+    msg.p = (P + np.array([[0, 0, 0, -100.0], [0, 0, 0, 0], [0, 0, 0, 0]])).ravel().tolist()  # a stereo right camera
+    with pytest.raises(CameraInfoError, match="stereo"):
+        image_camera_model(msg, (1600, 900), rectified=True)
+
+
+def test_topic_names_choose_rectified_or_raw_and_the_default_topic_is_rectified():
+    from distillnerf_ros.conversions.camera_info import topic_is_rectified
+    from distillnerf_ros.input.rig_input import rectified_choice
+    from distillnerf_ros.nodes.parameter_schema import RIG_PARAMETERS
+
+    defaults = {spec.name: spec.default for spec in RIG_PARAMETERS}
+    assert rectified_choice(defaults["image_rectified"], defaults["image_topic_format"].format(camera="CAM_FRONT"))
+    assert topic_is_rectified("/cam/image_rect_color") and topic_is_rectified("/cam/image_rect/compressed")
+    assert not topic_is_rectified("/cam/image_raw") and not topic_is_rectified("/small_rig/front/image")
+    assert rectified_choice("true", "/cam/image_raw") and not rectified_choice("false", "/cam/image_rect")

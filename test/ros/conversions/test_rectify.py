@@ -53,3 +53,31 @@ def test_unknown_distortion_models_are_refused_and_zero_d_is_no_distortion():
     assert not has_distortion([0.0] * 5) and has_distortion([0, 0.1, 0, 0, 0])
     with pytest.raises(DistortionError, match="not supported"):
         Rectifier().rectify("cam", np.zeros((4, 4, 3), np.uint8), K, "kannala_brandt_x", [0.1])
+
+
+def test_non_finite_map_coordinates_read_as_outside_never_as_an_index():
+    from distillnerf_ros.conversions.rectify import remap
+
+    image = np.full((4, 6, 3), 200, np.uint8)
+    map_x = np.array([[np.nan, np.inf, -np.inf, 2.0, 1e30, 0.0]] * 4, np.float32)
+    map_y = np.full((4, 6), 1.0, np.float32)
+    out = remap(image, map_x, map_y)
+    assert (out[:, :3] == 0).all() and (out[:, 3] == 200).all() and (out[:, 4] == 0).all()
+
+
+@pytest.mark.parametrize("model,d,match", [
+    ("plumb_bob", [float("nan"), 0, 0, 0, 0], "not all finite"),
+    ("rational_polynomial", [0, 0, 0, 0, 0, -5.0, 0, 0], "denominator"),  # 1 - 5 r^2 = 0 inside (corner r^2 0.33)
+    ("plumb_bob", [1e6, 0, 0, 0, 0], "of the rectified image with a source pixel"),
+    ("plumb_bob", [-1e6, 0, 0, 0, 0], "of the rectified image with a source pixel"),
+    ("plumb_bob", [0, 0, 1e3, 0, 0], "of the rectified image with a source pixel"),
+])
+def test_distortion_that_cannot_be_rectified_is_refused_and_the_refusal_cached(model, d, match):
+    small_K = np.diag([0.05, 0.05, 1.0]) @ K  # 96 x 64, focal 100
+    rectifier = Rectifier()
+    for _ in range(2):
+        with pytest.raises(DistortionError, match=match):
+            rectifier.rectify("cam", np.zeros((64, 96, 3), np.uint8), small_K, model, d)
+    assert Rectifier(min_valid_fraction=0.01).min_valid_fraction == 0.01
+    strong = Rectifier().rectify("cam", np.zeros((64, 96, 3), np.uint8), small_K, "plumb_bob", [0.0, -0.33, 0, 0, 0])
+    assert strong.shape == (64, 96, 3), "a strong but sane barrel distortion is still rectified"

@@ -136,3 +136,16 @@ def test_a_jump_clears_only_the_old_timelines_future():
     assert cache.can_transform("map", "base_link", 1 * S) and not cache.has_frame("wheel")
     cache.clear_dynamic("clock_jump")
     assert not cache.has_frame("base_link") and cache.resets_by_kind == {"backwards_jump": 1, "clock_jump": 2}
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_an_edge_that_would_close_a_loop_is_refused_and_the_tree_kept(static):
+    cache = cache_with_rig()
+    before = cache.lookup("map", "cam_front", 10 * S)
+    closing = transform_stamped("cam_front", "map", stamp_from_us(10 * S // 1000), np.eye(4))  # map under its camera
+    assert cache.add_message(TFMessage(transforms=[closing]), static=static) == 1
+    assert cache.loops_refused == 1 and "would close a TF loop (map -> base_link -> cam_front -> map)" in \
+        cache.last_rejection, cache.last_rejection
+    assert np.allclose(cache.lookup("map", "cam_front", 10 * S), before), "the good tree is kept"
+    cache.set_transform("map", "base_link", 12 * S, yaw(0.0, (120, 0, 0)), static=False)
+    assert np.allclose(cache.lookup("map", "cam_front", 12 * S)[:3, 3], [121.7, 0, 1.5]), "later sets work"
