@@ -4,6 +4,8 @@
   file or the new one, never half of one. JSON is written with allow_nan=False (standard JSON only).
 - `file_record` / `matches_record`: size + sha256 of an entry, stored in a manifest, so a resume trusts an entry
   only when it is the one that was written (a truncated or altered entry is redone, not skipped).
+- Names from data (scene names, tokens, channels) become file names only through `file_name` (sanitised, never a
+  path) or `path_component` (refused unless already a plain file name): nothing is written outside its folder.
 - Reads never unpickle (`np.load(allow_pickle=False)`), are bounded in size, and check every key read: its
   type, dtype, number of dimensions, finiteness. Each refusal is a DataFileError naming the file and the key.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import zipfile
 import zlib
@@ -26,8 +29,29 @@ MAX_JSON_BYTES = 256 * 2**20
 MAX_ARRAY_BYTES = 2**30  # one array of an .npz, uncompressed
 
 
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}\Z")  # one path component, never "." / ".." / hidden
+
+
 class DataFileError(ValueError):
     """A file that cannot be used as it is; the message names the file and the key."""
+
+
+def file_name(name: str) -> str:
+    """A file name for `name` (a scene name from a table...): itself when it is a plain name (PLAIN_NAME),
+    else its safe characters plus a hash of the whole, so distinct names stay distinct and no name is a path."""
+    if PLAIN_NAME.match(name):
+        return name
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._-")[:80] or "name"
+    return f"{stem}-{hashlib.sha256(name.encode('utf-8', 'surrogatepass')).hexdigest()[:12]}"
+
+
+def path_component(value: object, what: str) -> str:
+    """`value` when it is a plain file name (PLAIN_NAME); otherwise a DataFileError: a token or channel from a
+    table that would be a path (`..`, `/`, absolute) never becomes one."""
+    if not isinstance(value, str) or not PLAIN_NAME.match(value):
+        raise DataFileError(f"{what} {str(value)[:80]!r} is not a plain file name (letters, digits, _ . -); refusing"
+                            " to use it in a path")
+    return value
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -47,7 +47,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from distillnerf_core.checked_files import load_npz, read_json
+from distillnerf_core.checked_files import DataFileError, load_npz, path_component, read_json
 from distillnerf_core.data.nuscenes_tables import NUSCENES_CAMERAS
 from distillnerf_core.geometry import invert_transform, make_transform
 
@@ -82,6 +82,17 @@ def _require(path: Path) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"missing data file: {path}")
     return path
+
+
+def _table_path(dataroot: Path, sd: dict) -> Path:
+    """DATAROOT/<sample_data filename>: a filename from the table that is absolute or climbs out with `..` is
+    refused (symlinks inside the dataroot are allowed: linked dataroots are made that way)."""
+    name = sd.get("filename")
+    parts = PurePosixPath(name).parts if isinstance(name, str) and name else ()
+    if not parts or PurePosixPath(name).is_absolute() or ".." in parts or "\\" in name:
+        raise DataFileError(f"{dataroot}: sample_data {sd.get('token')} has filename {str(name)[:80]!r}, not a"
+                            " path inside the dataroot")
+    return dataroot / name
 
 
 def load_lidar_points(path: str | Path) -> np.ndarray:
@@ -217,7 +228,7 @@ class NuScenesDataset(Dataset):
             sd = self._sample_data(sample, ch)
             cam2ego, ego2global = self._poses(sd)
             K = self._intrinsic(sd)
-            path = _require(self.dataroot / sd["filename"])
+            path = _require(_table_path(self.dataroot, sd))
             if with_images:
                 with Image.open(path) as im:
                     native = im.size
@@ -243,7 +254,7 @@ class NuScenesDataset(Dataset):
         sample = self.nusc.get("sample", self.sample_tokens[index])
         lidar_sd, lidar2ego, ref_ego2global = self.reference(sample)
         cams = self._cameras(sample, ref_ego2global, with_images=False)
-        points = load_lidar_points(self.dataroot / lidar_sd["filename"])[:, :3].astype(np.float64)
+        points = load_lidar_points(_table_path(self.dataroot, lidar_sd))[:, :3].astype(np.float64)
         return self._project(points, lidar2ego, cams, min_depth, max_depth)
 
     def _project(self, points: np.ndarray, lidar2ego: np.ndarray, cams: dict, min_depth: float,
@@ -260,7 +271,7 @@ class NuScenesDataset(Dataset):
         sample = self.nusc.get("sample", self.sample_tokens[index])
         lidar_sd, lidar2ego, ref_ego2global = self.reference(sample)
         cams = self._cameras(sample, ref_ego2global)
-        points = load_lidar_points(self.dataroot / lidar_sd["filename"])[:, :3].astype(np.float64)
+        points = load_lidar_points(_table_path(self.dataroot, lidar_sd))[:, :3].astype(np.float64)
         projections = self._project(points, lidar2ego, cams, *self.depth_range)
         lidar_depth = torch.stack([min_pool_depth(u, v, z, wh, self.render_size)
                                    for (u, v, z), wh in zip(projections, cams["native_wh"], strict=True)])
@@ -295,12 +306,14 @@ class NuScenesDataset(Dataset):
         if self.gt_meta is not None:
             depth, sem = [], []
             for ch, sd in zip(self.cameras, cams["sd"], strict=True):
-                gt = load_npz(self.dataroot / "gt" / ch / f"{sd['token']}.npz", GT_CAMERA, "ground-truth file")
+                token = path_component(sd["token"], "sample_data token")
+                gt = load_npz(self.dataroot / "gt" / ch / f"{token}.npz", GT_CAMERA, "ground-truth file")
                 depth.append(nearest_resize(gt["depth"], self.render_size))
                 sem.append(nearest_resize(gt["semantics"], self.render_size))
             item["dense_depth"] = torch.as_tensor(np.stack(depth), dtype=torch.float32)
             item["semantics"] = torch.as_tensor(np.stack(sem).astype(np.int64))
-            gt = load_npz(self.dataroot / "gt" / LIDAR_CHANNEL / f"{lidar_sd['token']}.npz", GT_LIDAR,
+            token = path_component(lidar_sd["token"], "sample_data token")
+            gt = load_npz(self.dataroot / "gt" / LIDAR_CHANNEL / f"{token}.npz", GT_LIDAR,
                           "ground-truth file")
             item["voxel_semantics"] = torch.as_tensor(gt["voxel_semantics"].astype(np.int64))
         if self.feature_cache is not None:

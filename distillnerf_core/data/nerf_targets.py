@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from distillnerf_core.checked_files import DataFileError, load_npz, read_json, require
+from distillnerf_core.checked_files import DataFileError, load_npz, path_component, read_json, require
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -71,7 +71,9 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
 
 
 def entry_path(directory: str | Path, channel: str, sd_token: str) -> Path:
-    return Path(directory) / channel / f"{sd_token}.npz"
+    """DIR/<CHANNEL>/<token>.npz; a channel or token from the tables that is not a plain name is refused."""
+    return Path(directory) / path_component(channel, "camera channel") / \
+        f"{path_component(sd_token, 'sample_data token')}.npz"
 
 
 def virtual_cam2ego(cam2ego: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:

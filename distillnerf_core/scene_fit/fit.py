@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from distillnerf_core.checked_files import (
     DataFileError,
     atomic_write,
+    file_name,
     file_record,
     matches_record,
     read_json,
@@ -411,9 +412,15 @@ def fit_dataroot(dataroot: str | Path, version: str, out: str | Path, cfg: FitCo
     unknown = [s for s in wanted if s not in by_scene]
     if unknown:
         raise ValueError(f"unknown scenes {unknown}; the dataroot has {sorted(by_scene)}")
+    for name in wanted:  # every entry path first: a token or channel that is not a plain name stops it here
+        for i in by_scene[name]:
+            sample = dataset.nusc.get("sample", dataset.sample_tokens[i])
+            for ch in cams:
+                if ch in sample["data"]:  # a missing camera is load_scene's error
+                    entry_path(out, ch, sample["data"][ch])
     out.mkdir(parents=True, exist_ok=True)
     for name in wanted:
-        done = out / "scenes" / f"{name}.json"
+        done = out / "scenes" / f"{file_name(name)}.json"  # a scene name from the table is never a path
         if done.is_file() and (record := verified_scene_record(done, out)) is not None:
             manifest["scenes"][name] = record
             if progress:
@@ -446,6 +453,6 @@ def fit_dataroot(dataroot: str | Path, version: str, out: str | Path, cfg: FitCo
             logger.info("%s: held-out LiDAR AbsRel %s, held-out frames PSNR %s, train PSNR %.2f; %.0f CPU s", name,
                         q["held_out_lidar_abs_rel"], q["held_out_frames_psnr"], q["train_frames_psnr"],
                         record["total_cpu_s"])
-    manifest["complete"] = all((out / "scenes" / f"{s}.json").is_file() for s in by_scene)
+    manifest["complete"] = all((out / "scenes" / f"{file_name(s)}.json").is_file() for s in by_scene)
     write_json(manifest_path, manifest)
     return manifest

@@ -34,6 +34,7 @@ from distillnerf_core.checked_files import (
     file_record,
     load_npz,
     matches_record,
+    path_component,
     read_json,
     require,
     write_json,
@@ -100,7 +101,9 @@ def entry_key(channel: str, sd_token: str) -> str:
 
 
 def entry_path(cache: str | Path, channel: str, sd_token: str) -> Path:
-    return Path(cache) / channel / f"{sd_token}.safetensors"
+    """DIR/<CHANNEL>/<token>.safetensors; a channel or token from the tables that is not a plain name is refused."""
+    return Path(cache) / path_component(channel, "camera channel") / \
+        f"{path_component(sd_token, 'sample_data token')}.safetensors"
 
 
 def load_entry(cache: str | Path, channel: str, sd_token: str, manifest: dict[str, Any] | None = None

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from distillnerf_core.checked_files import file_name
 from distillnerf_core.data.datasets import collate_samples
 from distillnerf_core.model.cameras import CameraRig
 from distillnerf_core.model.distillnerf import DistillNeRFModel
@@ -90,7 +91,7 @@ def evaluate(model: DistillNeRFModel, dataset: Any, indices: list[int] | None = 
                 rows.append(upsample_to(colorize_depth(batch["dense_depth"][0]), hw))
             if nvs_rgb is not None:
                 rows += [batch["next_images"][0], nvs_rgb[0]]
-            save_png(camera_grid(rows), images_dir / f"{n:03d}_{item['sample_token'][:8]}.png")
+            save_png(camera_grid(rows), images_dir / f"{n:03d}_{file_name(item['sample_token'])[:8]}.png")
     means = acc.means()
     metrics: dict[str, Any] = {k: means.get(k) for k in JSON_KEYS}
     if has_dense:
