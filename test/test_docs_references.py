@@ -19,7 +19,7 @@ RELIABILITY = REPO / "docs" / "reliability.md"
 # Tests whose only subject is what the node survives: each must be named in docs/reliability.md.
 ROBUSTNESS_FILES = ("test/ros/nodes/test_perception_robustness.py", "test/ros/nodes/test_perception_process.py",
                     "test/ros/nodes/test_perception_accounting.py", "test/ros/nodes/test_perception_camera_input.py",
-                    "test/ros/nodes/test_perception_callbacks.py")
+                    "test/ros/nodes/test_perception_callbacks.py", "test/ros/nodes/test_perception_queries.py")
 
 # `../` (a link from a docs page), then a path; a node id adds `::name` parts (a parametrised id's `[...]` is
 # left out: the function name is what must exist).

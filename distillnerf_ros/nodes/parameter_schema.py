@@ -323,7 +323,30 @@ def perception_parameters() -> tuple[ParameterSpec, ...]:
                       read_only=False, unit="ms", range=(0.0, 1e6)),
         ParameterSpec("processing_time_error_ms", "float", 5000.0, "diagnostics ERROR above this processing time",
                       read_only=False, unit="ms", range=(0.0, 1e6)),
+        *GRADING_PARAMETERS,
     )
+
+
+# Self-grading (nodes/perception_grading.py). The PSNR threshold from a measurement of the bundled model on
+# the CPU (benchmarks/grading_cost.py -> benchmarks/results/grading_cost.json, docs/node.md "Self-grading"):
+# held-out synthetic keyframes (its domain) read 24-25 dB (median over cameras; eval.json: 25.2), the real
+# nuScenes keyframe 21.3 dB (cameras 18.5-22.8): 23 dB lies between.
+GRADING_PARAMETERS = (
+    ParameterSpec("grading_every_n_frames", "int", 10, "grade every N-th frame that reaches the worker: it also"
+                  " renders RGB (and depth) and publishes ~/debug/recon_psnr (with lidar_topic ~/debug/depth_abs_rel,"
+                  " ~/debug/depth_delta1); 0: off", read_only=False, unit="frames", range=(0, 1_000_000)),
+    ParameterSpec("grading_psnr_warn_db", "float", 23.0, "diagnostics WARN, naming the cameras, when the recon PSNR"
+                  " (median over the last grading_window graded frames) is below this: the input is out of the"
+                  " model's domain", read_only=False, unit="dB", range=(0.0, 100.0)),
+    ParameterSpec("grading_window", "int", 10, "graded frames the /diagnostics medians are taken over",
+                  unit="frames", range=(1, 10_000)),
+    ParameterSpec("lidar_topic", "string", "", "sensor_msgs/PointCloud2 LiDAR sweeps the rendered depth of graded"
+                  " frames is scored against (x, y, z in the cloud's frame; TF to the cameras); empty: no depth"
+                  " grading", pattern=r"(?:[~/A-Za-z0-9_]+)?", pattern_text="empty or a topic name",
+                  max_chars=MAX_NAME_CHARS),
+    ParameterSpec("lidar_max_delay", "float", 0.1, "a graded frame is scored against the sweep nearest its stamp"
+                  " within this", unit="s", range=(0.001, 10.0)),
+)
 
 
 DATAROOT_PUBLISHER_OPTIONS = (

@@ -23,7 +23,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.logging import get_logger
-from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Header
 
 from distillnerf_core.inference import DeviceUnavailableError, ScenePredictor
@@ -34,6 +34,7 @@ from distillnerf_ros.nodes.guarded import GuardedNode
 from distillnerf_ros.nodes.memory import release_free_heap
 from distillnerf_ros.nodes.parameter_schema import ParameterValueError, declare_parameters
 from distillnerf_ros.nodes.perception_diagnostics import diagnostic_level, diagnostic_values, frame_losses, rig_counts
+from distillnerf_ros.nodes.perception_grading import SelfGrading
 from distillnerf_ros.nodes.perception_outputs import PerceptionOutputs, camera_topic_name
 from distillnerf_ros.nodes.perception_parameters import (
     BUNDLED_MODEL,
@@ -48,8 +49,9 @@ from distillnerf_ros.nodes.rig_parameters import rig_input_from_parameters
 from distillnerf_ros.nodes.signals import init_without_signal_handlers, run_node
 from distillnerf_ros.srv import QueryScene
 
-# Service queue: the default depth of 10 silently lost the 11th and later of 50 simultaneous calls.
-QUERY_QOS = QoSProfile(depth=256, reliability=ReliabilityPolicy.RELIABLE)
+# Service queue: keep-last N lost every call beyond N in flight (the default 10 lost the 11th of 50, 256 the
+# 257th of 1000): keep-all, so every request is taken and answered (beyond QUERY_BURST at once: "busy").
+QUERY_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
 QUERY_BURST = 100  # calls per second answered in full; more are refused with "busy"
 
 __all__ = ["BUNDLED_MODEL", "PerceptionNode", "bundled_model_path", "camera_topic_name", "main", "validate_queries"]
@@ -119,6 +121,7 @@ class PerceptionNode(GuardedNode, LifecycleNode):
         self.model_path = None
         self.rig = None
         self.outputs: PerceptionOutputs | None = None
+        self.grading: SelfGrading | None = None  # configured: recon PSNR / LiDAR depth of every N-th frame
         self.query_service = None
         self._query_times: list[float] = []
         self.queries = SceneQueries()
@@ -165,6 +168,7 @@ class PerceptionNode(GuardedNode, LifecycleNode):
         if self.get_parameter("compile").value:
             self._warm_up_in_background(len(cameras))
         self.outputs = PerceptionOutputs.create(self, cameras)
+        self.grading = SelfGrading(self, cameras, camera_topic_name)
         self.query_service = self.create_service(QueryScene, "~/query_scene", self._query_scene, qos_profile=QUERY_QOS)
         self.status_message = "configured"
         self.get_logger().info(f"loaded {self.model_path} on {self.predictor.device} ({self.predictor.precision})")
@@ -274,6 +278,9 @@ class PerceptionNode(GuardedNode, LifecycleNode):
         if self.outputs is not None:
             self.outputs.destroy()
             self.outputs = None
+        if self.grading is not None:
+            self.grading.destroy()
+            self.grading = None
         if self.query_service is not None:
             self.destroy_service(self.query_service)
             self.query_service = None
@@ -320,7 +327,8 @@ class PerceptionNode(GuardedNode, LifecycleNode):
         outputs = self.outputs
         self._publish_since_stamp("input_delay_ms", frame.stamp_ns)
         wanted = outputs.wanted(frame.cameras, self.get_parameter("publish_rendered").value)
-        if not any(wanted.values()):
+        graded = self.grading.due()  # every N-th frame also renders RGB (and depth) to grade itself
+        if not any(wanted.values()) and not graded:
             self._counts["skipped_no_subscribers"] += 1
             self.last["missing"] = dict(frame.missing)
             return
@@ -334,8 +342,12 @@ class PerceptionNode(GuardedNode, LifecycleNode):
         queries = self._frame_queries() if wanted["occupancy"] else []
         with self.queries.lock if queries else contextlib.nullcontext():
             prediction = self.predictor.predict(
-                frame.images, [k.K for k in frame.intrinsics], frame.output_from_camera, depth=wanted["depth"],
-                rgb=wanted["rgb"], occupancy=wanted["occupancy"], semantic_queries=queries or None)
+                frame.images, [k.K for k in frame.intrinsics], frame.output_from_camera,
+                depth=wanted["depth"] or (graded and self.grading.needs_depth()), rgb=wanted["rgb"] or graded,
+                occupancy=wanted["occupancy"], semantic_queries=queries or None)
+        grading_rgb, grading_depth = prediction.rgb, prediction.depth
+        prediction.rgb = prediction.rgb if wanted["rgb"] else None  # rendered for grading only: not published
+        prediction.depth = prediction.depth if wanted["depth"] else None
         header = Header(stamp=rclpy.time.Time(nanoseconds=frame.stamp_ns).to_msg(), frame_id=frame.output_frame)
         self.queries.remember(prediction, header)
         outputs.publish_prediction(frame, prediction, header, self.get_parameter("depth_min_opacity").value)
@@ -347,6 +359,8 @@ class PerceptionNode(GuardedNode, LifecycleNode):
         latency = self._publish_since_stamp("pipeline_latency_ms", frame.stamp_ns)
         if latency is not None:
             self.last["latency_ms"] = latency
+        if graded:  # after the outputs: grading adds nothing to their latency
+            self.grading.grade(frame, self.predictor, grading_rgb, grading_depth)
 
     def _publish_since_stamp(self, series: str, stamp_ns: int) -> float | None:
         """Publish now - stamp (ms) on ~/debug/<series>. Not when the clock is behind the stamp: sim time lags

@@ -84,6 +84,9 @@ def diagnostic_level(node, recent_losses: RecentIncreases) -> tuple[bytes, str]:
                                        f" {unrectified}")
     if rig is not None and "fixed_frame" in rig.stats.last_errors and rig.stats.frames_uncompensated:
         return DiagnosticStatus.WARN, f"{state}; {rig.stats.last_errors['fixed_frame']}"
+    low_psnr = node.grading.warning() if getattr(node, "grading", None) is not None else None
+    if low_psnr:
+        return DiagnosticStatus.WARN, f"{state}; {low_psnr}"
     if active and processing > node.get_parameter("processing_time_warn_ms").value:
         return DiagnosticStatus.WARN, f"{state}; processing {processing:.0f} ms"
     return DiagnosticStatus.OK, state
@@ -101,6 +104,8 @@ def diagnostic_values(node) -> dict:
         values["compile_errors"] = "; ".join(f"{stage}: {why}" for stage, why in failed.items()) or "none"
     values.update({f"missing/{camera}": why for camera, why in last["missing"].items()})
     values.update(frame_losses(node))
+    if getattr(node, "grading", None) is not None:
+        values.update(node.grading.values())  # self-grading: windowed recon PSNR, LiDAR depth, its counters
     values.update(node.callback_errors.values())
     counts = node.rig_counts()  # cumulative over activations
     values.update({key: counts.get(key, 0) for key in ("sets_emitted", "sets_flushed_idle", "frames_submitted",
