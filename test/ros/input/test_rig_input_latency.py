@@ -105,7 +105,7 @@ def test_decoding_on_a_pool_gives_the_serial_result():
     assert failures == serial.decode() and list(failures) == ["bad"]
     assert pooled.cameras == serial.cameras == ["a", "c", "distorted", "e"]
     assert pooled.missing == serial.missing and pooled.distortion == serial.distortion == {
-        "distorted": "rectified (plumb_bob)"}
+        "a": "raw image: K", "c": "raw image: K", "distorted": "rectified (plumb_bob)", "e": "raw image: K"}
     for got, want in zip(pooled.images, serial.images, strict=True):
         assert np.array_equal(got, want)
     assert all(np.array_equal(a.K, b.K) for a, b in zip(pooled.intrinsics, serial.intrinsics, strict=True))
