@@ -27,6 +27,18 @@ from distillnerf_core.teachers.pca import FeaturePCA
 DEFAULT_BACKGROUND = {"oracle": 0.5, "clip": 0.2}
 
 
+def normalise_text(text: str) -> str:
+    """A query as the text encoders read it: stripped, whitespace runs collapsed to one space, casefolded (CLIP's
+    tokenizer lower-cases and cleans whitespace itself; the oracle's names are lower case)."""
+    return " ".join(str(text).split()).casefold()
+
+
+def distinct_texts(texts: Sequence[str]) -> list[str]:
+    """Normalised texts, each once, in first-seen order: ["car", " car", "Car"] -> ["car"]. Equal queries would
+    share a softmax and split each voxel's probability between them."""
+    return list(dict.fromkeys(normalise_text(t) for t in texts))
+
+
 class SemanticsUnavailableError(ValueError):
     """The model cannot answer text queries (not distilled, or distilled from a teacher without text)."""
 

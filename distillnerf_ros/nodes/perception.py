@@ -27,6 +27,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Header
 
 from distillnerf_core.inference import DeviceUnavailableError, ScenePredictor
+from distillnerf_core.teachers.query import distinct_texts
 from distillnerf_ros.input.frame_worker import FrameWorker, FrameWorkerCounters
 from distillnerf_ros.input.rig_input import STEADY_CLOCK, RigFrame, decode_pool
 from distillnerf_ros.nodes.diagnostics import RecentIncreases, publish_status
@@ -377,7 +378,8 @@ class PerceptionNode(GuardedNode, LifecycleNode):
     def _frame_queries(self) -> list[str]:
         """The `semantic_queries` to label this frame with: [] when none are set or the model cannot answer
         them (the reason shows in /diagnostics as `semantic_queries`)."""
-        queries = [q for q in self.get_parameter("semantic_queries").value if q]
+        given = [q for q in self.get_parameter("semantic_queries").value if q]
+        queries = distinct_texts(given)  # normalised, de-duplicated: equal texts would split the softmax
         if not queries:
             self.last["semantic_queries"] = "none set"
             return []
@@ -387,7 +389,9 @@ class PerceptionNode(GuardedNode, LifecycleNode):
         except ValueError as error:
             self.last["semantic_queries"] = f"not applied: {error}"
             return []
-        self.last["semantic_queries"] = f"labelling every frame with {queries}"
+        self.last["semantic_queries"] = f"labelling every frame with {queries}" + (
+            f" ({len(given)} given, normalised and de-duplicated: labels index into this list)"
+            if queries != given else "")
         return queries
 
     def _query_scene(self, request: QueryScene.Request, response: QueryScene.Response) -> QueryScene.Response:
@@ -407,8 +411,13 @@ class PerceptionNode(GuardedNode, LifecycleNode):
         if reason is not None:
             response.success, response.message = False, reason
             return response
-        answer = self.queries.answer(self.predictor, queries, float(request.threshold))
+        distinct = distinct_texts(queries)  # equal texts would split the softmax between them
+        answer = self.queries.answer(self.predictor, distinct, float(request.threshold))
         response.success, response.message = answer.success, answer.message
+        if distinct != queries:
+            listed = repr(distinct) if len(repr(distinct)) <= 1000 else f"{repr(distinct)[:1000]}...]"
+            response.message += (f"; {len(queries)} queries normalised (strip, casefold, collapse whitespace) and"
+                                 f" de-duplicated to {len(distinct)}: labels and max_scores index into {listed}")
         if answer.success:
             response.cloud, response.max_scores = answer.cloud, answer.max_scores
         return response

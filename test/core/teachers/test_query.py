@@ -84,3 +84,11 @@ def test_teachers_without_text_cannot_answer():
 def test_oracle_needs_class_names():
     with pytest.raises(ValueError, match="class names"):
         OracleTeacher(TeacherConfig(kind="oracle"))
+
+
+def test_texts_are_normalised_and_deduplicated_in_first_seen_order():
+    from distillnerf_core.teachers.query import distinct_texts, normalise_text
+
+    assert normalise_text("  Traffic \t  LIGHT ") == "traffic light"
+    assert distinct_texts(["car", " car", "Car", "road", "CAR  "]) == ["car", "road"]
+    assert distinct_texts(["car"] * 64) == ["car"]

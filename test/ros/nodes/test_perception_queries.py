@@ -6,10 +6,16 @@ its test."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
-from test_perception_robustness import NODE, Harness
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import PointCloud2
+from test_perception_robustness import NODE, T0, Harness
 
 from distillnerf_ros.srv import QueryScene
+
+RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
 
 def clients(session, count: int):
@@ -31,3 +37,42 @@ def test_a_thousand_simultaneous_queries_from_five_clients_are_all_answered_or_r
     assert all(not r.success and r.message for r in answered), "each answer says why it failed"
     busy = sum(r.message.startswith("busy:") for r in answered)
     assert busy >= 800, f"{busy} refused as busy"
+
+
+def call(session, client, queries, threshold=0.0) -> QueryScene.Response:
+    future = client.call_async(QueryScene.Request(queries=queries, threshold=threshold))
+    assert session.spin_until(future.done, 60), "the call was never answered"
+    return future.result()
+
+
+@pytest.mark.slow
+def test_duplicate_and_equivalent_queries_are_normalised_deduplicated_and_said_so(session):
+    from distillnerf_ros.conversions.pointcloud import pointcloud2_to_points
+    from distillnerf_ros.nodes.perception_parameters import bundled_model_path
+
+    harness = Harness(session, bundled_model_path())  # the oracle-distilled bundled model
+    clouds = []
+    session.nodes[-1].create_subscription(PointCloud2, f"{NODE}/occupancy", clouds.append, RELIABLE)
+    assert harness.good_frame_is_processed(T0) and session.spin_until(lambda: bool(clouds), 30)
+    client = clients(session, 1)[0]
+    classes = harness.node.predictor.known_queries
+    every = pointcloud2_to_points(call(session, client, classes).cloud)["label"]
+    best = classes[int(np.bincount(every, minlength=len(classes)).argmax())]  # the class most voxels get
+    single = call(session, client, [best])
+    assert single.success and single.cloud.width > 0, single.message
+    for queries in ([best, best], [best, f" {best}", best.upper(), f"  {best.title()}  "], [best] * 64):
+        answer = call(session, client, queries)
+        assert answer.success, answer.message
+        assert answer.cloud.width == single.cloud.width, f"{queries[:3]}: {answer.cloud.width} of {single.cloud.width}"
+        assert list(answer.max_scores) == pytest.approx(list(single.max_scores)), "one score per distinct query"
+        assert set(pointcloud2_to_points(answer.cloud)["label"].tolist()) == {0}
+        assert "de-duplicated to 1" in answer.message and repr([best]) in answer.message, answer.message
+    assert "normalised" not in single.message
+    # semantic_queries: the same normalisation for every frame's ~/occupancy
+    assert harness.node.set_parameters([Parameter("semantic_queries", value=[best, best.upper()])])[0].successful
+    count = len(clouds)
+    labelled = lambda: [c for c in clouds[count:] if any(f.name == "label" for f in c.fields)]  # noqa: E731
+    assert harness.good_frame_is_processed(T0 + 1_000_000_000) and session.spin_until(lambda: bool(labelled()), 30)
+    labels = pointcloud2_to_points(labelled()[0])["label"]
+    assert set(labels.tolist()) <= {-1, 0} and (labels == 0).sum() == single.cloud.width
+    assert "de-duplicated" in harness.node.last["semantic_queries"], harness.node.last["semantic_queries"]
