@@ -34,10 +34,13 @@ $(VENV)/.editable: $(VENV)/.deps setup.py
 # The launch packages are not on PyPI: when ../shared/third_party/ros2_launch exists (CI has it), install
 # them from there so that the launch file's test runs; without it that test skips and says why.
 LAUNCH_DIR := $(wildcard $(CURDIR)/../shared/third_party/ros2_launch)
+# The same for the `ros2` command line (ros2cli and its verbs): test/ros/nodes/test_perception_ros2cli.py skips
+# without it.
+ROS2CLI_DIR := $(wildcard $(CURDIR)/../shared/third_party/ros2cli)
 
 $(VENV)/.ros_interfaces: $(VENV)/.deps CMakeLists.txt package.xml srv/QueryScene.srv scripts/build_ros_interfaces.sh \
-                         $(wildcard $(LAUNCH_DIR)/wheels/*.whl)
-	scripts/build_ros_interfaces.sh $(VENV) $(LAUNCH_DIR)
+                         $(wildcard $(LAUNCH_DIR)/wheels/*.whl) $(wildcard $(ROS2CLI_DIR)/wheels/*.whl)
+	scripts/build_ros_interfaces.sh $(VENV) "$(LAUNCH_DIR)" "$(ROS2CLI_DIR)"
 	touch $@
 
 setup: $(VENV)/.editable $(VENV)/.ros_interfaces

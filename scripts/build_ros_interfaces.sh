@@ -2,10 +2,13 @@
 # Builds this package's ROS 2 interfaces (srv/QueryScene.srv) and installs the package into a venv
 # that holds the PyPI ROS 2 wheels (no system ROS). On a machine with a ROS 2 install use colcon.
 #
-# usage: scripts/build_ros_interfaces.sh VENV_DIR [LAUNCH_DIR]
-# LAUNCH_DIR (optional): a folder of the pure-Python ROS 2 launch wheels (not on PyPI) and the
+# usage: scripts/build_ros_interfaces.sh VENV_DIR [LAUNCH_DIR] [ROS2CLI_DIR]
+# LAUNCH_DIR (optional, may be ""): a folder of the pure-Python ROS 2 launch wheels (not on PyPI) and the
 # composition_interfaces sources, e.g. ../shared/third_party/ros2_launch; with it, `launch` and `launch_ros`
 # are installed too, so that the launch file can be tested without a ROS install.
+# ROS2CLI_DIR (optional): a folder of the `ros2` command line wheels (ros2cli and its verbs, rosidl_runtime_py;
+# not on PyPI), e.g. ../shared/third_party/ros2cli; with it, `ros2 topic/node/param/service/lifecycle/run`
+# (and `ros2 launch` when LAUNCH_DIR is given too) are installed, so the README's commands run as typed.
 # The three traps of the PyPI wheels (see README, "Installing without ROS"):
 #  1. the build-tool wheels declare no dependencies: requirements.txt lists them all;
 #  2. cmake needs AMENT_PREFIX_PATH to find rosidl_typesupport_c;
@@ -72,4 +75,18 @@ if [ -n "$launch_dir" ]; then
   "$python" -m pip install -q --no-deps "${wheels[@]}" 2>&1 | { grep -v "^WARNING: Location 'file://" || true; }
   "$python" -c "import launch, launch_ros.actions" || { echo "launch packages installed but do not import" >&2; exit 1; }
   echo "installed launch + launch_ros from $launch_dir"
+fi
+
+ros2cli_dir=${3:-}
+if [ -n "$ros2cli_dir" ]; then
+  # Their PyPI dependencies (pinned in constraints.txt), then the wheels themselves without dependencies.
+  "$python" -m pip install -q argcomplete psutil -c "$repo/constraints.txt" 2>&1 \
+    | { grep -v "^WARNING: Location 'file://" || true; }
+  wheels=("$ros2cli_dir"/wheels/*.whl)
+  if [ -n "$launch_dir" ]; then
+    wheels+=("$(ls "$launch_dir"/wheels/ros2launch-[0-9]*.whl)")
+  fi
+  "$python" -m pip install -q --no-deps "${wheels[@]}" 2>&1 | { grep -v "^WARNING: Location 'file://" || true; }
+  "$venv/bin/ros2" --help >/dev/null || { echo "ros2cli installed but \`ros2 --help\` fails" >&2; exit 1; }
+  echo "installed the ros2 command line from $ros2cli_dir"
 fi
