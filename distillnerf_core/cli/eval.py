@@ -24,16 +24,36 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
 import torch
 
-from distillnerf_core.checked_files import DataFileError
+from distillnerf_core.checked_files import DataFileError, read_json
 from distillnerf_core.cli import configure_logging
-from distillnerf_core.data.datasets import DataConfig, make_dataset
+from distillnerf_core.data.datasets import DataConfig, dataroot_cameras, make_dataset
 from distillnerf_core.training.checkpoints import CheckpointError, load_checkpoint, resolve_checkpoint
 from distillnerf_core.training.eval import evaluate, format_table, select_second_keyframes
+
+logger = logging.getLogger(__name__)
+
+
+def recorded_cameras(ckpt: Path) -> list[str] | None:
+    """The camera order the checkpoint's run trained with (data.cameras of RUN/train_config.json beside
+    RUN/model.safetensors, or of a checkpoint directory's train_state.json); None when not recorded."""
+    for record, key in ((ckpt.parent / "train_config.json", None), (ckpt.parent / "train_state.json", "train_config")):
+        if record.is_file():
+            try:
+                config = read_json(record, "training record")
+            except DataFileError as error:
+                logger.warning("%s; the camera order comes from the dataroot", error)
+                return None
+            config = config.get(key) if key else config
+            cameras = config.get("data", {}).get("cameras") if isinstance(config, dict) else None
+            if isinstance(cameras, list) and cameras and all(isinstance(c, str) for c in cameras):
+                return cameras
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,9 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--cameras", help="comma list of camera channels in model order (default: the 6 nuScenes "
-                        "cameras; a DDAD dataroot from distillnerf-dgp2nusc: "
-                        "CAMERA_01,CAMERA_06,CAMERA_05,CAMERA_09,CAMERA_07,CAMERA_08)")
+    parser.add_argument("--cameras", help="comma list of camera channels in model order (default: the order the "
+                        "checkpoint's run recorded, else the dataroot's rig: the 6 nuScenes cameras, or DDAD's from "
+                        "distillnerf-dgp2nusc as CAMERA_01,CAMERA_06,CAMERA_05,CAMERA_09,CAMERA_07,CAMERA_08)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -66,9 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = resolve_checkpoint(args.checkpoint)
         model = load_checkpoint(ckpt, args.device)
         render_hw = model.renderer.render_hw(tuple(model.config.image_hw))
-        dataset = make_dataset(args.dataroot, args.version, model.config.image_hw, DataConfig(
-                                   features=args.features, cameras=args.cameras.split(",") if args.cameras else None),
-                               render_hw, load_next=True,
+        cameras = dataroot_cameras(args.dataroot, args.version, args.cameras.split(",") if args.cameras else None,
+                                   model_order=recorded_cameras(ckpt), table_order_ok=False)
+        print(f"cameras (model order): {','.join(cameras)}")
+        dataset = make_dataset(args.dataroot, args.version, model.config.image_hw,
+                               DataConfig(features=args.features, cameras=cameras), render_hw, load_next=True,
                                split=args.split)
         indices = select_second_keyframes(dataset) if args.keyframes == "second" else list(range(len(dataset)))
         if args.max_samples:

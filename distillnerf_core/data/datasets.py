@@ -47,7 +47,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from distillnerf_core.checked_files import DataFileError, load_npz, path_component, read_json
+from distillnerf_core.checked_files import DataFileError, load_npz, path_component, read_json, require
 from distillnerf_core.data.nuscenes_tables import NUSCENES_CAMERAS
 from distillnerf_core.geometry import invert_transform, make_transform
 
@@ -375,6 +375,46 @@ def collate_samples(batch: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def dataroot_cameras(dataroot: str | Path, version: str, requested: Sequence[str] | None = None,
+                     model_order: Sequence[str] | None = None, table_order_ok: bool = True) -> list[str]:
+    """The camera channels (in model order) to read from a dataroot, checked against its sensor table.
+
+    `requested` (--cameras / data.cameras) must all be cameras of the table. Without it: the model's recorded
+    order (`model_order`, a run's data.cameras) when the table has those cameras; else a rig whose order is
+    known, the nuScenes one (front, front-right, front-left, back, back-left, back-right) or DDAD's in that
+    order (data.dgp.DDAD_CAMERAS, a subset kept in that order); else the table's order when `table_order_ok`
+    (training a new model fixes its order), otherwise a DataFileError saying what to pass."""
+    from distillnerf_core.data.dgp import DDAD_CAMERAS
+
+    if not (Path(dataroot) / version).is_dir():
+        raise FileNotFoundError(f"nuScenes version folder not found: {Path(dataroot) / version}")
+    path = Path(dataroot) / version / "sensor.json"
+    table = read_json(path, "nuScenes sensor table", list)
+    available = []
+    for i, row in enumerate(table):
+        if require(row, "modality", str, path, f"[{i}]") == "camera":
+            available.append(path_component(require(row, "channel", str, path, f"[{i}]"), f"{path}: [{i}].channel"))
+    hint = f"pass --cameras (data.cameras) with channels of {available} in the model's camera order"
+    if requested:
+        missing = [c for c in requested if c not in available]
+        if missing:
+            raise DataFileError(f"{path}: no camera channel {missing} (the dataroot's cameras: {available}); {hint}")
+        return list(requested)
+    if not available:
+        raise DataFileError(f"{path}: the sensor table has no camera")
+    if model_order and set(model_order) <= set(available):
+        return list(model_order)
+    for rig in (NUSCENES_CAMERAS, DDAD_CAMERAS):
+        if set(rig) <= set(available):
+            return list(rig)
+    if set(available) <= set(DDAD_CAMERAS):
+        return [c for c in DDAD_CAMERAS if c in available]
+    if table_order_ok:
+        return available
+    raise DataFileError(f"{path}: the cameras {available} are no rig whose order is known (nuScenes, DDAD) and the"
+                        f" model records none; {hint}")
+
+
 def make_dataset(dataroot: str, version: str, image_hw: Sequence[int], data: DataConfig, render_hw: tuple[int, int],
                  load_next: bool | None = None, split: str | None = None) -> NuScenesDataset:
     """The dataset `data` describes, at the model's input size `image_hw` and render size `render_hw`."""
@@ -389,7 +429,7 @@ def make_dataset(dataroot: str, version: str, image_hw: Sequence[int], data: Dat
         scenes = splits[split]
     return NuScenesDataset(
         dataroot, version, image_size=tuple(image_hw), render_size=render_hw,
-        cameras=data.cameras or NUSCENES_CAMERAS, scenes=scenes, depth_range=tuple(data.depth_range),
+        cameras=dataroot_cameras(dataroot, version, data.cameras), scenes=scenes, depth_range=tuple(data.depth_range),
         load_next=data.load_next if load_next is None else load_next, features=data.features,
         nerf_targets=data.nerf_targets,
     )

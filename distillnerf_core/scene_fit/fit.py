@@ -34,7 +34,7 @@ from distillnerf_core.checked_files import (
     require,
     write_json,
 )
-from distillnerf_core.data.datasets import NuScenesDataset
+from distillnerf_core.data.datasets import NuScenesDataset, dataroot_cameras
 from distillnerf_core.data.nerf_targets import (
     DEFAULT_OFFSETS,
     FORMAT_VERSION,
@@ -43,7 +43,6 @@ from distillnerf_core.data.nerf_targets import (
     read_manifest,
     virtual_cam2ego,
 )
-from distillnerf_core.data.nuscenes_tables import NUSCENES_CAMERAS
 from distillnerf_core.geometry import invert_transform
 from distillnerf_core.model.cameras import pixel_rays, rescale_intrinsics
 from distillnerf_core.scene_fit.field import FieldConfig, RayBundle, SceneField, plane_tv
@@ -388,7 +387,7 @@ def fit_dataroot(dataroot: str | Path, version: str, out: str | Path, cfg: FitCo
     if threads:
         torch.set_num_threads(threads)
     out = Path(out)
-    cams = list(cameras or NUSCENES_CAMERAS)
+    cams = dataroot_cameras(dataroot, version, cameras)  # the sensor table's rig unless --cameras names them
     settings = _settings(cfg)
     manifest_path = out / MANIFEST
     if manifest_path.is_file():

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from distillnerf_core.data.datasets import collate_samples, make_dataset
+from distillnerf_core.data.datasets import collate_samples, dataroot_cameras, make_dataset
 from distillnerf_core.model.cameras import CameraRig
 from distillnerf_core.model.distillnerf import DistillNeRFModel, ModelOutput
 from distillnerf_core.portable_paths import portable_path
@@ -198,6 +198,9 @@ class Trainer:
             cfg.max_steps = max_steps
         self.cfg, self.dataroot, self.version, self.run = cfg, dataroot, version, Path(out)
         self.max_minutes, self.resume, self.progress = max_minutes, resume, progress
+        # the cameras in model order, from the dataroot's sensor table unless data.cameras names them (recorded in
+        # train_config.json, so evaluation finds the model's order)
+        cfg.data.cameras = dataroot_cameras(dataroot, version, cfg.data.cameras)
         self._prepare_run_dir()
         self._build_model()
         self._build_optimizer()
