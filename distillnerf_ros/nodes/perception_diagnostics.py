@@ -116,6 +116,7 @@ def diagnostic_values(node) -> dict:
     if rig is not None:
         stats, tf = rig.stats, rig.tf
         values["tf_dynamic_frames"] = tf.dynamic_frame_count
+        values["tf_loops_refused"] = tf.loops_refused  # TF edges that would have closed a loop (also in tf_rejected)
         left_out = sorted(rig.sync.stats.missing.items())
         values.update({f"sync_missing/{camera}/{kind}": n for (camera, kind), n in left_out})
         values.update({f"rejected/{camera}": f"{n} ({stats.rejected_reasons[camera]})"

@@ -238,5 +238,5 @@ def test_a_dynamic_tf_edge_closing_a_loop_with_a_static_one_is_refused_and_later
         assert harness.frame_is_processed(T0 + second * 1_000_000_000, until=harness.all_cameras), (
             harness.node.losses(), harness.node.last["missing"])
     _, values = harness.fresh_values()
-    assert "would close a TF loop" in values["last_error/tf"] and int(values["tf_rejected"]) >= 3, values
+    assert "would close a TF loop" in values["last_error/tf"] and int(values["tf_loops_refused"]) >= 3, values
     assert harness.node.losses()["sets_dropped_tf"] == 0 and tf.loops_refused == tf.rejected
