@@ -235,16 +235,18 @@ def cache_features(dataroot: str | Path, version: str, teacher_cfg: TeacherConfi
     images = keyframe_images(nusc, cams)
     # Resume: an entry is kept only when it is the file the manifest recorded (size + sha256).
     verified = {}
-    todo = []
+    todo, unverified = [], []
     for ch, sd in images:
         key, path = entry_key(ch, sd["token"]), entry_path(cache, ch, sd["token"])
         if matches_record(path, records.get(key)):
             verified[key] = records[key]
         else:
             if path.is_file():
-                logger.warning("%s does not match its manifest record (truncated, altered or unrecorded): "
-                               "recomputed", path)
+                unverified.append(path)
             todo.append((ch, sd))
+    if unverified:
+        logger.warning("%d entries do not match their manifest record (truncated, altered or unrecorded; first %s): "
+                       "recomputed", len(unverified), unverified[0])
     manifest["files"] = verified
     write_json(manifest_path, manifest)
 
