@@ -50,6 +50,7 @@ from distillnerf_core.viz import demo_pictures
 from distillnerf_ros.conversions.images import compressed_image_to_rgb, image_to_depth, image_to_rgb
 from distillnerf_ros.conversions.pointcloud import pointcloud2_to_points, unpack_rgb
 from distillnerf_ros.input.tf_cache import stamp_to_ns
+from distillnerf_ros.nodes.perception_outputs import DEBUG_TOPICS
 from distillnerf_ros.srv import QueryScene
 from distillnerf_ros.tools.nusc2bag import convert
 from distillnerf_ros.tools.processes import stop_process
@@ -81,16 +82,17 @@ class FrameOutputs:
 
 def output_topics() -> dict[str, tuple[type, QoSProfile]]:
     """Every topic the node publishes in the demo (publish_rendered on), with the QoS to hear it: the outputs,
-    per camera depth + its CameraInfo + opacity + rendered RGB, the debug series, the lifecycle transitions and
-    /diagnostics. Not /rosout and /parameter_events, which every node on the domain writes (the node's log is in
-    perception_node.log)."""
+    per camera depth + its CameraInfo + opacity + rendered RGB, the debug series (timings, self-grading), the
+    lifecycle transitions and /diagnostics. Not /rosout and /parameter_events, which every node on the domain
+    writes (the node's log is in perception_node.log)."""
     topics = {f"/{NODE}/occupancy": (PointCloud2, RELIABLE), f"/{NODE}/occupancy_grid": (OccupancyGrid, LATCHED),
               f"/{NODE}/transition_event": (TransitionEvent, RELIABLE), "/diagnostics": (DiagnosticArray, RELIABLE)}
     for camera in (*CAMERAS, *DDAD_CAMERAS):
         for kind in ("depth", "depth/opacity", "rendered"):
             topics[f"/{NODE}/{camera.lower()}/{kind}"] = (Image, RELIABLE)
         topics[f"/{NODE}/{camera.lower()}/depth/camera_info"] = (CameraInfo, RELIABLE)
-    for series in ("pipeline_latency_ms", "processing_time_ms", "model_time_ms", "input_delay_ms"):
+        topics[f"/{NODE}/{camera.lower()}/debug/recon_psnr"] = (Float64, RELIABLE)  # self-grading, per camera
+    for series in (*DEBUG_TOPICS, "recon_psnr", "depth_abs_rel", "depth_delta1"):  # timings, self-grading
         topics[f"/{NODE}/debug/{series}"] = (Float64, RELIABLE)
     return topics
 
