@@ -47,6 +47,7 @@ from distillnerf_ros.nodes.perception_parameters import (
 )
 from distillnerf_ros.nodes.perception_semantics import SceneQueries
 from distillnerf_ros.nodes.rig_parameters import rig_input_from_parameters
+from distillnerf_ros.nodes.services import answer_waiting_requests
 from distillnerf_ros.nodes.signals import init_without_signal_handlers, run_node
 from distillnerf_ros.srv import QueryScene
 
@@ -282,7 +283,10 @@ class PerceptionNode(GuardedNode, LifecycleNode):
         if self.grading is not None:
             self.grading.destroy()
             self.grading = None
-        if self.query_service is not None:
+        if self.query_service is not None:  # calls still queued are refused with the reason, never left waiting
+            refused = answer_waiting_requests(self.query_service, self._refuse_query_while_releasing)
+            if refused:
+                self.get_logger().info(f"~/query_scene: {refused} waiting calls refused before the service goes")
             self.destroy_service(self.query_service)
             self.query_service = None
         self.queries.forget()  # the kept frame belongs to the model being released
@@ -393,6 +397,14 @@ class PerceptionNode(GuardedNode, LifecycleNode):
             f" ({len(given)} given, normalised and de-duplicated: labels index into this list)"
             if queries != given else "")
         return queries
+
+    @staticmethod
+    def _refuse_query_while_releasing(_request: QueryScene.Request, response: QueryScene.Response
+                                      ) -> QueryScene.Response:
+        response.success = False
+        response.message = ("refused: the node is releasing its model (cleanup or shutdown) and ~/query_scene goes"
+                            " away until it is configured again")
+        return response
 
     def _query_scene(self, request: QueryScene.Request, response: QueryScene.Response) -> QueryScene.Response:
         """Answer every call: requests queue up to QUERY_QOS.depth deep; beyond QUERY_BURST calls in one

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import PointCloud2
 from test_perception_robustness import NODE, T0, Harness
 
@@ -18,9 +19,15 @@ from distillnerf_ros.srv import QueryScene
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
 
-def clients(session, count: int):
+# A client that does not spin while its calls are answered (these tests run the node's transitions on the same
+# thread) keeps every response: the default keep-last 10 of its own response queue would drop the 11th.
+CLIENT_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def clients(session, count: int, qos: QoSProfile | None = None):
     caller = session.node("callers")
-    made = [caller.create_client(QueryScene, f"{NODE}/query_scene") for _ in range(count)]
+    made = [caller.create_client(QueryScene, f"{NODE}/query_scene", **({"qos_profile": qos} if qos else {}))
+            for _ in range(count)]
     assert session.spin_until(lambda: all(c.service_is_ready() for c in made), 30), "~/query_scene not available"
     return made
 
@@ -76,3 +83,43 @@ def test_duplicate_and_equivalent_queries_are_normalised_deduplicated_and_said_s
     labels = pointcloud2_to_points(labelled()[0])["label"]
     assert set(labels.tolist()) <= {-1, 0} and (labels == 0).sum() == single.cloud.width
     assert "de-duplicated" in harness.node.last["semantic_queries"], harness.node.last["semantic_queries"]
+
+
+def test_calls_queued_when_the_node_deactivates_and_cleans_up_are_refused_with_the_reason(session,
+                                                                                          tiny_checkpoint):
+    harness = Harness(session, tiny_checkpoint)
+    client = clients(session, 1, CLIENT_QOS)[0]
+    futures = [client.call_async(QueryScene.Request(queries=["car"], threshold=0.5)) for _ in range(20)]
+    # no spin in between: the calls wait in the node's queue when the transitions come
+    assert harness.node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    assert harness.node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+    session.spin_until(lambda: all(f.done() for f in futures), 30)
+    answered = [f.result() for f in futures if f.done()]
+    assert len(answered) == 20, f"only {len(answered)} of 20 calls were answered"
+    assert all(not r.success and "releasing its model" in r.message for r in answered), answered[0].message
+
+
+@pytest.mark.slow
+def test_calls_around_every_lifecycle_transition_all_get_a_response(session, tiny_checkpoint):
+    harness = Harness(session, tiny_checkpoint)
+    node = harness.node
+    client = clients(session, 1, CLIENT_QOS)[0]
+    futures = []
+
+    def send(count: int = 3) -> None:
+        futures.extend(client.call_async(QueryScene.Request(queries=["car"], threshold=0.5)) for _ in range(count))
+
+    for _ in range(15):
+        send()
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        send()
+        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+        assert session.spin_until(lambda: not client.service_is_ready(), 20), "the service must go with cleanup"
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert session.spin_until(client.service_is_ready, 20)
+        send()
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    session.spin_until(lambda: all(f.done() for f in futures), 30)
+    answered = [f.result() for f in futures if f.done()]
+    assert len(futures) == 135 and len(answered) == 135, f"only {len(answered)} of {len(futures)} calls answered"
+    assert all(r.message for r in answered), "each answer says why it failed"
