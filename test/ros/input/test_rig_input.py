@@ -74,3 +74,19 @@ def test_rig_frames_carry_images_intrinsics_and_extrinsics_and_report_bad_camera
     # left is the trigger camera, so no ego motion applies to it: its calibration comes back unchanged.
     assert np.allclose(frame.output_from_camera[0], make_transform(OPTICAL, [1, 0.0, 1.5]))
     assert rig.stats.camera_errors["front"] == 1
+
+
+def test_a_jpeg_roi_crop_decoded_reduced_gets_the_crops_k_scaled_never_a_reduction_of_the_sensor():
+    from distillnerf_ros.conversions.images import rgb_to_compressed_image
+    from distillnerf_ros.input.rig_input import RigFrame
+
+    full_k = np.array([[1266.0, 0, 816.0], [0, 1266.0, 491.0], [0, 0, 1]])
+    info = intrinsics_to_camera_info(CameraIntrinsics(full_k, 1600, 900), header("front", 0))
+    info.roi.x_offset, info.roi.y_offset, info.roi.width, info.roi.height = 400, 225, 800, 450
+    crop = rgb_to_compressed_image(np.zeros((450, 800, 3), np.uint8), header("front", 0))
+    frame = RigFrame(stamp_ns=0, output_frame="base_link", cameras=["front"], frame_ids=["front_optical"],
+                     stamps_ns=[0], messages=[crop], infos=[info], output_from_camera=[np.eye(4)], rectified=[True])
+    assert frame.decode(min_hw=(200, 350)) == {}
+    assert frame.images[0].shape[:2] == (225, 400), "decoded at the 1/2 DCT reduction of the 800x450 crop"
+    np.testing.assert_allclose(frame.intrinsics[0].K, [[633.0, 0, 208.0], [0, 633.0, 133.0], [0, 0, 1]])
+    assert "ROI 800x450 at (400, 225)" in frame.distortion["front"], frame.distortion
