@@ -141,6 +141,11 @@ class ScenePredictor:
                 raise self._querier_error from error
         return self._querier
 
+    def query_cache_size(self) -> tuple[int, int]:
+        """(entries, bytes) of the text querier's bounded embedding cache; (0, 0) before it is built."""
+        querier = self._querier
+        return (querier.cache_entries, querier.cache_bytes) if querier is not None else (0, 0)
+
     @property
     def known_queries(self) -> list[str] | None:
         """The only texts the model answers (an oracle-distilled model's class names), None = open vocabulary."""

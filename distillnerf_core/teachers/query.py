@@ -14,6 +14,7 @@ the model was distilled with). A DINOv2-distilled or undistilled model cannot an
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,10 @@ class QueryConfig:
     """Add the background option (a voxel may match none of the queries)."""
     background_cosine: float | None = None
     """Cosine the background option scores; None = the teacher's default (oracle 0.5, CLIP 0.2)."""
+    cache_entries: int = 4096
+    """Text embeddings kept (least recently used evicted first): distinct texts never grow memory without end."""
+    cache_bytes: int = 32 * 1024 * 1024
+    """Bytes of text embeddings kept (4096 ViT-L/14 embeddings of 768 float32 take 12 MiB)."""
 
 
 @dataclass
@@ -111,7 +116,8 @@ class SemanticQuerier:
             raise SemanticsUnavailableError(f"the teacher's text embeddings have {self.encoder.dim} channels but the "
                                             f"model's PCA expects {pca.in_dim} (feature_head.teacher_dim): its "
                                             "features cannot be compared with them")
-        self._cache: dict[str, torch.Tensor] = {}
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()  # LRU: oldest first
+        self._cache_bytes = 0
 
     @property
     def known_texts(self) -> list[str] | None:
@@ -132,14 +138,37 @@ class SemanticQuerier:
         self.embed(texts)
         return texts
 
+    @property
+    def cache_entries(self) -> int:
+        return len(self._cache)
+
+    @property
+    def cache_bytes(self) -> int:
+        return self._cache_bytes
+
     @torch.no_grad()
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
-        """(Q, D) unit text embeddings, each text encoded once per querier."""
-        new = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        """(Q, D) unit text embeddings; each text is encoded once while it stays in the bounded LRU cache
+        (config.cache_entries, config.cache_bytes)."""
+        found: dict[str, torch.Tensor] = {}
+        for t in dict.fromkeys(texts):
+            if t in self._cache:
+                self._cache.move_to_end(t)
+                found[t] = self._cache[t]
+        new = [t for t in dict.fromkeys(texts) if t not in found]
         if new:
             for t, e in zip(new, self.encoder.encode_text(list(new)).float().cpu(), strict=True):
-                self._cache[t] = e
-        return torch.stack([self._cache[t] for t in texts])
+                found[t] = e
+                self._remember(t, e)
+        return torch.stack([found[t] for t in texts])
+
+    def _remember(self, text: str, embedding: torch.Tensor) -> None:
+        self._cache[text] = embedding
+        self._cache_bytes += embedding.numel() * embedding.element_size()
+        while self._cache and (len(self._cache) > self.config.cache_entries
+                               or self._cache_bytes > self.config.cache_bytes):
+            _, evicted = self._cache.popitem(last=False)
+            self._cache_bytes -= evicted.numel() * evicted.element_size()
 
     @torch.no_grad()
     def probabilities(self, features: torch.Tensor, texts: Sequence[str], channel_dim: int = -1) -> torch.Tensor:

@@ -99,6 +99,8 @@ def diagnostic_values(node) -> dict:
     values.update({f"distortion/{camera}": what for camera, what in last["distortion"].items()})
     values["device"] = str(node.predictor.device) if node.predictor else "none"
     values["teacher"] = teacher_description(node.predictor)
+    if node.predictor is not None:  # the bounded text-embedding cache of ~/query_scene and semantic_queries
+        values["query_cache_entries"], values["query_cache_bytes"] = node.predictor.query_cache_size()
     if node.predictor is not None and node.get_parameter("compile").value:
         failed = node.predictor.model.compile_errors
         values["compile_errors"] = "; ".join(f"{stage}: {why}" for stage, why in failed.items()) or "none"

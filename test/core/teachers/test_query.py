@@ -92,3 +92,40 @@ def test_texts_are_normalised_and_deduplicated_in_first_seen_order():
     assert normalise_text("  Traffic \t  LIGHT ") == "traffic light"
     assert distinct_texts(["car", " car", "Car", "road", "CAR  "]) == ["car", "road"]
     assert distinct_texts(["car"] * 64) == ["car"]
+
+
+class CountingEncoder:
+    """Any text -> a deterministic unit vector; counts the texts it encodes."""
+
+    dim = 32
+
+    def __init__(self) -> None:
+        self.encoded = 0
+
+    def known_texts(self):
+        return None
+
+    def encode_text(self, texts):
+        self.encoded += len(texts)
+        rows = [torch.randn(self.dim, generator=torch.Generator().manual_seed(hash(t) % 2**31)) for t in texts]
+        return torch.nn.functional.normalize(torch.stack(rows), dim=-1)
+
+
+def test_the_text_embedding_cache_is_a_bounded_lru_by_count_and_bytes(oracle):
+    pca, _ = FeaturePCA.fit(oracle.embeddings.repeat(10, 1) + 0.01 * torch.randn(40, 32), 8)
+    encoder = CountingEncoder()
+    querier = SemanticQuerier(pca, {"kind": "clip"}, encoder=encoder, config=QueryConfig(cache_entries=100))
+    for start in range(0, 5000, 50):  # 5000 distinct texts, 50 a call
+        querier.embed([f"text {i}" for i in range(start, start + 50)])
+        assert querier.cache_entries <= 100
+    assert querier.cache_entries == 100 and querier.cache_bytes == 100 * 32 * 4
+    querier.embed(["text 4950"])  # recently used: still cached, not encoded again
+    assert encoder.encoded == 5000
+    querier.embed(["text 0"])  # evicted long ago: encoded again
+    assert encoder.encoded == 5001
+    first = querier.embed(["text 4951", "text 4951"])  # duplicates in one call: one embedding
+    assert first.shape == (2, 32) and torch.equal(first[0], first[1])
+    by_bytes = SemanticQuerier(pca, {"kind": "clip"}, encoder=CountingEncoder(),
+                               config=QueryConfig(cache_bytes=10 * 32 * 4))
+    by_bytes.embed([f"t{i}" for i in range(64)])  # more than fit in one call: the call still gets all 64
+    assert by_bytes.cache_entries == 10 and by_bytes.cache_bytes == 10 * 32 * 4

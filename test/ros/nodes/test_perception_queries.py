@@ -123,3 +123,27 @@ def test_calls_around_every_lifecycle_transition_all_get_a_response(session, tin
     answered = [f.result() for f in futures if f.done()]
     assert len(futures) == 135 and len(answered) == 135, f"only {len(answered)} of {len(futures)} calls answered"
     assert all(r.message for r in answered), "each answer says why it failed"
+
+
+@pytest.mark.slow
+def test_the_text_embedding_cache_stays_bounded_under_many_distinct_texts(session, tmp_path):
+    from teacher_helpers import CLIP_CONFIG, save_tiny_clip
+    from test_perception_callbacks import clip_distilled_checkpoint
+
+    from distillnerf_core.teachers.base import file_sha256
+    from distillnerf_core.teachers.query import QueryConfig
+
+    cfg_path, weights = save_tiny_clip(tmp_path / "clip")
+    checkpoint = clip_distilled_checkpoint(tmp_path, CLIP_CONFIG["embed_dim"], weights, cfg_path,
+                                           file_sha256(weights))
+    harness = Harness(session, checkpoint)  # an open-vocabulary (CLIP-distilled) model: every text is embedded
+    client = clients(session, 1)[0]
+    limit = QueryConfig().cache_entries
+    calls = limit // 64 + 6  # 64 distinct texts a call: more texts than the cache holds
+    for index in range(calls):
+        answer = call(session, client, [f"object number {index * 64 + i}" for i in range(64)])
+        assert not answer.success and "no frame" in answer.message, answer.message  # embedded, then refused
+    entries = harness.node.predictor.query_cache_size()[0]
+    assert entries == limit, f"{entries} embeddings cached after {calls * 64} distinct texts (limit {limit})"
+    values = harness.values(harness.fresh_status())
+    assert int(values["query_cache_entries"]) == limit and int(values["query_cache_bytes"]) <= QueryConfig().cache_bytes
