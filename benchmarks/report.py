@@ -746,6 +746,34 @@ def node_overhead(ctx: Context) -> str:
     return join(table(["the node's steps without DDS", "median ms", "min ms"], rows), text, ctx.source(NODE_OVERHEAD))
 
 
+GRADING_COST = RESULTS + "grading_cost.json"
+
+
+@generator("node:grading_cost", reads=[GRADING_COST])
+def node_grading_cost(ctx: Context) -> str:
+    d = ctx.load(GRADING_COST)
+    rows = []
+    for label, key in (("real nuScenes keyframe", "real_keyframe"), ("held-out synthetic keyframe", "synthetic")):
+        for index, m in enumerate(d[key]):
+            rows.append([f"{label} {index + 1}", ms(m["predict_ms"], 0), ms(m["rgb_render_ms"], 0), ms(m["psnr_ms"], 1),
+                         f"{ms(m['lidar_depth_ms'], 1)} ({m['lidar_points']:,} points)", ms(m["added_ms"], 0),
+                         num(m["recon_psnr_median"], 1), f"{min(m['recon_psnr'].values()):.1f} .. "
+                         f"{max(m['recon_psnr'].values()):.1f}", num(m["depth_abs_rel"], 3)])
+    s, prov = d["summary"], d["provenance"]
+    c = s["calmest"]
+    fractions = s["added_fraction_of_predict"]
+    text = (f"Model input {d['image_hw'][1]}x{d['image_hw'][0]}, JPEGs decoded as the node decodes them; each number"
+            f" the fastest of {prov.get('repeats', '?')} runs (ungraded and graded alternating) on"
+            f" {prov.get('threads', '?')} torch threads of a shared machine. On the frame measured with the least"
+            f" load a graded frame adds {c['added_ms']:.0f} ms to {c['predict_ms']:.0f} ms of model time (RGB render"
+            f" {c['rgb_render_ms']:.0f} ms, PSNR {c['psnr_ms']:.1f} ms, LiDAR depth {c['lidar_depth_ms']:.0f} ms);"
+            f" over the frames {min(fractions):.0%} to {max(fractions):.0%} of the model time. At the default"
+            " `grading_every_n_frames: 10` that is a tenth of it per frame on average.")
+    return join(table(["frame", "model ms (depth + occupancy)", "+ RGB render ms", "+ PSNR ms", "+ LiDAR depth ms",
+                       "added ms", "recon PSNR median dB", "per camera dB", "LiDAR AbsRel"], rows), text,
+                ctx.source(GRADING_COST))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Soak
 # ---------------------------------------------------------------------------------------------------------
