@@ -11,8 +11,9 @@ zero quaternion, parent == child or an empty frame id is rejected (counted in `r
 `max_static_frames` static ones are kept (the least recently updated dynamic edge is evicted first,
 counted in `evicted`); an edge that would close a loop (its parent hangs below its child, e.g. a dynamic
 edge under a static one) is refused and counted (`loops_refused`, also in `rejected`), so the tree stays a
-tree and later lookups keep working; a dynamic edge not updated for `cache_duration_s` behind the newest stamp expires
-(`expired`). Resets are counted by kind in `resets_by_kind`.
+tree and later lookups keep working (a static edge closing a loop through dynamic edges is held back and
+applied once they no longer make one: latched /tf_static comes only once); a dynamic edge not updated for
+`cache_duration_s` behind the newest stamp expires (`expired`). Resets are counted by kind in `resets_by_kind`.
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ class TfCache:
         self.evicted = 0
         self.expired = 0
         self.loops_refused = 0
+        # child -> (parent, matrix): static edges held back because they closed a loop through dynamic edges
+        self._pending_static: dict[str, tuple[str, np.ndarray]] = {}
 
     @property
     def resets(self) -> int:
@@ -117,14 +120,24 @@ class TfCache:
         loop = self._path_up(parent, child)
         if loop is not None:
             self.loops_refused += 1
-            raise ValueError(f"transform '{parent}' -> '{child}' refused: it would close a TF loop"
-                             f" ({' -> '.join([*reversed(loop), child])}); the tree is kept as it was")
+            looped = " -> ".join([*reversed(loop), child])
+            if static and any(frame in self._dynamic for frame in loop[:-1]) and (
+                    child in self._pending_static or len(self._pending_static) < self.max_static_frames):
+                # Latched /tf_static comes once: a bogus dynamic edge that came first must not lose the rig's
+                # calibration for good. Held back, applied as soon as the loop's dynamic edge goes.
+                self._pending_static[child] = (parent, parent_from_child)
+                raise ValueError(f"static transform '{parent}' -> '{child}' held back: it would close a TF loop"
+                                 f" ({looped}) through dynamic edges; applied once they no longer make one")
+            raise ValueError(f"transform '{parent}' -> '{child}' refused: it would close a TF loop ({looped});"
+                             " the tree is kept as it was")
         if static:
             if child not in self._static and len(self._static) >= self.max_static_frames:
                 raise ValueError(f"static transform '{parent}' -> '{child}' refused: the cache holds"
                                  f" {self.max_static_frames} static frames already")
+            self._pending_static.pop(child, None)
             self._set_static(child, parent, parent_from_child)
             return
+        self._pending_static.pop(child, None)  # as a static edge is, a pending one is replaced by a dynamic one
         self._remove_static(child)
         edge = self._dynamic.get(child)
         if edge is not None and edge.stamps and stamp_ns < edge.stamps[-1] - self._backwards_jump_ns:
@@ -144,6 +157,15 @@ class TfCache:
             self.evicted += 1
         if self._newest_ns >= self._next_expiry_ns:
             self._expire()
+        self._apply_pending_static()
+
+    def _apply_pending_static(self) -> None:
+        """Apply the held-back static edges that no longer close a loop (their dynamic edge changed or went)."""
+        for child, (parent, matrix) in list(self._pending_static.items()):
+            if self._path_up(parent, child) is None and (child in self._static
+                                                         or len(self._static) < self.max_static_frames):
+                del self._pending_static[child]
+                self._set_static(child, parent, matrix)
 
     def _path_up(self, frame: str, ancestor: str) -> list[str] | None:
         """Frames from `frame` up to `ancestor` (included) when `ancestor` is above `frame`, else None."""
@@ -214,6 +236,7 @@ class TfCache:
         self._newest_ns = max((edge.stamps[-1] for edge in self._dynamic.values()), default=0)
         self._next_expiry_ns = 0
         self.resets_by_kind[kind] += 1
+        self._apply_pending_static()
 
     # -- queries -------------------------------------------------------------------------------------
     @property

@@ -149,3 +149,17 @@ def test_an_edge_that_would_close_a_loop_is_refused_and_the_tree_kept(static):
     assert np.allclose(cache.lookup("map", "cam_front", 10 * S), before), "the good tree is kept"
     cache.set_transform("map", "base_link", 12 * S, yaw(0.0, (120, 0, 0)), static=False)
     assert np.allclose(cache.lookup("map", "cam_front", 12 * S)[:3, 3], [121.7, 0, 1.5]), "later sets work"
+
+
+def test_a_static_edge_held_back_by_a_loop_through_a_dynamic_one_is_applied_once_that_edge_goes():
+    cache = TfCache()
+    cache.set_transform("cam_front", "base_link", 1 * S, np.eye(4), static=False)  # a bogus dynamic edge, first
+    cam = make_transform(quaternion_to_matrix([0.5, -0.5, 0.5, -0.5]), [1.7, 0.0, 1.5])
+    with pytest.raises(ValueError, match="held back: it would close a TF loop"):
+        cache.set_transform("base_link", "cam_front", 0, cam, static=True)  # latched calibration, later
+    assert cache.loops_refused == 1
+    cache.set_transform("map", "base_link", 2 * S, np.eye(4), static=False)  # base_link's real parent again
+    assert np.allclose(cache.lookup("base_link", "cam_front", 2 * S), cam), "the held-back calibration applies"
+    with pytest.raises(ValueError, match="refused: it would close a TF loop"):
+        cache.set_transform("cam_front", "base_link", 3 * S, np.eye(4), static=False)
+    assert np.allclose(cache.lookup("map", "cam_front", 2 * S), cam)
