@@ -105,7 +105,9 @@ class PerceptionNode(GuardedNode, LifecycleNode):
     (OccupancyGrid, latched), `~/<cam>/depth` (Image 32FC1) + `~/<cam>/depth/camera_info`,
     `~/<cam>/depth/opacity` (Image 32FC1, the ray's opacity in [0, 1]; depth is NaN below
     depth_min_opacity), `~/<cam>/rendered` (Image rgb8, with publish_rendered), `~/debug/{pipeline_latency_ms,
-    processing_time_ms,model_time_ms,input_delay_ms}` (Float64).
+    processing_time_ms,model_time_ms,input_delay_ms}` (Float64); self-grading (perception_grading.py) on every
+    grading_every_n_frames-th frame: `~/debug/recon_psnr`, `~/<cam>/debug/recon_psnr` and, with `lidar_topic`
+    (PointCloud2, subscribed while configured), `~/debug/depth_abs_rel`, `~/debug/depth_delta1` (Float64).
     Publishes in every state: `/diagnostics` (DiagnosticArray, 1 Hz on the steady clock).
     Serves (configured or active): `~/query_scene` (distillnerf_ros/srv/QueryScene).
     Parameters: SCHEMA["perception_node"] in parameter_schema.py (camera input, model, outputs); a value it

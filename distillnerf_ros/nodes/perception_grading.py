@@ -104,10 +104,16 @@ class SelfGrading:
 
     # -- on the worker ------------------------------------------------------------------------------------
     def due(self) -> bool:
-        """Count a frame reaching the worker; True for every grading_every_n_frames-th (0: never)."""
+        """Count a frame reaching the worker; True for every grading_every_n_frames-th (0: never, and the windows
+        are emptied so that no WARN stays from earlier grades)."""
         every = self.node.get_parameter("grading_every_n_frames").value
         self.counts["frames_seen"] += 1
         if every <= 0:
+            if self.frame_psnr:  # grading turned off: no WARN from the grades of before
+                with self._lock:
+                    for window in (self.frame_psnr, self.abs_rel, self.delta1, *self.psnr_window.values(),
+                                   *self.camera_abs_rel.values()):
+                        window.clear()
             return False
         self._since_graded += 1
         if self._since_graded < every:

@@ -173,7 +173,8 @@ def test_the_real_keyframe_grades_low_and_warns_naming_the_cameras(session):
 
 def test_only_every_nth_frame_is_graded_and_zero_turns_grading_off(session, tiny_checkpoint):
     """grading_every_n_frames: 2 renders RGB for 2 of 4 frames (only their PSNR is published, no ~/<cam>/rendered
-    without publish_rendered), 0 grades none; the frames themselves are all processed."""
+    without publish_rendered), 0 grades none and drops the windows (no WARN left from earlier grades); the frames
+    themselves are all processed."""
     rig = SmallRig(session)
     node = session.node("perception", PerceptionNode, parameter_overrides=[Parameter(k, value=v) for k, v in {
         "device": "cpu", "tf_wait": 0.5, "model_path": str(tiny_checkpoint), "grading_every_n_frames": 2,
@@ -191,11 +192,16 @@ def test_only_every_nth_frame_is_graded_and_zero_turns_grading_off(session, tiny
         assert session.spin_until(lambda i=index: node.counters["processed"] > i, 60), node.counters
     grades.wait("debug/recon_psnr", 2)
     assert rgb_flags == [False, True, False, True]
+    assert "recon PSNR" in (node.grading.warning() or ""), "a random model's recon PSNR is below the threshold"
     assert len(grades.wait("front/debug/recon_psnr", 2)) == 2
     assert node.set_parameters([Parameter("grading_every_n_frames", value=0)])[0].successful
     rig.publish_frame(T0 + 500_000_000)
     assert session.spin_until(lambda: node.counters["processed"] > 4, 60), node.counters
     assert rgb_flags[-1] is False and len(grades.series["debug/recon_psnr"]) == 2
+    # a random model is out of any domain: its grades WARNed; turned off, no WARN stays from them
+    assert node.grading.warning() is None
+    status = grades.status_where(lambda s: values(s).get("grading/frames_seen") == "5")
+    assert values(status)["recon_psnr_median"] == "None" and "recon PSNR" not in status.message, status.message
 
 
 def test_a_malformed_lidar_sweep_is_refused_counted_and_grading_goes_on(session, tiny_checkpoint):
