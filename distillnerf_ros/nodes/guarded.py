@@ -108,7 +108,10 @@ class GuardedNode:
 
     def _report_callback_error(self, name: str, reason: str) -> None:
         try:
-            self.get_logger().error(f"callback {name} failed: {reason}", throttle_duration_sec=5.0)
+            if self.callback_errors.counts[name] == 1:  # the first failure of each callback, always
+                self.get_logger().error(f"callback {name} failed: {reason}")
+            else:  # repeats (a timer failing every 20 ms), throttled
+                self.get_logger().error(f"callback {name} failed again: {reason}", throttle_duration_sec=5.0)
             self.on_callback_error(name, reason)
         except Exception as error:  # noqa: BLE001 - reporting must never raise into the executor either
             self.callback_errors.record(f"{name}/report", error)
