@@ -141,6 +141,19 @@ class ScenePredictor:
                 raise self._querier_error from error
         return self._querier
 
+    def text_query_problem(self) -> str | None:
+        """Why text queries fail for a model distilled from a teacher with text (its CLIP weights file is
+        missing, or building the text encoder failed); None when no problem is known (or the model has no text
+        queries at all, which `teacher` says). Cheap: nothing is built here."""
+        if self._querier_error is not None:
+            return str(self._querier_error)
+        teacher = self.teacher or {}
+        if self._querier is None and teacher.get("kind") == "clip":
+            path = self.teacher_weights or teacher.get("weights")
+            if not path or not Path(path).is_file():
+                return f"CLIP weights for text queries not found: {path}"
+        return None
+
     def query_cache_size(self) -> tuple[int, int]:
         """(entries, bytes) of the text querier's bounded embedding cache; (0, 0) before it is built."""
         querier = self._querier

@@ -176,6 +176,9 @@ class PerceptionNode(GuardedNode, LifecycleNode):
         self.query_service = self.create_service(QueryScene, "~/query_scene", self._query_scene, qos_profile=QUERY_QOS)
         self.status_message = "configured"
         self.get_logger().info(f"loaded {self.model_path} on {self.predictor.device} ({self.predictor.precision})")
+        text_problem = self.predictor.text_query_problem()  # depth and occupancy need no text encoder: a warning
+        if text_problem:
+            self.get_logger().warning(f"text queries unavailable: {text_problem}")
         return super().on_configure(state)
 
     @reported_transition("activate")

@@ -69,6 +69,9 @@ def diagnostic_level(node, recent_losses: RecentIncreases) -> tuple[bytes, str]:
     degraded = list(dict(node.degraded).values())
     if last["semantic_queries"].startswith("not applied"):
         degraded.append(f"semantic_queries {last['semantic_queries']}")
+    text_problem = node.predictor.text_query_problem() if node.predictor is not None else None
+    if text_problem:
+        degraded.append(f"text queries unavailable: {text_problem}")
     if degraded:
         return DiagnosticStatus.WARN, f"{state}; " + "; ".join(degraded)
     recent = recent_losses.update(frame_losses(node))

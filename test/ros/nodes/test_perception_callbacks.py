@@ -181,6 +181,7 @@ def test_a_clip_model_that_cannot_embed_text_answers_queries_with_the_reason(ses
         assert not answer.success and reason in answer.message, answer.message
     status = harness.fresh_status()
     assert status.level == DiagnosticStatus.WARN and "semantic_queries" in status.message, status.message
+    assert "text queries unavailable" in status.message and reason in status.message, status.message
     assert reason in harness.values(status)["semantic_queries"]
     assert harness.node.counters["errors"] == 0 and not harness.node.callback_errors.counts
 
