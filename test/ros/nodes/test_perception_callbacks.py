@@ -100,6 +100,37 @@ def test_exceptions_in_callbacks_are_counted_reported_answered_and_the_node_goes
     assert node.worker.running and node.counters["errors"] == 0
 
 
+def test_rig_monitor_survives_and_reports_an_exception_in_its_callbacks(session, monkeypatch):
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    from distillnerf_ros.nodes.rig_monitor import RigMonitorNode
+    from ros_helpers import SmallRig
+
+    rig = SmallRig(session)
+    monitor = session.node("rig_monitor", RigMonitorNode, parameter_overrides=[
+        Parameter(k, value=v) for k, v in {**rig.parameters(), "tf_wait": 0.5}.items()])
+    statuses = []
+    session.node("listener").create_subscription(
+        DiagnosticArray, "/diagnostics", lambda m: statuses.extend(s for s in m.status if "rig" in s.name), 10)
+    rig.wait_for_node()
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("a bug in the rig input")
+
+    monkeypatch.setattr(monitor.rig, "_tf_callback", broken)
+    rig.publish_static()
+    assert session.spin_until(lambda: monitor.callback_errors.counts["/tf_static"] >= 1, 10)
+    count = len(statuses)
+    assert session.spin_until(lambda: len(statuses) > count, 5), "no /diagnostics"
+    values = {kv.key: kv.value for kv in statuses[-1].values}
+    assert int(values["callback_errors//tf_static"]) >= 1 and "a bug" in values["callback_last_error//tf_static"]
+    assert statuses[-1].level == DiagnosticStatus.WARN and "a bug in the rig input" in statuses[-1].message
+    monkeypatch.undo()
+    rig.publish_static()
+    rig.publish_frame(T0)
+    assert session.spin_until(lambda: bool(monitor.frames), 20), "the monitor goes on"
+
+
 def default_model_copy(folder: Path, edit) -> Path:
     """models/default copied to `folder`, its model.json edited by edit(sidecar)."""
     folder.mkdir(parents=True, exist_ok=True)
