@@ -175,6 +175,28 @@ def test_a_bad_teacher_block_in_the_sidecar_fails_configure_naming_the_key(sessi
     assert harness.fresh_status().level == DiagnosticStatus.ERROR
 
 
+def test_the_node_process_with_a_bad_teacher_block_stays_up_reports_error_and_exits_0(tmp_path):
+    import signal
+
+    from diagnostic_msgs.msg import DiagnosticArray
+    from test_perception_process import node_process, stop_cleanly
+
+    from ros_helpers import RosSession, SmallRig
+
+    checkpoint = default_model_copy(tmp_path / "model", teacher_edit("weights_sha256", 12345))
+    session = RosSession()
+    rig = SmallRig(session)
+    statuses = []
+    session.node("listener").create_subscription(DiagnosticArray, "/diagnostics", lambda m: statuses.extend(
+        s for s in m.status if s.name.startswith("distillnerf_perception")), 10)
+    with node_process("perception_node", rig, checkpoint, session) as process:
+        assert session.spin_until(lambda: len(statuses) >= 3 or process.poll() is not None, 90), "no /diagnostics"
+        assert process.poll() is None, f"the node process ended with {process.returncode}"
+        assert statuses[-1].level == DiagnosticStatus.ERROR, statuses[-1].message
+        assert "feature_head.teacher.weights_sha256" in statuses[-1].message, statuses[-1].message
+        stop_cleanly(process, signal.SIGINT)
+
+
 def clip_distilled_checkpoint(folder: Path, teacher_dim: int, weights: Path, model_config: Path,
                               sha: str = "0" * 64) -> Path:
     """A tiny model 'distilled' from a tiny CLIP: PCA buffers of teacher_dim channels, a clip identity."""
