@@ -299,9 +299,11 @@ def perception_parameters() -> tuple[ParameterSpec, ...]:
                       range=(0, 1024)),
         ParameterSpec("compile", "bool", False,
                       "torch.compile the encoder, lift and RGB decoder (measured on an H200: paper forward 29 -> 22 ms;"
-                      " not measured on a CPU); configure compiles them on a warm-up frame of len(cameras) cameras"
-                      " (seconds to a minute on a GPU, minutes on a CPU), a frame with another camera count compiles"
-                      " once more; a stage that fails to compile runs eagerly and /diagnostics shows compile_errors"),
+                      " not measured on a CPU); configure starts compiling them on a warm-up frame of len(cameras)"
+                      " cameras on a thread of its own (seconds to a minute on a GPU, minutes on a CPU; /diagnostics"
+                      " WARNs compiling meanwhile, services answer, the first frame waits), a frame with another"
+                      " camera count compiles once more; a stage that fails to compile runs eagerly and /diagnostics"
+                      " shows compile_errors"),
         ParameterSpec("autostart", "bool", True, "configure and activate on start (false: drive the node with"
                       " lifecycle transitions)"),
         occupancy_range("x", "ego x extent (forward) of the occupancy grid"),

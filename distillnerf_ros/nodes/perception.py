@@ -196,6 +196,7 @@ class PerceptionNode(GuardedNode, LifecycleNode):
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
         """Unsubscribe, stop the worker after its current frame, disable the publishers, free GPU memory."""
         self._stop_processing()
+        self._wait_for_warm_up(timeout_s=60.0)  # a warm-up frame still running needs the model on its device
         self.predictor.to_host()
         self.status_message = "inactive"
         return super().on_deactivate(state)
