@@ -22,7 +22,6 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
-from rclpy.logging import get_logger
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Header
 
@@ -48,7 +47,7 @@ from distillnerf_ros.nodes.perception_parameters import (
 from distillnerf_ros.nodes.perception_semantics import SceneQueries
 from distillnerf_ros.nodes.rig_parameters import rig_input_from_parameters
 from distillnerf_ros.nodes.services import answer_waiting_requests
-from distillnerf_ros.nodes.signals import init_without_signal_handlers, run_node
+from distillnerf_ros.nodes.signals import init_without_signal_handlers, node_or_none, run_node
 from distillnerf_ros.srv import QueryScene
 
 # Service queue: keep-last N lost every call beyond N in flight (the default 10 lost the 11th of 50, 256 the
@@ -473,11 +472,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the node until SIGINT / SIGTERM, then shut it down in order (worker joined) and exit 0 (2: a
     parameter outside the schema, named in the log)."""
     stop = init_without_signal_handlers(argv)
-    try:
-        node = PerceptionNode()
-    except ParameterValueError as error:  # a params file or -p value outside the schema: say which, exit 2
-        get_logger("perception_node").fatal(str(error))
-        rclpy.try_shutdown()
+    node = node_or_none(PerceptionNode, "perception_node")
+    if node is None:
         return 2
 
     def release() -> None:

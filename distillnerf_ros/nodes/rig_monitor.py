@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import sys
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rclpy.logging import get_logger
 from rclpy.node import Node
 
 from distillnerf_ros.input.rig_input import STEADY_CLOCK, RigFrame
@@ -19,7 +17,7 @@ from distillnerf_ros.nodes.diagnostics import publish_status
 from distillnerf_ros.nodes.guarded import GuardedNode
 from distillnerf_ros.nodes.parameter_schema import ParameterValueError, declare_parameters
 from distillnerf_ros.nodes.rig_parameters import rig_input_from_parameters
-from distillnerf_ros.nodes.signals import init_without_signal_handlers, run_node
+from distillnerf_ros.nodes.signals import init_without_signal_handlers, node_or_none, run_node
 
 
 def describe_frame(frame: RigFrame) -> str:
@@ -101,11 +99,8 @@ class RigMonitorNode(GuardedNode, Node):
 def main(argv: list[str] | None = None) -> int:
     """Run until `max_frames` frames, SIGINT or SIGTERM; exit 0 (2: a parameter outside the schema)."""
     stop = init_without_signal_handlers(argv)
-    try:
-        node = RigMonitorNode()
-    except ParameterValueError as error:  # a params file or -p value outside the schema: say which, exit 2
-        get_logger("rig_monitor").fatal(str(error))
-        rclpy.try_shutdown()
+    node = node_or_none(RigMonitorNode, "rig_monitor")
+    if node is None:
         return 2
     return run_node(node, stop, release=node.rig.destroy, done=lambda: node.done)
 

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
+from typing import TypeVar
 
 import rclpy
 from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedExecutor
+from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
+
+NodeT = TypeVar("NodeT", bound=Node)
 
 
 class StopRequest:
@@ -29,6 +33,19 @@ class StopRequest:
 
     def handle(self, signum, _frame) -> None:
         self.signal_name = signal.Signals(signum).name
+
+
+def node_or_none(factory: Callable[[], NodeT], name: str) -> NodeT | None:
+    """`factory()`, or None once a parameter outside the schema (a params file or -p value) is logged by name
+    and rclpy is shut down: the executable then exits 2."""
+    from distillnerf_ros.nodes.parameter_schema import ParameterValueError
+
+    try:
+        return factory()
+    except ParameterValueError as error:
+        get_logger(name).fatal(str(error))
+        rclpy.try_shutdown()
+        return None
 
 
 def init_without_signal_handlers(args: list[str] | None = None) -> StopRequest:
