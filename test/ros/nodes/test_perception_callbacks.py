@@ -185,16 +185,19 @@ def test_the_node_process_with_a_bad_teacher_block_stays_up_reports_error_and_ex
 
     checkpoint = default_model_copy(tmp_path / "model", teacher_edit("weights_sha256", 12345))
     session = RosSession()
-    rig = SmallRig(session)
-    statuses = []
-    session.node("listener").create_subscription(DiagnosticArray, "/diagnostics", lambda m: statuses.extend(
-        s for s in m.status if s.name.startswith("distillnerf_perception")), 10)
-    with node_process("perception_node", rig, checkpoint, session) as process:
-        assert session.spin_until(lambda: len(statuses) >= 3 or process.poll() is not None, 90), "no /diagnostics"
-        assert process.poll() is None, f"the node process ended with {process.returncode}"
-        assert statuses[-1].level == DiagnosticStatus.ERROR, statuses[-1].message
-        assert "feature_head.teacher.weights_sha256" in statuses[-1].message, statuses[-1].message
-        stop_cleanly(process, signal.SIGINT)
+    try:
+        rig = SmallRig(session)
+        statuses = []
+        session.node("listener").create_subscription(DiagnosticArray, "/diagnostics", lambda m: statuses.extend(
+            s for s in m.status if s.name.startswith("distillnerf_perception")), 10)
+        with node_process("perception_node", rig, checkpoint, session) as process:
+            assert session.spin_until(lambda: len(statuses) >= 3 or process.poll() is not None, 90), "no /diagnostics"
+            assert process.poll() is None, f"the node process ended with {process.returncode}"
+            assert statuses[-1].level == DiagnosticStatus.ERROR, statuses[-1].message
+            assert "feature_head.teacher.weights_sha256" in statuses[-1].message, statuses[-1].message
+            stop_cleanly(process, signal.SIGINT)
+    finally:
+        session.close()
 
 
 def clip_distilled_checkpoint(folder: Path, teacher_dim: int, weights: Path, model_config: Path,
