@@ -8,6 +8,7 @@ z-depth) and rendered RGB, occupied voxels with colour and density, and a bird's
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -118,6 +119,7 @@ class ScenePredictor:
         self.query_config = query or QueryConfig()
         self._querier: SemanticQuerier | None = None
         self._querier_error: SemanticsUnavailableError | None = None  # why it cannot be built (not retried)
+        self._querier_lock = threading.Lock()  # the node's worker and its query service may both ask first
 
     @property
     def teacher(self) -> dict | None:
@@ -126,6 +128,10 @@ class ScenePredictor:
 
     def querier(self) -> SemanticQuerier:
         """The text querier (built once); SemanticsUnavailableError when the model cannot answer text queries."""
+        with self._querier_lock:
+            return self._built_querier()
+
+    def _built_querier(self) -> SemanticQuerier:
         if self._querier is None:
             if self.model.feature_pca is None:
                 raise SemanticsUnavailableError("this model was not distilled from a foundation model (no teacher "

@@ -66,9 +66,15 @@ def running_node(tiny_checkpoint):
         process.communicate()
 
 
-def ros2(*arguments: str, timeout_s: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([ros2_executable(), *arguments], capture_output=True, text=True, timeout=timeout_s,
-                          env=os.environ.copy())
+def ros2(*arguments: str, timeout_s: float = 60, attempts: int = 3) -> subprocess.CompletedProcess:
+    """`ros2 ARGS`; again (up to `attempts`) when its daemon-less discovery did not see the node within the spin
+    time, which a loaded machine can take longer for (a discovery miss, not an answer of the node)."""
+    for _ in range(attempts):
+        done = subprocess.run([ros2_executable(), *arguments], capture_output=True, text=True, timeout=timeout_s,
+                              env=os.environ.copy())
+        if "Node not found" not in done.stderr:
+            break
+    return done
 
 
 @NEEDS_ROS2CLI
