@@ -114,6 +114,7 @@ def require(record: Any, key: str, kind: type | tuple[type, ...], path: str | Pa
 
 
 def sha256_file(path: str | Path) -> str:
+    """sha256 hex digest of a file (read in 1 MiB blocks)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

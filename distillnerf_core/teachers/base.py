@@ -10,13 +10,14 @@ teacher it was distilled from, and a text encoder can be rebuilt for queries.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from distillnerf_core.checked_files import sha256_file
 
 TEACHER_KINDS = ("clip", "dinov2", "oracle")
 DEFAULT_TEMPLATES = [
@@ -85,13 +86,7 @@ class TeacherConfig:
         return asdict(self)
 
 
-def file_sha256(path: str | Path) -> str:
-    """sha256 hex digest of a file (read in 1 MiB blocks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+file_sha256 = sha256_file  # the name the teachers and their tests use
 
 
 def read_weights(path: str | Path, what: str) -> dict[str, torch.Tensor]:

@@ -7,7 +7,6 @@ os.replace) so a crash never leaves a half-written checkpoint under the final na
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from distillnerf_core import __version__
+from distillnerf_core.checked_files import sha256_file
 from distillnerf_core.model.distillnerf import DistillNeRFModel, ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -53,12 +53,6 @@ def _atomic_write(path: Path, write: Any) -> None:
         raise
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def refuse_non_finite(tensors: dict[str, torch.Tensor], path: str | Path, what: str = "weights") -> None:
@@ -86,7 +80,7 @@ def save_checkpoint(model: DistillNeRFModel, path: str | Path, extra: dict[str, 
         "torch_version": torch.__version__,
         "config": model.config.to_dict(),
         "weights_file": path.name,
-        "weights_sha256": _sha256(path),
+        "weights_sha256": sha256_file(path),
         "extra": extra or {},
     }
     side = sidecar_path(path)
@@ -144,7 +138,7 @@ def load_state(path: str | Path, verify_checksum: bool = True) -> dict[str, torc
     _refuse_pickle(path)
     if verify_checksum and sidecar_path(path).is_file():
         expected = read_metadata(path).get("weights_sha256")
-        if expected and expected != _sha256(path):
+        if expected and expected != sha256_file(path):
             raise CheckpointError(
                 f"{path}: checksum mismatch with {sidecar_path(path).name} (file corrupted or replaced)"
             )
