@@ -10,14 +10,12 @@ import time
 
 import numpy as np
 import pytest
-from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo
+from test_perception_robustness import Harness as RobustnessHarness
 from tf2_msgs.msg import TFMessage
 
 from distillnerf_ros.conversions.nuscenes_messages import stamp_from_us, transform_stamped
-from distillnerf_ros.nodes.perception import PerceptionNode
 from ros_helpers import RosSession, SmallRig
 
 NODE = "/distillnerf_perception"
@@ -25,21 +23,14 @@ RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 T0 = 1_700_000_000 * 1_000_000_000
 
 
-class Harness:
-    """The real node on a SmallRig; listens to the depth of `depth_camera`, front's depth CameraInfo and
-    /diagnostics, and records what the model is given (images, K per camera) for each frame."""
+class Harness(RobustnessHarness):
+    """The robustness harness (depth of `depth_camera`, /diagnostics) plus front's depth CameraInfo and a record
+    of what the model is given (images, K per camera) for each frame."""
 
     def __init__(self, session: RosSession, checkpoint, monkeypatch, depth_camera: str = "front",
                  **parameters) -> None:
-        self.session = session
-        self.rig = SmallRig(session)
-        overrides = {"device": "cpu", "tf_wait": 0.5, "model_path": str(checkpoint), **self.rig.parameters(),
-                     **parameters}
-        self.node = session.node("perception", PerceptionNode,
-                                 parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
-        self.depth: list[Image] = []
+        super().__init__(session, checkpoint, depth_camera, **parameters)
         self.depth_info: list[CameraInfo] = []
-        self.statuses = []
         self.inputs: list[tuple[list[np.ndarray], list[np.ndarray]]] = []  # (images, K) given to the model
         predict = self.node.predictor.predict
 
@@ -48,15 +39,8 @@ class Harness:
             return predict(images, intrinsics, *args, **kwargs)
 
         monkeypatch.setattr(self.node.predictor, "predict", recording)
-        listener = session.node("listener")
-        listener.create_subscription(Image, f"{NODE}/{depth_camera}/depth", self.depth.append, RELIABLE)
-        listener.create_subscription(CameraInfo, f"{NODE}/front/depth/camera_info", self.depth_info.append, RELIABLE)
-        listener.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
-        self.rig.wait_for_node()
-        self.rig.publish_static()
-
-    def _on_diagnostics(self, message: DiagnosticArray) -> None:
-        self.statuses.extend(s for s in message.status if s.name.startswith("distillnerf_perception"))
+        session.nodes[-1].create_subscription(CameraInfo, f"{NODE}/front/depth/camera_info", self.depth_info.append,
+                                              RELIABLE)
 
     def frame_is_processed(self, stamp_ns: int = T0, edit=None, timeout_s: float = 30.0, until=None) -> bool:
         """Publish a frame (again every second until an output comes): True once depth arrives (and `until()`

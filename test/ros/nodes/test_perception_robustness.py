@@ -30,9 +30,9 @@ T0 = 1_700_000_000 * 1_000_000_000
 
 
 class Harness:
-    """The real node on a SmallRig, a depth listener on its first camera and a /diagnostics listener."""
+    """The real node on a SmallRig, a depth listener on one camera (the first) and a /diagnostics listener."""
 
-    def __init__(self, session: RosSession, checkpoint, **parameters) -> None:
+    def __init__(self, session: RosSession, checkpoint, depth_camera: str = "front", **parameters) -> None:
         self.session = session
         self.rig = SmallRig(session)
         overrides = {"device": "cpu", "tf_wait": 0.5, "model_path": str(checkpoint), **self.rig.parameters(),
@@ -42,7 +42,7 @@ class Harness:
         self.depth: list[Image] = []
         self.statuses = []
         listener = session.node("listener")
-        listener.create_subscription(Image, f"{NODE}/front/depth", self.depth.append, RELIABLE)
+        listener.create_subscription(Image, f"{NODE}/{depth_camera}/depth", self.depth.append, RELIABLE)
         listener.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         if self.node.status_message == "active":
             self.rig.wait_for_node()
