@@ -88,11 +88,6 @@ def compressed_image_to_rgb_sized(msg: CompressedImage, min_hw: tuple[int, int] 
         ) from error
 
 
-def message_to_rgb(msg: Image | CompressedImage, min_hw: tuple[int, int] | None = None) -> np.ndarray:
-    """RGB array of either image message type (min_hw: see compressed_image_to_rgb)."""
-    return message_to_rgb_sized(msg, min_hw)[0]
-
-
 def message_to_rgb_sized(msg: Image | CompressedImage, min_hw: tuple[int, int] | None = None
                          ) -> tuple[np.ndarray, tuple[int, int]]:
     """RGB array of either image message type and the (width, height) it was sent at (before any reduction)."""

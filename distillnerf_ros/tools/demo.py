@@ -52,7 +52,7 @@ from distillnerf_ros.conversions.pointcloud import pointcloud2_to_points, unpack
 from distillnerf_ros.input.tf_cache import stamp_to_ns
 from distillnerf_ros.nodes.perception_outputs import DEBUG_TOPICS
 from distillnerf_ros.srv import QueryScene
-from distillnerf_ros.tools.nusc2bag import convert
+from distillnerf_ros.tools.nusc2bag import INFINITE_QOS_TIME, convert
 from distillnerf_ros.tools.processes import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
@@ -103,7 +103,7 @@ def bag_qos(qos: QoSProfile) -> Qos:
     as `ros2 bag record` does."""
     def time(duration) -> QosTime:
         if duration.nanoseconds >= Infinite.nanoseconds:
-            return QosTime(sec=0x7FFFFFFF, nsec=0xFFFFFFFF)  # rosbag2's infinite duration
+            return INFINITE_QOS_TIME
         return QosTime(sec=duration.nanoseconds // 1_000_000_000, nsec=duration.nanoseconds % 1_000_000_000)
 
     return Qos(history=QosHistory(int(qos.history)), depth=int(qos.depth),

@@ -36,7 +36,7 @@ TYPES = {
     "lidar": "sensor_msgs/msg/PointCloud2",
     "tf": "tf2_msgs/msg/TFMessage",
 }
-_INFINITE = QosTime(sec=0x7FFFFFFF, nsec=0xFFFFFFFF)
+INFINITE_QOS_TIME = QosTime(sec=0x7FFFFFFF, nsec=0xFFFFFFFF)  # rosbag2's infinite duration
 
 
 def recorded_qos(latched: bool, depth: int | None = None) -> Qos:
@@ -44,8 +44,8 @@ def recorded_qos(latched: bool, depth: int | None = None) -> Qos:
     depth = depth if depth is not None else 100 if latched else 10
     return Qos(history=QosHistory.KEEP_LAST, depth=depth, reliability=QosReliability.RELIABLE,
                durability=QosDurability.TRANSIENT_LOCAL if latched else QosDurability.VOLATILE,
-               deadline=_INFINITE, lifespan=_INFINITE, liveliness=QosLiveliness.AUTOMATIC,
-               liveliness_lease_duration=_INFINITE, avoid_ros_namespace_conventions=False)
+               deadline=INFINITE_QOS_TIME, lifespan=INFINITE_QOS_TIME, liveliness=QosLiveliness.AUTOMATIC,
+               liveliness_lease_duration=INFINITE_QOS_TIME, avoid_ros_namespace_conventions=False)
 
 
 def messages_in_order(records: list[SensorRecord]):
