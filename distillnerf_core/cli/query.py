@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="PNG to write")
     parser.add_argument("--teacher-weights", help="CLIP weights for a CLIP-distilled model (default: the path "
                         "recorded at distillation; its sha256 must match)")
-    parser.add_argument("--temperature", type=float, default=QueryConfig.temperature)
+    parser.add_argument("--temperature", type=float, default=QueryConfig.temperature,
+                        help="softmax temperature (default: the model's calibrated one, see distillnerf-calibrate; "
+                        "else 0.01 over cosines)")
     parser.add_argument("--background-cosine", type=float, help="cosine of the background option (default: the "
                         "teacher's, oracle 0.5, CLIP 0.2)")
     parser.add_argument("--no-background", action="store_true", help="no background option")

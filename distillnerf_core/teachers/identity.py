@@ -14,6 +14,9 @@ from distillnerf_core.teachers.base import TEACHER_KINDS
 
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 PREFIX = "feature_head.teacher"
+CALIBRATION = f"{PREFIX}.calibration"
+# Per-frame statistics a calibration's domain check may store (training/calibration.py computes them).
+DOMAIN_STATISTICS = ("median_best_class_cosine",)
 
 
 def _is_int(value: Any) -> bool:
@@ -90,6 +93,8 @@ def validate_teacher_identity(identity: Any, teacher_dim: int, feature_dim: int)
             raise ValueError(f"{PREFIX}.noise must be a finite number >= 0, got {noise!r}")
         if "stride" in identity:
             _positive_int(identity, "stride")
+    if identity.get("calibration") is not None:
+        validate_calibration(identity["calibration"])
     pca = identity.get("pca")
     if pca is not None:
         if not isinstance(pca, dict):
@@ -103,3 +108,54 @@ def validate_teacher_identity(identity: Any, teacher_dim: int, feature_dim: int)
         fit = pca.get("fit_vectors", 0)
         if not _is_int(fit) or fit < 0:
             raise ValueError(f"{PREFIX}.pca.fit_vectors must be an integer >= 0, got {fit!r}")
+
+
+def _number(mapping: dict, key: str, where: str, low: float | None = None, high: float | None = None,
+            positive: bool = False, required: bool = False) -> None:
+    if key not in mapping or mapping[key] is None:
+        if required:
+            raise ValueError(f"{where}.{key} is required")
+        return
+    value = mapping[key]
+    if (not _is_number(value) or (positive and value <= 0) or (low is not None and value < low)
+            or (high is not None and value > high)):
+        rule = "a positive finite number" if positive else f"a finite number in [{low}, {high}]"
+        raise ValueError(f"{where}.{key} must be {rule}, got {value!r}"[:200])
+
+
+def validate_calibration(calibration: Any) -> None:
+    """ValueError naming the key when a stored query calibration is malformed: `temperature` (> 0) is required;
+    `domain` names what it was fitted on; `ece_*` lie in [0, 1]; `queries` are the texts it was fitted with;
+    `domain_check` = {statistic (one of DOMAIN_STATISTICS), threshold (finite), in_domain {...}}."""
+    where = CALIBRATION
+    if not isinstance(calibration, dict):
+        raise ValueError(f"{where} must be a mapping, got {type(calibration).__name__}")
+    _number(calibration, "temperature", where, positive=True, required=True)
+    if not isinstance(calibration.get("domain"), str) or not calibration["domain"].strip():
+        raise ValueError(f"{where}.domain must be a non-empty string (what the calibration was fitted on), got "
+                         f"{calibration.get('domain')!r}"[:200])
+    for key in ("ece_before", "ece_after"):
+        _number(calibration, key, where, 0.0, 1.0)
+    _number(calibration, "background_cosine", where, -1.0, 1.0)
+    if "bins" in calibration:
+        _positive_int(calibration, "bins", where)
+    queries = calibration.get("queries")
+    if queries is not None and (not isinstance(queries, list) or not queries
+                                or not all(isinstance(q, str) and q.strip() for q in queries)):
+        raise ValueError(f"{where}.queries must be a non-empty list of non-empty strings, got {queries!r}"[:200])
+    if not isinstance(calibration.get("fitted_on", {}), dict):
+        raise ValueError(f"{where}.fitted_on must be a mapping, got {calibration['fitted_on']!r}"[:200])
+    check = calibration.get("domain_check")
+    if check is None:
+        return
+    if not isinstance(check, dict):
+        raise ValueError(f"{where}.domain_check must be a mapping, got {check!r}"[:200])
+    if check.get("statistic") not in DOMAIN_STATISTICS:
+        raise ValueError(f"{where}.domain_check.statistic must be one of {DOMAIN_STATISTICS}, got "
+                         f"{check.get('statistic')!r}"[:200])
+    if check["statistic"] == "median_best_class_cosine" and queries is None:
+        raise ValueError(f"{where}.queries is required by domain_check {check['statistic']} (the vocabulary it "
+                         "compares with)")
+    _number(check, "threshold", f"{where}.domain_check", required=True, low=-1e9, high=1e9)
+    if not isinstance(check.get("in_domain", {}), dict):
+        raise ValueError(f"{where}.domain_check.in_domain must be a mapping, got {check['in_domain']!r}"[:200])

@@ -24,8 +24,13 @@ import torch
 
 from distillnerf_core.teachers.base import Teacher, TeacherConfig, TeacherWeightsError, file_sha256
 from distillnerf_core.teachers.pca import FeaturePCA
+from distillnerf_core.training.calibration import DomainVerdict, median_best_class_cosine, verdict_from_check
 
 DEFAULT_BACKGROUND = {"oracle": 0.5, "clip": 0.2}
+# Softmax temperature of a model without a stored calibration (feature_head.teacher.calibration): over cosines
+# 0.01 (the reference uses 0.001 over its classes); a segmenter's logits are read as they are (1).
+DEFAULT_TEMPERATURE = {"segmenter": 1.0}
+COSINE_TEMPERATURE = 0.01
 
 
 def normalise_text(text: str) -> str:
@@ -48,8 +53,9 @@ class SemanticsUnavailableError(ValueError):
 class QueryConfig:
     """How feature-text cosines become labels."""
 
-    temperature: float = 0.01
-    """Softmax temperature over the cosines (the reference uses 0.001 over its classes)."""
+    temperature: float | None = None
+    """Softmax temperature over the logits; None = the model's calibrated one (`feature_head.teacher.calibration`,
+    fitted by distillnerf-calibrate), else the teacher's default (0.01 over cosines, 1 over segmenter logits)."""
     background: bool = True
     """Add the background option (a voxel may match none of the queries)."""
     background_cosine: float | None = None
@@ -69,6 +75,7 @@ class QueryResult:
     score: torch.Tensor  # (V,) float32, probability of the best query
     probabilities: torch.Tensor  # (V, Q) float32
     max_scores: torch.Tensor  # (Q,) float32 (0 where V = 0)
+    domain: DomainVerdict | None = None  # these features against the calibration's domain check (None: no check)
 
 
 def text_encoder_from_identity(identity: dict[str, Any], weights: str | Path | None = None) -> Teacher:
@@ -124,6 +131,20 @@ class SemanticQuerier:
         """The only accepted texts (oracle class names) or None (open vocabulary)."""
         return self.encoder.known_texts()
 
+    @property
+    def calibration(self) -> dict[str, Any] | None:
+        """The stored query calibration (temperature, domain, ECE, domain check) or None."""
+        return self.identity.get("calibration") or None
+
+    @property
+    def temperature(self) -> float:
+        """The softmax temperature in use: the configured one, else the calibrated one, else the default."""
+        if self.config.temperature is not None:
+            return float(self.config.temperature)
+        if self.calibration is not None:
+            return float(self.calibration["temperature"])
+        return DEFAULT_TEMPERATURE.get(self.identity.get("kind", ""), COSINE_TEMPERATURE)
+
     def background_cosine(self) -> float:
         c = self.config.background_cosine
         return float(c) if c is not None else DEFAULT_BACKGROUND.get(self.identity.get("kind", ""), 0.2)
@@ -171,16 +192,32 @@ class SemanticQuerier:
             self._cache_bytes -= evicted.numel() * evicted.element_size()
 
     @torch.no_grad()
+    def logits(self, features: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+        """Unscaled logits (V, Q [+ 1]) of features (V, k): the cosines, then the background cosine when the
+        background option is on; probabilities = softmax(logits / temperature) (what a calibration fits)."""
+        text = self.embed(texts).to(features.device)
+        cos = self.pca.cosine_to_text(features.reshape(-1, features.shape[-1]), text)
+        if self.config.background:
+            cos = torch.cat([cos, cos.new_full((cos.shape[0], 1), self.background_cosine())], dim=1)
+        return cos
+
+    @torch.no_grad()
     def probabilities(self, features: torch.Tensor, texts: Sequence[str], channel_dim: int = -1) -> torch.Tensor:
         """Query probabilities with the background last: features (..., k) -> (..., Q + 1) (channels moved last)."""
         x = features.movedim(channel_dim, -1)
         lead = x.shape[:-1]
-        text = self.embed(texts).to(x.device)
-        cos = self.pca.cosine_to_text(x.reshape(-1, x.shape[-1]), text)
-        if self.config.background:
-            cos = torch.cat([cos, cos.new_full((cos.shape[0], 1), self.background_cosine())], dim=1)
-        probs = torch.softmax(cos / self.config.temperature, dim=1)
+        probs = torch.softmax(self.logits(x.reshape(-1, x.shape[-1]), texts) / self.temperature, dim=1)
         return probs.reshape(*lead, probs.shape[-1])
+
+    @torch.no_grad()
+    def domain_verdict(self, features: torch.Tensor) -> DomainVerdict | None:
+        """Voxel features (V, k) against the calibration's domain check (median best cosine to the vocabulary the
+        calibration was fitted with); None without a check or without voxels."""
+        check = (self.calibration or {}).get("domain_check")
+        if not check or features.shape[0] == 0:
+            return None
+        text = self.embed([normalise_text(t) for t in self.calibration["queries"]]).to(features.device)
+        return verdict_from_check(self.calibration, median_best_class_cosine(self.pca.cosine_to_text(features, text)))
 
     @torch.no_grad()
     def query(self, features: torch.Tensor, texts: Sequence[str]) -> QueryResult:
@@ -193,4 +230,4 @@ class SemanticQuerier:
         if self.config.background:
             label = torch.where(probs[:, q] > score, torch.full_like(label, -1), label)
         max_scores = per_query.amax(dim=0) if per_query.shape[0] else torch.zeros(q)
-        return QueryResult(texts, label, score, per_query, max_scores)
+        return QueryResult(texts, label, score, per_query, max_scores, self.domain_verdict(features.float().cpu()))

@@ -130,6 +130,14 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+def write_metadata(path: str | Path, meta: dict[str, Any]) -> Path:
+    """Rewrite the JSON sidecar of checkpoint `path` (atomically) with `meta`, e.g. after a calibration was added;
+    the weights file and its checksum stay as they are. Returns the sidecar's path."""
+    side = sidecar_path(path)
+    _atomic_write(side, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, sort_keys=True)))
+    return side
+
+
 def load_state(path: str | Path, verify_checksum: bool = True) -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors checkpoint, refusing pickles and reporting corruption by file name."""
     path = Path(path)
