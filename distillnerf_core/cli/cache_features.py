@@ -5,6 +5,11 @@
     distillnerf-cache-features --dataroot D --version V --teacher dinov2 --model vit_base_patch14_dinov2 \\
         --weights /models/dinov2_vitb14.safetensors
     distillnerf-cache-features --dataroot SYNTH --version v1.0-synthetic --teacher oracle
+    distillnerf-cache-features --dataroot D --version V --teacher segmenter [--segmenter-outputs log_probs+features]
+
+The segmenter (ESPNetv2, Cityscapes) uses the weights shipped with the package unless --weights names another
+file; its cache holds the 20 class log-probabilities (then, optionally, its penultimate features) at 1/8 of its
+input (1024 wide by default).
 
 Writes DATAROOT/features/<name> (default name: the teacher kind; --out for another directory): manifest.json
 (teacher identity with the weights file's sha256, settings) and <CHANNEL>/<sample_data token>.safetensors
@@ -22,7 +27,7 @@ import sys
 import torch
 
 from distillnerf_core.cli import configure_logging
-from distillnerf_core.teachers.base import TEACHER_KINDS, TeacherConfig
+from distillnerf_core.teachers.base import SEGMENTER_OUTPUTS, TEACHER_KINDS, TeacherConfig
 from distillnerf_core.teachers.cache import cache_features
 
 
@@ -34,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", required=True)
     parser.add_argument("--teacher", required=True, choices=TEACHER_KINDS)
     parser.add_argument("--model", default="", help="open_clip / timm model name (clip, dinov2)")
-    parser.add_argument("--weights", help="LOCAL .safetensors weights file (clip, dinov2)")
+    parser.add_argument("--weights", help="LOCAL .safetensors weights file (clip, dinov2; segmenter: default the "
+                                          "shipped data/weights/espnetv2_s2_cityscapes/ file)")
     parser.add_argument("--model-config", help="open_clip JSON config of a custom architecture (file stem = name)")
     parser.add_argument("--model-kwargs", default="{}", help="JSON dict of extra timm constructor kwargs")
     parser.add_argument("--input-hw", type=int, nargs=2, metavar=("H", "W"), default=[224, 392],
@@ -47,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--oracle-noise", type=float, default=0.2)
     parser.add_argument("--oracle-seed", type=int, default=0)
     parser.add_argument("--oracle-stride", type=int, default=8)
+    parser.add_argument("--segmenter-outputs", choices=SEGMENTER_OUTPUTS, default="log_probs",
+                        help="segmenter: class log-probabilities, or those plus the 32-channel penultimate features")
+    parser.add_argument("--segmenter-width", type=int, default=1024, help="segmenter input width (multiple of 16)")
+    parser.add_argument("--segmenter-stride", type=int, default=8, help="segmenter: cached grid = input / this")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--no-progress", action="store_true")
@@ -56,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TeacherConfig(kind=args.teacher, model=args.model, weights=args.weights, model_config=args.model_config,
                         model_kwargs=json.loads(args.model_kwargs), input_hw=list(args.input_hw),
                         batch_size=args.batch_size, oracle_dim=args.oracle_dim, oracle_noise=args.oracle_noise,
-                        oracle_seed=args.oracle_seed, oracle_stride=args.oracle_stride)
+                        oracle_seed=args.oracle_seed, oracle_stride=args.oracle_stride,
+                        segmenter_outputs=args.segmenter_outputs, segmenter_width=args.segmenter_width,
+                        segmenter_stride=args.segmenter_stride)
     try:
         summary = cache_features(args.dataroot, args.version, cfg, name=args.name, out=args.out,
                                  cameras=args.cameras.split(",") if args.cameras else None, device=args.device,

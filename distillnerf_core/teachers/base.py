@@ -19,7 +19,8 @@ from torch import nn
 
 from distillnerf_core.checked_files import sha256_file
 
-TEACHER_KINDS = ("clip", "dinov2", "oracle")
+TEACHER_KINDS = ("clip", "dinov2", "oracle", "segmenter")
+SEGMENTER_OUTPUTS = ("log_probs", "log_probs+features")
 DEFAULT_TEMPLATES = [
     "a photo of a {}.",
     "a photo of the {}.",
@@ -38,11 +39,13 @@ class TeacherConfig:
     """Which 2D foundation model dense features are distilled from (weights from local files only)."""
 
     kind: str = "clip"
-    """"clip" (open_clip, MaskCLIP-style dense features + text), "dinov2" (timm ViT-*/14) or "oracle"."""
+    """"clip" (open_clip, MaskCLIP-style dense features + text), "dinov2" (timm ViT-*/14), "oracle" or "segmenter"
+    (ESPNetv2 Cityscapes, the shipped real weights: class log-probabilities, a closed vocabulary)."""
     model: str = ""
     """open_clip model name (e.g. ViT-L-14-336) or timm model name (e.g. vit_base_patch14_dinov2)."""
     weights: str | None = None
-    """LOCAL .safetensors file with the model's state dict; required for clip and dinov2, never downloaded."""
+    """LOCAL .safetensors file with the model's state dict; required for clip and dinov2, never downloaded
+    (segmenter: None = the weights shipped in data/weights/espnetv2_s2_cityscapes/)."""
     model_config: str | None = None
     """open_clip JSON model config for an architecture open_clip does not ship (registered before building)."""
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -63,6 +66,14 @@ class TeacherConfig:
     """Oracle: seed of the class embeddings (and of the per-image noise, with the image's token)."""
     oracle_stride: int = 8
     """Oracle: the feature grid is the native image size divided by this (nearest-sampled semantics)."""
+    segmenter_outputs: str = "log_probs"
+    """Segmenter: what is cached and distilled: "log_probs" (the 20 class log-probabilities) or
+    "log_probs+features" (those first, then the 32-channel penultimate decoder map)."""
+    segmenter_width: int = 1024
+    """Segmenter: input width (a multiple of 16; the height keeps the image's aspect, rounded to 16): 1024 is the
+    width it was trained at."""
+    segmenter_stride: int = 8
+    """Segmenter: the cached grid is the segmenter input divided by this (2, 4, 8 or 16)."""
 
     def validate(self) -> None:
         """Reject an unknown kind or a missing model name / weights file, naming the field."""
@@ -77,6 +88,15 @@ class TeacherConfig:
             if self.model.startswith(("hf-hub:", "local-dir:")):
                 raise ValueError(f"teacher model {self.model!r}: give a plain model name plus --weights "
                                  "(hub and directory schemas are not used: nothing is downloaded)")
+        if self.kind == "segmenter":
+            if self.segmenter_outputs not in SEGMENTER_OUTPUTS:
+                raise ValueError(f"segmenter_outputs must be one of {SEGMENTER_OUTPUTS}, "
+                                 f"got {self.segmenter_outputs!r}")
+            if self.segmenter_width < 16 or self.segmenter_width % 16:
+                raise ValueError(f"segmenter_width must be a positive multiple of 16, got {self.segmenter_width}")
+            if self.segmenter_stride not in (2, 4, 8, 16):
+                raise ValueError(f"segmenter_stride must be 2, 4, 8 or 16 (it divides the input, a multiple of 16), "
+                                 f"got {self.segmenter_stride}")
         if len(self.input_hw) != 2 or min(self.input_hw) <= 0:
             raise ValueError(f"teacher input_hw must be [H, W] > 0, got {self.input_hw}")
         if any("{}" not in t for t in self.templates) or not self.templates:

@@ -63,6 +63,10 @@ def build_teacher(cfg: TeacherConfig) -> Teacher:
         from distillnerf_core.teachers.dinov2 import DinoV2Teacher
 
         return DinoV2Teacher(cfg)
+    if cfg.kind == "segmenter":
+        from distillnerf_core.teachers.segmenter import SegmenterTeacher
+
+        return SegmenterTeacher(cfg)
     from distillnerf_core.teachers.oracle import OracleTeacher
 
     return OracleTeacher(cfg)
@@ -274,6 +278,20 @@ def cache_features(dataroot: str | Path, version: str, teacher_cfg: TeacherConfi
                 raise DataFileError(f"{gt}: key 'semantics' holds class ids outside 0..{classes - 1} (gt/meta.json)")
             hw = (max(1, sem.shape[0] // stride), max(1, sem.shape[1] // stride))
             feats = teacher.features_from_semantics(nearest_grid(sem, hw), sd["token"])
+            written(ch, sd, feats)
+            grid = list(feats.shape[-2:])
+            if bar is not None:
+                bar.update(1)
+    elif teacher.kind == "segmenter":
+        # Not the bicubic ViT path: the decoded uint8 image goes through the segmenter's own exact preprocessing
+        # (Pillow BILINEAR to its input size), one image per forward (cameras may differ in size).
+        for ch, sd in todo:
+            path = dataroot / sd["filename"]
+            if not path.is_file():
+                raise FileNotFoundError(f"missing image: {path}")
+            with Image.open(path) as im:
+                rgb = np.asarray(im.convert("RGB"))
+            feats = teacher.features_from_rgb([rgb])[0].cpu()
             written(ch, sd, feats)
             grid = list(feats.shape[-2:])
             if bar is not None:

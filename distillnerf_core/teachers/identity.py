@@ -10,7 +10,7 @@ import math
 import re
 from typing import Any
 
-from distillnerf_core.teachers.base import TEACHER_KINDS
+from distillnerf_core.teachers.base import SEGMENTER_OUTPUTS, TEACHER_KINDS
 
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 PREFIX = "feature_head.teacher"
@@ -57,6 +57,29 @@ def _strings(identity: dict, key: str, required: bool = False, contains: str = "
         raise ValueError(f"{PREFIX}.{key} has duplicate entries")
 
 
+def _validate_segmenter(identity: dict) -> None:
+    """The segmenter's keys: its class names (the closed vocabulary, in output-channel order), what was cached
+    (`outputs`, which fixes `dim`), the input width and the cache stride."""
+    from distillnerf_core.teachers.segmenter import CLASS_NAMES, teacher_dim
+
+    _strings(identity, "classes", required=True)
+    if list(identity["classes"]) != list(CLASS_NAMES):
+        raise ValueError(f"{PREFIX}.classes must be the segmenter's {len(CLASS_NAMES)} class names in channel order "
+                         f"({', '.join(CLASS_NAMES)}), got {identity['classes']!r}"[:300])
+    outputs = identity.get("outputs", "log_probs")
+    if outputs not in SEGMENTER_OUTPUTS:
+        raise ValueError(f"{PREFIX}.outputs must be one of {SEGMENTER_OUTPUTS}, got {outputs!r}"[:200])
+    if identity["dim"] != teacher_dim(outputs):
+        raise ValueError(f"{PREFIX}.dim ({identity['dim']}) does not match outputs {outputs!r} "
+                         f"({teacher_dim(outputs)} channels)")
+    for key in ("input_width", "stride"):
+        if key in identity:
+            _positive_int(identity, key)
+    floor = identity.get("log_prob_floor", -10.0)
+    if not _is_number(floor) or floor >= 0:
+        raise ValueError(f"{PREFIX}.log_prob_floor must be a finite negative number, got {floor!r}")
+
+
 def validate_teacher_identity(identity: Any, teacher_dim: int, feature_dim: int) -> None:
     """ValueError naming the key when `identity` (empty: not distilled) is not a valid teacher identity for a
     model whose PCA maps `teacher_dim` teacher channels to `feature_dim` feature channels."""
@@ -93,6 +116,8 @@ def validate_teacher_identity(identity: Any, teacher_dim: int, feature_dim: int)
             raise ValueError(f"{PREFIX}.noise must be a finite number >= 0, got {noise!r}")
         if "stride" in identity:
             _positive_int(identity, "stride")
+    if kind == "segmenter":
+        _validate_segmenter(identity)
     if identity.get("calibration") is not None:
         validate_calibration(identity["calibration"])
     pca = identity.get("pca")

@@ -10,6 +10,12 @@
 The text encoder is rebuilt from the teacher identity stored in the checkpoint (`feature_head.teacher`):
 the oracle from its seed and class names, CLIP from its local weights file (whose sha256 must match the one
 the model was distilled with). A DINOv2-distilled or undistilled model cannot answer (a clear error).
+
+A segmenter-distilled model (kind "segmenter", ESPNetv2 Cityscapes) has no text tower: `SemanticQuerier(...)`
+builds a `SegmenterQuerier`, which reads the PCA reconstruction's first 20 channels (the cached class
+log-probabilities) as class logits, p_class = softmax(logits / temperature) (temperature 1 unless calibrated),
+scores a text by the sum over its classes (names and aliases of a closed vocabulary: teachers/segmenter.py)
+and the background option by the classes no query names.
 """
 
 from __future__ import annotations
@@ -112,6 +118,13 @@ def text_encoder_from_identity(identity: dict[str, Any], weights: str | Path | N
 
 class SemanticQuerier:
     """Scores normalised student features (.., k) against text queries through the stored PCA."""
+
+    def __new__(cls, pca: FeaturePCA, identity: dict[str, Any], *args: Any, **kwargs: Any) -> SemanticQuerier:
+        # A segmenter-distilled model is queried through its class logits, not text embeddings: every caller
+        # (ScenePredictor, distillnerf-query, the evaluations) gets the right querier from the one constructor.
+        if cls is SemanticQuerier and isinstance(identity, dict) and identity.get("kind") == "segmenter":
+            cls = SegmenterQuerier
+        return super().__new__(cls)
 
     def __init__(self, pca: FeaturePCA, identity: dict[str, Any], encoder: Teacher | None = None,
                  config: QueryConfig | None = None, weights: str | Path | None = None) -> None:
@@ -231,3 +244,92 @@ class SemanticQuerier:
             label = torch.where(probs[:, q] > score, torch.full_like(label, -1), label)
         max_scores = per_query.amax(dim=0) if per_query.shape[0] else torch.zeros(q)
         return QueryResult(texts, label, score, per_query, max_scores, self.domain_verdict(features.float().cpu()))
+
+
+class SegmenterQuerier(SemanticQuerier):
+    """Closed-vocabulary queries of a segmenter-distilled model: class logits from the PCA reconstruction.
+
+        logits    = reconstruct(x)[:20]                       (the cached log-probabilities, up to a constant)
+        p_class   = softmax(logits / temperature)              (20,)
+        p(text)   = sum of p_class over the text's classes     (a class name or an alias, e.g. vehicle)
+        p(bg)     = sum of p_class over the classes no query names   (the "background" option)
+    """
+
+    def __init__(self, pca: FeaturePCA, identity: dict[str, Any], encoder: Teacher | None = None,
+                 config: QueryConfig | None = None, weights: str | Path | None = None) -> None:
+        from distillnerf_core.teachers.segmenter import CLASS_NAMES
+
+        classes = list(identity.get("classes") or [])
+        if classes != list(CLASS_NAMES):
+            raise SemanticsUnavailableError(f"this segmenter-distilled model's classes {classes[:4]}... are not the "
+                                            f"segmenter's {len(CLASS_NAMES)} Cityscapes classes: cannot read them")
+        if pca.in_dim < len(CLASS_NAMES):
+            raise SemanticsUnavailableError(f"the model's PCA reconstructs {pca.in_dim} teacher channels, fewer than "
+                                            f"the segmenter's {len(CLASS_NAMES)} class log-probabilities")
+        self.pca = pca
+        self.identity = dict(identity)
+        self.config = config or QueryConfig()
+        self.encoder = None  # no text tower (and no weights needed to answer)
+        self.num_classes = len(CLASS_NAMES)
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()  # unused: nothing to embed
+        self._cache_bytes = 0
+
+    @property
+    def known_texts(self) -> list[str]:
+        from distillnerf_core.teachers.segmenter import known_query_names
+
+        return known_query_names()
+
+    def check(self, texts: Sequence[str]) -> list[str]:
+        """Validated texts; an empty list / text or a text outside the vocabulary is a ValueError listing it."""
+        from distillnerf_core.teachers.segmenter import resolve_queries
+
+        texts = [str(t) for t in texts]
+        resolve_queries(texts)
+        return texts
+
+    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+        raise SemanticsUnavailableError("a segmenter-distilled model has no text embeddings: it answers its closed "
+                                        "vocabulary through class logits")
+
+    @torch.no_grad()
+    def class_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """(V, k) normalised features -> (V, 20) class logits (the reconstructed log-probabilities)."""
+        return self.pca.reconstruct(features.reshape(-1, features.shape[-1]).float())[:, :self.num_classes]
+
+    @torch.no_grad()
+    def logits(self, features: torch.Tensor, texts: Sequence[str] | None = None) -> torch.Tensor:
+        """The class logits (V, 20) whatever the texts: the temperature acts on classes, then a text's
+        probability is the sum over its classes (what a calibration fits: class targets from the segmenter)."""
+        return self.class_logits(features)
+
+    @torch.no_grad()
+    def class_probabilities(self, features: torch.Tensor, channel_dim: int = -1) -> torch.Tensor:
+        """(..., k) features -> (..., 20) softmax(class logits / temperature)."""
+        x = features.movedim(channel_dim, -1)
+        probs = torch.softmax(self.class_logits(x) / self.temperature, dim=1)
+        return probs.reshape(*x.shape[:-1], probs.shape[-1])
+
+    @torch.no_grad()
+    def probabilities(self, features: torch.Tensor, texts: Sequence[str], channel_dim: int = -1) -> torch.Tensor:
+        """Text probabilities, the background (classes no text names) last: (..., k) -> (..., Q [+ 1])."""
+        from distillnerf_core.teachers.segmenter import resolve_queries
+
+        classes = resolve_queries(texts)
+        p = self.class_probabilities(features, channel_dim)
+        member = torch.zeros(len(classes), self.num_classes, dtype=p.dtype, device=p.device)
+        for q, ids in enumerate(classes):
+            member[q, list(ids)] = 1.0
+        per_text = p @ member.T
+        if not self.config.background:
+            return per_text
+        rest = (member.sum(0) == 0).to(p.dtype)
+        return torch.cat([per_text, (p @ rest)[..., None]], dim=-1)
+
+    @torch.no_grad()
+    def domain_verdict(self, features: torch.Tensor) -> Any:
+        """The calibration's domain check over the class logits (the statistic over `logits`, as it was fitted)."""
+        check = (self.calibration or {}).get("domain_check")
+        if not check or features.shape[0] == 0:
+            return None
+        return verdict_from_check(self.calibration, median_best_class_cosine(self.class_logits(features)))

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from distillnerf_core.teachers.base import load_strict, read_weights
+from distillnerf_core.teachers.base import SEGMENTER_OUTPUTS, Teacher, TeacherConfig, load_strict, read_weights
 
 CLASS_NAMES: tuple[str, ...] = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
@@ -68,6 +68,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 MULTIPLE = 16  # the decoder adds maps of H/2 .. H/16: other sizes mismatch by a pixel and raise
 DEFAULT_WIDTH = 1024  # trained at 1024x512 (half the Cityscapes resolution)
 FEATURE_DIM = 32  # channels of the penultimate map (input of the last decoder block, H/2)
+MODEL_NAME = "espnetv2_s2_cityscapes"
+# Cached log-probabilities are clamped here: below e^-10 (4.5e-5) a class is simply absent, and without a floor
+# most of the PCA's variance (and of the distillation loss) would go to HOW absent (log-probs reach -40 and less).
+LOG_PROB_FLOOR = -10.0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -387,7 +391,8 @@ class Segmenter:
         if len(sizes) != 1 and hw is None:
             raise ValueError(f"images of different sizes {sorted(sizes)}: give hw")
         target = check_input_hw(hw) if hw is not None else segmenter_input_hw(next(iter(sizes)))
-        return normalise([resize_image(i, target) for i in images]).to(self.device)
+        device = next(self.net.parameters()).device  # where the net is now (a teacher may have moved it)
+        return normalise([resize_image(i, target) for i in images]).to(device)
 
     @torch.no_grad()
     def logits_and_features(self, images: Sequence[np.ndarray], hw: Sequence[int] | None = None
@@ -472,3 +477,78 @@ def resolve_queries(texts: Sequence[str]) -> list[tuple[int, ...]]:
         raise ValueError(f"unknown queries {unknown}: the segmenter (ESPNetv2, Cityscapes) has a closed vocabulary: "
                          f"{', '.join(CLASS_NAMES)}; aliases: {aliases}")
     return [_VOCABULARY[_key(t)] for t in texts]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the teacher (feature caches, distillation)
+
+def teacher_dim(outputs: str) -> int:
+    """Channels of the cached features: 20 log-probabilities (+ 32 penultimate features)."""
+    if outputs not in SEGMENTER_OUTPUTS:
+        raise ValueError(f"segmenter outputs must be one of {SEGMENTER_OUTPUTS}, got {outputs!r}")
+    return NUM_CLASSES + (FEATURE_DIM if outputs == "log_probs+features" else 0)
+
+
+def cache_grid(logits: torch.Tensor, feats: torch.Tensor | None, stride: int) -> torch.Tensor:
+    """(N, D, H/stride, W/stride) cache features: the log of the area-mean class probabilities (the class mix
+    of each cell, which a rendered pixel of that size should predict; its argmax is the cell's majority-like
+    class), clamped at LOG_PROB_FLOOR, then (optionally) the area-mean penultimate features (stored at H/2)."""
+    probs = F.avg_pool2d(torch.softmax(logits.float(), dim=1), stride)
+    parts = [probs.clamp(min=1e-30).log().clamp(min=LOG_PROB_FLOOR)]
+    if feats is not None:
+        parts.append(F.avg_pool2d(feats.float(), stride // 2) if stride > 2 else feats.float())
+    return torch.cat(parts, dim=1)
+
+
+class SegmenterTeacher(Teacher):
+    """ESPNetv2 as a teacher (kind "segmenter"): dense features = class log-probabilities (+ penultimate map) at
+    1/segmenter_stride of its input, from uint8 images with the exact preprocessing (`features_from_rgb`).
+
+    It has no text tower: a model distilled from it answers the closed vocabulary of `resolve_queries` through
+    teachers.query.SegmenterQuerier, which reads the PCA reconstruction's first 20 channels as logits; its
+    weights are not needed at query time."""
+
+    kind = "segmenter"
+    has_text = False
+
+    def __init__(self, cfg: TeacherConfig) -> None:
+        if not cfg.weights:
+            cfg.weights = str(default_weights_path())
+        cfg.model = cfg.model or MODEL_NAME
+        super().__init__(cfg)
+        if cfg.model != MODEL_NAME:
+            raise ValueError(f"the segmenter teacher is {MODEL_NAME!r}, got model {cfg.model!r}")
+        self.segmenter = Segmenter(cfg.weights)
+        self.net = self.segmenter.net  # a submodule, so .to(device) moves it
+        self.dim = teacher_dim(cfg.segmenter_outputs)
+
+    def identity(self) -> dict:
+        cfg = self.cfg
+        return {"kind": "segmenter", "model": MODEL_NAME, "dim": self.dim,
+                "weights": str(Path(cfg.weights).resolve()), "weights_sha256": self.weights_sha256,
+                "classes": list(CLASS_NAMES), "outputs": cfg.segmenter_outputs, "input_width": int(cfg.segmenter_width),
+                "stride": int(cfg.segmenter_stride), "log_prob_floor": LOG_PROB_FLOOR}
+
+    def input_hw(self, image_hw: Sequence[int]) -> tuple[int, int]:
+        return segmenter_input_hw(image_hw, self.cfg.segmenter_width)
+
+    def grid_hw(self, image_hw: Sequence[int]) -> tuple[int, int]:
+        """The cached grid of an image of `image_hw`."""
+        h, w = self.input_hw(image_hw)
+        return h // self.cfg.segmenter_stride, w // self.cfg.segmenter_stride
+
+    @torch.no_grad()
+    def features_from_rgb(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """uint8 (H, W, 3) images of one size -> (N, D, h, w) float32 (the README's exact preprocessing)."""
+        hw = self.input_hw(np.asarray(images[0]).shape[:2])
+        if self.cfg.segmenter_outputs == "log_probs":
+            logits, feats = self.segmenter.logits(images, hw), None
+        else:
+            logits, feats = self.segmenter.logits_and_features(images, hw)
+        return cache_grid(logits, feats, self.cfg.segmenter_stride)
+
+    @torch.no_grad()
+    def dense_features(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) in [0, 1]: rounded to uint8 first, so the preprocessing stays Pillow's."""
+        arrays = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return self.features_from_rgb(list(arrays))

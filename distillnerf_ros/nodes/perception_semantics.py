@@ -26,6 +26,8 @@ def teacher_description(predictor: ScenePredictor | None) -> str:
     described = kind if not model or model == kind else f"{kind} {model}"
     if teacher.get("weights_sha256"):
         described += f" (weights sha256 {teacher['weights_sha256'][:12]})"
+    if kind == "segmenter":  # it answers only its class names and aliases: say so in every reply
+        described += "; closed vocabulary: the 20 Cityscapes classes and their aliases"
     return described
 
 
