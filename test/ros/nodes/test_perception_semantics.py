@@ -1,7 +1,8 @@
 """perception_node's text queries over loopback DDS with models distilled (tiny config, two training steps on a
 tiny synthetic dataroot) from the synthetic oracle teacher and from a tiny random CLIP loaded through
-open_clip like a user's weights: `~/query_scene` returns a labelled cloud, `semantic_queries` labels
-`~/occupancy` every frame, texts the oracle does not know are refused with the names it knows."""
+open_clip like a user's weights, and from the real ESPNetv2 segmenter (the shipped weights): `~/query_scene`
+returns a labelled cloud, `semantic_queries` labels `~/occupancy` every frame, texts the oracle (or the
+segmenter's closed vocabulary) does not know are refused with the names it knows."""
 
 from __future__ import annotations
 
@@ -54,6 +55,11 @@ def clip_checkpoint(tmp_path_factory, tiny_root):
     return distilled(tmp_path_factory, tiny_root, ["--teacher", "clip", "--model", CLIP_NAME, "--weights",
                                                    str(weights), "--model-config", str(config), "--input-hw",
                                                    "28", "56"], "tinyclip")
+
+
+@pytest.fixture(scope="module")
+def segmenter_checkpoint(tmp_path_factory, tiny_root):
+    return distilled(tmp_path_factory, tiny_root, ["--teacher", "segmenter", "--segmenter-width", "128"], "segmenter")
 
 
 def start(session: RosSession, checkpoint, **parameters) -> PerceptionNode:
@@ -132,3 +138,20 @@ def test_query_service_with_a_clip_distilled_model_answers_any_text(session, cli
     assert "teacher: clip" in response.message
     assert [f.name for f in response.cloud.fields][-2:] == ["label", "score"]
     assert len(response.max_scores) == 2
+
+
+def test_query_service_with_a_segmenter_distilled_model_answers_its_closed_vocabulary(session, segmenter_checkpoint):
+    node = start(session, segmenter_checkpoint)
+    assert diagnostic_values(node)["teacher"].startswith("segmenter espnetv2_s2_cityscapes")
+    clouds: list = []
+    play_keyframe(session, clouds)
+    response = call(session, ["vehicle", "road", "traffic_light"], threshold=0.0)
+    assert response.success, response.message
+    assert "teacher: segmenter" in response.message and "closed vocabulary" in response.message
+    points = pointcloud2_to_points(response.cloud)
+    assert set(np.unique(points["label"])) <= {0, 1, 2}
+    assert ((points["score"] >= 0) & (points["score"] <= 1 + 1e-6)).all()
+    assert len(response.max_scores) == 3 and all(0 <= s <= 1 + 1e-6 for s in response.max_scores)
+    unknown = call(session, ["a red car"])
+    assert not unknown.success and "closed vocabulary" in unknown.message
+    assert "vehicle = car + truck + bus" in unknown.message and "sidewalk" in unknown.message
