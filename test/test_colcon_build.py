@@ -95,3 +95,24 @@ def test_colcon_test_runs_the_pytest_suite(colcon_workspace):
     commands = [" ".join(test["command"]) for test in tests]
     assert any("-m pytest" in command and str(workspace / "src" / "distillnerf_ros" / "test") in command
                for command in commands), commands
+
+
+def test_installed_segmenter_finds_its_shipped_weights(colcon_workspace, tmp_path):
+    """The segmenter teacher's weights and licence are installed to share/ with data/, and the installed library
+    finds them there (outside any source tree) and loads them."""
+    workspace, build, _ = colcon_workspace
+    assert build.returncode == 0, "colcon build failed (see the test above)"
+    prefix = workspace / "install" / "distillnerf_ros"
+    folder = prefix / "share" / "distillnerf_ros" / "data" / "weights" / "espnetv2_s2_cityscapes"
+    assert (folder / "espnetv2_s2_cityscapes.safetensors").is_file() and (folder / "LICENSE").is_file()
+    site = next((prefix / "lib").glob("python3*/site-packages"))
+    code = ("import distillnerf_core, pathlib; from distillnerf_core.teachers.segmenter import Segmenter, "
+            "default_weights_path; print(pathlib.Path(distillnerf_core.__file__).resolve()); "
+            "print(default_weights_path().resolve()); Segmenter()")
+    env = os.environ | {"PYTHONPATH": str(site), "AMENT_PREFIX_PATH": f"{prefix}{os.pathsep}{sys.prefix}"}
+    ran = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    module, weights = ran.stdout.split()
+    assert Path(module).is_relative_to(site.resolve()), f"imported {module}, not the installed library"
+    assert Path(weights) == (folder / "espnetv2_s2_cityscapes.safetensors").resolve()
