@@ -4,6 +4,11 @@ runtime) needs, with no ROS in it.
 `ScenePredictor` loads a checkpoint onto a device, resizes each camera to the model's input size (scaling
 its intrinsics), encodes the scene once and produces only the outputs asked for: per-camera depth (camera
 z-depth) and rendered RGB, occupied voxels with colour and density, and a bird's-eye occupancy map.
+
+Semantic labels come from one of two sources (`semantic_source`): "distilled" (the model's own features
+against text embeddings, teachers/query.py) or "teacher" (a live 2D segmenter run on the frame's images, each
+voxel labelled by the pixels where it is visible: teacher_semantics.py; the segmenter runs only when a frame
+is labelled, never in a plain predict).
 """
 
 from __future__ import annotations
@@ -22,6 +27,15 @@ from PIL import Image as PILImage
 from distillnerf_core.model.cameras import ring_rig
 from distillnerf_core.model.distillnerf import DistillNeRFModel
 from distillnerf_core.model.occupancy import OccupancyConfig, query_occupancy
+from distillnerf_core.teacher_semantics import (
+    SEMANTIC_SOURCES,
+    TeacherFrame,
+    TeacherSemanticsConfig,
+    VoxelClasses,
+    label_voxels,
+    query_classes,
+    resolve_weights,
+)
 from distillnerf_core.teachers.query import QueryConfig, QueryResult, SemanticQuerier, SemanticsUnavailableError
 from distillnerf_core.training.checkpoints import load_checkpoint
 
@@ -67,6 +81,7 @@ class FramePrediction:
     voxel_label: np.ndarray | None = None  # (V,) int32 index into semantic_queries, -1 = background (none)
     voxel_score: np.ndarray | None = None  # (V,) float32 probability of the best query
     query_max_scores: np.ndarray | None = None  # (Q,) float32 max over voxels of each query's probability
+    teacher_frame: TeacherFrame | None = None  # semantic_source "teacher": what a later query labels from
     bev_probability: np.ndarray | None = None  # (ny, nx) occupancy probability, NaN where no camera sees
     bev_origin: tuple[float, float] = (0.0, 0.0)  # x, y of the grid corner
     voxel_size: float = 0.0
@@ -103,7 +118,8 @@ class ScenePredictor:
 
     def __init__(self, model: DistillNeRFModel | str | Path, device: str = "auto", precision: str = "fp32",
                  occupancy: OccupancyConfig | None = None, teacher_weights: str | Path | None = None,
-                 query: QueryConfig | None = None, compile: bool = False) -> None:
+                 query: QueryConfig | None = None, compile: bool = False, semantic_source: str = "distilled",
+                 teacher_semantics: TeacherSemanticsConfig | None = None) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got '{precision}'")
         self.device = resolve_device(device)
@@ -120,6 +136,28 @@ class ScenePredictor:
         self._querier: SemanticQuerier | None = None
         self._querier_error: SemanticsUnavailableError | None = None  # why it cannot be built (not retried)
         self._querier_lock = threading.Lock()  # the node's worker and its query service may both ask first
+        if semantic_source not in SEMANTIC_SOURCES:
+            raise ValueError(f"semantic_source must be one of {SEMANTIC_SOURCES}, got '{semantic_source}'")
+        self.semantic_source = semantic_source
+        self.teacher_semantics = teacher_semantics or TeacherSemanticsConfig()
+        self.teacher_semantics.validate()
+        self.segmenter = None
+        if semantic_source == "teacher":  # loaded now: missing or bad weights fail here, not at the first query
+            from distillnerf_core.teachers.segmenter import load_segmenter
+
+            self.segmenter = load_segmenter(resolve_weights(self.teacher_semantics.weights), self.device)
+
+    @property
+    def live_teacher(self) -> bool:
+        """Labels come from the live segmenter (semantic_source "teacher"), not from distilled features."""
+        return self.segmenter is not None
+
+    def segmenter_description(self) -> str:
+        """The live segmenter, for replies and /diagnostics ('' in distilled mode)."""
+        if self.segmenter is None:
+            return ""
+        return (f"live segmenter ESPNetv2 Cityscapes (weights sha256 {self.segmenter.sha256[:12]}, "
+                f"{self.teacher_semantics.width} px wide)")
 
     @property
     def teacher(self) -> dict | None:
@@ -151,6 +189,8 @@ class ScenePredictor:
         """Why text queries fail for a model distilled from a teacher with text (its CLIP weights file is
         missing, or building the text encoder failed); None when no problem is known (or the model has no text
         queries at all, which `teacher` says). Cheap: nothing is built here."""
+        if self.live_teacher:
+            return None  # labels from the segmenter, loaded at construction
         if self._querier_error is not None:
             return str(self._querier_error)
         teacher = self.teacher or {}
@@ -167,22 +207,55 @@ class ScenePredictor:
 
     @property
     def known_queries(self) -> list[str] | None:
-        """The only texts the model answers (an oracle-distilled model's class names), None = open vocabulary."""
+        """The only texts the model answers (an oracle-distilled model's class names, the live segmenter's
+        classes and aliases), None = open vocabulary."""
+        if self.live_teacher:
+            from distillnerf_core.teachers.segmenter import known_query_names
+
+            return known_query_names()
         return self.querier().known_texts
 
     def check_queries(self, texts: Sequence[str]) -> list[str]:
         """Validate texts: SemanticsUnavailableError (cannot query at all) or ValueError naming unknown texts."""
+        if self.live_teacher:
+            from distillnerf_core.teachers.segmenter import resolve_queries
+
+            resolve_queries(texts)  # a closed vocabulary: ValueError listing the names and aliases
+            return [str(t) for t in texts]
         return self.querier().check(texts)
 
     def query(self, texts: Sequence[str], prediction: FramePrediction) -> QueryResult:
         """Label the occupied voxels of a prediction (made with occupancy=True) with text queries."""
+        if self.live_teacher:
+            from distillnerf_core.teachers.segmenter import resolve_queries
+
+            ids = resolve_queries(texts)
+            return query_classes(self.teacher_classes(prediction), [str(t) for t in texts], ids)
         if prediction.voxel_features is None:
             raise ValueError("the prediction has no voxel features (predict with occupancy=True)")
         return self.querier().query(prediction.voxel_features, texts)
 
+    def teacher_classes(self, prediction: FramePrediction) -> VoxelClasses:
+        """The live segmenter's class probabilities of the prediction's occupied voxels (computed at the first
+        call for a frame, then kept with it: several queries on one frame run the segmenter once)."""
+        frame = prediction.teacher_frame
+        if frame is None:
+            raise ValueError("the prediction has nothing to label from (predict with occupancy=True on a "
+                             "predictor with semantic_source 'teacher')")
+        if frame.classes is None:
+            frame.classes = label_voxels(frame, self.segmenter, self.teacher_semantics)
+        return frame.classes
+
     @property
     def input_hw(self) -> tuple[int, int]:
         return tuple(self.model.config.image_hw)
+
+    @property
+    def decode_hw(self) -> tuple[int, int]:
+        """The smallest size images need to be decoded at (a JPEG may decode reduced to it): the model's input
+        size, and with the live segmenter at least its width (it labels from the images as given)."""
+        h, w = self.input_hw
+        return (h, max(w, self.teacher_semantics.width)) if self.live_teacher else (h, w)
 
     def to_host(self) -> None:
         """Move the model to the CPU, freeing GPU memory while the node is inactive."""
@@ -197,6 +270,7 @@ class ScenePredictor:
     def release(self) -> None:
         """Free the model's memory (the GPU's cache too)."""
         self.model = None
+        self.segmenter = None  # the shared instance stays loaded for others (load_segmenter)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -246,6 +320,8 @@ class ScenePredictor:
         """Encode one frame (N cameras, any sizes) and compute the requested outputs.
 
         `semantic_queries` (needs occupancy) labels the occupied voxels: voxel_label, voxel_score, query_max_scores.
+        With semantic_source "teacher", occupancy also renders depth (the voxels' visibility) and keeps the
+        images in `teacher_frame`; the segmenter runs only with semantic_queries (or a later `query`).
         """
         if semantic_queries:
             self.check_queries(semantic_queries)
@@ -259,13 +335,16 @@ class ScenePredictor:
         self.model.stage_ms = {}
         with autocast:
             scene = self.model.encode(images_t, K_t, E_t)
-            if depth or rgb:
+            teacher_depth = occupancy and self.live_teacher  # visibility needs the rendered surface
+            if depth or rgb or teacher_depth:
                 # Depth only: no RGB decoder and no feature lookups (the renderer's density pass suffices);
                 # never the per-sample feature head, whose rendered image no FramePrediction field holds (it
                 # was the costliest part of a CPU render: an MLP over every sample that carries weight).
                 views = self.model.render(scene, {"intrinsics": K_t, "cam2ego": E_t, "image_hw": self.input_hw},
                                           rgb=rgb, features=False)
                 render_hw = tuple(views.depth.shape[-2:])
+                if teacher_depth:
+                    teacher_views = (views.depth[0].float(), views.opacity[0].float(), render_hw)
                 if depth:
                     result.depth = views.depth[0].float().cpu().numpy()
                     result.opacity = views.opacity[0].float().cpu().numpy()
@@ -277,6 +356,9 @@ class ScenePredictor:
                     result.rgb_intrinsics = K_t[0].cpu().numpy()
             if occupancy:
                 self._occupancy(scene, images_t, K_t, E_t, result)
+                if self.live_teacher:
+                    result.teacher_frame = self._teacher_frame(images, intrinsics, E_t[0], K_t[0], teacher_views,
+                                                               result)
                 if semantic_queries:
                     labelled = self.query(semantic_queries, result)
                     result.voxel_label = labelled.label.numpy().astype(np.int32)
@@ -287,6 +369,18 @@ class ScenePredictor:
         result.model_ms = 1000.0 * (time.perf_counter() - started)
         result.stage_ms = dict(self.model.stage_ms)
         return result
+
+    def _teacher_frame(self, images: list[np.ndarray], intrinsics: list[np.ndarray], E: torch.Tensor,
+                       K_input: torch.Tensor, views: tuple[torch.Tensor, torch.Tensor, tuple[int, int]],
+                       result: FramePrediction) -> TeacherFrame:
+        depth, opacity, render_hw = views
+        depth_K = torch.stack([torch.as_tensor(scaled_intrinsics(K, self.input_hw, render_hw), dtype=torch.float32)
+                               for K in K_input.cpu().numpy()]).to(E.device)
+        return TeacherFrame(images=list(images), intrinsics=torch.as_tensor(np.stack(intrinsics), dtype=torch.float32,
+                                                                           device=E.device),
+                            ego_from_camera=E.float(), depth=depth, opacity=opacity, depth_intrinsics=depth_K,
+                            voxel_centers=torch.as_tensor(result.voxel_centers, device=E.device),
+                            voxel_size=float(self.occupancy.voxel_size))
 
     def _occupancy(self, scene, images_t: torch.Tensor, K_t: torch.Tensor, E_t: torch.Tensor,
                    result: FramePrediction) -> None:
