@@ -64,6 +64,13 @@ def prepare_feature_distillation(train_cfg: Any, mcfg: ModelConfig, dataroot: st
     vectors = sample_vectors(cache, entries, max_vectors=max_vectors, seed=seed)
     if vectors.shape[1] != int(manifest["dim"]):
         raise ValueError(f"{cache}: entries have {vectors.shape[1]} channels, manifest says {manifest['dim']}")
+    if int(manifest["dim"]) < mcfg.feature_head.dim:
+        # A teacher with fewer channels than the head (the segmenter's 20 log-probabilities) needs no reduction:
+        # the head renders all of them (a full-rank PCA, i.e. only the min-max normalisation).
+        logger.info("feature distillation: the %s teacher has %d channels, fewer than feature_head.dim %d: the "
+                    "feature head renders %d", manifest["teacher"].get("kind"), manifest["dim"],
+                    mcfg.feature_head.dim, manifest["dim"])
+        mcfg.feature_head.dim = int(manifest["dim"])
     pca, explained = FeaturePCA.fit(vectors, mcfg.feature_head.dim)
     teacher = dict(manifest["teacher"])
     teacher["pca"] = {"dim": mcfg.feature_head.dim, "explained_variance": float(explained.sum()),

@@ -139,15 +139,18 @@ def test_querier_reads_class_logits_sums_aliases_and_refuses_unknown_text(root, 
 
 
 def test_distillation_feature_loss_feat_psnr_and_queries(root, cache, tmp_path):
+    """Two training steps of the tiny model on the segmenter cache, then queries and distillnerf-eval."""
     cfg = load_train_config("train_tiny")
     cfg.data.features = "segmenter"
+    cfg.model_overrides = {"feature_head": {"dim": 32}}  # more than the teacher's 20: nothing to reduce
     cfg.ckpt_every = 100
     summary = train(cfg, str(root), VERSION, tmp_path / "run", max_steps=2, threads=1, progress=False)
     assert summary["step"] == 2
     assert json.loads((tmp_path / "run" / "train_config.json").read_text())["loss"]["feature"] == 10.0
     ckpt = tmp_path / "run" / "model.safetensors"
     head = read_metadata(ckpt)["config"]["feature_head"]
-    assert head["teacher"]["kind"] == "segmenter" and head["teacher_dim"] == 20 and head["teacher"]["pca"]["dim"] == 8
+    assert head["teacher"]["kind"] == "segmenter" and head["teacher_dim"] == 20
+    assert head["dim"] == 20 and head["teacher"]["pca"]["dim"] == 20, "the head renders all 20 log-probabilities"
 
     predictor = ScenePredictor(ckpt, device="cpu")
     assert predictor.known_queries[:20] == list(seg.CLASS_NAMES) and "vehicle" in predictor.known_queries
