@@ -277,8 +277,10 @@ def perception_parameters() -> tuple[ParameterSpec, ...]:
     model code for OccupancyConfig's defaults and the inference precisions."""
     from distillnerf_core.inference import PRECISIONS
     from distillnerf_core.model.occupancy import OccupancyConfig
+    from distillnerf_core.teacher_semantics import SEMANTIC_SOURCES, TeacherSemanticsConfig
 
     occupancy = OccupancyConfig()
+    teacher = TeacherSemanticsConfig()
 
     def occupancy_range(axis: str, text: str) -> ParameterSpec:
         return ParameterSpec(f"occupancy_{axis}_range", "float_array",
@@ -318,9 +320,24 @@ def perception_parameters() -> tuple[ParameterSpec, ...]:
                       range=(0.0, 1.0)),
         ParameterSpec("publish_rendered", "bool", False, "publish ~/<camera>/rendered RGB", read_only=False),
         ParameterSpec("semantic_queries", "string_array", [""], "text queries every frame's ~/occupancy voxels are"
-                      " labelled with ([\"\"]: none); the model must be distilled from a teacher that answers them",
+                      " labelled with ([\"\"]: none); the model must be distilled from a teacher that answers them (or"
+                      " semantic_source teacher: the segmenter labels every frame)",
                       read_only=False, count=(1, MAX_QUERIES), max_chars=MAX_QUERY_CHARS, check=_frame_queries_check,
                       check_text="[\"\"] or non-blank queries"),
+        ParameterSpec("semantic_source", "string", "distilled", "where voxel labels come from: distilled (the"
+                      " model's own features against text, as its teacher answers them) or teacher (the live"
+                      " ESPNetv2 Cityscapes segmenter run on the frame's camera images, each occupied voxel labelled"
+                      " by the pixels where it is visible in the rendered depth; closed vocabulary: its 20 classes"
+                      " and aliases). teacher decodes images at least semantic_teacher_width wide and runs the"
+                      " segmenter only for a ~/query_scene call (on the newest frame) or with semantic_queries",
+                      choices=tuple(SEMANTIC_SOURCES)),
+        ParameterSpec("semantic_teacher_width", "int", teacher.width, "semantic_source teacher: the segmenter's"
+                      " input width (aspect kept; it was trained at 1024); its cost grows with the square",
+                      unit="px", range=(64, 2048, 16)),
+        ParameterSpec("semantic_teacher_weights", "string", "", "semantic_source teacher: segmenter weights"
+                      " (.safetensors); empty: the shipped ESPNetv2 Cityscapes weights",
+                      pattern=r"(?:.*\.safetensors)?", pattern_text="empty or a path ending in .safetensors",
+                      max_chars=4096),
         ParameterSpec("processing_time_warn_ms", "float", 1500.0, "diagnostics WARN above this processing time",
                       read_only=False, unit="ms", range=(0.0, 1e6)),
         ParameterSpec("processing_time_error_ms", "float", 5000.0, "diagnostics ERROR above this processing time",

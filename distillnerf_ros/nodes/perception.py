@@ -42,6 +42,7 @@ from distillnerf_ros.nodes.perception_parameters import (
     bundled_model_path,
     model_path_from_parameters,
     occupancy_config_from_parameters,
+    semantic_source_from_parameters,
     validate_queries,
 )
 from distillnerf_ros.nodes.perception_semantics import SceneQueries
@@ -178,6 +179,8 @@ class PerceptionNode(GuardedNode, LifecycleNode):
         text_problem = self.predictor.text_query_problem()  # depth and occupancy need no text encoder: a warning
         if text_problem:
             self.get_logger().warning(f"text queries unavailable: {text_problem}")
+        if self.predictor.live_teacher:
+            self.get_logger().info(f"semantic_source teacher: labels from the {self.predictor.segmenter_description()}")
         return super().on_configure(state)
 
     @reported_transition("activate")
@@ -239,8 +242,10 @@ class PerceptionNode(GuardedNode, LifecycleNode):
             torch.set_num_threads(threads)
         occupancy = occupancy_config_from_parameters(self)
         compile_stages = self.get_parameter("compile").value
+        source, teacher = semantic_source_from_parameters(self)  # teacher: the segmenter loads here (fails here)
+        labels = {"semantic_source": source, "teacher_semantics": teacher}
         try:
-            return ScenePredictor(self.model_path, device, precision, occupancy, compile=compile_stages)
+            return ScenePredictor(self.model_path, device, precision, occupancy, compile=compile_stages, **labels)
         except DeviceUnavailableError as error:
             if not self.get_parameter("device_fallback").value:
                 raise
@@ -248,7 +253,7 @@ class PerceptionNode(GuardedNode, LifecycleNode):
             self.last["error"] = f"{error}; running on the CPU"
             self.degraded["device"] = f"{error}; running on the CPU (device_fallback is true)"
             return ScenePredictor(self.model_path, "cpu", "fp32" if precision == "fp16" else precision, occupancy,
-                                  compile=compile_stages)
+                                  compile=compile_stages, **labels)
 
     def _warm_up_in_background(self, num_cameras: int) -> None:
         """Compile on a thread of its own, so that /diagnostics ("compiling") and the services go on meanwhile;
@@ -343,7 +348,8 @@ class PerceptionNode(GuardedNode, LifecycleNode):
             self.last["missing"] = dict(frame.missing)
             return
         if self.rig is not None:
-            self.rig.stats.count_failures(frame.decode(self.predictor.input_hw, self._decode_pool))
+            # teacher labels: decoded at least the segmenter's width (it labels from these images)
+            self.rig.stats.count_failures(frame.decode(self.predictor.decode_hw, self._decode_pool))
         self.last["missing"] = dict(frame.missing)
         self.last["distortion"] = dict(frame.distortion)
         if not frame.cameras:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from diagnostic_msgs.msg import DiagnosticStatus
 
 from distillnerf_ros.nodes.diagnostics import RecentIncreases
-from distillnerf_ros.nodes.perception_semantics import teacher_description
+from distillnerf_ros.nodes.perception_semantics import label_source, teacher_description
 
 
 def rig_counts(rig) -> dict[str, int]:
@@ -102,6 +102,7 @@ def diagnostic_values(node) -> dict:
     values.update({f"distortion/{camera}": what for camera, what in last["distortion"].items()})
     values["device"] = str(node.predictor.device) if node.predictor else "none"
     values["teacher"] = teacher_description(node.predictor)
+    values["semantic_source"] = label_source(node.predictor)
     if node.predictor is not None:  # the bounded text-embedding cache of ~/query_scene and semantic_queries
         values["query_cache_entries"], values["query_cache_bytes"] = node.predictor.query_cache_size()
     if node.predictor is not None and node.get_parameter("compile").value:

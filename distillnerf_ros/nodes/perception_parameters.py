@@ -12,10 +12,12 @@ from rclpy.node import Node
 
 from distillnerf_core.inference import PRECISIONS as PRECISION_DTYPES
 from distillnerf_core.model.occupancy import OccupancyConfig
+from distillnerf_core.teacher_semantics import TeacherSemanticsConfig
 from distillnerf_ros.nodes.parameter_schema import MAX_QUERIES, MAX_QUERY_CHARS, validate_queries
 
 __all__ = ["BUNDLED_MODEL", "MAX_QUERIES", "MAX_QUERY_CHARS", "PRECISIONS", "bundled_model_path",
-           "model_path_from_parameters", "occupancy_config_from_parameters", "validate_queries"]
+           "model_path_from_parameters", "occupancy_config_from_parameters", "semantic_source_from_parameters",
+           "validate_queries"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUNDLED_MODEL = Path("models") / "default" / "model.safetensors"
@@ -44,6 +46,14 @@ def occupancy_config_from_parameters(node: Node) -> OccupancyConfig:
                              node.get_parameter("occupancy_threshold").value)
     config.validate()
     return config
+
+
+def semantic_source_from_parameters(node: Node) -> tuple[str, TeacherSemanticsConfig]:
+    """semantic_source and, for "teacher", the live segmenter's settings (semantic_teacher_*)."""
+    weights = node.get_parameter("semantic_teacher_weights").value
+    config = TeacherSemanticsConfig(width=node.get_parameter("semantic_teacher_width").value,
+                                    weights=str(Path(weights).expanduser()) if weights else None)
+    return node.get_parameter("semantic_source").value, config
 
 
 def model_path_from_parameters(node: Node) -> Path:

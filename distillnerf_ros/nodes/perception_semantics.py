@@ -31,6 +31,17 @@ def teacher_description(predictor: ScenePredictor | None) -> str:
     return described
 
 
+def label_source(predictor: ScenePredictor | None) -> str:
+    """Where the voxel labels come from (semantic_source), for replies and /diagnostics."""
+    if predictor is None:
+        return "none (not configured)"
+    if predictor.live_teacher:
+        return (f"teacher: labels from the {predictor.segmenter_description()} run on the newest frame's images,"
+                " each voxel labelled where it is visible; closed vocabulary: the 20 Cityscapes classes and their"
+                " aliases")
+    return f"distilled (teacher: {teacher_description(predictor)})"
+
+
 def labelled_cloud(prediction: FramePrediction, label: np.ndarray, score: np.ndarray, keep: np.ndarray,
                    header: Header) -> PointCloud2:
     """Occupied voxels where `keep`: x, y, z, rgb, density, label (index into the queries, -1 = background)
@@ -58,8 +69,8 @@ class SceneQueries:
         self._latest: tuple[FramePrediction, Header] | None = None
 
     def remember(self, prediction: FramePrediction, header: Header) -> None:
-        if prediction.voxel_features is not None:
-            self._latest = (prediction, header)
+        if prediction.voxel_features is not None or prediction.teacher_frame is not None:
+            self._latest = (prediction, header)  # teacher: with its images, which a query labels from
 
     def forget(self) -> None:
         self._latest = None
@@ -69,6 +80,8 @@ class SceneQueries:
         if predictor is None:
             return QueryAnswer(False, "the node is not configured (no model loaded)")
         teacher = f" (teacher: {teacher_description(predictor)})" if predictor.teacher else ""
+        if predictor.live_teacher:  # the labels are the live segmenter's, whatever the model was distilled from
+            teacher = f" ({label_source(predictor)})"
         try:
             with self.lock:
                 predictor.check_queries(queries)
