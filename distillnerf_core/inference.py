@@ -37,6 +37,7 @@ from distillnerf_core.teacher_semantics import (
     resolve_weights,
 )
 from distillnerf_core.teachers.query import QueryConfig, QueryResult, SemanticQuerier, SemanticsUnavailableError
+from distillnerf_core.training.calibration import DomainVerdict
 from distillnerf_core.training.checkpoints import load_checkpoint
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -81,6 +82,7 @@ class FramePrediction:
     voxel_label: np.ndarray | None = None  # (V,) int32 index into semantic_queries, -1 = background (none)
     voxel_score: np.ndarray | None = None  # (V,) float32 probability of the best query
     query_max_scores: np.ndarray | None = None  # (Q,) float32 max over voxels of each query's probability
+    query_domain: DomainVerdict | None = None  # the queried features against the calibration's domain check
     teacher_frame: TeacherFrame | None = None  # semantic_source "teacher": what a later query labels from
     bev_probability: np.ndarray | None = None  # (ny, nx) occupancy probability, NaN where no camera sees
     bev_origin: tuple[float, float] = (0.0, 0.0)  # x, y of the grid corner
@@ -364,6 +366,7 @@ class ScenePredictor:
                     result.voxel_label = labelled.label.numpy().astype(np.int32)
                     result.voxel_score = labelled.score.numpy().astype(np.float32)
                     result.query_max_scores = labelled.max_scores.numpy().astype(np.float32)
+                    result.query_domain = labelled.domain
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         result.model_ms = 1000.0 * (time.perf_counter() - started)

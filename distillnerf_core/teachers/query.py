@@ -65,7 +65,8 @@ class QueryConfig:
     background: bool = True
     """Add the background option (a voxel may match none of the queries)."""
     background_cosine: float | None = None
-    """Cosine the background option scores; None = the teacher's default (oracle 0.5, CLIP 0.2)."""
+    """Cosine the background option scores; None = the calibrated one (fitted with the temperature), else the
+    teacher's default (oracle 0.5, CLIP 0.2)."""
     cache_entries: int = 4096
     """Text embeddings kept (least recently used evicted first): distinct texts never grow memory without end."""
     cache_bytes: int = 32 * 1024 * 1024
@@ -160,6 +161,8 @@ class SemanticQuerier:
 
     def background_cosine(self) -> float:
         c = self.config.background_cosine
+        if c is None and (self.calibration or {}).get("background_cosine") is not None:
+            c = self.calibration["background_cosine"]  # fitted with the temperature
         return float(c) if c is not None else DEFAULT_BACKGROUND.get(self.identity.get("kind", ""), 0.2)
 
     def check(self, texts: Sequence[str]) -> list[str]:

@@ -88,8 +88,9 @@ def diagnostic_level(node, recent_losses: RecentIncreases) -> tuple[bytes, str]:
     if rig is not None and "fixed_frame" in rig.stats.last_errors and rig.stats.frames_uncompensated:
         return DiagnosticStatus.WARN, f"{state}; {rig.stats.last_errors['fixed_frame']}"
     low_psnr = node.grading.warning() if getattr(node, "grading", None) is not None else None
-    if low_psnr:
-        return DiagnosticStatus.WARN, f"{state}; {low_psnr}"
+    out_of_domain = node.queries.domain_warning() if getattr(node, "queries", None) is not None else None
+    if low_psnr or out_of_domain:  # both say the input is outside the model's domain: both are named
+        return DiagnosticStatus.WARN, "; ".join([state, *(w for w in (low_psnr, out_of_domain) if w)])
     if active and processing > node.get_parameter("processing_time_warn_ms").value:
         return DiagnosticStatus.WARN, f"{state}; processing {processing:.0f} ms"
     return DiagnosticStatus.OK, state
@@ -103,6 +104,8 @@ def diagnostic_values(node) -> dict:
     values["device"] = str(node.predictor.device) if node.predictor else "none"
     values["teacher"] = teacher_description(node.predictor)
     values["semantic_source"] = label_source(node.predictor)
+    if getattr(node, "queries", None) is not None:  # the latest answered query against the calibration's domain
+        values["query_domain"] = node.queries.domain_value(node.predictor)
     if node.predictor is not None:  # the bounded text-embedding cache of ~/query_scene and semantic_queries
         values["query_cache_entries"], values["query_cache_bytes"] = node.predictor.query_cache_size()
     if node.predictor is not None and node.get_parameter("compile").value:

@@ -14,6 +14,7 @@ from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Header
 
 from distillnerf_core.inference import FramePrediction, ScenePredictor
+from distillnerf_core.training.calibration import DomainVerdict
 from distillnerf_ros.conversions.pointcloud import make_points, points_to_pointcloud2
 
 
@@ -52,6 +53,11 @@ def labelled_cloud(prediction: FramePrediction, label: np.ndarray, score: np.nda
     return points_to_pointcloud2(points, header)
 
 
+def domain_note(domain: DomainVerdict | None) -> str:
+    """The reply's first words when the frame is out of the calibration's domain (its scores mean nothing)."""
+    return f"{domain.message()}; " if domain is not None and not domain.in_domain else ""
+
+
 @dataclass
 class QueryAnswer:
     success: bool
@@ -67,13 +73,31 @@ class SceneQueries:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self._latest: tuple[FramePrediction, Header] | None = None
+        self.domain: DomainVerdict | None = None  # the latest answered query's features against the domain check
 
     def remember(self, prediction: FramePrediction, header: Header) -> None:
         if prediction.voxel_features is not None or prediction.teacher_frame is not None:
             self._latest = (prediction, header)  # teacher: with its images, which a query labels from
+        if prediction.query_domain is not None:  # semantic_queries labelled this frame
+            self.domain = prediction.query_domain
 
     def forget(self) -> None:
         self._latest = None
+        self.domain = None
+
+    def domain_warning(self) -> str | None:
+        """The /diagnostics WARN while the latest answered query was out of the calibration's domain."""
+        domain = self.domain
+        return f"query scores {domain.message()}" if domain is not None and not domain.in_domain else None
+
+    def domain_value(self, predictor: ScenePredictor | None) -> str:
+        """/diagnostics `query_domain`: the latest verdict, or why there is none."""
+        if self.domain is not None:
+            return self.domain.message()
+        teacher = (predictor.teacher or {}) if predictor is not None else {}
+        if not (teacher.get("calibration") or {}).get("domain_check"):
+            return "no domain check stored with the model (scores uncalibrated)" if teacher else "no text queries"
+        return "no query answered yet"
 
     def answer(self, predictor: ScenePredictor | None, queries: list[str], threshold: float) -> QueryAnswer:
         """Label the newest frame's occupied voxels; keep those whose best query scores >= threshold."""
@@ -96,5 +120,8 @@ class SceneQueries:
         label, score = result.label.numpy(), result.score.numpy()
         keep = (label >= 0) & (score >= threshold)
         cloud = labelled_cloud(prediction, label, score, keep, header)
-        return QueryAnswer(True, f"{int(keep.sum())} of {len(label)} occupied voxels labelled at threshold "
-                                 f"{threshold:g}{teacher}", cloud, [float(s) for s in result.max_scores])
+        if result.domain is not None:
+            self.domain = result.domain
+        return QueryAnswer(True, f"{domain_note(result.domain)}{int(keep.sum())} of {len(label)} occupied voxels "
+                                 f"labelled at threshold {threshold:g}{teacher}", cloud,
+                           [float(s) for s in result.max_scores])
