@@ -969,6 +969,46 @@ for _node in ("perception_node", "rig_monitor", "dataroot_publisher"):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The segmenter teacher (docs/training.md)
+# ---------------------------------------------------------------------------------------------------------
+
+SEGMENTER_CHECK = RESULTS + "segmenter_check.json"
+
+
+@generator("teachers:segmenter_check", reads=[SEGMENTER_CHECK])
+def segmenter_check(ctx: Context) -> str:
+    d = ctx.load(SEGMENTER_CHECK)
+    rows = [[cam, "equal" if c["labels_sha256_matches"] else "DIFFERS",
+             "equal" if c["class_fraction_top5_matches"] else "DIFFERS",
+             slash(num(c["sky_fraction_top_third"], 3), num(c["sky_fraction_bottom_third"], 3))]
+            for cam, c in d["cameras"].items()]
+    front, s = d["cameras"]["CAM_FRONT"], d["summary"]
+    text = (f"{s['cameras_sha256_equal']} of {s['cameras']} label maps bit-identical to the reference; CAM_FRONT "
+            f"agrees with the shipped reference PNG on {pct(front['agreement_with_reference_png'], 4)} of its "
+            f"pixels; step-1 (Pillow) sha256 {'equal' if s['step1_sha256_matches'] else 'DIFFERS'}; weights sha256 "
+            f"{'equal' if s['weights_sha256_matches'] else 'DIFFERS'}.")
+    timing = table(["one forward (CPU)", "threads", "fastest", "median"],
+                   [[f"{t['hw'][1]}x{t['hw'][0]}", t["threads"], f"{num(t['fastest_s'], 2)} s",
+                     f"{num(t['median_s'], 2)} s"] for t in d["forward"]])
+    return join(table(["nuScenes camera (1024x512)", "label map sha256 vs reference", "top-5 class fractions",
+                       "sky share, top / bottom third of rows"], rows), text, timing, ctx.source(SEGMENTER_CHECK))
+
+
+@generator("teachers:segmenter_vocabulary", kind="reference")
+def segmenter_vocabulary(ctx: Context) -> str:
+    sys.path.insert(0, str(ctx.root))
+    try:
+        from distillnerf_core.teachers import segmenter  # the vocabulary as the code has it
+    except ImportError as exc:
+        raise ReportError(f"distillnerf_core.teachers.segmenter is not importable: {exc}") from exc
+    finally:
+        sys.path.remove(str(ctx.root))
+    classes = ", ".join(f"{i} {name}" for i, name in enumerate(segmenter.CLASS_NAMES))
+    rows = [[f"`{alias}`", " + ".join(names)] for alias, names in segmenter.ALIASES.items()]
+    return join(f"Classes (output channel = id): {classes}.", table(["alias", "classes (probabilities summed)"], rows))
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Headline numbers (README.md): each links to its page
 # ---------------------------------------------------------------------------------------------------------
 
