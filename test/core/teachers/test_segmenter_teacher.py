@@ -16,6 +16,7 @@ from train_helpers import VERSION, make_tiny_dataroot
 
 from distillnerf_core.cli import cache_features as cache_cli
 from distillnerf_core.cli import eval as eval_cli
+from distillnerf_core.cli import query as query_cli
 from distillnerf_core.inference import ScenePredictor
 from distillnerf_core.teachers import segmenter as seg
 from distillnerf_core.teachers.base import TeacherConfig
@@ -164,6 +165,14 @@ def test_distillation_feature_loss_feat_psnr_and_queries(root, cache, tmp_path):
     assert pred.query_max_scores.shape == (3,) and (pred.query_max_scores <= 1 + 1e-6).all()
     with pytest.raises(ValueError, match="closed vocabulary"):
         predictor.check_queries(["spaceship"])
+
+    out = tmp_path / "query.png"
+    assert query_cli.main(["--checkpoint", str(ckpt), "--dataroot", str(root), "--version", VERSION, "--sample",
+                           item["sample_token"], "--text", "vehicle", "--text", "sky", "--out", str(out)]) == 0
+    with Image.open(out) as im:
+        assert im.size[1] == 2 * (32 + 2), "one row per query"
+    assert query_cli.main(["--checkpoint", str(ckpt), "--dataroot", str(root), "--version", VERSION, "--sample",
+                           item["sample_token"], "--text", "a red car", "--out", str(out)]) == 2
 
     metrics = tmp_path / "eval.json"
     assert eval_cli.main(["--checkpoint", str(ckpt), "--dataroot", str(root), "--version", VERSION, "--json",
