@@ -151,3 +151,14 @@ def test_vocabulary():
         seg.resolve_queries([])
     with pytest.raises(ValueError, match="empty text query"):
         seg.resolve_queries(["car", " "])
+
+
+def test_missing_shipped_weights_name_both_places(monkeypatch, tmp_path):
+    from distillnerf_core.data import bundled
+
+    real = bundled.bundled_data
+    monkeypatch.setattr(bundled, "bundled_data",
+                        lambda name: real(name, source_data=tmp_path / "data", prefixes=str(tmp_path / "install")))
+    with pytest.raises(FileNotFoundError, match=r"ESPNetv2.*data/weights/espnetv2_s2_cityscapes.*"
+                                                r"share/distillnerf_ros/data/weights/espnetv2_s2_cityscapes"):
+        seg.default_weights_path()
