@@ -127,17 +127,41 @@ def bilinear(maps: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tens
     return sample_logits(maps[:, None], u, v)[..., 0]
 
 
+def candidate_cells(centers: torch.Tensor, K: torch.Tensor, ego_from_camera: torch.Tensor, hw: tuple[int, int],
+                    radius: float, near: float) -> torch.Tensor:
+    """(P,) mask of the cells of which some point within `radius` of the centre may project into one camera
+    (K (3, 3), ego_from_camera (4, 4)): a cheap bound that leaves out most cells before their probes are
+    projected (each cell is in the view of one or two of six cameras)."""
+    u, v, z, _ = camera_pixels(centers, K[None], ego_from_camera[None], hw, near)
+    u, v, z = u[0], v[0], z[0]
+    close = z <= near + 2 * radius  # near the camera: always projected
+    depth = (z - radius).clamp(min=1e-6)
+    margin_u = radius * (K[0, 0] + (u - K[0, 2]).abs()) / depth  # |du| of a point within radius (first order
+    margin_v = radius * (K[1, 1] + (v - K[1, 2]).abs()) / depth  # in the offset; exact bound for z > radius)
+    within = (u >= -margin_u) & (u < hw[1] + margin_u) & (v >= -margin_v) & (v < hw[0] + margin_v)
+    return (z > near - radius) & (close | within)
+
+
 def probe_visibility(probes: torch.Tensor, depth: torch.Tensor, opacity: torch.Tensor,
                      depth_intrinsics: torch.Tensor, ego_from_camera: torch.Tensor, voxel_size: float,
                      config: TeacherSemanticsConfig) -> torch.Tensor:
     """(N, P, K) mask: camera n sees probe k of cell p (in view and not behind the rendered surface)."""
     n_cells, n_probes = probes.shape[:2]
     hw = (int(depth.shape[-2]), int(depth.shape[-1]))
-    u, v, z, inside = camera_pixels(probes.reshape(-1, 3), depth_intrinsics, ego_from_camera, hw, config.near)
-    surface = bilinear(depth, u, v)
-    solid = bilinear(opacity, u, v) >= config.min_opacity
-    in_front = z <= surface + config.depth_tolerance_voxels * voxel_size
-    return (inside & (in_front | ~solid)).view(-1, n_cells, n_probes)
+    seen = torch.zeros(depth.shape[0], n_cells, n_probes, dtype=torch.bool, device=probes.device)
+    radius = voxel_size * float(FACE_OFFSETS.norm(dim=1).max())
+    for n in range(depth.shape[0]):
+        cells = candidate_cells(probes[:, 0], depth_intrinsics[n], ego_from_camera[n], hw, radius,
+                                config.near).nonzero()[:, 0]
+        if cells.numel() == 0:
+            continue
+        u, v, z, inside = camera_pixels(probes[cells].reshape(-1, 3), depth_intrinsics[n:n + 1],
+                                        ego_from_camera[n:n + 1], hw, config.near)
+        surface = bilinear(depth[n:n + 1], u, v)
+        solid = bilinear(opacity[n:n + 1], u, v) >= config.min_opacity
+        in_front = z <= surface + config.depth_tolerance_voxels * voxel_size
+        seen[n, cells] = (inside & (in_front | ~solid)).view(-1, n_probes)
+    return seen
 
 
 def visible_in_cameras(centers: torch.Tensor, voxel_size: float, depth: torch.Tensor, opacity: torch.Tensor,
@@ -187,20 +211,23 @@ def label_voxels(frame: TeacherFrame, segmenter, config: TeacherSemanticsConfig)
         hw = segmenter_input_hw(image_hw, config.width)
         scale = torch.tensor([[hw[1] / image_hw[1], 0, 0], [0, hw[0] / image_hw[0], 0], [0, 0, 1]],
                              dtype=frame.intrinsics.dtype, device=centers.device)
-        u, v, _, inside = camera_pixels(probes.reshape(-1, 3), scale @ frame.intrinsics[camera:camera + 1],
-                                        frame.ego_from_camera[camera:camera + 1], hw, config.near)
-        visible[camera] &= inside.view(n_vox, -1)  # the depth maps and the images may differ by a pixel at edges
-        pick = visible[camera]  # (P, K)
-        if not pick.any():
+        cells = visible[camera].any(dim=1).nonzero()[:, 0]
+        if cells.numel() == 0:
             continue  # no visible voxel: the segmenter need not run on this camera
+        u, v, _, inside = camera_pixels(probes[cells].reshape(-1, 3), scale @ frame.intrinsics[camera:camera + 1],
+                                        frame.ego_from_camera[camera:camera + 1], hw, config.near)
+        pick = visible[camera, cells] & inside.view(len(cells), -1)  # depth maps and images may differ at edges
+        visible[camera, cells] = pick
+        if not pick.any():
+            continue
         t0 = time.perf_counter()
         logits = segmenter.logits([image], hw).to(centers.device)
         segmenter_s += time.perf_counter() - t0
         flat = pick.reshape(-1)
         p = torch.softmax(sample_logits(logits, u[:, flat], v[:, flat])[0].float(), dim=-1)  # (pairs, C)
-        cell = torch.arange(n_vox, device=centers.device)[:, None].expand_as(pick).reshape(-1)[flat]
+        cell = cells[:, None].expand_as(pick).reshape(-1)[flat]
         summed = torch.zeros(n_vox, NUM_CLASSES, device=centers.device).index_add_(0, cell, p)
-        probabilities[camera] = summed / pick.sum(dim=1).clamp(min=1)[:, None]
+        probabilities[camera] = summed / visible[camera].sum(dim=1).clamp(min=1)[:, None]
     classes = average_seen(probabilities, visible.any(dim=-1))
     classes.segmenter_ms = 1000.0 * segmenter_s
     classes.labelling_ms = 1000.0 * (time.perf_counter() - started - segmenter_s)

@@ -9,6 +9,7 @@ bundled model, checked against the segmenter's own probability maps sampled inde
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -167,6 +168,16 @@ def test_voxel_probabilities_are_the_segmenters_own_maps_at_the_visible_pixels(l
         count[sees] += 1
     mine = prediction.teacher_frame.classes
     assert torch.equal(mine.cameras, count.long()), "the same cameras see the same voxels"
+    # probe_visibility projects only the cells near each camera's view: the same as projecting every probe
+    hw = tuple(teacher.depth.shape[-2:])
+    _, _, _, inside = camera_pixels(probes.reshape(-1, 3), teacher.depth_intrinsics, teacher.ego_from_camera, hw)
+    every = inside.view(len(frame["images"]), cells, -1)
+    assert torch.equal(visible & every, visible), "only probes in view are visible"
+    assert (every.any(-1) & ~visible.any(-1)).any(), "some cells in view are hidden"
+    brute = probe_visibility(probes, teacher.depth, teacher.opacity, teacher.depth_intrinsics,
+                             teacher.ego_from_camera, teacher.voxel_size,
+                             replace(predictor.teacher_semantics, depth_tolerance_voxels=1e6))
+    assert torch.equal(brute, every), "with no depth test, every probe in view is visible (none left out)"
     both = count > 0
     expected = total[both] / count[both, None]
     agree = (expected.argmax(1) == mine.probabilities[both].argmax(1)).float().mean()
