@@ -524,8 +524,13 @@ class SegmenterTeacher(Teacher):
 
     def identity(self) -> dict:
         cfg = self.cfg
+        from distillnerf_core.portable_paths import portable_path
+
+        # The weights are named portably (the shipped file relative to the package root, another by its name):
+        # the identity travels in checkpoint sidecars, and queries never need the file (the sha256 names it).
         return {"kind": "segmenter", "model": MODEL_NAME, "dim": self.dim,
-                "weights": str(Path(cfg.weights).resolve()), "weights_sha256": self.weights_sha256,
+                "weights": portable_path(cfg.weights, Path(__file__).resolve().parents[2]),
+                "weights_sha256": self.weights_sha256,
                 "classes": list(CLASS_NAMES), "outputs": cfg.segmenter_outputs, "input_width": int(cfg.segmenter_width),
                 "stride": int(cfg.segmenter_stride), "log_prob_floor": LOG_PROB_FLOOR}
 

@@ -152,6 +152,8 @@ def test_distillation_feature_loss_feat_psnr_and_queries(root, cache, tmp_path):
     head = read_metadata(ckpt)["config"]["feature_head"]
     assert head["teacher"]["kind"] == "segmenter" and head["teacher_dim"] == 20
     assert head["dim"] == 20 and head["teacher"]["pca"]["dim"] == 20, "the head renders all 20 log-probabilities"
+    assert head["teacher"]["weights"] == "data/weights/espnetv2_s2_cityscapes/espnetv2_s2_cityscapes.safetensors"
+    assert str(tmp_path) not in json.dumps(head) and str(REPO) not in json.dumps(head), "no machine path"
 
     predictor = ScenePredictor(ckpt, device="cpu")
     assert predictor.known_queries[:20] == list(seg.CLASS_NAMES) and "vehicle" in predictor.known_queries
