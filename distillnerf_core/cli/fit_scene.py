@@ -2,11 +2,15 @@
 
     distillnerf-fit-scene --dataroot D --version V [--scene NAME ...] [--out DIR] [--cameras C1,C2,...]
                           [--steps N] [--render-hw H W] [--image-hw H W] [--holdout-every K] [--threads T]
+                          [--sky auto|segmenter|none|CACHE] [--sky-weight W]
 
 Writes DIR (default D/nerf/default) as data/nerf_targets.py describes: per keyframe and camera the field's
 z-depth and the virtual cameras' RGB + depth, a manifest with the settings and each scene's quality (held-out
-LiDAR pixels, held-out keyframes). Complete scenes are skipped on a rerun (resumable per scene); a rerun with
-other settings into the same DIR is an error. Train on the targets with `data.nerf_targets: DIR` (or its name).
+LiDAR pixels, held-out keyframes, how much of the segmenter's sky the field renders as sky). Sky rays (--sky:
+"auto" = the dataroot's segmenter feature cache when it has one, else the shipped segmenter run on the images)
+get an opacity -> 0 loss and are written as sky. Complete scenes are skipped on a rerun (resumable per scene); a
+rerun with other settings into the same DIR is an error. Train on the targets with `data.nerf_targets: DIR` (or its
+name).
 """
 
 from __future__ import annotations
@@ -36,10 +40,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--render-hw", type=int, nargs=2, default=None)
     p.add_argument("--holdout-every", type=int, default=None, help="hold out keyframes i %% K == 1 (0 = none)")
     p.add_argument("--offsets", default=None, help='virtual camera shifts as JSON, e.g. "[[-1,0,0],[1,0,0]]"')
+    p.add_argument("--sky", default=None, help='sky mask: "auto" (default: the dataroot\'s segmenter cache, else the '
+                   'segmenter on the images), "segmenter", "none", or a segmenter cache name / directory')
+    p.add_argument("--sky-weight", type=float, default=None, help="weight of the opacity -> 0 loss on sky rays")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     cfg = FitConfig()
+    if args.sky is not None:
+        cfg.sky_mask = args.sky
+    if args.sky_weight is not None:
+        cfg.sky_weight = args.sky_weight
     for key in ("steps", "rays", "image_hw", "render_hw", "holdout_every"):
         value = getattr(args, key)
         if value is not None:

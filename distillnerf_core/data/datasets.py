@@ -30,6 +30,10 @@ Tables are read through nuscenes-devkit. Per sample (keyframe) it yields, for N 
                     render size; virtual_images float32 (N, V, 3, H, W) and virtual_depth (N, V, h, w): the
                     field's renders of V virtual cameras per camera, virtual_cam2ego (N, V, 4, 4) their poses
                     (same intrinsics); only with `nerf_targets` (DataConfig.nerf_targets, data/nerf_targets.py)
+    sky_mask        bool (N, h, w): where the segmenter calls the render pixel sky (argmax of a segmenter feature
+                    cache's class log-probabilities, resized to the render size; data/sky.py); only with
+                    `sky_mask` (DataConfig.sky_mask: "auto" = the dataroot's segmenter cache when it has one).
+                    The losses give these pixels the sky depth target (losses.py)
     camera_names    list[str];  sample_token str
 
 Missing files raise FileNotFoundError naming the path; nothing is silently substituted.
@@ -76,6 +80,9 @@ class DataConfig:
     """Teacher feature cache to load (a name under DATAROOT/features/ or a directory); None = none."""
     nerf_targets: str | None = None
     """Per-scene field targets to load (distillnerf-fit-scene: a name under DATAROOT/nerf/ or a directory)."""
+    sky_mask: str | None = "auto"
+    """Sky mask for the sky depth target: "auto" (the dataroot's segmenter feature cache when it has one, else
+    none), "none", or a segmenter cache (a name under DATAROOT/features/ or a directory)."""
 
 
 def _require(path: Path) -> Path:
@@ -148,7 +155,7 @@ class NuScenesDataset(Dataset):
                  render_size: tuple[int, int] | None = None, cameras: Sequence[str] = NUSCENES_CAMERAS,
                  scenes: Sequence[str] | None = None, depth_range: tuple[float, float] = (1.0, 80.0),
                  load_next: bool = True, nusc: Any = None, features: str | Path | None = None,
-                 nerf_targets: str | Path | None = None):
+                 nerf_targets: str | Path | None = None, sky_mask: str | Path | None = None):
         from nuscenes.nuscenes import NuScenes
 
         self.dataroot = Path(dataroot)
@@ -179,6 +186,15 @@ class NuScenesDataset(Dataset):
             self.nerf_targets = resolve_targets(self.dataroot, nerf_targets)
             # a missing or malformed manifest is an error here, not at the first item
             self.nerf_views = len(read_nerf_manifest(self.nerf_targets)["settings"]["offsets"])
+        from distillnerf_core.data.sky import resolve_sky_cache
+
+        # a segmenter cache whose argmax == sky marks the pixels given the sky depth target (data/sky.py)
+        self.sky_cache: Path | None = resolve_sky_cache(self.dataroot, sky_mask)
+        self.sky_manifest: dict[str, Any] | None = None
+        if self.sky_cache is not None:
+            from distillnerf_core.teachers.cache import read_manifest
+
+            self.sky_manifest = read_manifest(self.sky_cache)
         self._masks: torch.Tensor | None = None  # (N, H, W), loaded once (static per camera)
         wanted = set(scenes) if scenes is not None else None
         self.sample_tokens: list[str] = []
@@ -326,7 +342,22 @@ class NuScenesDataset(Dataset):
                 for ch, sd in zip(self.cameras, cams["sd"], strict=True)])
         if self.nerf_targets is not None:
             item.update(self._nerf_items(cams, item["cam2ego"]))
+        if self.sky_cache is not None:
+            item["sky_mask"] = self._sky_items(cams, item.get("teacher_features"))
         return item
+
+    def _sky_items(self, cams: dict, teacher_features: torch.Tensor | None) -> torch.Tensor:
+        """(N, h, w) bool sky of this sample's cameras from the segmenter cache (the loaded teacher features when
+        they are that cache: read once); a missing entry raises."""
+        from distillnerf_core.data.sky import sky_from_features
+        from distillnerf_core.teachers.cache import load_entry
+
+        if teacher_features is not None and self.feature_cache is not None and \
+                self.feature_cache.resolve() == self.sky_cache.resolve():
+            return sky_from_features(teacher_features, self.render_size)
+        return torch.stack([sky_from_features(load_entry(self.sky_cache, ch, sd["token"], self.sky_manifest),
+                                              self.render_size)
+                            for ch, sd in zip(self.cameras, cams["sd"], strict=True)])
 
     def _nerf_items(self, cams: dict, cam2ego: torch.Tensor) -> dict[str, torch.Tensor]:
         """The per-scene field's targets of this sample (see the module docstring); a missing entry raises."""
@@ -431,5 +462,5 @@ def make_dataset(dataroot: str, version: str, image_hw: Sequence[int], data: Dat
         dataroot, version, image_size=tuple(image_hw), render_size=render_hw,
         cameras=dataroot_cameras(dataroot, version, data.cameras), scenes=scenes, depth_range=tuple(data.depth_range),
         load_next=data.load_next if load_next is None else load_next, features=data.features,
-        nerf_targets=data.nerf_targets,
+        nerf_targets=data.nerf_targets, sky_mask=data.sky_mask,
     )

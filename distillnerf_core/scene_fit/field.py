@@ -120,7 +120,8 @@ class SceneField(nn.Module):
         return alpha * trans
 
     def render(self, rays: RayBundle, jitter: bool = False) -> dict[str, torch.Tensor]:
-        """rgb (R, 3), distance (R,) (expected, over the surface part), opacity (R,), t / weights (R, S)."""
+        """rgb (R, 3), distance (R,) (expected, over the surface part), opacity (R,), t / weights (R, S),
+        optical_depth (R,) = sum of density x interval = -log(1 - opacity), without its saturation at opacity 1."""
         cfg, o, d = self.cfg, rays.origins, rays.directions
         R = o.shape[0]
         t_c = self._coarse_t(cfg.coarse_samples, R, o.device, jitter)
@@ -140,7 +141,10 @@ class SceneField(nn.Module):
         opacity = w.sum(1)
         rgb = (w[..., None] * color).sum(1) + (1.0 - opacity)[:, None] * sky
         distance = (w * t).sum(1) / opacity.clamp_min(1e-6)
-        return {"rgb": rgb, "distance": distance, "opacity": opacity, "t": t, "weights": w}
+        delta = torch.cat([t[:, 1:] - t[:, :-1], torch.full_like(t[:, :1], 1e-3)], dim=1)
+        optical_depth = (sigma.view(R, S) * delta).sum(1)
+        return {"rgb": rgb, "distance": distance, "opacity": opacity, "t": t, "weights": w,
+                "optical_depth": optical_depth}
 
 
 def sample_pdf(t: torch.Tensor, weights: torch.Tensor, n: int, jitter: bool) -> torch.Tensor:

@@ -5,9 +5,14 @@ Per scene: every keyframe's cameras (all of them) and LiDAR sweep are loaded thr
 the dataroot's ego poses. Keyframes with index % holdout_every == holdout_offset are held out of the fit (their
 PSNR / LiDAR AbsRel are the field's novel-view quality); `lidar_holdout` of the training frames' LiDAR pixels
 are held out too. Ego-body pixels (masks 0) are never sampled. Loss per step on a random ray batch: RGB MSE,
-LiDAR distance L1 (relative), free space (weight in front of the LiDAR return), plane TV.
+LiDAR distance L1 (relative), free space (weight in front of the LiDAR return), plane TV, and on the pixels the
+segmenter calls sky (`FitConfig.sky_mask`: the dataroot's segmenter cache, else the segmenter run on the
+images; data/sky.py) an opacity -> 0 term (log(1 + optical depth)), so that sky rays go to the field's sky
+model with no density along them, as the reference's fields do (a share `sky_fraction` of each step's rays is
+drawn from them). A sky pixel with a LiDAR return is not sky (the return is a surface).
 Then every keyframe (held-out ones included: rendered from the field as novel views) and camera gets its
-depth and the virtual cameras' RGB + depth at `render_hw`, written as data/nerf_targets.py describes.
+depth and the virtual cameras' RGB + depth at `render_hw`, written as data/nerf_targets.py describes; the real
+cameras' segmenter-sky pixels are written as sky (depth 0, which training turns into the sky depth).
 """
 
 from __future__ import annotations
@@ -86,6 +91,16 @@ class FitConfig:
     """Rays per chunk when rendering the cache."""
     seed: int = 0
     """Seed of the field's initialisation and ray sampling."""
+    sky_mask: str = "auto"
+    """Sky pixels: "auto" (the dataroot's segmenter feature cache when it has one, else the segmenter run on the
+    images), "segmenter" (always run it), "none", or a segmenter cache (a name under DATAROOT/features/ or a dir)."""
+    sky_weight: float = 0.1
+    """Weight of the opacity -> 0 term on sky rays, log(1 + optical depth) = log(1 - log(1 - opacity)) (0 = sky
+    rays are ordinary rays)."""
+    sky_fraction: float = 0.125
+    """Share of each step's rays drawn from the sky pixels (when there are any)."""
+    sky_segmenter_width: int = 1024
+    """Width the segmenter runs at on the images (aspect kept; never wider than the image)."""
 
 
 @dataclass
@@ -99,6 +114,7 @@ class SceneData:
     cam2local: torch.Tensor  # (F, N, 4, 4)
     sd_tokens: list[list[str]]  # (F, N)
     dense: torch.Tensor | None  # (F, N, H, W) exact GT where the dataroot has it
+    sky: torch.Tensor | None = None  # (F, N, H, W) bool: the segmenter's sky (None: no sky mask)
 
 
 def load_scene(dataset: NuScenesDataset, indices: list[int]) -> SceneData:
@@ -118,6 +134,47 @@ def load_scene(dataset: NuScenesDataset, indices: list[int]) -> SceneData:
                      intrinsics=torch.stack([it["intrinsics"] for it in items]), cam2local=torch.stack(c2l),
                      sd_tokens=tokens,
                      dense=torch.stack([it["dense_depth"] for it in items]) if "dense_depth" in items[0] else None)
+
+
+def sky_source(dataroot: str | Path, setting: str) -> tuple[Path | None, bool]:
+    """(segmenter cache, run the segmenter on the images) of a `FitConfig.sky_mask` setting; a named cache that is
+    missing or of another teacher, or an unknown word, is an error naming it."""
+    from distillnerf_core.data.sky import resolve_sky_cache
+
+    if setting == "segmenter":
+        return None, True
+    if setting == "none":
+        return None, False
+    cache = resolve_sky_cache(dataroot, setting)
+    return cache, cache is None  # "auto" without a cache: the segmenter on the images
+
+
+def load_scene_sky(dataset: NuScenesDataset, indices: list[int], cache: Path | None, width: int) -> torch.Tensor:
+    """(F, N, H, W) bool at the dataset's image size: the segmenter's sky of keyframes `indices`, from `cache`
+    (segmenter features) or, without one, the segmenter run on the full-resolution images."""
+    from PIL import Image
+
+    from distillnerf_core.data.datasets import _table_path
+    from distillnerf_core.data.sky import segment_sky, sky_from_features
+    from distillnerf_core.teachers.cache import load_entry
+    from distillnerf_core.teachers.cache import read_manifest as read_cache_manifest
+
+    hw = dataset.image_size
+    manifest = read_cache_manifest(cache) if cache is not None else None
+    frames = []
+    for i in indices:
+        sample = dataset.nusc.get("sample", dataset.sample_tokens[i])
+        masks = []
+        for ch in dataset.cameras:
+            sd = dataset.nusc.get("sample_data", sample["data"][ch])
+            if cache is not None:
+                masks.append(sky_from_features(load_entry(cache, ch, sd["token"], manifest), hw))
+                continue
+            with Image.open(_table_path(dataset.dataroot, sd)) as im:
+                image = np.asarray(im.convert("RGB"))
+            masks.append(segment_sky([image], hw, width)[0])
+        frames.append(torch.stack(masks))
+    return torch.stack(frames)
 
 
 def make_field(cfg: FitConfig, data: SceneData) -> SceneField:
@@ -163,9 +220,13 @@ def fit_field(cfg: FitConfig, data: SceneData, train_frames: list[int], progress
     pix_all = torch.nonzero(usable.reshape(-1)).squeeze(1)
     pix_lidar = torch.nonzero(fit_lidar.reshape(-1)).squeeze(1)
     lidar_ok = fit_lidar.reshape(-1)
+    # sky rays: the segmenter's sky on usable training pixels without a LiDAR return (a return is a surface)
+    sky_ok = (data.sky & usable & ~has_lidar).reshape(-1) if data.sky is not None else torch.zeros_like(lidar_ok)
+    pix_sky = torch.nonzero(sky_ok).squeeze(1)
     opt = torch.optim.Adam(field_.parameters(), lr=cfg.lr, eps=1e-15)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 ** min(1.0, s / max(1, cfg.steps)))
     n_lidar = int(cfg.rays * cfg.lidar_fraction) if len(pix_lidar) else 0
+    n_sky = min(int(cfg.rays * cfg.sky_fraction), cfg.rays - n_lidar) if len(pix_sky) and cfg.sky_weight else 0
     bar = None
     if progress:
         from tqdm import tqdm
@@ -173,9 +234,10 @@ def fit_field(cfg: FitConfig, data: SceneData, train_frames: list[int], progress
         bar = tqdm(total=cfg.steps, desc="fit", unit="step", dynamic_ncols=True, leave=False)
     t0, c0, log = time.perf_counter(), time.process_time(), []
     for step in range(cfg.steps):
-        sel = torch.cat([pix_all[torch.randint(len(pix_all), (cfg.rays - n_lidar,), generator=g)],
+        sel = torch.cat([pix_all[torch.randint(len(pix_all), (cfg.rays - n_lidar - n_sky,), generator=g)],
                          pix_lidar[torch.randint(len(pix_lidar), (n_lidar,), generator=g)] if n_lidar else
-                         pix_all[:0]])
+                         pix_all[:0],
+                         pix_sky[torch.randint(len(pix_sky), (n_sky,), generator=g)] if n_sky else pix_all[:0]])
         out = field_.render(RayBundle(o_all[sel], d_all[sel], ids_all[sel]), jitter=True)
         loss_rgb = F.mse_loss(out["rgb"], rgb_all[sel])
         loss = loss_rgb
@@ -185,6 +247,15 @@ def fit_field(cfg: FitConfig, data: SceneData, train_frames: list[int], progress
             loss = loss + cfg.lidar_weight * ((out["distance"][lid] - d_gt).abs() / d_gt).mean()
             before = (out["t"][lid] < 0.95 * d_gt[:, None]).float()
             loss = loss + cfg.free_space_weight * (out["weights"][lid] * before).sum(1).mean()
+        sky = sky_ok[sel]
+        loss_sky = loss.new_zeros(())
+        if cfg.sky_weight and bool(sky.any()):
+            # opacity -> 0: the ray's colour must come from the sky model, no density in front of it. BCE against
+            # 0 is -log(1 - opacity) = the optical depth; its log1p keeps a gradient where the ray is saturated
+            # (opacity 1.0 in float32: a fresh field's far rays) without letting far samples' long intervals swamp
+            # the other terms
+            loss_sky = torch.log1p(out["optical_depth"][sky]).mean()
+            loss = loss + cfg.sky_weight * loss_sky
         if cfg.tv_weight:
             loss = loss + cfg.tv_weight * plane_tv(field_)
         opt.zero_grad(set_to_none=True)
@@ -196,7 +267,8 @@ def fit_field(cfg: FitConfig, data: SceneData, train_frames: list[int], progress
             if step % 50 == 0:
                 bar.set_postfix(psnr=f"{-10 * math.log10(max(float(loss_rgb), 1e-10)):.2f}", refresh=False)
         if step % 250 == 0 or step == cfg.steps - 1:
-            log.append({"step": step + 1, "loss": float(loss.detach()), "rgb_mse": float(loss_rgb.detach())})
+            log.append({"step": step + 1, "loss": float(loss.detach()), "rgb_mse": float(loss_rgb.detach()),
+                        "sky_bce": float(loss_sky.detach())})
     if bar is not None:
         bar.close()
     if field_.appearance is not None:
@@ -256,6 +328,30 @@ def _pool_to(x: torch.Tensor, hw: tuple[int, int], how: str) -> torch.Tensor:
     return y.reshape(*lead, *hw)
 
 
+def render_sky(data: SceneData, frame: int, hw: tuple[int, int]) -> torch.Tensor | None:
+    """(N, h, w) bool: render cells at least half of whose pixels the segmenter calls sky (None: no sky mask)."""
+    if data.sky is None:
+        return None
+    return _pool_to(data.sky[frame], hw, "area") >= 0.5
+
+
+def _sky_quality(depth: torch.Tensor, data: SceneData, frame: int, hw: tuple[int, int], valid: torch.Tensor
+                 ) -> dict[str, float | None]:
+    """How the field renders the sky of one frame (depth 0 = rendered as sky): `sky_share` of the valid cells
+    the segmenter calls sky, `sky_rendered_as_sky` the share of those the field renders as sky (the raw render,
+    before the targets' override), `top_rows_rendered_as_sky` the same over the top sixth of the rows without a
+    LiDAR return (what the real-data benchmark's "sky rows depth" looks at)."""
+    h = hw[0]
+    top = valid & (torch.arange(h).view(1, h, 1) < h // 6) & (_pool_to(data.lidar[frame], hw, "min_positive") <= 0)
+    share = lambda m: float((depth[m] <= 0).float().mean()) if bool(m.any()) else None  # noqa: E731
+    out: dict[str, float | None] = {"top_rows_rendered_as_sky": share(top)}
+    sky = render_sky(data, frame, hw)
+    if sky is not None:
+        out["sky_share"] = float((sky & valid).float().sum() / valid.float().sum().clamp_min(1.0))
+        out["sky_rendered_as_sky"] = share(sky & valid)
+    return out
+
+
 @torch.no_grad()
 def evaluate_field(field_: SceneField, data: SceneData, train_frames: list[int], held_lidar: torch.Tensor,
                    views: list[dict[str, torch.Tensor]], chunk: int = 4096, max_held: int = 8192
@@ -273,6 +369,7 @@ def evaluate_field(field_: SceneField, data: SceneData, train_frames: list[int],
                "lidar_abs_rel": _abs_rel(views[f]["depth"], _pool_to(data.lidar[f], hw, "min_positive"), valid)}
         if data.dense is not None:
             row["dense_abs_rel"] = _abs_rel(views[f]["depth"], _pool_to(data.dense[f], hw, "min_positive"), valid)
+        row.update(_sky_quality(views[f]["depth"], data, f, hw, valid))
         frames.append(row)
     origins, dirs, zpd = all_rays(data)
     idx = torch.nonzero(held_lidar.reshape(-1)).squeeze(1)
@@ -296,6 +393,9 @@ def evaluate_field(field_: SceneField, data: SceneData, train_frames: list[int],
                if len(idx) else None, "held_out_lidar_pixels": int(len(idx)),
                "held_out_frames_psnr": avg(held, "psnr"), "held_out_frames_lidar_abs_rel": avg(held, "lidar_abs_rel"),
                "train_frames_psnr": avg(trained, "psnr"), "train_frames_lidar_abs_rel": avg(trained, "lidar_abs_rel"),
+               "held_out_frames_sky_rendered_as_sky": avg(held, "sky_rendered_as_sky"),
+               "train_frames_sky_rendered_as_sky": avg(trained, "sky_rendered_as_sky"),
+               "held_out_frames_top_rows_rendered_as_sky": avg(held, "top_rows_rendered_as_sky"),
                "resolution_hw": list(hw), "frames": frames}
     if data.dense is not None:
         quality["dense_abs_rel"] = avg(frames, "dense_abs_rel")
@@ -336,10 +436,12 @@ def write_targets(field_: SceneField, cfg: FitConfig, data: SceneData, cameras: 
         rgb = v["rgb"].view(N, 1 + V, 3, *hw)
         depth = v["depth"].view(N, 1 + V, *hw)
         real.append({"rgb": rgb[:, 0], "depth": depth[:, 0]})
+        sky = render_sky(data, f, hw)  # the segmenter's sky is written as sky whatever the field renders there
+        target = depth[:, 0] if sky is None else torch.where(sky, torch.zeros_like(depth[:, 0]), depth[:, 0])
         for n, ch in enumerate(cameras):
             path = entry_path(out, ch, data.sd_tokens[f][n])
             (records if records is not None else {})[path.relative_to(out).as_posix()] = _write_npz(path, {
-                "depth": depth[n, 0].numpy().astype(np.float32),
+                "depth": target[n].numpy().astype(np.float32),
                 "virtual_rgb": (rgb[n, 1:].permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy(),
                 "virtual_depth": depth[n, 1:].numpy().astype(np.float32),
                 "offsets": offsets.numpy()})
@@ -399,6 +501,9 @@ def fit_dataroot(dataroot: str | Path, version: str, out: str | Path, cfg: FitCo
                     "cameras": cams, "settings": settings, "scenes": {}}
     dataset = NuScenesDataset(dataroot, version, image_size=tuple(cfg.image_hw), render_size=tuple(cfg.image_hw),
                               cameras=cams, load_next=False, depth_range=(1.0, 80.0))
+    sky_cache, sky_segmenter = sky_source(dataroot, cfg.sky_mask)
+    sky_used = (f"segmenter cache {sky_cache.name}" if sky_cache is not None else
+                f"segmenter on the images (width <= {cfg.sky_segmenter_width})" if sky_segmenter else "none")
     by_scene: dict[str, list[int]] = {}
     index = {tok: i for i, tok in enumerate(dataset.sample_tokens)}
     for scene in dataset.nusc.scene:
@@ -427,6 +532,8 @@ def fit_dataroot(dataroot: str | Path, version: str, out: str | Path, cfg: FitCo
             continue
         t0, c0 = time.perf_counter(), time.process_time()
         data = load_scene(dataset, by_scene[name])
+        if sky_cache is not None or sky_segmenter:
+            data.sky = load_scene_sky(dataset, by_scene[name], sky_cache, cfg.sky_segmenter_width)
         n = len(by_scene[name])
         train = [f for f in range(n) if not (cfg.holdout_every and f % cfg.holdout_every == cfg.holdout_offset)]
         if not train:
@@ -442,7 +549,7 @@ def fit_dataroot(dataroot: str | Path, version: str, out: str | Path, cfg: FitCo
                   "entries": written, "quality": quality, "fit_wall_s": info["fit_wall_s"],
                   "fit_cpu_s": info["fit_cpu_s"], "total_wall_s": time.perf_counter() - t0,
                   "total_cpu_s": time.process_time() - c0, "threads": torch.get_num_threads(), "log": info["log"],
-                  "files": files}
+                  "sky_mask": sky_used, "files": files}
         record = _finite_or_none(record)
         write_json(done, record)  # last: marks the scene complete
         manifest["scenes"][name] = record

@@ -10,6 +10,12 @@
                   (sky / no surface) becomes `dense_sky_depth` (the reference gives sky 115 m); None skips it
     nerf_coarse / nerf_render  the dense-depth loss above (same normalisation, sky = 0 -> dense_sky_depth) against
                   a per-scene field's rendered depth (`batch["nerf_depth"]`, DataConfig.nerf_targets)
+    sky           with `batch["sky_mask"]` (the segmenter's sky, DataConfig.sky_mask; data/sky.py) those pixels get
+                  the target dense_sky_depth in the dense-depth terms, as the reference does: in dense_* and
+                  nerf_* (overriding the GT / field depth there), and where a sample has neither (real data: LiDAR
+                  only) dense_coarse / dense_render are computed on the sky pixels alone (the only dense target
+                  there is). A sky pixel with a LiDAR return keeps no sky target (the return is a measured surface:
+                  the segmenter is wrong there, or the cell holds a thin structure in front of the sky)
     virtual_rgb / virtual_depth  with probability `virtual_prob` per camera per step, one of the field's
                   virtual cameras (shifted in the camera's frame) rendered by the model from the same encoding:
                   RGB L1 and the dense-depth loss against the field's renders (`virtual` argument, the trainer)
@@ -62,7 +68,8 @@ class LossConfig:
     dense_far: float = 120.0
     """...the rest by this, which also clamps both sides (m)."""
     dense_sky_depth: float | None = 115.0
-    """Depth (m) given to pixels without a dense target (sky); None leaves them out."""
+    """Depth (m) given to pixels without a dense target (sky) and to the segmenter's sky pixels (batch sky_mask);
+    None: no sky target (dense zeros left out, the sky mask unused)."""
     nerf_coarse: float = 10.0
     """Dense-depth loss against the per-scene field's depth on the coarse depth (where the batch has nerf_depth)."""
     nerf_render: float = 10.0
@@ -114,6 +121,12 @@ def dense_depth_loss(pred: torch.Tensor, target: torch.Tensor, near: float = 50.
     p = pred.clamp(1e-5, far)
     scale = torch.where(t < near, torch.full_like(t, near), torch.full_like(t, far))
     return _mse_l1(p / scale, t / scale, valid, l1_ratio)
+
+
+def with_sky(target: torch.Tensor | None, sky: torch.Tensor, sky_depth: float) -> torch.Tensor:
+    """A dense target with the sky pixels set to `sky_depth`; `target` None = no target (NaN) but the sky."""
+    base = torch.full(sky.shape, float("nan"), device=sky.device) if target is None else target
+    return torch.where(sky, torch.full_like(base, sky_depth), base)
 
 
 def _masked_mean(values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
@@ -229,6 +242,15 @@ class DistillNeRFLoss(torch.nn.Module):
             if cfg.lidar_render:
                 terms["lidar_render"] = lidar_depth_loss(out.depth.float(), lidar, cfg.lidar_max_depth, cfg.l1_ratio)
         dense = batch.get("dense_depth")
+        nerf = batch.get("nerf_depth")
+        sky = batch.get("sky_mask")
+        if sky is not None and cfg.dense_sky_depth is not None:
+            if lidar is not None:
+                sky = sky & ~(lidar > 0)
+            if nerf is not None:
+                nerf = with_sky(nerf, sky, cfg.dense_sky_depth)
+            if dense is not None or nerf is None:  # without any dense target the sky is the dense target
+                dense = with_sky(dense, sky, cfg.dense_sky_depth)
         if dense is not None and valid_r is not None:
             dense = torch.where(valid_r, dense, torch.full_like(dense, float("nan")))  # NaN = no target (not sky)
         if dense is not None:
@@ -237,7 +259,6 @@ class DistillNeRFLoss(torch.nn.Module):
                 terms["dense_coarse"] = dense_depth_loss(out.coarse_depth.float(), dense, **kw)
             if cfg.dense_render:
                 terms["dense_render"] = dense_depth_loss(out.depth.float(), dense, **kw)
-        nerf = batch.get("nerf_depth")
         if nerf is not None:
             if valid_r is not None:
                 nerf = torch.where(valid_r, nerf, torch.full_like(nerf, float("nan")))
