@@ -27,6 +27,7 @@ setup(
             "distillnerf-eval=distillnerf_core.cli.eval:main",
             "distillnerf-cache-features=distillnerf_core.cli.cache_features:main",
             "distillnerf-query=distillnerf_core.cli.query:main",
+            "distillnerf-calibrate=distillnerf_core.cli.calibrate:main",
             "distillnerf-fit-scene=distillnerf_core.cli.fit_scene:main",
             "distillnerf-nusc2bag=distillnerf_ros.tools.nusc2bag:main",
             "distillnerf-play=distillnerf_ros.tools.play:main",

@@ -12,7 +12,7 @@
 3. the domain statistic (median best-class cosine of the occupied voxels) and the self-grading recon PSNR of
    every frame as the node sees it (ScenePredictor, JPEGs decoded as the node decodes them, default occupancy
    grid): the held-out synthetic frames against the real frames (the nuScenes keyframe in data/nuscenes_sample,
-   the 3 DDAD frames of data/ddad_scene02 through distillnerf-dgp2nusc)
+   the 3 DDAD frames of data/ddad_scene02 through distillnerf-dgp2nusc); the fit frames are measured this way too
 4. `--store` writes the calibration (with this run's provenance) into models/default/model.json.
 """
 
@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     identity.pop("calibration", None)
     querier = SemanticQuerier(predictor.model.feature_pca, identity)
     frames = {"synthetic": measure(predictor, querier, calibration, f"synthetic held-out (seed {args.eval_seed})",
-                                   held),
+                                   held)
+              + measure(predictor, querier, calibration, f"synthetic fit (seed {args.fit_seed})", fit),
               "real": measure(predictor, querier, calibration, "nuScenes keyframe (real)", NUSCENES)
               + measure(predictor, querier, calibration, "DDAD (real)", ensure_ddad(args.work / "ddad"))}
     stats = {k: [f["statistic"] for f in v] for k, v in frames.items()}

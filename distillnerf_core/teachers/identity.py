@@ -119,7 +119,7 @@ def validate_teacher_identity(identity: Any, teacher_dim: int, feature_dim: int)
     if kind == "segmenter":
         _validate_segmenter(identity)
     if identity.get("calibration") is not None:
-        validate_calibration(identity["calibration"])
+        validate_calibration(identity["calibration"], kind)
     pca = identity.get("pca")
     if pca is not None:
         if not isinstance(pca, dict):
@@ -148,7 +148,7 @@ def _number(mapping: dict, key: str, where: str, low: float | None = None, high:
         raise ValueError(f"{where}.{key} must be {rule}, got {value!r}"[:200])
 
 
-def validate_calibration(calibration: Any) -> None:
+def validate_calibration(calibration: Any, kind: str | None = None) -> None:
     """ValueError naming the key when a stored query calibration is malformed: `temperature` (> 0) is required;
     `domain` names what it was fitted on; `ece_*` lie in [0, 1]; `queries` are the texts it was fitted with;
     `domain_check` = {statistic (one of DOMAIN_STATISTICS), threshold (finite), in_domain {...}}."""
@@ -161,7 +161,8 @@ def validate_calibration(calibration: Any) -> None:
                          f"{calibration.get('domain')!r}"[:200])
     for key in ("ece_before", "ece_after"):
         _number(calibration, key, where, 0.0, 1.0)
-    _number(calibration, "background_cosine", where, -1.0, 1.0)
+    # the fitted background option's score on the cosine scale; above 1 it beats every query (an untrained model)
+    _number(calibration, "background_cosine", where, -1e6, 1e6)
     if "bins" in calibration:
         _positive_int(calibration, "bins", where)
     queries = calibration.get("queries")
@@ -178,6 +179,9 @@ def validate_calibration(calibration: Any) -> None:
     if check.get("statistic") not in DOMAIN_STATISTICS:
         raise ValueError(f"{where}.domain_check.statistic must be one of {DOMAIN_STATISTICS}, got "
                          f"{check.get('statistic')!r}"[:200])
+    if check["statistic"] == "median_best_class_cosine" and kind == "segmenter":
+        raise ValueError(f"{where}.domain_check.statistic {check['statistic']} needs text embeddings, which a "
+                         "segmenter teacher has not")
     if check["statistic"] == "median_best_class_cosine" and queries is None:
         raise ValueError(f"{where}.queries is required by domain_check {check['statistic']} (the vocabulary it "
                          "compares with)")

@@ -133,31 +133,34 @@ def with_background(logits: torch.Tensor, background: float | None) -> torch.Ten
 def fit_temperature_and_background(logits: torch.Tensor, targets: torch.Tensor, iterations: int = 200
                                    ) -> tuple[float, float]:
     """(T, b) minimising the NLL of softmax([cosines, b] / T) on targets, where the last column of `logits` is
-    the background option (its values are replaced by b). Convex in (1 / T, b / T): L-BFGS from the
+    the background option (its values are replaced by b). Convex in (1 / T, b / T); 1 / T is optimised as
+    exp(u) so that T stays positive (a model whose cosines point away from the targets, e.g. an untrained one,
+    would want a negative one: its T ends at the top of TEMPERATURE_RANGE, flat scores), by L-BFGS from the
     temperature-only optimum."""
     _check_pairs(logits, targets)
     if logits.shape[1] < 2:
         raise ValueError("a background fit needs at least one query column and the background column")
     start = fit_temperature(logits, targets)
     cos = logits[:, :-1].double()
-    beta = torch.tensor(1.0 / start, dtype=torch.float64, requires_grad=True)
+    log_beta = torch.tensor(-math.log(start), dtype=torch.float64, requires_grad=True)
     gamma = torch.tensor(float(logits[0, -1]) / start, dtype=torch.float64, requires_grad=True)
-    optimiser = torch.optim.LBFGS([beta, gamma], max_iter=iterations, tolerance_grad=1e-10, tolerance_change=1e-14,
+    optimiser = torch.optim.LBFGS([log_beta, gamma], max_iter=iterations, tolerance_grad=1e-10, tolerance_change=1e-14,
                                   line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimiser.zero_grad()
-        z = torch.cat([cos * beta, gamma.expand(cos.shape[0], 1)], dim=1)
+        z = torch.cat([cos * log_beta.exp(), gamma.expand(cos.shape[0], 1)], dim=1)
         loss = torch.nn.functional.cross_entropy(z, targets)
         loss.backward()
         return loss
 
     with torch.enable_grad():
         optimiser.step(closure)
-    b, g = float(beta.detach()), float(gamma.detach())
+    b, g = float(log_beta.detach().exp()), float(gamma.detach())
     if not (b > 0 and math.isfinite(b) and math.isfinite(g)):
         raise ValueError(f"the background fit did not converge (1/T = {b}, b/T = {g})")
-    return 1.0 / b, g / b
+    temperature = min(max(1.0 / b, TEMPERATURE_RANGE[0]), TEMPERATURE_RANGE[1])
+    return temperature, g * temperature
 
 
 def calibration_report(logits: torch.Tensor, targets: torch.Tensor, temperature: float, bins: int = ECE_BINS,

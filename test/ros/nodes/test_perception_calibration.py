@@ -1,0 +1,53 @@
+"""Query scores outside the calibration's domain are said so, over real DDS with the real node and the bundled
+(synthetic-oracle-distilled, calibrated) model: on the real nuScenes keyframe `~/query_scene` answers with an
+OUT OF DOMAIN sentence first and /diagnostics WARNs with it (`query_domain` too); on a held-out synthetic frame
+(its domain) the same query carries no such sentence and /diagnostics says it is in the domain. The threshold
+is the one stored in models/default/model.json (benchmarks/query_calibration.py measured it)."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import REPO
+from diagnostic_msgs.msg import DiagnosticStatus
+from test_perception_grading import Grades, KeyframePublisher, start_node, values
+from test_perception_queries import call, clients
+
+
+@pytest.fixture(scope="module")
+def synthetic_frame(tmp_path_factory):
+    """One held-out synthetic keyframe (seed 999, not trained on) at the bundled model's rig, 456x256."""
+    from distillnerf_core.data.synthetic.export import write_dataroot
+
+    root = tmp_path_factory.mktemp("synthetic")
+    write_dataroot(root, scenes=1, frames=1, seed=999, width=456, height=256, progress=False)
+    return root
+
+
+def query_after(session, grades: Grades, node, keyframes: KeyframePublisher, client, processed: int):
+    keyframes.publish(keyframes.samples[0])
+    assert session.spin_until(lambda: node.counters["processed"] >= processed, 240), node.counters
+    return call(session, client, ["car", "road"])
+
+
+@pytest.mark.slow
+def test_a_real_frame_is_answered_out_of_domain_and_a_synthetic_one_in_it(session, synthetic_frame):
+    node = start_node(session, model_path="", grading_every_n_frames=0, lidar_topic="")
+    assert node.predictor.teacher["calibration"]["domain_check"], "the bundled model stores a domain check"
+    grades = Grades(session, list(node.get_parameter("cameras").value))
+    client = clients(session, 1)[0]
+
+    real = KeyframePublisher(session, REPO / "data" / "nuscenes_sample")
+    real.wait_for_node()
+    answer = query_after(session, grades, node, real, client, 1)
+    assert answer.success and answer.message.startswith("OUT OF DOMAIN"), answer.message
+    assert "synthetic" in answer.message and "not calibrated" in answer.message, answer.message
+    status = grades.status_where(lambda s: "query scores OUT OF DOMAIN" in s.message)
+    assert status.level == DiagnosticStatus.WARN, status.message
+    assert values(status)["query_domain"].startswith("OUT OF DOMAIN"), values(status)
+
+    synthetic = KeyframePublisher(session, synthetic_frame)
+    synthetic.wait_for_node()
+    answer = query_after(session, grades, node, synthetic, client, 2)
+    assert answer.success and "OUT OF DOMAIN" not in answer.message, answer.message
+    status = grades.status_where(lambda s: values(s).get("query_domain", "").startswith("in the calibration domain"))
+    assert "OUT OF DOMAIN" not in status.message, status.message
