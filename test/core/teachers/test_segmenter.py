@@ -42,8 +42,14 @@ def front() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def front_logits(segmenter, front) -> torch.Tensor:
-    return segmenter.logits([front], hw=(512, 1024))
+def front_outputs(segmenter, front) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, penultimate features) of CAM_FRONT at 1024x512: one forward for all the tests."""
+    return segmenter.logits_and_features([front], hw=(512, 1024))
+
+
+@pytest.fixture(scope="module")
+def front_logits(front_outputs) -> torch.Tensor:
+    return front_outputs[0]
 
 
 def test_shipped_weights_are_the_checked_file():
@@ -84,17 +90,19 @@ def test_logits_at_checked_pixels(front_logits):
     assert abs(float(front_logits.std()) - FRONT["logits"]["std"]) < 1e-4
 
 
-def test_probabilities_labels_and_features(segmenter, front, front_logits):
-    small = seg.resize_image(front, (256, 512))
-    probs = segmenter.probabilities([small, small], hw=(256, 512), out_hw=(90, 160))
+def test_probabilities_labels_and_features(segmenter, front, front_outputs):
+    assert front_outputs[1].shape == (1, seg.FEATURE_DIM, 256, 512), "the penultimate map is at H/2"
+    small = seg.resize_image(front, (128, 256))
+    probs = segmenter.probabilities([small, small], hw=(128, 256), out_hw=(90, 160))
     assert probs.shape == (2, 20, 90, 160)
     torch.testing.assert_close(probs.sum(1), torch.ones(2, 90, 160))
-    labels = segmenter.labels([small], hw=(256, 512), out_hw=(90, 160))
+    labels = segmenter.labels([small], hw=(128, 256), out_hw=(90, 160))
     assert labels.dtype == torch.int64 and labels.shape == (1, 90, 160)
     assert torch.equal(labels[0], probs[0].argmax(0))
-    logits, feats = segmenter.logits_and_features([front], hw=(512, 1024))
-    assert feats.shape == (1, seg.FEATURE_DIM, 256, 512)
-    torch.testing.assert_close(logits, front_logits)
+    logits, feats = segmenter.logits_and_features([small], hw=(128, 256))
+    assert feats.shape == (1, seg.FEATURE_DIM, 64, 128)
+    torch.testing.assert_close(logits, segmenter.logits([small], hw=(128, 256)))
+    assert segmenter.prepare([small]).shape == (1, 3, 512, 1024), "default size: 1024 wide, aspect kept"
 
 
 def test_input_sizes():

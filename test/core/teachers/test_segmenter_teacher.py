@@ -101,8 +101,10 @@ def test_teacher_takes_the_shipped_weights_and_the_exact_preprocessing():
     print(f"CAM_FRONT cache: sky in the top third {float(sky[:24].float().mean()):.3f}, bottom third "
           f"{float(sky[48:].float().mean()):.3f}")
     assert float(sky[:24].float().mean()) > 0.4 and float(sky[48:].float().mean()) == 0.0
+    small = build_teacher(TeacherConfig(kind="segmenter", segmenter_width=256))
     floats = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255
-    torch.testing.assert_close(teacher.dense_features(floats), feats), "float input is rounded back to the uint8"
+    torch.testing.assert_close(small.dense_features(floats), small.features_from_rgb([rgb]),
+                               msg="float input is rounded back to the uint8 image")
 
 
 def _exact_pca(vectors: torch.Tensor) -> FeaturePCA:
