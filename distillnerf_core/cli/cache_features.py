@@ -16,6 +16,11 @@ Writes DATAROOT/features/<name> (default name: the teacher kind; --out for anoth
 (float16 (D, h, w)); see distillnerf_core/teachers/cache.py. Weights come only from the local file given
 (nothing is downloaded). Interrupted runs resume: rerun the same command. Train on it with
 `data.features: <name>` in the train YAML (or `--features <name>` of distillnerf-train).
+
+At dataset scale, shard it over ranks and machines: `torchrun --nproc-per-node K [--nnodes M ...]
+-m distillnerf_core.cli.cache_features ...` (each rank takes its share of the images, --device cuda means
+cuda:LOCAL_RANK; rank 0 merges the ranks' parts into manifest.json at the end), or independent jobs with RANK /
+WORLD_SIZE set and no MASTER_ADDR, then the same command with --merge once they are all done.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import torch
 
 from distillnerf_core.cli import configure_logging
 from distillnerf_core.teachers.base import SEGMENTER_OUTPUTS, TEACHER_KINDS, TeacherConfig
-from distillnerf_core.teachers.cache import cache_features
+from distillnerf_core.teachers.cache import FEATURES_DIR, cache_features, merge_cache
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--merge", action="store_true", help="only merge the ranks' parts (manifest.rank<k>.jsonl) of"
+                        " a sharded run without a process group into manifest.json")
     args = parser.parse_args(argv)
+    if args.merge:
+        return _merge(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = TeacherConfig(kind=args.teacher, model=args.model, weights=args.weights, model_config=args.model_config,
@@ -76,9 +85,27 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:  # ValueError includes DataFileError (a malformed file)
         print(f"distillnerf-cache-features: error: {err}", file=sys.stderr)
         return 2
-    print(f"cached {summary['computed']} of {summary['images']} images ({summary['dim']}-d {args.teacher} features) "
-          f"in {summary['seconds']:.1f} s -> {summary['cache']}")
+    rank = f"rank {summary['rank']} of {summary['world_size']}: " if summary["world_size"] > 1 else ""
+    print(f"{rank}cached {summary['computed']} of {summary['images']} images ({summary['dim']}-d {args.teacher} "
+          f"features) in {summary['seconds']:.1f} s -> {summary['cache']}")
+    if summary.get("merged") is False:
+        print("distillnerf-cache-features: the merged manifest is incomplete (a rank failed?); rerun to resume",
+              file=sys.stderr)
+        return 1
     return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    cache = Path(args.out) if args.out else Path(args.dataroot) / FEATURES_DIR / (args.name or args.teacher)
+    try:
+        manifest = merge_cache(cache)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"distillnerf-cache-features: error: {err}", file=sys.stderr)
+        return 2
+    print(f"merged {len(manifest['files'])} entries into {cache / 'manifest.json'} (complete: {manifest['complete']})")
+    return 0 if manifest["complete"] else 1
 
 
 if __name__ == "__main__":

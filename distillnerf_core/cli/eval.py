@@ -18,6 +18,12 @@ PCA reconstruction with the teacher's own features). `--details-json` writes eve
 number (dense metrics in full, within-50 m, timing). `--keyframes second` keeps only each scene's 2nd
 keyframe (the paper's val protocol). CKPT: a .safetensors file, a run dir (RUN/model.safetensors, else its
 newest complete checkpoint) or a checkpoint dir.
+
+Sharded (dataset scale): under torchrun (`torchrun --nproc-per-node K -m distillnerf_core.cli.eval ...`) each
+rank scores its share of the samples (sorted sample tokens modulo WORLD_SIZE; --device cuda = cuda:LOCAL_RANK)
+into OUT.rank<k>.jsonl beside --json (a rerun skips the samples already there), then rank 0 writes --json /
+--details-json from them: the numbers a single process gives. Independent jobs (RANK / WORLD_SIZE, no
+MASTER_ADDR) each write their part; the same command with --merge then writes the JSON.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -33,8 +40,9 @@ import torch
 from distillnerf_core.checked_files import DataFileError, read_json
 from distillnerf_core.cli import configure_logging
 from distillnerf_core.data.datasets import DataConfig, dataroot_cameras, make_dataset
+from distillnerf_core.sharding import remove_parts, shard_from_env
 from distillnerf_core.training.checkpoints import CheckpointError, load_checkpoint, resolve_checkpoint
-from distillnerf_core.training.eval import evaluate, format_table, select_second_keyframes
+from distillnerf_core.training.eval import evaluate, evaluate_shard, format_table, merge_parts, select_second_keyframes
 
 logger = logging.getLogger(__name__)
 
@@ -79,12 +87,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cameras", help="comma list of camera channels in model order (default: the order the "
                         "checkpoint's run recorded, else the dataroot's rig: the 6 nuScenes cameras, or DDAD's from "
                         "distillnerf-dgp2nusc as CAMERA_01,CAMERA_06,CAMERA_05,CAMERA_09,CAMERA_07,CAMERA_08)")
+    parser.add_argument("--merge", action="store_true", help="only write --json from the ranks' parts "
+                        "(JSON.rank<k>.jsonl) of a sharded run without a process group")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    folder, stem = args.json.parent, args.json.name  # the ranks' parts: beside --json
+    try:
+        shard = shard_from_env()
+        if args.merge:
+            return _write(args, merge_parts(folder, stem), folder, stem, "merged parts")
+    except (ValueError, FileNotFoundError) as error:
+        print(f"distillnerf-eval: error: {error}", file=sys.stderr)
+        return 2
+    if args.threads or shard.sharded:  # ranks of one machine share its cores
+        torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get(
+            "LOCAL_WORLD_SIZE", shard.world_size))))
+    device = shard.device(args.device)
     try:
         ckpt = resolve_checkpoint(args.checkpoint)
-        model = load_checkpoint(ckpt, args.device)
+        model = load_checkpoint(ckpt, device)
         render_hw = model.renderer.render_hw(tuple(model.config.image_hw))
         cameras = dataroot_cameras(args.dataroot, args.version, args.cameras.split(",") if args.cameras else None,
                                    model_order=recorded_cameras(ckpt), table_order_ok=False)
@@ -95,18 +115,38 @@ def main(argv: list[str] | None = None) -> int:
         indices = select_second_keyframes(dataset) if args.keyframes == "second" else list(range(len(dataset)))
         if args.max_samples:
             indices = indices[: args.max_samples]
-        result = evaluate(model, dataset, indices, args.images, args.num_images, args.device, not args.no_progress)
-    except (DataFileError, CheckpointError, FileNotFoundError) as error:  # the message names the file and key
+        if shard.sharded:
+            header = {"checkpoint": str(ckpt.resolve()), "checkpoint_bytes": ckpt.stat().st_size,
+                      "dataroot": str(Path(args.dataroot).resolve()), "version": args.version, "split": args.split,
+                      "keyframes": args.keyframes, "features": args.features, "cameras": cameras}
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            result = evaluate_shard(model, dataset, indices, folder, stem, header, shard, args.images,
+                                    args.num_images, device, not args.no_progress)
+            if result is None:
+                print(f"rank {shard.rank} of {shard.world_size}: scored its samples into {folder}/{stem}.rank"
+                      f"{shard.rank}.jsonl" + ("" if shard.rank else " (no process group: run with --merge)"))
+                return 0
+        else:
+            result = evaluate(model, dataset, indices, args.images, args.num_images, device, not args.no_progress)
+    except (DataFileError, CheckpointError, FileNotFoundError, ValueError) as error:  # names the file and key
         print(f"distillnerf-eval: error: {error}", file=sys.stderr)
         return 2
     print(f"checkpoint {ckpt}  dataroot {args.dataroot} ({args.version}, split {args.split}, "
           f"keyframes {args.keyframes})")
+    return _write(args, result, folder, stem, "")
+
+
+def _write(args: argparse.Namespace, result: dict, folder: Path, stem: str, what: str) -> int:
+    """Print the table, write --json (and --details-json); the ranks' parts are removed once that is written."""
+    if what:
+        print(what)
     print(format_table(result["metrics"], result["details"]))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result["metrics"], indent=2) + "\n")
     if args.details_json:
         args.details_json.parent.mkdir(parents=True, exist_ok=True)
         args.details_json.write_text(json.dumps(result["details"], indent=2) + "\n")
+    remove_parts(folder, stem)
     return 0
 
 

@@ -9,7 +9,12 @@ Layout, beside the images of a nuScenes-format dataroot (DIR = DATAROOT/features
 Entries are written atomically (temp file + rename) and recorded in the manifest's `files` (size + sha256 per
 entry, the manifest itself rewritten atomically as entries are added), so a rerun with the same teacher skips
 exactly the entries that verify and recomputes any other (a truncated or altered entry is redone, not
-skipped); a rerun with a different teacher into the same directory is an error. Non-finite features are
+skipped); a rerun with a different teacher into the same directory is an error. Under torchrun (RANK /
+WORLD_SIZE, distillnerf_core/sharding.py) each rank computes the images it is assigned (sorted sample_data
+tokens modulo the world size), appends each entry's record to its own part DIR/manifest.rank<k>.jsonl (a killed
+rank loses its current image only) and never writes manifest.json: rank 0 merges the parts after a barrier, or
+`merge_cache` (`distillnerf-cache-features --merge`) does, into the manifest a single process writes; the parts
+are removed once a complete manifest holds them. Non-finite features are
 never written. Training and evaluation read entries through `load_entry`, which checks each one (a readable
 safetensors file holding only a float16 `features` (D, h, w) with D = the manifest's dim, every value
 finite): a missing or malformed entry is an error naming the file, never a silent dummy.
@@ -39,12 +44,14 @@ from distillnerf_core.checked_files import (
     require,
     write_json,
 )
+from distillnerf_core.sharding import Journal, barrier, init_group, part_path, read_parts, remove_parts, shard_from_env
 from distillnerf_core.teachers.base import Teacher, TeacherConfig
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+PART_STEM = "manifest"  # the ranks' parts: manifest.rank<k>.jsonl
 FEATURES_DIR = "features"
 MAX_ENTRY_BYTES = 2**30
 MANIFEST_KEYS = {"teacher": dict, "dim": int, "dtype": str, "version": str, "cameras": list, "complete": bool,
@@ -229,6 +236,7 @@ def cache_features(dataroot: str | Path, version: str, teacher_cfg: TeacherConfi
             raise ValueError(f"{cache} holds features of another teacher ({old['teacher']}); use another --name "
                              "or remove that directory")
         records = old["files"]
+    records.update(_part_records(cache, identity))  # entries a sharded run recorded (they are newer)
     cache.mkdir(parents=True, exist_ok=True)
     nusc = NuScenes(version=version, dataroot=str(dataroot), verbose=False)
     cams = list(cameras or camera_channels(nusc))
@@ -237,6 +245,9 @@ def cache_features(dataroot: str | Path, version: str, teacher_cfg: TeacherConfi
                 "layout": "<CHANNEL>/<sample_data token>.safetensors: 'features' float16 (D, h, w)",
                 "settings": teacher_cfg.to_dict(), "complete": False, "entries": 0}
     images = keyframe_images(nusc, cams)
+    shard = shard_from_env()
+    device = shard.device(device)
+    mine = shard.owns([sd["token"] for _, sd in images])
     # Resume: an entry is kept only when it is the file the manifest recorded (size + sha256).
     verified = {}
     todo, unverified = [], []
@@ -244,7 +255,7 @@ def cache_features(dataroot: str | Path, version: str, teacher_cfg: TeacherConfi
         key, path = entry_key(ch, sd["token"]), entry_path(cache, ch, sd["token"])
         if matches_record(path, records.get(key)):
             verified[key] = records[key]
-        else:
+        elif sd["token"] in mine:
             if path.is_file():
                 unverified.append(path)
             todo.append((ch, sd))
@@ -252,18 +263,25 @@ def cache_features(dataroot: str | Path, version: str, teacher_cfg: TeacherConfi
         logger.warning("%d entries do not match their manifest record (truncated, altered or unrecorded; first %s): "
                        "recomputed", len(unverified), unverified[0])
     manifest["files"] = verified
-    write_json(manifest_path, manifest)
+    journal = Journal(part_path(cache, PART_STEM, shard.rank)) if shard.sharded else None
+    if journal is not None:  # the header: what the merge needs to write the manifest this run would write
+        journal.append({"header": {k: v for k, v in manifest.items() if k != "files"}})
+    else:
+        write_json(manifest_path, manifest)
 
     def written(ch: str, sd: dict, feats: torch.Tensor) -> None:
-        manifest["files"][entry_key(ch, sd["token"])] = _write_entry(entry_path(cache, ch, sd["token"]), feats,
-                                                                     sd["filename"])
-        if len(manifest["files"]) % MANIFEST_EVERY == 0:
+        key = entry_key(ch, sd["token"])
+        manifest["files"][key] = _write_entry(entry_path(cache, ch, sd["token"]), feats, sd["filename"])
+        if journal is not None:
+            journal.append({"key": key, "record": manifest["files"][key]})
+        elif len(manifest["files"]) % MANIFEST_EVERY == 0:
             write_json(manifest_path, manifest)
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(images), initial=len(images) - len(todo), desc=f"cache {teacher.kind}", unit="image")
+        bar = tqdm(total=len(todo), desc=f"cache {teacher.kind}" + (f" rank {shard.rank}" if shard.sharded else ""),
+                   unit="image")
     started = time.perf_counter()
     grid: list[int] | None = None
     if teacher.kind == "oracle":
@@ -316,13 +334,81 @@ def cache_features(dataroot: str | Path, version: str, teacher_cfg: TeacherConfi
                 bar.update(len(chunk))
     if bar is not None:
         bar.close()
-    manifest.update(complete=True, entries=len(images), grid_hw=grid or manifest.get("grid_hw"),
-                    seconds=time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    summary = {"cache": str(cache), "images": len(images), "computed": len(todo), "dim": teacher.dim,
+               "seconds": seconds, "teacher": identity, "rank": shard.rank, "world_size": shard.world_size}
+    if journal is not None:
+        journal.append({"end": {"seconds": seconds, "computed": len(todo)}})
+        if init_group(shard):
+            barrier()
+            if shard.rank == 0:
+                summary["merged"] = merge_cache(cache)["complete"]
+            barrier()
+        return summary
+    manifest.update(complete=True, entries=len(images), grid_hw=grid or manifest.get("grid_hw"), seconds=seconds)
     if grid is None and images:
         manifest["grid_hw"] = list(load_entry(cache, images[0][0], images[0][1]["token"], manifest).shape[-2:])
     write_json(manifest_path, manifest)
-    return {"cache": str(cache), "images": len(images), "computed": len(todo), "dim": teacher.dim,
-            "seconds": manifest["seconds"], "teacher": identity}
+    remove_parts(cache, PART_STEM)
+    return summary
+
+
+def _part_records(cache: Path, identity: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The entry records of every rank's part in `cache` (later lines win); a part written for another teacher is
+    an error naming it."""
+    records: dict[str, Any] = {}
+    for line in read_parts(cache, PART_STEM):
+        if "header" in line and identity is not None and \
+                _comparable(line["header"].get("teacher", {})) != _comparable(identity):
+            raise ValueError(f"{cache} holds a rank's part ({PART_STEM}.rank*.jsonl) of another teacher "
+                             f"({line['header'].get('teacher')}); use another --name or remove that directory")
+        if isinstance(line.get("key"), str) and isinstance(line.get("record"), dict):
+            records[line["key"]] = line["record"]
+    return records
+
+
+def merge_cache(cache: str | Path) -> dict[str, Any]:
+    """Write DIR/manifest.json from the ranks' parts (and an earlier manifest): the manifest a single process
+    writes (entries in the dataroot's order; only `seconds` differs: the slowest rank's). When every image has a
+    verified entry the manifest is complete and the parts are removed; otherwise it lists the entries there are
+    (complete false) and the parts stay (rerun the job: it resumes). Returns the manifest."""
+    from nuscenes.nuscenes import NuScenes
+
+    cache = Path(cache)
+    lines = read_parts(cache, PART_STEM)
+    headers = [line["header"] for line in lines if isinstance(line.get("header"), dict)]
+    if not headers:
+        raise FileNotFoundError(f"no rank parts ({PART_STEM}.rank<k>.jsonl with a header) to merge in {cache}")
+    base = headers[-1]
+    for other in headers:
+        if {**other, "teacher": _comparable(other["teacher"])} != {**base, "teacher": _comparable(base["teacher"])}:
+            raise ValueError(f"{cache}: the ranks' parts were written with other settings ({other} vs {base}); "
+                             "rerun with one setting into a fresh directory")
+    records = read_manifest(cache)["files"] if (cache / MANIFEST).is_file() else {}
+    records.update(_part_records(cache, base["teacher"]))
+    nusc = NuScenes(version=base["version"], dataroot=base["dataroot"], verbose=False)
+    images = keyframe_images(nusc, base["cameras"])
+    files, missing = {}, []
+    for ch, sd in images:
+        key = entry_key(ch, sd["token"])
+        if matches_record(entry_path(cache, ch, sd["token"]), records.get(key)):
+            files[key] = records[key]
+        else:
+            missing.append(key)
+    manifest = {**base, "files": files}
+    manifest.update(complete=not missing, entries=len(images) if not missing else len(files))
+    if files:  # a single process records the grid of the last image it computed: the last one
+        ch, sd = next((c, s) for c, s in reversed(images) if entry_key(c, s["token"]) in files)
+        manifest["grid_hw"] = list(load_entry(cache, ch, sd["token"], manifest).shape[-2:])
+    ends = [line["end"]["seconds"] for line in lines if isinstance(line.get("end"), dict)]
+    manifest["seconds"] = max(ends) if ends else 0.0
+    write_json(cache / MANIFEST, manifest)
+    if missing:
+        logger.warning("%s: %d of %d entries missing after the merge (first %s); rerun the job to compute them",
+                       cache, len(missing), len(images), missing[0])
+    else:
+        remove_parts(cache, PART_STEM)
+    return manifest
 
 
 def sample_vectors(cache: str | Path, entries: list[tuple[str, str]], max_vectors: int = 200_000,
