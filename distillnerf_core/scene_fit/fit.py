@@ -94,9 +94,10 @@ class FitConfig:
     sky_mask: str = "auto"
     """Sky pixels: "auto" (the dataroot's segmenter feature cache when it has one, else the segmenter run on the
     images), "segmenter" (always run it), "none", or a segmenter cache (a name under DATAROOT/features/ or a dir)."""
-    sky_weight: float = 0.1
+    sky_weight: float = 0.01
     """Weight of the opacity -> 0 term on sky rays, log(1 + optical depth) = log(1 - log(1 - opacity)) (0 = sky
-    rays are ordinary rays)."""
+    rays are ordinary rays). On DDAD scene 02 (400 steps) 0.01 rendered 98% of the held-out frame's sky as sky
+    at -0.1 dB held-out PSNR; 0.1 rendered 99.8% but cost 1.1 dB held-out and 2.3 dB fitted-frame PSNR."""
     sky_fraction: float = 0.125
     """Share of each step's rays drawn from the sky pixels (when there are any)."""
     sky_segmenter_width: int = 1024
