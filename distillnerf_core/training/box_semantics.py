@@ -9,6 +9,7 @@ benchmarks/real_semantics.py, kept here so that tests can check them on inputs w
     recall_at_precision      the best recall a score reaches at or above a precision (an operating point)
     row_prior                per camera and image row, the class frequencies of reference label maps
     mean_iou                 per-class IoU of two label maps over valid pixels
+    ego_vehicle_blobs        vehicle-labelled blobs that touch the ego-body mask or the image bottom (the ego car)
 """
 
 from __future__ import annotations
@@ -133,3 +134,24 @@ def mean_iou(pred: np.ndarray, ref: np.ndarray, classes: Sequence[int], valid: n
             per[int(c)] = int((p & r).sum()) / union
     return {"per_class": per, "miou": float(np.mean(list(per.values()))) if per else None,
             "accuracy": float(((pred == ref) & v).sum() / max(int(v.sum()), 1))}
+
+
+def ego_vehicle_blobs(vehicle: np.ndarray, body: np.ndarray, keep: np.ndarray, grow: int = 2) -> np.ndarray:
+    """(N, h, w) bool: the connected blobs of `vehicle` pixels (per camera) that touch the ego-body mask `body`
+    (grown by `grow` pixels) or the bottom image row, minus `keep` (annotated boxes are never taken).
+
+    Why: a segmenter labels the ego car's own panels "car"; a body mask made from image motion misses the
+    glossy ones (they mirror the moving scene), and the blobs it misses adjoin it."""
+    from scipy import ndimage as ndi
+
+    if not vehicle.shape == body.shape == keep.shape or vehicle.ndim != 3:
+        raise ValueError(f"vehicle, body and keep must all be (cameras, h, w), got {vehicle.shape}, {body.shape}, "
+                         f"{keep.shape}")
+    out = np.zeros(vehicle.shape, dtype=bool)
+    for n in range(vehicle.shape[0]):
+        blobs, _ = ndi.label(vehicle[n])
+        near = ndi.binary_dilation(body[n], iterations=grow) if grow > 0 and body[n].any() else body[n].copy()
+        near[-1] = True
+        touching = np.unique(blobs[near & vehicle[n]])
+        out[n] = np.isin(blobs, touching[touching > 0]) & ~keep[n]
+    return out

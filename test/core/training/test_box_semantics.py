@@ -12,6 +12,7 @@ from distillnerf_core.data.dgp import load_dgp_points, read_scene
 from distillnerf_core.data.dgp_boxes import read_boxes_2d, read_boxes_3d
 from distillnerf_core.training.box_semantics import (
     box_mask,
+    ego_vehicle_blobs,
     mean_iou,
     points_in_boxes,
     pr_curve,
@@ -116,6 +117,22 @@ def test_mean_iou_over_present_classes():
     r = mean_iou(pred, ref, classes=[0, 1, 2, 3])
     assert r["per_class"] == pytest.approx({0: 1 / 3, 1: 2 / 3, 2: 0.0})  # class 3 is in neither map
     assert r["miou"] == pytest.approx((1 / 3 + 2 / 3 + 0) / 3) and r["accuracy"] == pytest.approx(3 / 5)
+
+
+def test_ego_vehicle_blobs_touching_the_body_or_the_bottom():
+    vehicle = np.zeros((1, 6, 6), dtype=bool)
+    vehicle[0, 0, 0] = True          # a far car, alone: kept as scene
+    vehicle[0, 2, 3:5] = True        # a blob just above the body mask (row 3): the ego car
+    vehicle[0, 5, 0:2] = True        # a blob on the bottom row: the ego car
+    vehicle[0, 1, 5] = True          # diagonal to that blob (not connected), 2 rows from the body: scene
+    body = np.zeros_like(vehicle)
+    body[0, 3, 3:5] = True
+    keep = np.zeros_like(vehicle)
+    keep[0, 2, 4] = True             # part of the body-touching blob lies in an annotated box
+    out = ego_vehicle_blobs(vehicle, body, keep, grow=1)
+    assert sorted(map(tuple, np.argwhere(out[0]))) == [(2, 3), (5, 0), (5, 1)]
+    with pytest.raises(ValueError, match="cameras, h, w"):
+        ego_vehicle_blobs(vehicle[0], body[0], keep[0])
 
 
 def test_ddad_boxes_hold_the_lidar_points_they_were_annotated_on():
