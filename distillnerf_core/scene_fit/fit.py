@@ -13,6 +13,10 @@ drawn from them). A sky pixel with a LiDAR return is not sky (the return is a su
 Then every keyframe (held-out ones included: rendered from the field as novel views) and camera gets its
 depth and the virtual cameras' RGB + depth at `render_hw`, written as data/nerf_targets.py describes; the real
 cameras' segmenter-sky pixels are written as sky (depth 0, which training turns into the sky depth).
+Under torchrun (RANK / WORLD_SIZE; distillnerf_core/sharding.py) each rank fits the scenes it is assigned (sorted
+scene names modulo the world size; each scene's record file is its proof of completion, so a killed rank loses
+its current scene only), journals them in OUT/manifest.rank<k>.jsonl and leaves manifest.json to the merge
+(`merge_fit`: rank 0 after a barrier, or `distillnerf-fit-scene --merge`), which writes what one process writes.
 """
 
 from __future__ import annotations
@@ -51,8 +55,11 @@ from distillnerf_core.data.nerf_targets import (
 from distillnerf_core.geometry import invert_transform
 from distillnerf_core.model.cameras import pixel_rays, rescale_intrinsics
 from distillnerf_core.scene_fit.field import FieldConfig, RayBundle, SceneField, plane_tv
+from distillnerf_core.sharding import Journal, barrier, init_group, part_path, read_parts, remove_parts, shard_from_env
 
 logger = logging.getLogger(__name__)
+
+PART_STEM = "manifest"  # the ranks' parts: OUT/manifest.rank<k>.jsonl
 
 
 @dataclass
@@ -96,8 +103,9 @@ class FitConfig:
     images), "segmenter" (always run it), "none", or a segmenter cache (a name under DATAROOT/features/ or a dir)."""
     sky_weight: float = 0.01
     """Weight of the opacity -> 0 term on sky rays, log(1 + optical depth) = log(1 - log(1 - opacity)) (0 = sky
-    rays are ordinary rays). On DDAD scene 02 (400 steps) 0.01 rendered 98% of the held-out frame's sky as sky
-    at -0.1 dB held-out PSNR; 0.1 rendered 99.8% but cost 1.1 dB held-out and 2.3 dB fitted-frame PSNR."""
+    rays are ordinary rays). Chosen on DDAD scene 02 at 400 steps (exploratory fits, not stored: 0.1 rendered
+    slightly more of the sky as sky but cost PSNR on the fitted and the held-out frames; what 0.01 does is in
+    docs/results/scene_fields.md)."""
     sky_fraction: float = 0.125
     """Share of each step's rays drawn from the sky pixels (when there are any)."""
     sky_segmenter_width: int = 1024
@@ -493,6 +501,12 @@ def fit_dataroot(dataroot: str | Path, version: str, out: str | Path, cfg: FitCo
     cams = dataroot_cameras(dataroot, version, cameras)  # the sensor table's rig unless --cameras names them
     settings = _settings(cfg)
     manifest_path = out / MANIFEST
+    shard = shard_from_env()
+    for line in read_parts(out, PART_STEM) if out.is_dir() else []:  # a sharded run's parts: the same settings
+        head = line.get("header", {}).get("manifest", {})
+        if head and (head.get("settings"), head.get("cameras"), head.get("version")) != (settings, cams, version):
+            raise ValueError(f"{out} holds a rank's part ({PART_STEM}.rank*.jsonl) made with other settings, cameras "
+                             "or version; use another --out")
     if manifest_path.is_file():
         manifest = read_manifest(out)
         if (manifest.get("settings"), manifest.get("cameras"), manifest.get("version")) != (settings, cams, version):
@@ -524,6 +538,13 @@ def fit_dataroot(dataroot: str | Path, version: str, out: str | Path, cfg: FitCo
                 if ch in sample["data"]:  # a missing camera is load_scene's error
                     entry_path(out, ch, sample["data"][ch])
     out.mkdir(parents=True, exist_ok=True)
+    journal = None
+    if shard.sharded:
+        journal = Journal(part_path(out, PART_STEM, shard.rank))
+        journal.append({"header": {"manifest": {k: v for k, v in manifest.items() if k != "scenes"},
+                                   "wanted": list(wanted), "all_scenes": list(by_scene)}})
+        mine = shard.owns(list(wanted))
+        wanted = [name for name in wanted if name in mine]
     for name in wanted:
         done = out / "scenes" / f"{file_name(name)}.json"  # a scene name from the table is never a path
         if done.is_file() and (record := verified_scene_record(done, out)) is not None:
@@ -554,12 +575,56 @@ def fit_dataroot(dataroot: str | Path, version: str, out: str | Path, cfg: FitCo
         record = _finite_or_none(record)
         write_json(done, record)  # last: marks the scene complete
         manifest["scenes"][name] = record
-        write_json(manifest_path, manifest)
+        if journal is not None:
+            journal.append({"scene": name})
+        else:
+            write_json(manifest_path, manifest)
         if progress:
             q = quality
             logger.info("%s: held-out LiDAR AbsRel %s, held-out frames PSNR %s, train PSNR %.2f; %.0f CPU s", name,
                         q["held_out_lidar_abs_rel"], q["held_out_frames_psnr"], q["train_frames_psnr"],
                         record["total_cpu_s"])
+    if journal is not None:  # this rank's scenes only; the merge writes the manifest
+        manifest.update(rank=shard.rank, world_size=shard.world_size)
+        if init_group(shard):
+            barrier()
+            if shard.rank == 0:
+                manifest["merged"] = merge_fit(out)["complete"]
+            barrier()
+        return manifest
     manifest["complete"] = all((out / "scenes" / f"{file_name(s)}.json").is_file() for s in by_scene)
     write_json(manifest_path, manifest)
+    remove_parts(out, PART_STEM)
+    return manifest
+
+
+def merge_fit(out: str | Path) -> dict[str, Any]:
+    """Write OUT/manifest.json from the ranks' parts and the scene records: what one process writes (an earlier
+    manifest's scenes, then the run's scenes in the run's order; the records' timing is theirs). The parts are
+    removed when every scene the run wanted is there; otherwise (a rank failed) they stay and the manifest lists the
+    scenes done (rerun the job: it resumes). Returns the manifest."""
+    out = Path(out)
+    headers = [line["header"] for line in read_parts(out, PART_STEM) if isinstance(line.get("header"), dict)]
+    if not headers:
+        raise FileNotFoundError(f"no rank parts ({PART_STEM}.rank<k>.jsonl with a header) to merge in {out}")
+    head = headers[-1]
+    if any(h != head for h in headers):
+        raise ValueError(f"{out}: the ranks' parts were written by runs with other settings or scenes; rerun "
+                         "with one setting into a fresh --out")
+    manifest = read_manifest(out) if (out / MANIFEST).is_file() else {**head["manifest"], "scenes": {}}
+    missing = []
+    for name in head["wanted"]:
+        done = out / "scenes" / f"{file_name(name)}.json"
+        record = verified_scene_record(done, out) if done.is_file() else None
+        if record is None:
+            missing.append(name)
+        else:
+            manifest["scenes"][name] = record
+    manifest["complete"] = all((out / "scenes" / f"{file_name(s)}.json").is_file() for s in head["all_scenes"])
+    write_json(out / MANIFEST, manifest)
+    if missing:
+        logger.warning("%s: %d of %d scenes not fitted after the merge (first %s); rerun the job to fit them", out,
+                       len(missing), len(head["wanted"]), missing[0])
+    else:
+        remove_parts(out, PART_STEM)
     return manifest
