@@ -492,6 +492,43 @@ def semantics_query_cost(ctx: Context) -> str:
     return join(lib, ctx.source(SEM_COST), node, ctx.sources([NODE_PLAIN, NODE_QUERIES]))
 
 
+QUERY_CALIBRATION = RESULTS + "query_calibration.json"
+
+
+@generator("semantics:calibration", reads=[QUERY_CALIBRATION])
+def semantics_calibration(ctx: Context) -> str:
+    d = ctx.load(QUERY_CALIBRATION)
+    cal, rep = d["calibration"], d["report"]
+    rows = []
+    settings = (("before", "uncalibrated", cal["temperature_before"], cal["background_cosine_before"]),
+                ("temperature_only", "temperature only", rep["fit"]["temperature_only"]["temperature"],
+                 cal["background_cosine_before"]),
+                ("after", "**stored**: temperature + background", cal["temperature"], cal["background_cosine"]))
+    for split, where in (("fit", cal["fitted_on"]), ("eval", cal["evaluated_on"])):
+        for key, label, temperature, background in settings:
+            r = rep[split][key]
+            rows.append([f"{split} ({where['frames']} frames, {where['voxels']:,} voxels)", label, f"{temperature:.3g}",
+                         num(background, 3), num(r["ece"], 3), num(r["nll"], 3), num(r["accuracy"], 3),
+                         num(r["confidence"], 3)])
+    fit = table(["held-out synthetic split (what was fitted on it)", "calibration", "temperature",
+                 "background cosine", f"ECE ({cal['bins']} bins)", "NLL", "accuracy", "mean confidence"], rows)
+    check = cal["domain_check"]
+    frames = [[f["source"], f["sample"][:12], num(f["statistic"], 4), "in" if f["in_domain"] else "**out**",
+               num(f["recon_psnr_median"], 2)] for kind in ("synthetic", "real") for f in d["frames"][kind]]
+    s = d["summary"]
+    text = (f"Domain check stored with the calibration: `{check['statistic']}` >= {check['threshold']:.4f} (the fit"
+            f" frames' minimum {check['in_domain']['min']:.4f} minus {check['margin_stds']:g} standard deviations"
+            f" of {check['in_domain']['std']:.4f}). Synthetic frames (fit and held out)"
+            f" {s['synthetic_statistic'][0]:.4f} .."
+            f" {s['synthetic_statistic'][1]:.4f}, real frames {s['real_statistic'][0]:.4f} .."
+            f" {s['real_statistic'][1]:.4f}: {'separated' if s['separated'] else 'NOT separated'}. The recon PSNR of"
+            f" the same frames (synthetic {s['synthetic_recon_psnr'][0]:.2f} .. {s['synthetic_recon_psnr'][1]:.2f} dB,"
+            f" real {s['real_recon_psnr'][0]:.2f} .. {s['real_recon_psnr'][1]:.2f} dB)"
+            f" {'separates them too' if s['recon_psnr_separates'] else 'does not separate them'}.")
+    return join(fit, table(["frame (as the node sees it)", "sample", check["statistic"], "domain",
+                            "recon PSNR median dB"], frames), text, ctx.source(QUERY_CALIBRATION))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # CPU
 # ---------------------------------------------------------------------------------------------------------
