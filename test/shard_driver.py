@@ -6,7 +6,10 @@
 
 import sys
 
-from distillnerf_core.cli import cache_features, eval
+from distillnerf_core.cli import cache_features, eval, fit_scene
+
+FIT = ["--steps", "2", "--rays", "32", "--image-hw", "16", "32", "--render-hw", "8", "16", "--holdout-every", "0",
+       "--sky", "none", "--threads", "1", "--quiet"]
 
 
 def main(dataroot: str, version: str, checkpoint: str, out: str) -> int:
@@ -14,6 +17,7 @@ def main(dataroot: str, version: str, checkpoint: str, out: str) -> int:
                               "2", "--no-progress", "--out", f"{out}/cache"])
     rc = rc or eval.main(["--checkpoint", checkpoint, "--dataroot", dataroot, "--version", version, "--threads", "1",
                           "--no-progress", "--json", f"{out}/eval.json", "--details-json", f"{out}/details.json"])
+    rc = rc or fit_scene.main(["--dataroot", dataroot, "--version", version, *FIT, "--out", f"{out}/nerf"])
     return rc
 
 

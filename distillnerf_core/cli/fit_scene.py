@@ -11,6 +11,10 @@ LiDAR pixels, held-out keyframes, how much of the segmenter's sky the field rend
 get an opacity -> 0 loss and are written as sky. Complete scenes are skipped on a rerun (resumable per scene); a
 rerun with other settings into the same DIR is an error. Train on the targets with `data.nerf_targets: DIR` (or its
 name).
+
+Sharded (850 scenes): `torchrun --nproc-per-node K [--nnodes M ...] -m distillnerf_core.cli.fit_scene ...` fits
+each rank's share of the scenes (sorted names modulo WORLD_SIZE) and rank 0 writes the manifest at the end;
+independent jobs (RANK / WORLD_SIZE, no MASTER_ADDR) are merged by the same command with --merge.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from pathlib import Path
 
 from distillnerf_core.cli import configure_logging
 from distillnerf_core.data.nerf_targets import NERF_DIR
-from distillnerf_core.scene_fit.fit import FitConfig, fit_dataroot
+from distillnerf_core.scene_fit.fit import FitConfig, fit_dataroot, merge_fit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sky-weight", type=float, default=None, help="weight of the opacity -> 0 loss on sky rays")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--merge", action="store_true", help="only write DIR/manifest.json from the ranks' parts "
+                   "(manifest.rank<k>.jsonl) of a sharded run without a process group")
     args = p.parse_args(argv)
     cfg = FitConfig()
     if args.sky is not None:
@@ -58,6 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.offsets:
         cfg.offsets = [[float(x) for x in o] for o in json.loads(args.offsets)]
     out = args.out or Path(args.dataroot) / NERF_DIR / "default"
+    if args.merge:
+        try:
+            merged, missing = merge_fit(out)
+        except (FileNotFoundError, ValueError) as error:
+            print(f"distillnerf-fit-scene: error: {error}", file=sys.stderr)
+            return 2
+        print(f"merged {len(merged['scenes'])} scenes into {out / 'manifest.json'} (complete: {merged['complete']})")
+        return 1 if missing else 0
     try:
         manifest = fit_dataroot(args.dataroot, args.version, out, cfg, scenes=args.scene,
                                 cameras=args.cameras.split(",") if args.cameras else None, progress=not args.quiet,
@@ -68,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, rec in manifest["scenes"].items():
         q = rec["quality"]
         print(json.dumps({"scene": name, **{k: v for k, v in q.items() if k != "frames"}}))
-    print(f"targets: {out}")
-    return 0
+    print(f"targets: {out}" + (f" (rank {manifest['rank']} of {manifest['world_size']})" if "rank" in manifest else ""))
+    return 1 if manifest.get("merged") is False else 0
 
 
 if __name__ == "__main__":

@@ -541,8 +541,10 @@ def fit_dataroot(dataroot: str | Path, version: str, out: str | Path, cfg: FitCo
     journal = None
     if shard.sharded:
         journal = Journal(part_path(out, PART_STEM, shard.rank))
-        journal.append({"header": {"manifest": {k: v for k, v in manifest.items() if k != "scenes"},
-                                   "wanted": list(wanted), "all_scenes": list(by_scene)}})
+        # the run's own manifest head (an earlier manifest's state, e.g. a merge's "complete", is not the run's)
+        head = {"format_version": FORMAT_VERSION, "dataroot": str(Path(dataroot).resolve()), "version": version,
+                "cameras": cams, "settings": settings}
+        journal.append({"header": {"manifest": head, "wanted": list(wanted), "all_scenes": list(by_scene)}})
         mine = shard.owns(list(wanted))
         wanted = [name for name in wanted if name in mine]
     for name in wanted:
@@ -589,7 +591,7 @@ def fit_dataroot(dataroot: str | Path, version: str, out: str | Path, cfg: FitCo
         if init_group(shard):
             barrier()
             if shard.rank == 0:
-                manifest["merged"] = merge_fit(out)["complete"]
+                manifest["merged"] = not merge_fit(out)[1]
             barrier()
         return manifest
     manifest["complete"] = all((out / "scenes" / f"{file_name(s)}.json").is_file() for s in by_scene)
@@ -598,11 +600,11 @@ def fit_dataroot(dataroot: str | Path, version: str, out: str | Path, cfg: FitCo
     return manifest
 
 
-def merge_fit(out: str | Path) -> dict[str, Any]:
+def merge_fit(out: str | Path) -> tuple[dict[str, Any], list[str]]:
     """Write OUT/manifest.json from the ranks' parts and the scene records: what one process writes (an earlier
     manifest's scenes, then the run's scenes in the run's order; the records' timing is theirs). The parts are
     removed when every scene the run wanted is there; otherwise (a rank failed) they stay and the manifest lists the
-    scenes done (rerun the job: it resumes). Returns the manifest."""
+    scenes done (rerun the job: it resumes). Returns (the manifest, the wanted scenes not fitted)."""
     out = Path(out)
     headers = [line["header"] for line in read_parts(out, PART_STEM) if isinstance(line.get("header"), dict)]
     if not headers:
@@ -627,4 +629,4 @@ def merge_fit(out: str | Path) -> dict[str, Any]:
                        len(missing), len(head["wanted"]), missing[0])
     else:
         remove_parts(out, PART_STEM)
-    return manifest
+    return manifest, missing

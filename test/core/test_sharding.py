@@ -10,15 +10,18 @@ import sys
 
 import pytest
 from conftest import REPO
+from shard_driver import FIT
 from train_helpers import VERSION, make_tiny_dataroot
 
 from distillnerf_core.cli import cache_features as cache_cli
 from distillnerf_core.cli import eval as eval_cli
+from distillnerf_core.cli import fit_scene as fit_cli
 from distillnerf_core.sharding import Journal, Shard, part_paths, read_part, shard_from_env
 from distillnerf_core.teachers.cache import MANIFEST
 
 CACHE_ARGS = ["--teacher", "oracle", "--oracle-stride", "2", "--no-progress"]
 TIMING = {"seconds"}
+SCENE_TIMING = {"fit_wall_s", "fit_cpu_s", "total_wall_s", "total_cpu_s"}
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +154,35 @@ def test_eval_merge_refuses_missing_samples(root, tiny_checkpoint, tmp_path, mon
     assert eval_cli.main(args) == 0
     assert eval_cli.main([*args, "--merge"]) == 0
     assert json.loads((tmp_path / "e.json").read_text())["num_samples"] == 4
+
+
+def _scenes(out):
+    manifest = json.loads((out / MANIFEST).read_text())
+    for record in manifest["scenes"].values():
+        for key in SCENE_TIMING:
+            record.pop(key)
+    return manifest
+
+
+def test_fit_scene_two_torchrun_ranks_equal_one_process(root, sharded, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    single = tmp_path / "single"
+    assert fit_cli.main(["--dataroot", str(root), "--version", VERSION, *FIT, "--out", str(single)]) == 0
+    out = sharded[0] / "nerf"
+    manifest = _scenes(single)
+    assert len(manifest["scenes"]) == 2 and manifest["complete"]
+    assert _scenes(out) == manifest
+    assert list(json.loads((out / MANIFEST).read_text())["scenes"]) == list(manifest["scenes"]), "the same order"
+    entries = {p.relative_to(single).as_posix(): p.read_bytes() for p in single.rglob("*.npz")}
+    assert len(entries) == 2 * 2 * 6
+    assert {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*.npz")} == entries
+    assert not part_paths(out, "manifest")
+    # independent jobs: rank 1 alone, an incomplete merge, then rank 0 and a complete one
+    jobs = tmp_path / "jobs"
+    args = ["--dataroot", str(root), "--version", VERSION, *FIT, "--out", str(jobs)]
+    _as_rank(monkeypatch, 1, 2)
+    assert fit_cli.main(args) == 0 and not (jobs / MANIFEST).exists()
+    assert fit_cli.main([*args, "--merge"]) == 1
+    _as_rank(monkeypatch, 0, 2)
+    assert fit_cli.main(args) == 0 and fit_cli.main([*args, "--merge"]) == 0
+    assert _scenes(jobs) == manifest
