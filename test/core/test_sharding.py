@@ -89,6 +89,7 @@ def test_torn_line_is_dropped(tmp_path):
     assert read_part(part) == [{"key": "a"}]
 
 
+@pytest.mark.slow
 def test_cache_two_torchrun_ranks_equal_one_process(root, sharded, monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert cache_cli.main(["--dataroot", str(root), "--version", VERSION, *CACHE_ARGS]) == 0
@@ -127,6 +128,7 @@ def test_cache_independent_ranks_resume_and_merge(root, tmp_path, monkeypatch, c
     assert _manifest(out) == _manifest(single) and _entries(out) == _entries(single)
 
 
+@pytest.mark.slow
 def test_eval_two_torchrun_ranks_equal_one_process(root, tiny_checkpoint, sharded, tmp_path, monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert eval_cli.main(["--checkpoint", str(tiny_checkpoint), "--dataroot", str(root), "--version", VERSION,
@@ -164,6 +166,7 @@ def _scenes(out):
     return manifest
 
 
+@pytest.mark.slow
 def test_fit_scene_two_torchrun_ranks_equal_one_process(root, sharded, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     single = tmp_path / "single"
