@@ -80,10 +80,23 @@ def node_frames(dataroot: Path, min_hw: tuple[int, int]):
                [ref_from_global @ c.global_from_ego @ c.ego_from_sensor for c in cameras])
 
 
+def answers(querier: SemanticQuerier, features: torch.Tensor, queries: list[str]) -> dict:
+    """What ~/query_scene would answer for the queries: share of voxels labelled (not background), share scored
+    >= 0.9, the highest score."""
+    result = querier.query(features, queries)
+    labelled = result.label >= 0
+    return {"labelled_share": float(labelled.float().mean()) if len(labelled) else 0.0,
+            "confident_share": float((labelled & (result.score >= 0.9)).float().mean()) if len(labelled) else 0.0,
+            "max_score": float(result.max_scores.max()) if len(labelled) else 0.0}
+
+
 def measure(predictor: ScenePredictor, querier: SemanticQuerier, calibration: dict, source: str, dataroot: Path
             ) -> list[dict]:
-    """Per frame: the domain statistic of the occupied voxels, its verdict, the recon PSNR median, the voxels."""
+    """Per frame: the domain statistic of the occupied voxels, its verdict, the recon PSNR median, the voxels, and
+    the answers to all the queries uncalibrated (`querier`) and with the calibration."""
     queries = calibration["queries"]
+    calibrated = SemanticQuerier(querier.pca, {**querier.identity, "calibration": calibration},
+                                 config=QueryConfig(background=True))
     rows = []
     for sample, images, K, E in node_frames(dataroot, predictor.input_hw):
         prediction = predictor.predict(images, K, E, depth=False, rgb=True, occupancy=True)
@@ -92,7 +105,9 @@ def measure(predictor: ScenePredictor, querier: SemanticQuerier, calibration: di
         verdict = verdict_from_check(calibration, statistic)
         rows.append({"source": source, "sample": sample, "cameras": len(images), "statistic": statistic,
                      "in_domain": verdict.in_domain, "occupied_voxels": int(features.shape[0]),
-                     "recon_psnr_median": median(predictor_recon_psnr(predictor, images, prediction.rgb))})
+                     "recon_psnr_median": median(predictor_recon_psnr(predictor, images, prediction.rgb)),
+                     "uncalibrated": answers(querier, features, queries),
+                     "calibrated": answers(calibrated, features, queries)})
         print(f"  {source:<28} {sample[:12]}  {calibration['domain_check']['statistic']} {statistic:.4f} "
               f"({'in' if verdict.in_domain else 'OUT OF'} domain)  recon PSNR {rows[-1]['recon_psnr_median']:.2f} dB",
               flush=True)
@@ -130,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     predictor = ScenePredictor(args.checkpoint, "cpu", query=QueryConfig(background=True))
     identity = dict(predictor.model.config.feature_head.teacher)
     identity.pop("calibration", None)
-    querier = SemanticQuerier(predictor.model.feature_pca, identity)
+    querier = SemanticQuerier(predictor.model.feature_pca, identity, config=QueryConfig(background=True))
     frames = {"synthetic": measure(predictor, querier, calibration, f"synthetic held-out (seed {args.eval_seed})",
                                    held)
               + measure(predictor, querier, calibration, f"synthetic fit (seed {args.fit_seed})", fit),
