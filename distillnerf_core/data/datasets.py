@@ -83,6 +83,10 @@ class DataConfig:
     sky_mask: str | None = "auto"
     """Sky mask for the sky depth target: "auto" (the dataroot's segmenter feature cache when it has one, else
     none), "none", or a segmenter cache (a name under DATAROOT/features/ or a directory)."""
+    jpeg_draft: bool = False
+    """Decode each JPEG at the smallest DCT reduction (1/2, 1/4, 1/8) that stays at least the model's input size
+    (PIL draft, as the node decodes), then resize: several times less decoding for 1600x900 cameras and a
+    228x128 model (benchmarks/loader_throughput.py); the pixels differ slightly from a full decode + resize."""
 
 
 def _require(path: Path) -> Path:
@@ -155,7 +159,8 @@ class NuScenesDataset(Dataset):
                  render_size: tuple[int, int] | None = None, cameras: Sequence[str] = NUSCENES_CAMERAS,
                  scenes: Sequence[str] | None = None, depth_range: tuple[float, float] = (1.0, 80.0),
                  load_next: bool = True, nusc: Any = None, features: str | Path | None = None,
-                 nerf_targets: str | Path | None = None, sky_mask: str | Path | None = None):
+                 nerf_targets: str | Path | None = None, sky_mask: str | Path | None = None,
+                 jpeg_draft: bool = False):
         from nuscenes.nuscenes import NuScenes
 
         self.dataroot = Path(dataroot)
@@ -168,6 +173,7 @@ class NuScenesDataset(Dataset):
         self.cameras = list(cameras)
         self.depth_range = depth_range
         self.load_next = load_next
+        self.jpeg_draft = jpeg_draft
         self.nusc = nusc or NuScenes(version=version, dataroot=str(self.dataroot), verbose=False)
         gt_meta = self.dataroot / "gt" / "meta.json"
         self.gt_meta = read_json(gt_meta, "synthetic ground-truth meta file") if gt_meta.is_file() else None
@@ -247,8 +253,11 @@ class NuScenesDataset(Dataset):
             path = _require(_table_path(self.dataroot, sd))
             if with_images:
                 with Image.open(path) as im:
-                    native = im.size
-                    img = im.convert("RGB").resize((W, H), Image.BILINEAR) if im.size != (W, H) else im.convert("RGB")
+                    native = im.size  # the size K describes, also when draft decodes fewer pixels
+                    if self.jpeg_draft and im.format == "JPEG":
+                        im.draft("RGB", (W, H))
+                    img = im.convert("RGB")
+                    img = img.resize((W, H), Image.BILINEAR) if img.size != (W, H) else img
                 out["images"].append(torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1))
             else:
                 native = (sd["width"], sd["height"])
@@ -462,5 +471,5 @@ def make_dataset(dataroot: str, version: str, image_hw: Sequence[int], data: Dat
         dataroot, version, image_size=tuple(image_hw), render_size=render_hw,
         cameras=dataroot_cameras(dataroot, version, data.cameras), scenes=scenes, depth_range=tuple(data.depth_range),
         load_next=data.load_next if load_next is None else load_next, features=data.features,
-        nerf_targets=data.nerf_targets, sky_mask=data.sky_mask,
+        nerf_targets=data.nerf_targets, sky_mask=data.sky_mask, jpeg_draft=data.jpeg_draft,
     )
