@@ -14,8 +14,9 @@
                   the target dense_sky_depth in the dense-depth terms, as the reference does: in dense_* and
                   nerf_* (overriding the GT / field depth there), and where a sample has neither (real data: LiDAR
                   only) dense_coarse / dense_render are computed on the sky pixels alone (the only dense target
-                  there is). A sky pixel with a LiDAR return keeps no sky target (the return is a measured surface:
-                  the segmenter is wrong there, or the cell holds a thin structure in front of the sky)
+                  there is), weighted as in the reference's per-pixel mean: the mean over the sky pixels times their
+                  share of the valid rays. A sky pixel with a LiDAR return keeps no sky target (the return is a
+                  measured surface: the segmenter is wrong there, or the cell holds a thin structure in front)
     virtual_rgb / virtual_depth  with probability `virtual_prob` per camera per step, one of the field's
                   virtual cameras (shifted in the camera's frame) rendered by the model from the same encoding:
                   RGB L1 and the dense-depth loss against the field's renders (`virtual` argument, the trainer)
@@ -244,21 +245,29 @@ class DistillNeRFLoss(torch.nn.Module):
         dense = batch.get("dense_depth")
         nerf = batch.get("nerf_depth")
         sky = batch.get("sky_mask")
+        share = None  # sky-only dense target: the sky pixels' share of the valid rays
         if sky is not None and cfg.dense_sky_depth is not None:
             if lidar is not None:
                 sky = sky & ~(lidar > 0)
             if nerf is not None:
                 nerf = with_sky(nerf, sky, cfg.dense_sky_depth)
-            if dense is not None or nerf is None:  # without any dense target the sky is the dense target
+            if dense is None and nerf is None:  # without any dense target the sky is the dense target
+                in_view = sky if valid_r is None else sky & valid_r
+                rays = valid_r.sum() if valid_r is not None else torch.tensor(sky.numel(), device=sky.device)
+                share = in_view.sum() / rays.clamp_min(1)
+            if dense is not None or nerf is None:
                 dense = with_sky(dense, sky, cfg.dense_sky_depth)
         if dense is not None and valid_r is not None:
             dense = torch.where(valid_r, dense, torch.full_like(dense, float("nan")))  # NaN = no target (not sky)
         if dense is not None:
             kw = dict(near=cfg.dense_near, far=cfg.dense_far, sky_depth=cfg.dense_sky_depth, l1_ratio=cfg.l1_ratio)
+            # a sky-only target weighs its pixels as the reference's dense loss does (a mean over every pixel, the
+            # sky's share of it): the mean over the sky pixels alone, times their share of the valid rays
+            scale = 1.0 if share is None else share
             if cfg.dense_coarse and out.coarse_depth is not None:
-                terms["dense_coarse"] = dense_depth_loss(out.coarse_depth.float(), dense, **kw)
+                terms["dense_coarse"] = scale * dense_depth_loss(out.coarse_depth.float(), dense, **kw)
             if cfg.dense_render:
-                terms["dense_render"] = dense_depth_loss(out.depth.float(), dense, **kw)
+                terms["dense_render"] = scale * dense_depth_loss(out.depth.float(), dense, **kw)
         if nerf is not None:
             if valid_r is not None:
                 nerf = torch.where(valid_r, nerf, torch.full_like(nerf, float("nan")))
