@@ -255,6 +255,15 @@ def main(argv: list[str] | None = None) -> int:
         "data": (f"DDAD scene 02 (data/ddad_scene02): frames {setup.get('train_frames')} fitted, "
                  f"{setup.get('held_out')} held out" if args.part == "real"
                  else f"synthetic: train {setup.get('train')}, held out {setup.get('heldout')}")}
+    if args.merge and path.is_file():  # read again: an invocation that ran meanwhile has written its arms
+        previous = json.loads(path.read_text())
+        ran = {REAL_ARMS[a] for a in result["setup"]["arms_this_invocation"]}
+        merged = {**previous.get("per_scene_fit", {}),
+                  **{k: v for k, v in result["per_scene_fit"].items() if k in ran}}
+        result["per_scene_fit"] = {name: merged[name] for name in REAL_ARMS.values() if name in merged}
+        for key in ("field", "field_cpu_minutes", "field_wall_minutes", "field_sky_mask", "field_settings"):
+            if key not in result and key in previous:
+                result[key] = previous[key]
     if previous is not None:  # each invocation's header and provenance, the arms it ran named in its setup
         result["invocations"] = [*previous.get("invocations", [{k: previous.get(k) for k in (
             "header", "command", "provenance", "setup")}]), {"header": result["header"], "command": result["command"],
