@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
                         "DATAROOT/features/ or a directory, from distillnerf-cache-features) to distil")
     parser.add_argument("--nerf-targets", help="override data.nerf_targets: per-scene field targets (name under "
                         "DATAROOT/nerf/ or a directory, from distillnerf-fit-scene): dense depth + virtual cameras")
+    parser.add_argument("--sky-mask", help="override data.sky_mask: auto (default: the dataroot's segmenter feature "
+                        "cache when it has one), none, or a segmenter cache; its sky pixels get the 115 m sky depth")
     parser.add_argument("--virtual-prob", type=float, help="override loss.virtual_prob (virtual cameras per camera)")
     parser.add_argument("--init", help="override init: start from this checkpoint's weights")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK if available)")
@@ -63,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg.data.features = args.features
     if args.nerf_targets:
         cfg.data.nerf_targets = args.nerf_targets
+    if args.sky_mask:
+        cfg.data.sky_mask = args.sky_mask
     if args.virtual_prob is not None:
         cfg.loss.virtual_prob = args.virtual_prob
     if args.init:
