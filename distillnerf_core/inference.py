@@ -322,8 +322,9 @@ class ScenePredictor:
         """Encode one frame (N cameras, any sizes) and compute the requested outputs.
 
         `semantic_queries` (needs occupancy) labels the occupied voxels: voxel_label, voxel_score, query_max_scores.
-        With semantic_source "teacher", occupancy also renders depth (the voxels' visibility) and keeps the
-        images in `teacher_frame`; the segmenter runs only with semantic_queries (or a later `query`).
+        With semantic_source "teacher", occupancy also keeps the images (and the scene, for a depth render, when
+        depth and rgb are not asked for) in `teacher_frame`; the segmenter and that render run only with
+        semantic_queries or at a later `query`.
         """
         if semantic_queries:
             self.check_queries(semantic_queries)
@@ -337,15 +338,15 @@ class ScenePredictor:
         self.model.stage_ms = {}
         with autocast:
             scene = self.model.encode(images_t, K_t, E_t)
-            teacher_depth = occupancy and self.live_teacher  # visibility needs the rendered surface
-            if depth or rgb or teacher_depth:
+            teacher_views = None  # the live segmenter's visibility test: this render's depth, else one at a query
+            if depth or rgb:
                 # Depth only: no RGB decoder and no feature lookups (the renderer's density pass suffices);
                 # never the per-sample feature head, whose rendered image no FramePrediction field holds (it
                 # was the costliest part of a CPU render: an MLP over every sample that carries weight).
                 views = self.model.render(scene, {"intrinsics": K_t, "cam2ego": E_t, "image_hw": self.input_hw},
                                           rgb=rgb, features=False)
                 render_hw = tuple(views.depth.shape[-2:])
-                if teacher_depth:
+                if occupancy and self.live_teacher:
                     teacher_views = (views.depth[0].float(), views.opacity[0].float(), render_hw)
                 if depth:
                     result.depth = views.depth[0].float().cpu().numpy()
@@ -359,7 +360,7 @@ class ScenePredictor:
             if occupancy:
                 self._occupancy(scene, images_t, K_t, E_t, result)
                 if self.live_teacher:
-                    result.teacher_frame = self._teacher_frame(images, intrinsics, E_t[0], K_t[0], teacher_views,
+                    result.teacher_frame = self._teacher_frame(images, intrinsics, scene, K_t, E_t, teacher_views,
                                                                result)
                 if semantic_queries:
                     labelled = self.query(semantic_queries, result)
@@ -373,17 +374,39 @@ class ScenePredictor:
         result.stage_ms = dict(self.model.stage_ms)
         return result
 
-    def _teacher_frame(self, images: list[np.ndarray], intrinsics: list[np.ndarray], E: torch.Tensor,
-                       K_input: torch.Tensor, views: tuple[torch.Tensor, torch.Tensor, tuple[int, int]],
+    def _teacher_frame(self, images: list[np.ndarray], intrinsics: list[np.ndarray], scene, K_t: torch.Tensor,
+                       E_t: torch.Tensor, views: tuple[torch.Tensor, torch.Tensor, tuple[int, int]] | None,
                        result: FramePrediction) -> TeacherFrame:
+        """What the live segmenter labels from. Without a depth render in this frame (nobody asked for depth or
+        RGB) the frame keeps its scene instead and renders depth at its first labelling: a frame nobody queries
+        costs no render."""
+        E = E_t[0]
+        frame = TeacherFrame(images=list(images), intrinsics=torch.as_tensor(np.stack(intrinsics), dtype=torch.float32,
+                                                                            device=E.device),
+                             ego_from_camera=E.float(), voxel_centers=torch.as_tensor(result.voxel_centers,
+                                                                                     device=E.device),
+                             voxel_size=float(self.occupancy.voxel_size))
+        if views is not None:
+            frame.set_depth(*self._teacher_depth(views, K_t))
+        else:
+            frame.render_depth = lambda: self._teacher_depth(self._render_depth(scene, K_t, E_t), K_t)
+        return frame
+
+    @torch.no_grad()
+    def _render_depth(self, scene, K_t: torch.Tensor, E_t: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        autocast = torch.autocast(self.device.type, dtype=PRECISIONS[self.precision], enabled=self.precision != "fp32")
+        with autocast:
+            views = self.model.render(scene, {"intrinsics": K_t, "cam2ego": E_t, "image_hw": self.input_hw},
+                                      rgb=False, features=False)
+        return views.depth[0].float(), views.opacity[0].float(), tuple(views.depth.shape[-2:])
+
+    def _teacher_depth(self, views: tuple[torch.Tensor, torch.Tensor, tuple[int, int]], K_t: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         depth, opacity, render_hw = views
         depth_K = torch.stack([torch.as_tensor(scaled_intrinsics(K, self.input_hw, render_hw), dtype=torch.float32)
-                               for K in K_input.cpu().numpy()]).to(E.device)
-        return TeacherFrame(images=list(images), intrinsics=torch.as_tensor(np.stack(intrinsics), dtype=torch.float32,
-                                                                           device=E.device),
-                            ego_from_camera=E.float(), depth=depth, opacity=opacity, depth_intrinsics=depth_K,
-                            voxel_centers=torch.as_tensor(result.voxel_centers, device=E.device),
-                            voxel_size=float(self.occupancy.voxel_size))
+                               for K in K_t[0].cpu().numpy()]).to(depth.device)
+        return depth, opacity, depth_K
 
     def _occupancy(self, scene, images_t: torch.Tensor, K_t: torch.Tensor, E_t: torch.Tensor,
                    result: FramePrediction) -> None:

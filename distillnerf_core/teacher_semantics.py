@@ -24,7 +24,7 @@ voxel whose best query scores below it is background (-1), as the distilled path
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,8 +47,8 @@ class TeacherSemanticsConfig:
     weights: str | None = None
     """Segmenter .safetensors file; None = the weights shipped with the package."""
     depth_tolerance_voxels: float = 1.0
-    """A voxel is hidden where the ray through its centre enters its cell more than this many voxel sizes
-    behind the rendered depth at that pixel (the expected depth of a surface is spread over its samples)."""
+    """A probe (cell centre or face centre) is hidden where it lies more than this many voxel sizes behind the
+    rendered depth at its pixel (a rendered surface is an expectation spread over the ray's samples)."""
     min_opacity: float = 0.5
     """Rays that accumulate less opacity have no rendered surface: nothing there hides a voxel."""
     near: float = 0.1
@@ -70,18 +70,36 @@ class TeacherSemanticsConfig:
 @dataclass
 class TeacherFrame:
     """What labelling a frame's voxels needs, kept with its FramePrediction so that a later query can label it
-    (the segmenter runs only then): the images as given, their K, the rendered depth / opacity and K of those
-    maps, the voxels. Arrays on the CPU except the tensors, which stay on the predictor's device."""
+    (the segmenter runs only then): the images as given, their K, the voxels, the rendered depth / opacity and
+    K of those maps (or `render_depth`, which renders them at the first labelling). Tensors stay on the
+    predictor's device."""
 
     images: list[np.ndarray]  # (H, W, 3) uint8 per camera, as given to predict
     intrinsics: torch.Tensor  # (N, 3, 3) K of those images
     ego_from_camera: torch.Tensor  # (N, 4, 4)
-    depth: torch.Tensor  # (N, h, w) rendered camera z-depth
-    opacity: torch.Tensor  # (N, h, w) accumulated opacity of those rays
-    depth_intrinsics: torch.Tensor  # (N, 3, 3) K of the depth maps
     voxel_centers: torch.Tensor  # (V, 3)
     voxel_size: float
+    depth: torch.Tensor | None = None  # (N, h, w) rendered camera z-depth
+    opacity: torch.Tensor | None = None  # (N, h, w) accumulated opacity of those rays
+    depth_intrinsics: torch.Tensor | None = None  # (N, 3, 3) K of the depth maps
+    render_depth: Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
     classes: VoxelClasses | None = None  # filled by the first labelling (once per frame)
+    render_ms: float = 0.0  # the depth render of the first labelling (0 when the frame rendered depth anyway)
+
+    def set_depth(self, depth: torch.Tensor, opacity: torch.Tensor, depth_intrinsics: torch.Tensor) -> None:
+        self.depth, self.opacity, self.depth_intrinsics = depth, opacity, depth_intrinsics
+
+    def ensure_depth(self) -> None:
+        """Render depth now if the frame did not (then drop the scene the renderer held)."""
+        if self.depth is None:
+            if self.render_depth is None:
+                raise ValueError("the teacher frame has neither rendered depth nor a scene to render it from")
+            import time
+
+            started = time.perf_counter()
+            self.set_depth(*self.render_depth())
+            self.render_ms = 1000.0 * (time.perf_counter() - started)
+        self.render_depth = None
 
 
 @dataclass
@@ -200,6 +218,7 @@ def label_voxels(frame: TeacherFrame, segmenter, config: TeacherSemanticsConfig)
     n_cams, n_vox = len(frame.images), centers.shape[0]
     if n_vox == 0:
         return VoxelClasses(torch.zeros(0, NUM_CLASSES), torch.zeros(0, dtype=torch.int64))
+    frame.ensure_depth()  # visibility needs the rendered surface (rendered now if the frame did not)
     started = time.perf_counter()
     probes = cell_probes(centers, frame.voxel_size)
     visible = probe_visibility(probes, frame.depth, frame.opacity, frame.depth_intrinsics, frame.ego_from_camera,

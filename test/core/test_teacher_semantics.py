@@ -122,6 +122,7 @@ def labelled():
     frame = keyframes(REPO / "data/nuscenes_sample", predictor.decode_hw)[0]
     prediction = predictor.predict(frame["images"], frame["K"], frame["output_from_camera"], depth=False)
     assert prediction.teacher_frame.classes is None, "no query yet: the segmenter has not run"
+    assert prediction.teacher_frame.depth is None and prediction.depth is None, "nor the depth render"
     texts = ["road", "building", "vegetation", "car", "sky"]
     return predictor, frame, prediction, texts, predictor.query(texts, prediction)
 
@@ -132,6 +133,7 @@ def test_the_real_segmenter_labels_the_real_keyframe_where_voxels_are_visible(la
     classes = prediction.teacher_frame.classes
     seen = classes.seen
     assert 0.05 < seen.float().mean() < 0.9, "some voxels are hidden behind the rendered surface, many are seen"
+    assert prediction.teacher_frame.render_ms > 0 and prediction.teacher_frame.render_depth is None
     assert (result.label[~seen] == -1).all() and (result.score[~seen] == 0).all(), "unseen voxels: no label"
     assert torch.allclose(classes.probabilities[seen].sum(dim=1), torch.ones(int(seen.sum())), atol=1e-4)
     # The labels mean something: road voxels lie lower than building / vegetation voxels, nothing seen is sky.
@@ -201,7 +203,10 @@ def test_semantic_queries_in_predict_label_with_the_live_segmenter(labelled):
     predictor, frame, _, _, _ = labelled
     front = slice(0, 2)  # two cameras: the segmenter runs once more, on them only
     prediction = predictor.predict(frame["images"][front], frame["K"][front], frame["output_from_camera"][front],
-                                   depth=False, semantic_queries=["road", "vehicle"])
+                                   depth=True, semantic_queries=["road", "vehicle"])
+    teacher = prediction.teacher_frame
+    assert teacher.render_depth is None and teacher.render_ms == 0, "the frame's own depth render was used"
+    assert np.array_equal(teacher.depth.numpy(), prediction.depth)
     assert prediction.teacher_frame.classes is not None
     assert prediction.voxel_label.shape == (len(prediction.voxel_centers),)
     assert set(np.unique(prediction.voxel_label)) <= {-1, 0, 1} and (prediction.voxel_label == 0).any()
