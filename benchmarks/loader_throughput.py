@@ -109,30 +109,37 @@ def decode_ms(paths: list[Path], hw: tuple[int, int], draft: bool, repeats: int 
     return statistics.median(times)
 
 
+class Repeated(torch.utils.data.Dataset):
+    """The dataset `times` over as one epoch: a small benchmark dataroot never drains the workers' prefetch at an
+    epoch boundary (a real epoch has thousands of samples)."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, times: int) -> None:
+        self.dataset, self.times = dataset, times
+
+    def __len__(self) -> int:
+        return len(self.dataset) * self.times
+
+    def __getitem__(self, index: int) -> dict:
+        return self.dataset[index % len(self.dataset)]
+
+
 def make_loader(dataset: torch.utils.data.Dataset, workers: int, seed: int = 0) -> torch.utils.data.DataLoader:
-    """The loader Trainer._build_loader makes for one rank (batch 1)."""
+    """The loader Trainer._build_loader makes for one rank (batch 1; pinned when CUDA is there)."""
     from torch.utils.data import DataLoader, DistributedSampler
 
     from distillnerf_core.training.trainer import _worker_init
 
     sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=seed, drop_last=False)
     return DataLoader(dataset, batch_size=1, sampler=sampler, num_workers=workers, collate_fn=collate_samples,
-                      pin_memory=False, drop_last=False, persistent_workers=workers > 0,
+                      pin_memory=torch.cuda.is_available(), drop_last=False, persistent_workers=workers > 0,
                       worker_init_fn=_worker_init if workers > 0 else None, prefetch_factor=2 if workers > 0 else None)
 
 
 def measure_loader(dataset: torch.utils.data.Dataset, workers: int, samples: int) -> dict:
-    """samples/s over `samples` batches after the workers' first `workers` (start-up) batches, epochs repeated."""
-    loader = make_loader(dataset, workers)
+    """samples/s over `samples` batches after the workers' first `workers` (start-up) batches, in one epoch."""
     warm = max(1, workers)
-
-    def batches(source: torch.utils.data.DataLoader):
-        epoch = 0
-        while True:
-            source.sampler.set_epoch(epoch)
-            yield from source
-            epoch += 1
-    it = batches(loader)
+    loader = make_loader(Repeated(dataset, -(-(samples + warm) // len(dataset))), workers)
+    it = iter(loader)
     t_start = time.perf_counter()
     for _ in range(warm):
         next(it)
@@ -145,21 +152,26 @@ def measure_loader(dataset: torch.utils.data.Dataset, workers: int, samples: int
             "seconds": elapsed, "samples_per_s": samples / elapsed}
 
 
-def in_process_cost(dataset: torch.utils.data.Dataset, samples: int) -> dict:
-    """Wall and CPU ms per sample loaded in this process at one torch thread (what one worker spends)."""
+def in_process_cost(datasets: dict[str, torch.utils.data.Dataset], samples: int) -> dict[str, dict]:
+    """Per decode mode, wall and CPU ms per sample loaded in this process at one torch thread (what one worker
+    spends); the modes alternate sample by sample, so a shared machine's load changes hit them alike."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    wall: dict[str, list[float]] = {m: [] for m in datasets}
+    cpu: dict[str, list[float]] = {m: [] for m in datasets}
     try:
-        dataset[0]
-        wall, cpu = [], []
+        for dataset in datasets.values():
+            dataset[0]
         for i in range(samples):
-            w0, c0 = time.perf_counter(), time.process_time()
-            collate_samples([dataset[i % len(dataset)]])
-            wall.append((time.perf_counter() - w0) * 1e3)
-            cpu.append((time.process_time() - c0) * 1e3)
+            for mode, dataset in datasets.items():
+                w0, c0 = time.perf_counter(), time.process_time()
+                collate_samples([dataset[i % len(dataset)]])
+                wall[mode].append((time.perf_counter() - w0) * 1e3)
+                cpu[mode].append((time.process_time() - c0) * 1e3)
     finally:
         torch.set_num_threads(threads)
-    return {"wall_ms_median": statistics.median(wall), "cpu_ms_median": statistics.median(cpu), "samples": samples}
+    return {m: {"wall_ms_median": statistics.median(wall[m]), "cpu_ms_median": statistics.median(cpu[m]),
+                "cpu_ms_min": min(cpu[m]), "samples": samples} for m in datasets}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", default=f"1,2,{os.cpu_count() or 1}", help="comma list of worker counts")
     p.add_argument("--step-ms", type=float, default=55.0, help="the training step to feed (55: paper, H200)")
     p.add_argument("--samples", type=int, default=48, help="samples timed per (decode, workers)")
-    p.add_argument("--cost-samples", type=int, default=8, help="samples of the in-process cost per decode mode")
+    p.add_argument("--cost-samples", type=int, default=16, help="samples of the in-process cost per decode mode")
     p.add_argument("--decode", default="full,draft", help="comma list of full, draft")
     p.add_argument("--model", default="paper", help="model config whose input size the loader produces")
     p.add_argument("--scenes", type=int, default=2)
@@ -208,10 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"one JPEG -> {hw[1]}x{hw[0]}, CPU ms: {json.dumps({k: round(v, 2) for k, v in decode.items()})}")
     step_rate = 1000.0 / args.step_ms
     runs = []
-    for mode in modes:
-        dataset = make_dataset(str(root), VERSION, hw, DataConfig(jpeg_draft=mode == "draft", sky_mask="none"),
-                               render_hw, load_next=False)
-        cost = in_process_cost(dataset, args.cost_samples)
+    datasets = {mode: make_dataset(str(root), VERSION, hw, DataConfig(jpeg_draft=mode == "draft", sky_mask="none"),
+                                   render_hw, load_next=False) for mode in modes}
+    costs = in_process_cost(datasets, args.cost_samples)
+    for mode, dataset in datasets.items():
+        cost = costs[mode]
         cores = AIM * step_rate * cost["cpu_ms_median"] / 1e3
         print(f"[{mode}] one sample in this process: {cost['wall_ms_median']:.1f} ms wall, "
               f"{cost['cpu_ms_median']:.1f} ms CPU -> {cores:.2f} cores to load {AIM}x {step_rate:.1f} steps/s")

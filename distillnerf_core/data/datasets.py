@@ -256,8 +256,8 @@ class NuScenesDataset(Dataset):
                     native = im.size  # the size K describes, also when draft decodes fewer pixels
                     if self.jpeg_draft and im.format == "JPEG":
                         im.draft("RGB", (W, H))
-                    img = im.convert("RGB")
-                    img = img.resize((W, H), Image.BILINEAR) if img.size != (W, H) else img
+                    img = im if im.mode == "RGB" else im.convert("RGB")  # convert would copy 1600x900 pixels
+                    img = img.resize((W, H), Image.BILINEAR) if img.size != (W, H) else img.copy()
                 out["images"].append(torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1))
             else:
                 native = (sd["width"], sd["height"])

@@ -18,12 +18,14 @@ def root(tmp_path_factory):
 def test_draft_same_geometry_close_pixels(root, hw, monkeypatch):
     full = make_dataset(str(root), VERSION, hw, DataConfig(sky_mask="none"), (hw[0] // 2, hw[1] // 2))[0]
     drafted_sizes = []
-    original_convert = Image.Image.convert
 
-    def record(self, *args, **kwargs):  # the size the decoder produced, before the resize to hw
-        drafted_sizes.append(self.size)
-        return original_convert(self, *args, **kwargs)
-    monkeypatch.setattr(Image.Image, "convert", record)
+    def recording(method):
+        def record(self, *args, **kwargs):  # the size the decoder produced, before the resize to hw
+            drafted_sizes.append(self.size)
+            return method(self, *args, **kwargs)
+        return record
+    for name in ("resize", "copy"):  # the dataset resizes a decoded image, or copies one already at the input size
+        monkeypatch.setattr(Image.Image, name, recording(getattr(Image.Image, name)))
     draft = make_dataset(str(root), VERSION, hw, DataConfig(sky_mask="none", jpeg_draft=True),
                          (hw[0] // 2, hw[1] // 2))[0]
     # 64x32 -> the smallest reduction at least hw: 1/4 (16x8) for 16x8, 1/2 (32x16) for 20x12
