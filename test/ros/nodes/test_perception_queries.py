@@ -137,8 +137,13 @@ def test_the_text_embedding_cache_stays_bounded_under_many_distinct_texts(sessio
     checkpoint = clip_distilled_checkpoint(tmp_path, CLIP_CONFIG["embed_dim"], weights, cfg_path,
                                            file_sha256(weights))
     harness = Harness(session, checkpoint)  # an open-vocabulary (CLIP-distilled) model: every text is embedded
+    # The node queries with the default QueryConfig; its text querier is built at the first call, so a smaller
+    # count limit set here applies: filling it takes 10 calls of the tiny CLIP instead of the default's 70
+    # (the default limit itself is QueryConfig's; the LRU order is test_query.py's unit test).
+    assert harness.node.predictor.query_config == QueryConfig() and harness.node.predictor.query_cache_size() == (0, 0)
+    harness.node.predictor.query_config = QueryConfig(cache_entries=256)
     client = clients(session, 1)[0]
-    limit = QueryConfig().cache_entries
+    limit = harness.node.predictor.query_config.cache_entries
     calls = limit // 64 + 6  # 64 distinct texts a call: more texts than the cache holds
     for index in range(calls):
         answer = call(session, client, [f"object number {index * 64 + i}" for i in range(64)])
