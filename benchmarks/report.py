@@ -513,8 +513,14 @@ def semantics_calibration(ctx: Context) -> str:
     fit = table(["held-out synthetic split (what was fitted on it)", "calibration", "temperature",
                  "background cosine", f"ECE ({cal['bins']} bins)", "NLL", "accuracy", "mean confidence"], rows)
     check = cal["domain_check"]
+    def answered(f: dict) -> str:
+        u, c = f["uncalibrated"], f["calibrated"]
+        return (f"{pct(u['labelled_share'])} / {pct(c['labelled_share'])}", f"{pct(u['confident_share'])} / "
+                f"{pct(c['confident_share'])}", f"{num(u['max_score'], 2)} / {num(c['max_score'], 2)}")
+
     frames = [[f["source"], f["sample"][:12], num(f["statistic"], 4), "in" if f["in_domain"] else "**out**",
-               num(f["recon_psnr_median"], 2)] for kind in ("synthetic", "real") for f in d["frames"][kind]]
+               num(f["recon_psnr_median"], 2), *answered(f)]
+              for kind in ("synthetic", "real") for f in d["frames"][kind]]
     s = d["summary"]
     text = (f"Domain check stored with the calibration: `{check['statistic']}` >= {check['threshold']:.4f} (the fit"
             f" frames' minimum {check['in_domain']['min']:.4f} minus {check['margin_stds']:g} standard deviations"
@@ -525,8 +531,12 @@ def semantics_calibration(ctx: Context) -> str:
             f" the same frames (synthetic {s['synthetic_recon_psnr'][0]:.2f} .. {s['synthetic_recon_psnr'][1]:.2f} dB,"
             f" real {s['real_recon_psnr'][0]:.2f} .. {s['real_recon_psnr'][1]:.2f} dB)"
             f" {'separates them too' if s['recon_psnr_separates'] else 'does not separate them'}.")
+    queried = (f"Last three columns: all {len(cal['queries'])} classes queried with the background option, "
+               "uncalibrated / calibrated (share of the occupied voxels labelled, share labelled with a score >= 0.9, "
+               "highest score).")
     return join(fit, table(["frame (as the node sees it)", "sample", check["statistic"], "domain",
-                            "recon PSNR median dB"], frames), text, ctx.source(QUERY_CALIBRATION))
+                            "recon PSNR median dB", "labelled", "score >= 0.9", "max score"], frames), queried, text,
+                ctx.source(QUERY_CALIBRATION))
 
 
 # ---------------------------------------------------------------------------------------------------------
