@@ -71,6 +71,16 @@ def main(argv: list[str] | None = None) -> int:
                 first = f" (first call {run['first_call_ms'] / 1000:.1f} s)" if kf.get("compiled") else ""
                 lines.append(f"| {precision} | {name}{first} | {run['call_ms_median']:.1f} | "
                              f"{run['model_ms_median']:.1f} |")
+    if (out / "loader_throughput.json").is_file():  # issue 26: can the loader feed the step?
+        ld = _load(out / "loader_throughput.json")
+        title = (f"## Training data loader ({ld['dataroot']['keyframes']} keyframes of 6 x 1600x900 JPEG + LiDAR -> "
+                 f"{ld['image_hw']}, against the {ld['step_ms']:g} ms step = {ld['step_rate_per_s']:.1f}/s)")
+        lines += ["", title, "", "| decode | workers | samples/s | x step rate |", "|---|---|---|---|"]
+        for r in ld["loader"]:
+            lines.append(f"| {r['decode']} | {r['workers']} | {r['samples_per_s']:.1f} | {r['step_ratio']:.2f} |")
+        for mode, cost in ld["in_process"].items():
+            lines.append(f"\n{mode}: {cost['cpu_ms_median']:.0f} CPU ms per sample, {cost['cores_for_aim']:.2f} cores "
+                         f"for {ld['aim_ratio']:g}x the step rate")
     for path in sorted(out.glob("profile_*.json")):
         prof = _load(path)
         lines += ["", f"## Top kernels: {prof['config']} {prof['mode']} {prof['precision']} "
