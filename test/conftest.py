@@ -1,5 +1,5 @@
 """Test setup shared by every test: `REPO` (the repository root), the `tiny_checkpoint` and `session` (rclpy)
-fixtures, and every ROS test on loopback (Fast DDS
+fixtures, the colcon build started in the background, and every ROS test on loopback (Fast DDS
 profile + LOCALHOST discovery) in its own domain. `test/` is on sys.path (pytest.ini), so tests import
 `REPO` with `from conftest import REPO` and the helpers (`ros_helpers`, `train_helpers`) by name.
 """
@@ -29,6 +29,20 @@ def pytest_collection_modifyitems(config, items):
         path = Path(str(item.path))
         if any(path == root or root in path.parents for root in ROS_TEST_PATHS):
             item.add_marker(pytest.mark.ros)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def colcon_build_in_background(request, tmp_path_factory):
+    """test/test_colcon_build.py's `colcon build` starts with the session when any of its tests is selected (it
+    runs beside the other tests instead of before its own), and is killed if still running at the end."""
+    if any(Path(str(item.path)).name == "test_colcon_build.py" for item in request.session.items):
+        from test_colcon_build import start_colcon_build, stop_colcon_build
+
+        start_colcon_build(tmp_path_factory)
+        yield
+        stop_colcon_build()
+    else:
+        yield
 
 
 @pytest.fixture(scope="module")

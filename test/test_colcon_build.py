@@ -29,15 +29,20 @@ def colcon_executable() -> str | None:
     return found or (str(local) if local.exists() else None)
 
 
-@pytest.fixture(scope="module")
-def colcon_workspace(tmp_path_factory):
-    """(workspace, completed colcon build, seconds it took): src/distillnerf_ros with `.venv` inside (a link
-    to this venv: its paths then lie inside the package's source folder, as make's own .venv does)."""
+# The build started by start_colcon_build: (workspace, process, log folder, when it started).
+_BUILD: dict[str, tuple[Path, subprocess.Popen, Path, float]] = {}
+
+
+def start_colcon_build(tmp_path_factory) -> None:
+    """Start `colcon build` (not waited for) in a workspace whose src/distillnerf_ros holds a copy of the package
+    with `.venv` inside it (a link to this venv: its paths then lie inside the package's source folder, as make's
+    own .venv does). conftest.py calls it when the session begins, when these tests are selected: the build is a
+    minute of mostly one core, and the rest of the suite leaves one of two cores idle much of the time."""
     colcon = colcon_executable()
-    if colcon is None:
-        pytest.skip("colcon is not installed: `make test` installs it into .venv/colcon from requirements-colcon.txt"
-                    " (a ROS install has it)")
+    if colcon is None or "build" in _BUILD:
+        return
     workspace = tmp_path_factory.mktemp("colcon_ws")
+    logs = tmp_path_factory.mktemp("colcon_logs")  # outside the workspace, which colcon crawls for packages
     package = workspace / "src" / "distillnerf_ros"
     shutil.copytree(REPO, package, ignore=COPY_IGNORE)
     (package / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
@@ -48,9 +53,35 @@ def colcon_workspace(tmp_path_factory):
                         "CMAKE_PREFIX_PATH": os.pathsep.join(filter(None, [str(venv),
                                                                            os.environ.get("CMAKE_PREFIX_PATH")]))}
     env.pop("PYTHONPATH", None)
-    started = time.monotonic()
-    build = subprocess.run([colcon, "build", "--event-handlers", "console_direct+"],
-                           cwd=workspace, env=env, capture_output=True, text=True, timeout=600)
+    with open(logs / "stdout", "w") as stdout, open(logs / "stderr", "w") as stderr:
+        process = subprocess.Popen([colcon, "build", "--event-handlers", "console_direct+"], cwd=workspace, env=env,
+                                   stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, text=True)
+    _BUILD["build"] = (workspace, process, logs, time.monotonic())
+
+
+def stop_colcon_build() -> None:
+    """Kill a build still running when the session ends (its tests were interrupted or deselected)."""
+    if "build" in _BUILD and _BUILD["build"][1].poll() is None:
+        _BUILD["build"][1].kill()
+        _BUILD["build"][1].wait()
+
+
+@pytest.fixture(scope="module")
+def colcon_workspace(tmp_path_factory):
+    """(workspace, completed colcon build, seconds it took): the build start_colcon_build started (now, if the
+    session did not)."""
+    if colcon_executable() is None:
+        pytest.skip("colcon is not installed: `make test` installs it into .venv/colcon from requirements-colcon.txt"
+                    " (a ROS install has it)")
+    start_colcon_build(tmp_path_factory)
+    workspace, process, logs, started = _BUILD["build"]
+    try:
+        process.wait(timeout=max(1.0, 600 - (time.monotonic() - started)))
+    except subprocess.TimeoutExpired:
+        stop_colcon_build()
+        pytest.fail(f"colcon build did not finish in 600 s:\n{(logs / 'stdout').read_text()[-6000:]}")
+    build = subprocess.CompletedProcess(process.args, process.returncode, (logs / "stdout").read_text(),
+                                        (logs / "stderr").read_text())
     return workspace, build, time.monotonic() - started
 
 
