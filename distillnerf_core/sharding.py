@@ -74,6 +74,18 @@ def shard_from_env() -> Shard:
     return Shard(rank, world, local)
 
 
+def rank_threads(shard: Shard, threads: int | None = None) -> None:
+    """torch's CPU threads: `threads` when given, else, when several ranks share this machine, its cores split
+    between them (LOCAL_WORLD_SIZE ranks here), as the trainer does; a single process keeps torch's default."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    elif shard.sharded:
+        local = _env_int("LOCAL_WORLD_SIZE", shard.world_size)
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
+
+
 def init_group(shard: Shard) -> bool:
     """Join torchrun's process group (gloo: the barrier only moves a token) when several ranks run and a rendezvous
     is given (MASTER_ADDR); True when a group exists afterwards. Without a rendezvous the ranks are independent

@@ -29,9 +29,8 @@ import argparse
 import json
 import sys
 
-import torch
-
 from distillnerf_core.cli import configure_logging
+from distillnerf_core.sharding import rank_threads, shard_from_env
 from distillnerf_core.teachers.base import SEGMENTER_OUTPUTS, TEACHER_KINDS, TeacherConfig
 from distillnerf_core.teachers.cache import FEATURES_DIR, cache_features, merge_cache
 
@@ -70,8 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.merge:
         return _merge(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    try:
+        rank_threads(shard_from_env(), args.threads)  # ranks of one machine share its cores
+    except ValueError as err:  # RANK / WORLD_SIZE malformed
+        print(f"distillnerf-cache-features: error: {err}", file=sys.stderr)
+        return 2
     cfg = TeacherConfig(kind=args.teacher, model=args.model, weights=args.weights, model_config=args.model_config,
                         model_kwargs=json.loads(args.model_kwargs), input_hw=list(args.input_hw),
                         batch_size=args.batch_size, oracle_dim=args.oracle_dim, oracle_noise=args.oracle_noise,

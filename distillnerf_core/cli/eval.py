@@ -31,16 +31,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
-
-import torch
 
 from distillnerf_core.checked_files import DataFileError, read_json
 from distillnerf_core.cli import configure_logging
 from distillnerf_core.data.datasets import DataConfig, dataroot_cameras, make_dataset
-from distillnerf_core.sharding import remove_parts, shard_from_env
+from distillnerf_core.sharding import rank_threads, remove_parts, shard_from_env
 from distillnerf_core.training.checkpoints import CheckpointError, load_checkpoint, resolve_checkpoint
 from distillnerf_core.training.eval import evaluate, evaluate_shard, format_table, merge_parts, select_second_keyframes
 
@@ -98,9 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"distillnerf-eval: error: {error}", file=sys.stderr)
         return 2
-    if args.threads or shard.sharded:  # ranks of one machine share its cores
-        torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get(
-            "LOCAL_WORLD_SIZE", shard.world_size))))
+    rank_threads(shard, args.threads)  # ranks of one machine share its cores
     device = shard.device(args.device)
     try:
         ckpt = resolve_checkpoint(args.checkpoint)

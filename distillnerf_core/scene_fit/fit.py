@@ -55,7 +55,16 @@ from distillnerf_core.data.nerf_targets import (
 from distillnerf_core.geometry import invert_transform
 from distillnerf_core.model.cameras import pixel_rays, rescale_intrinsics
 from distillnerf_core.scene_fit.field import FieldConfig, RayBundle, SceneField, plane_tv
-from distillnerf_core.sharding import Journal, barrier, init_group, part_path, read_parts, remove_parts, shard_from_env
+from distillnerf_core.sharding import (
+    Journal,
+    barrier,
+    init_group,
+    part_path,
+    rank_threads,
+    read_parts,
+    remove_parts,
+    shard_from_env,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -495,13 +504,12 @@ def fit_dataroot(dataroot: str | Path, version: str, out: str | Path, cfg: FitCo
                  threads: int | None = None) -> dict[str, Any]:
     """Fit and cache every (or the named) scene; scenes already complete in `out` are skipped. Returns the manifest."""
     cfg = cfg or FitConfig()
-    if threads:
-        torch.set_num_threads(threads)
+    shard = shard_from_env()
+    rank_threads(shard, threads)  # ranks of one machine share its cores
     out = Path(out)
     cams = dataroot_cameras(dataroot, version, cameras)  # the sensor table's rig unless --cameras names them
     settings = _settings(cfg)
     manifest_path = out / MANIFEST
-    shard = shard_from_env()
     for line in read_parts(out, PART_STEM) if out.is_dir() else []:  # a sharded run's parts: the same settings
         head = line.get("header", {}).get("manifest", {})
         if head and (head.get("settings"), head.get("cameras"), head.get("version")) != (settings, cams, version):

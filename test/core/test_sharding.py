@@ -150,6 +150,12 @@ def test_eval_merge_refuses_missing_samples(root, tiny_checkpoint, tmp_path, mon
             "--no-progress", "--json", str(tmp_path / "e.json")]
     _as_rank(monkeypatch, 1, 2)
     assert eval_cli.main(args) == 0
+    part = tmp_path / "e.json.rank1.jsonl"
+
+    def scored() -> int:
+        return sum('"score"' in line for line in part.read_text().splitlines())
+    assert scored() == 2
+    assert eval_cli.main(args) == 0 and scored() == 2, "a rerun resumes: nothing is scored twice"
     assert eval_cli.main([*args, "--merge"]) == 2
     assert "2 of 4 samples not scored yet" in capsys.readouterr().err
     _as_rank(monkeypatch, 0, 2)
