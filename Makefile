@@ -22,13 +22,24 @@ help:
 	@echo "make test-fast  lint + the tests marked neither slow nor ros (no DDS; a contributor's loop)"
 	@echo "make clean  remove .venv and build/"
 
-$(VENV)/.deps: requirements.txt requirements-core.txt constraints.txt
-	test -x $(PYTHON) || python3 -m venv $(VENV)
-	$(PYTHON) -m pip install -q -r requirements.txt -c constraints.txt $(PIP_QUIET)
+# pip byte-compiles what it installs (a third of its CPU time in a fresh venv), kept: with PYTHONDONTWRITEBYTECODE
+# set, as on these machines, a module without a .pyc would be compiled again by every process that imports it.
+PIP_INSTALL = -m pip install -q
+
+$(VENV)/bin/python:
+	python3 -m venv $(VENV)
+
+# The ROS wheels first (requirements-ros.txt): the interfaces build from them while pip installs the rest.
+$(VENV)/.ros_deps: requirements-ros.txt constraints.txt | $(VENV)/bin/python
+	$(PYTHON) $(PIP_INSTALL) -r requirements-ros.txt -c constraints.txt $(PIP_QUIET)
+	touch $@
+
+$(VENV)/.deps: requirements.txt requirements-core.txt requirements-ros.txt constraints.txt $(VENV)/.ros_deps
+	$(PYTHON) $(PIP_INSTALL) -r requirements.txt -c constraints.txt $(PIP_QUIET)
 	touch $@
 
 $(VENV)/.editable: $(VENV)/.deps setup.py
-	$(PYTHON) -m pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=compat $(PIP_QUIET)
+	$(PYTHON) $(PIP_INSTALL) --no-deps --no-build-isolation -e . --config-settings editable_mode=compat $(PIP_QUIET)
 	touch $@
 
 # The launch packages are not on PyPI: when ../shared/third_party/ros2_launch exists (CI has it), install
@@ -37,20 +48,34 @@ LAUNCH_DIR := $(wildcard $(CURDIR)/../shared/third_party/ros2_launch)
 # The same for the `ros2` command line (ros2cli and its verbs): test/ros/nodes/test_perception_ros2cli.py skips
 # without it.
 ROS2CLI_DIR := $(wildcard $(CURDIR)/../shared/third_party/ros2cli)
+ROS_INTERFACE_ARGS := $(VENV) "$(LAUNCH_DIR)" "$(ROS2CLI_DIR)"
 
-$(VENV)/.ros_interfaces: $(VENV)/.deps CMakeLists.txt package.xml srv/QueryScene.srv scripts/build_ros_interfaces.sh \
-                         $(wildcard $(LAUNCH_DIR)/wheels/*.whl) $(wildcard $(ROS2CLI_DIR)/wheels/*.whl)
-	scripts/build_ros_interfaces.sh $(VENV) "$(LAUNCH_DIR)" "$(ROS2CLI_DIR)"
+# cmake configures and compiles the interfaces (installing nothing) while .deps runs; the install waits for every
+# pip run into .venv (two pips at once in one venv can read each other's half-written metadata).
+$(VENV)/.ros_built: $(VENV)/.ros_deps CMakeLists.txt package.xml srv/QueryScene.srv scripts/build_ros_interfaces.sh \
+                    scripts/tf2_msgs/CMakeLists.txt scripts/tf2_msgs/package.xml
+	scripts/build_ros_interfaces.sh --build-only $(ROS_INTERFACE_ARGS)
 	touch $@
 
-setup: $(VENV)/.editable $(VENV)/.ros_interfaces
+$(VENV)/.ros_interfaces: $(VENV)/.ros_built $(VENV)/.deps $(VENV)/.editable \
+                         $(wildcard $(LAUNCH_DIR)/wheels/*.whl) $(wildcard $(ROS2CLI_DIR)/wheels/*.whl)
+	scripts/build_ros_interfaces.sh --install-only $(ROS_INTERFACE_ARGS)
+	touch $@
 
 # colcon in a venv of its own (its pytest plugins and setuptools cap stay out of .venv), for the test that
-# builds the package with `colcon build` (test/test_colcon_build.py skips without it).
-$(VENV)/.colcon: requirements-colcon.txt | $(VENV)/.deps
+# builds the package with `colcon build` (test/test_colcon_build.py skips without it). Its own interpreter and
+# site-packages: it installs alongside .venv's pips.
+$(VENV)/.colcon: requirements-colcon.txt | $(VENV)/bin/python
 	test -x $(VENV)/colcon/bin/python || python3 -m venv $(VENV)/colcon
-	$(VENV)/colcon/bin/python -m pip install -q -r requirements-colcon.txt $(PIP_QUIET)
+	$(VENV)/colcon/bin/python $(PIP_INSTALL) -r requirements-colcon.txt $(PIP_QUIET)
 	touch $@
+
+# The steps above two at a time (this machine and CI have 2 cores): pip is mostly one core and disk, cmake the other.
+SETUP = $(MAKE) --no-print-directory -j2
+SETUP_TARGETS := $(VENV)/.editable $(VENV)/.ros_interfaces
+
+setup:
+	$(SETUP) $(SETUP_TARGETS)
 
 demo: setup
 	$(PYTHON) -m distillnerf_ros.tools.demo
@@ -58,7 +83,9 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
-test: lint $(VENV)/.colcon
+test:
+	$(SETUP) $(SETUP_TARGETS) $(VENV)/.colcon
+	$(VENV)/bin/ruff check .
 	$(PYTHON) -m pytest test -q
 
 # The markers are registered in pytest.ini: `ros` (test/ros/, test/test_launch.py, rclpy) and `slow`.

@@ -2,7 +2,11 @@
 # Builds this package's ROS 2 interfaces (srv/QueryScene.srv) and installs the package into a venv
 # that holds the PyPI ROS 2 wheels (no system ROS). On a machine with a ROS 2 install use colcon.
 #
-# usage: scripts/build_ros_interfaces.sh VENV_DIR [LAUNCH_DIR] [ROS2CLI_DIR]
+# usage: scripts/build_ros_interfaces.sh [--build-only | --install-only] VENV_DIR [LAUNCH_DIR] [ROS2CLI_DIR]
+# --build-only configures and compiles the interfaces and installs nothing (it only edits the ROS wheels' CMake
+# exports, trap 3 below), so that it can run while pip installs the rest: make does, as it needs only
+# requirements-ros.txt. --install-only then installs what it built and the launch / ros2cli wheels.
+# Without either flag it does both.
 # LAUNCH_DIR (optional, may be ""): a folder of the pure-Python ROS 2 launch wheels (not on PyPI) and the
 # composition_interfaces sources, e.g. ../shared/third_party/ros2_launch; with it, `launch` and `launch_ros`
 # are installed too, so that the launch file can be tested without a ROS install.
@@ -15,6 +19,12 @@
 #  3. the wheels' exported CMake targets name the include directories of the machine that built them:
 #     rewrite them to this interpreter's and numpy's.
 set -euo pipefail
+
+phase=all
+case ${1:-} in
+  --build-only) phase=build; shift ;;
+  --install-only) phase=install; shift ;;
+esac
 
 venv=$(cd "$1" && pwd)
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -36,11 +46,15 @@ export CMAKE_PREFIX_PATH="$venv${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
 cmake_package() {  # source_dir build_dir [extra cmake args]
   local src=$1 bld=$2
   shift 2
-  cmake -S "$src" -B "$bld" -DCMAKE_INSTALL_PREFIX="$venv" -DBUILD_TESTING=OFF \
-    -DPython3_EXECUTABLE="$python" -DPYTHON_EXECUTABLE="$python" "$@" >"$bld.configure.log" 2>&1 \
-    || { cat "$bld.configure.log"; exit 1; }
-  cmake --build "$bld" -j 2 >"$bld.build.log" 2>&1 || { cat "$bld.build.log"; exit 1; }
-  (cd "$bld" && cmake --install . >"$bld.install.log" 2>&1) || { cat "$bld.install.log"; exit 1; }
+  if [ "$phase" != install ]; then
+    cmake -S "$src" -B "$bld" -DCMAKE_INSTALL_PREFIX="$venv" -DBUILD_TESTING=OFF \
+      -DPython3_EXECUTABLE="$python" -DPYTHON_EXECUTABLE="$python" "$@" >"$bld.configure.log" 2>&1 \
+      || { cat "$bld.configure.log"; exit 1; }
+    cmake --build "$bld" -j 2 >"$bld.build.log" 2>&1 || { cat "$bld.build.log"; exit 1; }
+  fi
+  if [ "$phase" != build ]; then
+    (cd "$bld" && cmake --install . >"$bld.install.log" 2>&1) || { cat "$bld.install.log"; exit 1; }
+  fi
 }
 
 mkdir -p "$build_root"
@@ -52,21 +66,25 @@ if ! "$python" -c "import tf2_msgs.msg" 2>/dev/null; then
   cp "$repo/scripts/tf2_msgs/package.xml" "$repo/scripts/tf2_msgs/CMakeLists.txt" "$tf2_src/"
   echo "geometry_msgs/TransformStamped[] transforms" >"$tf2_src/msg/TFMessage.msg"
   cmake_package "$tf2_src" "$build_root/tf2_msgs"
-  echo "generated tf2_msgs/TFMessage into $venv"
+  echo "generated tf2_msgs/TFMessage ($phase)"
 fi
 
 # The package's interfaces; its Python sources are imported from the repository (pip install -e).
 cmake_package "$repo" "$build_root/distillnerf_ros" -DINSTALL_PYTHON_SOURCES=OFF
+launch_dir=${2:-}
+if [ -n "$launch_dir" ] && ! "$python" -c "import composition_interfaces.srv" 2>/dev/null; then
+  # launch_ros imports composition_interfaces, which is not on PyPI either: generate it like ours.
+  cmake_package "$launch_dir/composition_interfaces" "$build_root/composition_interfaces"
+fi
+if [ "$phase" = build ]; then
+  echo "built the interfaces in $build_root (not installed yet)"
+  exit 0
+fi
 "$python" -c "from distillnerf_ros.srv import QueryScene; from tf2_msgs.msg import TFMessage" \
   || { echo "interfaces built but do not import" >&2; exit 1; }
 echo "built distillnerf_ros interfaces into $venv"
 
-launch_dir=${2:-}
 if [ -n "$launch_dir" ]; then
-  # launch_ros imports composition_interfaces, which is not on PyPI either: generate it like ours.
-  if ! "$python" -c "import composition_interfaces.srv" 2>/dev/null; then
-    cmake_package "$launch_dir/composition_interfaces" "$build_root/composition_interfaces"
-  fi
   # Only what launching needs: launch_testing would register a pytest plugin, ros2launch needs ros2cli.
   wheels=()
   for name in launch launch_ros launch_xml launch_yaml osrf_pycommon; do
