@@ -387,23 +387,31 @@ def scene_fields_ddad_field(ctx: Context) -> str:
     refit = ctx.load(NERF_MANIFEST)
     scene = next(iter(refit["scenes"].values()))
 
-    def row(label: str, q: dict, cpu_min: float) -> list[str]:
+    def row(label: str, q: dict, cpu_min: float, sky: str | None, sky_weight: float | None) -> list[str]:
         held = [f for f in q["frames"] if f["role"] != "train"]
         train = [f["frame"] for f in q["frames"] if f["role"] == "train"]
-        return [label, f"{', '.join(map(str, train))}: {num(q['train_frames_psnr'])} / "
-                       f"{num(q['train_frames_lidar_abs_rel'], 3)}",
+        return [label, f"{sky or 'none (before the sky loss existed)'}, weight {num(sky_weight, 2)}",
+                f"{', '.join(map(str, train))}: {num(q['train_frames_psnr'])} / "
+                f"{num(q['train_frames_lidar_abs_rel'], 3)}",
                 ", ".join(f"{f['frame']}: {num(f['psnr'])} / {num(f['lidar_abs_rel'], 3)}" for f in held),
-                num(q["held_out_lidar_abs_rel"], 3), num(cpu_min, 1)]
+                num(q["held_out_lidar_abs_rel"], 3),
+                slash(pct(q.get("train_frames_sky_rendered_as_sky")),
+                      pct(q.get("held_out_frames_sky_rendered_as_sky"))),
+                pct(q.get("held_out_frames_top_rows_rendered_as_sky")), num(cpu_min, 1)]
     rows = [row("the field the distillation arms below used (`nerf_distill_real.json`)", used["field"],
-                used["field_cpu_minutes"]),
-            row("a refit with the committed `distillnerf-fit-scene` (`nerf_fit_ddad_manifest.json`)",
-                scene["quality"], scene["total_cpu_s"] / 60)]
-    header = ["DDAD field", "fitted frames: PSNR / LiDAR AbsRel", "held-out frame: PSNR / LiDAR AbsRel",
-              "held-out LiDAR pixels of the fitted frames, AbsRel", "CPU min"]
+                used["field_cpu_minutes"], used.get("field_sky_mask"), used["field_settings"].get("sky_weight")),
+            row("a refit with `distillnerf-fit-scene` (`nerf_fit_ddad_manifest.json`)", scene["quality"],
+                scene["total_cpu_s"] / 60, scene.get("sky_mask"), refit["settings"].get("sky_weight"))]
+    header = ["DDAD field", "sky mask", "fitted frames: PSNR / LiDAR AbsRel", "held-out frame: PSNR / LiDAR AbsRel",
+              "held-out LiDAR pixels of the fitted frames, AbsRel", "segmenter sky rendered as sky: fitted / held-out",
+              "held-out top rows without LiDAR rendered as sky", "CPU min"]
     q = used["field"]
     text = (f"Scored at {q['resolution_hw'][0]}x{q['resolution_hw'][1]} (LiDAR min-pooled, ego body left out); the "
             f"held-out LiDAR pixels are {q['held_out_lidar_pixels']:,} rays of the fitted frames kept out of the fit, "
-            "scored at their own rays.")
+            "scored at their own rays. \"Rendered as sky\": the field's accumulated opacity below "
+            f"{used['field_settings']['field']['sky_opacity']} (its depth is then sky), before the targets' override "
+            "(the segmenter's sky is written as sky whatever the field renders there); \"top rows\": the top sixth "
+            "of the rows without a LiDAR return, where the arms' \"sky rows depth\" is measured.")
     return join(table(header, rows), text, ctx.sources([NERF_REAL, NERF_MANIFEST]))
 
 
@@ -416,15 +424,23 @@ def scene_fields_ddad_distill(ctx: Context) -> str:
         rows.append([name, arm["steps"], slash(num(h["psnr"]), num(h["ssim"], 3)),
                      slash(num(h["abs_rel"], 3), f"{num(h['rmse'])} m", num(h["delta1"], 3)),
                      num(h["top_empty_pred"], 1),
+                     slash(num(h.get("sky_pred"), 1), pct(h.get("sky_far_share"))),
                      slash(num(arm["train_frames_psnr"]), num(arm["train_frames_abs_rel"], 3)),
                      num(arm["cpu_minutes"], 1)])
     setup = d["setup"]
     header = ["per-scene fit, held-out frame 1", "steps", "PSNR / SSIM", "LiDAR AbsRel / RMSE / delta1",
-              "sky rows depth (m)", "training frames PSNR / AbsRel", "CPU min"]
+              "sky rows depth (m)", "segmenter-sky pixels: depth (m) / share >= 80 m",
+              "training frames PSNR / AbsRel", "CPU min"]
+    arms = {a.get("arm") for a in d["per_scene_fit"].values()}
+    sky_px = next((a["held_out_frame1"].get("sky_pixels") for a in d["per_scene_fit"].values()), None)
     text = (f"Each arm: from `{setup['init']}`, frames {', '.join(map(str, setup['train_frames']))}, "
             f"{setup['fit_cpu_minutes']} CPU minutes of the process; virtual camera probability "
             f"{setup['virtual_prob']}; \"sky rows\": median predicted depth in the top sixth of the rows without "
-            "LiDAR.")
+            f"LiDAR (mostly trees and buildings on DDAD, some sky); \"segmenter-sky pixels\": the {num(sky_px)} "
+            "render pixels of frame 1 the segmenter calls sky (median depth, share rendered at >= 80 m)."
+            + ("" if len(arms) < 2 or "invocations" not in d else
+               f" The arms ran in {len(d['invocations'])} invocations (`invocations` in the JSON: their commands,"
+               " arms and load; an arm run again by a later invocation keeps the later result)."))
     return join(table(header, rows), text, ctx.source(NERF_REAL))
 
 
