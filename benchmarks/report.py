@@ -508,6 +508,59 @@ def semantics_query_cost(ctx: Context) -> str:
     return join(lib, ctx.source(SEM_COST), node, ctx.sources([NODE_PLAIN, NODE_QUERIES]))
 
 
+TEACHER_LABELS = [(RESULTS + "teacher_labels_cost_nuscenes.json", "nuscenes", "nuScenes keyframe"),
+                  (RESULTS + "teacher_labels_cost_ddad.json", "ddad", "DDAD frame 0")]
+
+
+@generator("semantics:teacher_labels_cost", reads=[rel for rel, _, _ in TEACHER_LABELS])
+def semantics_teacher_labels_cost(ctx: Context) -> str:
+    runs = [(ctx.load(rel), name, label) for rel, name, label in TEACHER_LABELS]
+    per_frame, rows, seen = [], [], []
+    for d, name, label in runs:
+        r = dig(d, name)
+        per_frame.append([f"{label} ({r['cameras']} cameras)",
+                          f"{r['image_hw_decoded_distilled'][1]}x{r['image_hw_decoded_distilled'][0]}: "
+                          f"{ms(r['decode_ms']['distilled']['min'], 0)}",
+                          f"{r['image_hw_decoded'][1]}x{r['image_hw_decoded'][0]}: "
+                          f"{ms(r['decode_ms']['teacher']['min'], 0)}",
+                          ms(r["predict_ms"]["distilled"]["min"], 0), ms(r["predict_ms"]["teacher"]["min"], 0),
+                          ms(dig(r, "render_at_first_label_ms"), 0)])
+        for width in sorted(r["label"], key=int):
+            w = r["label"][width]
+            rows.append([label, f"{width} px{' (default)' if int(width) == d['defaults']['width'] else ''}",
+                         ms(w["first_query_ms"]["min"], 0), ms(dig(w, "first_query_cpu_ms", "min"), 0),
+                         ms(w["segmenter_ms"], 0),
+                         ms(w["visibility_and_sampling_ms"], 0), ms(w["later_query_ms"]["min"], 1),
+                         pct(w["top_class_agreement_with_widest"], 1)])
+        tolerance = r["voxels_seen_by_depth_tolerance_voxels"]
+        seen.append([label, f"{r['voxels']:,}", f"{r['voxels_in_some_view_projection_only']:,}"]
+                    + [f"{tolerance[k]:,}" for k in sorted(tolerance, key=float)])
+    every = table(["every frame, no labels asked", "decode, distilled", "decode, teacher (widest width)",
+                   "predict, distilled", "predict, teacher", "a queried frame: its depth render"], per_frame)
+    widest = max(max(d["widths"]) for d, _, _ in runs)
+    query = table(["frame", "segmenter width", "first query on a frame", "its CPU time (all threads)",
+                   "of it: segmenter (6 cameras)",
+                   "of it: visibility + sampling", "later queries on that frame", f"top class = at {widest} px"],
+                  rows)
+    d0 = runs[0][0]
+    tolerances = sorted(dig(d0, runs[0][1], "voxels_seen_by_depth_tolerance_voxels"), key=float)
+    visibility = table(["frame", "occupied voxels", "in some camera's view (projection only)"]
+                       + [f"seen, tolerance {float(t):g} voxel{'' if float(t) == 1 else 's'}"
+                          + (" (default)" if float(t) == d0["defaults"]["depth_tolerance_voxels"] else "")
+                          for t in tolerances], seen)
+    loads = [(d["provenance"].get("load_average_at_start", [0])[0], d["provenance"].get("load_average_at_end", [0])[0])
+             for d, _, _ in runs]
+    prov = d0["provenance"]
+    text = (f"Bundled model ({d0['model_image_hw'][1]}x{d0['model_image_hw'][0]} input) on the CPU,"
+            f" {prov.get('threads', '?')} torch threads; each number the fastest of {prov.get('repeats', '?')} runs"
+            " (later queries: the labels of the frame are kept, only the texts are summed); CPU time is the"
+            " process's, over all its threads (on a quiet machine about threads x wall time). The machine was shared"
+            " by six engineers' tests and trainings: 1-minute load average "
+            + ", ".join(f"{a:.1f} -> {b:.1f}" for a, b in loads)
+            + " (start -> end of each run) on 2 cores, so the times are upper bounds of what a quiet machine takes.")
+    return join(every, query, visibility, text, ctx.sources([rel for rel, _, _ in TEACHER_LABELS]))
+
+
 QUERY_CALIBRATION = RESULTS + "query_calibration.json"
 
 

@@ -94,6 +94,8 @@ class SceneQueries:
         """/diagnostics `query_domain`: the latest verdict, or why there is none."""
         if self.domain is not None:
             return self.domain.message()
+        if predictor is not None and predictor.live_teacher:  # the labels are not the model's features
+            return "labels from the live segmenter: the model's domain check does not apply"
         teacher = (predictor.teacher or {}) if predictor is not None else {}
         if not (teacher.get("calibration") or {}).get("domain_check"):
             return "no domain check stored with the model (scores uncalibrated)" if teacher else "no text queries"

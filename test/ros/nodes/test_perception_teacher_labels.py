@@ -21,6 +21,7 @@ def test_teacher_source_answers_queries_from_the_live_segmenter(session):
     node = start(session, bundled_model_path(), semantic_source="teacher", semantic_teacher_width=WIDTH)
     source = diagnostic_values(node)["semantic_source"]
     assert source.startswith("teacher: labels from the live segmenter ESPNetv2 Cityscapes") and f"{WIDTH} px" in source
+    assert diagnostic_values(node)["query_domain"].startswith("labels from the live segmenter")
     early = call(session, ["car"])
     assert not early.success and "no frame with occupancy processed yet" in early.message
 
