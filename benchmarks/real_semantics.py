@@ -451,7 +451,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "real_semantics.json")
+    p.add_argument("--rescore", action="store_true", help="recompute the aims of an existing --json from its stored "
+                   "variants (no model runs) and rewrite it")
     args = p.parse_args(argv)
+    if args.rescore:
+        return rescore(args.json, argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     wall0 = time.perf_counter()
@@ -552,9 +556,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def rescore(path: Path, argv: list[str] | None) -> int:
+    """The aims again from the stored variants (a change in how aims are listed needs no 35-minute rerun)."""
+    result = json.loads(path.read_text())
+    result["aims"] = aims(result["variants"])
+    result["provenance"]["rescored"] = command_line("python benchmarks/real_semantics.py", argv)
+    path.write_text(json.dumps(result, indent=1, default=float) + "\n")
+    print(json.dumps(result["aims"], indent=1))
+    return 0
+
+
 def aims(V: dict) -> dict:
-    """The issue's aims, each met or not, from the numbers above."""
+    """The issue's aims, each met or not, from the numbers above (the teacher source on each fit's geometry too)."""
     out = {}
+    variants = dict(V)
+    for name, v in V.items():
+        if "teacher_source_on_this_geometry" in v:
+            variants[f"teacher source on the {name[len('per-scene fit '):]} fit's geometry"] = \
+                v["teacher_source_on_this_geometry"]
+    V = variants
     for name, v in V.items():
         if name in ("row prior", "segmenter (reference)", "bundled"):
             continue
