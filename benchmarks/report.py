@@ -387,23 +387,31 @@ def scene_fields_ddad_field(ctx: Context) -> str:
     refit = ctx.load(NERF_MANIFEST)
     scene = next(iter(refit["scenes"].values()))
 
-    def row(label: str, q: dict, cpu_min: float) -> list[str]:
+    def row(label: str, q: dict, cpu_min: float, sky: str | None, sky_weight: float | None) -> list[str]:
         held = [f for f in q["frames"] if f["role"] != "train"]
         train = [f["frame"] for f in q["frames"] if f["role"] == "train"]
-        return [label, f"{', '.join(map(str, train))}: {num(q['train_frames_psnr'])} / "
-                       f"{num(q['train_frames_lidar_abs_rel'], 3)}",
+        return [label, f"{sky or 'none (before the sky loss existed)'}, weight {num(sky_weight, 2)}",
+                f"{', '.join(map(str, train))}: {num(q['train_frames_psnr'])} / "
+                f"{num(q['train_frames_lidar_abs_rel'], 3)}",
                 ", ".join(f"{f['frame']}: {num(f['psnr'])} / {num(f['lidar_abs_rel'], 3)}" for f in held),
-                num(q["held_out_lidar_abs_rel"], 3), num(cpu_min, 1)]
+                num(q["held_out_lidar_abs_rel"], 3),
+                slash(pct(q.get("train_frames_sky_rendered_as_sky")),
+                      pct(q.get("held_out_frames_sky_rendered_as_sky"))),
+                pct(q.get("held_out_frames_top_rows_rendered_as_sky")), num(cpu_min, 1)]
     rows = [row("the field the distillation arms below used (`nerf_distill_real.json`)", used["field"],
-                used["field_cpu_minutes"]),
-            row("a refit with the committed `distillnerf-fit-scene` (`nerf_fit_ddad_manifest.json`)",
-                scene["quality"], scene["total_cpu_s"] / 60)]
-    header = ["DDAD field", "fitted frames: PSNR / LiDAR AbsRel", "held-out frame: PSNR / LiDAR AbsRel",
-              "held-out LiDAR pixels of the fitted frames, AbsRel", "CPU min"]
+                used["field_cpu_minutes"], used.get("field_sky_mask"), used["field_settings"].get("sky_weight")),
+            row("a refit with `distillnerf-fit-scene` (`nerf_fit_ddad_manifest.json`)", scene["quality"],
+                scene["total_cpu_s"] / 60, scene.get("sky_mask"), refit["settings"].get("sky_weight"))]
+    header = ["DDAD field", "sky mask", "fitted frames: PSNR / LiDAR AbsRel", "held-out frame: PSNR / LiDAR AbsRel",
+              "held-out LiDAR pixels of the fitted frames, AbsRel", "segmenter sky rendered as sky: fitted / held-out",
+              "held-out top rows without LiDAR rendered as sky", "CPU min"]
     q = used["field"]
     text = (f"Scored at {q['resolution_hw'][0]}x{q['resolution_hw'][1]} (LiDAR min-pooled, ego body left out); the "
             f"held-out LiDAR pixels are {q['held_out_lidar_pixels']:,} rays of the fitted frames kept out of the fit, "
-            "scored at their own rays.")
+            "scored at their own rays. \"Rendered as sky\": the field's accumulated opacity below "
+            f"{used['field_settings']['field']['sky_opacity']} (its depth is then sky), before the targets' override "
+            "(the segmenter's sky is written as sky whatever the field renders there); \"top rows\": the top sixth "
+            "of the rows without a LiDAR return, where the arms' \"sky rows depth\" is measured.")
     return join(table(header, rows), text, ctx.sources([NERF_REAL, NERF_MANIFEST]))
 
 
@@ -416,15 +424,23 @@ def scene_fields_ddad_distill(ctx: Context) -> str:
         rows.append([name, arm["steps"], slash(num(h["psnr"]), num(h["ssim"], 3)),
                      slash(num(h["abs_rel"], 3), f"{num(h['rmse'])} m", num(h["delta1"], 3)),
                      num(h["top_empty_pred"], 1),
+                     slash(num(h.get("sky_pred"), 1), pct(h.get("sky_far_share"))),
                      slash(num(arm["train_frames_psnr"]), num(arm["train_frames_abs_rel"], 3)),
                      num(arm["cpu_minutes"], 1)])
     setup = d["setup"]
     header = ["per-scene fit, held-out frame 1", "steps", "PSNR / SSIM", "LiDAR AbsRel / RMSE / delta1",
-              "sky rows depth (m)", "training frames PSNR / AbsRel", "CPU min"]
+              "sky rows depth (m)", "segmenter-sky pixels: depth (m) / share >= 80 m",
+              "training frames PSNR / AbsRel", "CPU min"]
+    arms = {a.get("arm") for a in d["per_scene_fit"].values()}
+    sky_px = next((a["held_out_frame1"].get("sky_pixels") for a in d["per_scene_fit"].values()), None)
     text = (f"Each arm: from `{setup['init']}`, frames {', '.join(map(str, setup['train_frames']))}, "
             f"{setup['fit_cpu_minutes']} CPU minutes of the process; virtual camera probability "
             f"{setup['virtual_prob']}; \"sky rows\": median predicted depth in the top sixth of the rows without "
-            "LiDAR.")
+            f"LiDAR (mostly trees and buildings on DDAD, some sky); \"segmenter-sky pixels\": the {num(sky_px)} "
+            "render pixels of frame 1 the segmenter calls sky (median depth, share rendered at >= 80 m)."
+            + ("" if len(arms) < 2 or "invocations" not in d else
+               f" The arms ran in {len(d['invocations'])} invocations (`invocations` in the JSON: their commands,"
+               " arms and load; an arm run again by a later invocation keeps the later result)."))
     return join(table(header, rows), text, ctx.source(NERF_REAL))
 
 
@@ -490,6 +506,106 @@ def semantics_query_cost(ctx: Context) -> str:
     node = table(["in the node: `semantic_queries`", "frames processed / sent", "model time median",
                   "pipeline latency median"], rows)
     return join(lib, ctx.source(SEM_COST), node, ctx.sources([NODE_PLAIN, NODE_QUERIES]))
+
+
+TEACHER_LABELS = [(RESULTS + "teacher_labels_cost_nuscenes.json", "nuscenes", "nuScenes keyframe"),
+                  (RESULTS + "teacher_labels_cost_ddad.json", "ddad", "DDAD frame 0")]
+
+
+@generator("semantics:teacher_labels_cost", reads=[rel for rel, _, _ in TEACHER_LABELS])
+def semantics_teacher_labels_cost(ctx: Context) -> str:
+    runs = [(ctx.load(rel), name, label) for rel, name, label in TEACHER_LABELS]
+    per_frame, rows, seen = [], [], []
+    for d, name, label in runs:
+        r = dig(d, name)
+        per_frame.append([f"{label} ({r['cameras']} cameras)",
+                          f"{r['image_hw_decoded_distilled'][1]}x{r['image_hw_decoded_distilled'][0]}: "
+                          f"{ms(r['decode_ms']['distilled']['min'], 0)}",
+                          f"{r['image_hw_decoded'][1]}x{r['image_hw_decoded'][0]}: "
+                          f"{ms(r['decode_ms']['teacher']['min'], 0)}",
+                          ms(r["predict_ms"]["distilled"]["min"], 0), ms(r["predict_ms"]["teacher"]["min"], 0),
+                          ms(dig(r, "render_at_first_label_ms"), 0)])
+        for width in sorted(r["label"], key=int):
+            w = r["label"][width]
+            rows.append([label, f"{width} px{' (default)' if int(width) == d['defaults']['width'] else ''}",
+                         ms(w["first_query_ms"]["min"], 0), ms(dig(w, "first_query_cpu_ms", "min"), 0),
+                         ms(w["segmenter_ms"], 0),
+                         ms(w["visibility_and_sampling_ms"], 0), ms(w["later_query_ms"]["min"], 1),
+                         pct(w["top_class_agreement_with_widest"], 1)])
+        tolerance = r["voxels_seen_by_depth_tolerance_voxels"]
+        seen.append([label, f"{r['voxels']:,}", f"{r['voxels_in_some_view_projection_only']:,}"]
+                    + [f"{tolerance[k]:,}" for k in sorted(tolerance, key=float)])
+    every = table(["every frame, no labels asked", "decode, distilled", "decode, teacher (widest width)",
+                   "predict, distilled", "predict, teacher", "a queried frame: its depth render"], per_frame)
+    widest = max(max(d["widths"]) for d, _, _ in runs)
+    query = table(["frame", "segmenter width", "first query on a frame", "its CPU time (all threads)",
+                   "of it: segmenter (6 cameras)",
+                   "of it: visibility + sampling", "later queries on that frame", f"top class = at {widest} px"],
+                  rows)
+    d0 = runs[0][0]
+    tolerances = sorted(dig(d0, runs[0][1], "voxels_seen_by_depth_tolerance_voxels"), key=float)
+    visibility = table(["frame", "occupied voxels", "in some camera's view (projection only)"]
+                       + [f"seen, tolerance {float(t):g} voxel{'' if float(t) == 1 else 's'}"
+                          + (" (default)" if float(t) == d0["defaults"]["depth_tolerance_voxels"] else "")
+                          for t in tolerances], seen)
+    loads = [(d["provenance"].get("load_average_at_start", [0])[0], d["provenance"].get("load_average_at_end", [0])[0])
+             for d, _, _ in runs]
+    prov = d0["provenance"]
+    text = (f"Bundled model ({d0['model_image_hw'][1]}x{d0['model_image_hw'][0]} input) on the CPU,"
+            f" {prov.get('threads', '?')} torch threads; each number the fastest of {prov.get('repeats', '?')} runs"
+            " (later queries: the labels of the frame are kept, only the texts are summed); CPU time is the"
+            " process's, over all its threads (on a quiet machine about threads x wall time). The machine was shared"
+            " by six engineers' tests and trainings: 1-minute load average "
+            + ", ".join(f"{a:.1f} -> {b:.1f}" for a, b in loads)
+            + " (start -> end of each run) on 2 cores, so the times are upper bounds of what a quiet machine takes.")
+    return join(every, query, visibility, text, ctx.sources([rel for rel, _, _ in TEACHER_LABELS]))
+
+
+QUERY_CALIBRATION = RESULTS + "query_calibration.json"
+
+
+@generator("semantics:calibration", reads=[QUERY_CALIBRATION])
+def semantics_calibration(ctx: Context) -> str:
+    d = ctx.load(QUERY_CALIBRATION)
+    cal, rep = d["calibration"], d["report"]
+    rows = []
+    settings = (("before", "uncalibrated", cal["temperature_before"], cal["background_cosine_before"]),
+                ("temperature_only", "temperature only", rep["fit"]["temperature_only"]["temperature"],
+                 cal["background_cosine_before"]),
+                ("after", "**stored**: temperature + background", cal["temperature"], cal["background_cosine"]))
+    for split, where in (("fit", cal["fitted_on"]), ("eval", cal["evaluated_on"])):
+        for key, label, temperature, background in settings:
+            r = rep[split][key]
+            rows.append([f"{split} ({where['frames']} frames, {where['voxels']:,} voxels)", label, f"{temperature:.3g}",
+                         num(background, 3), num(r["ece"], 3), num(r["nll"], 3), num(r["accuracy"], 3),
+                         num(r["confidence"], 3)])
+    fit = table(["held-out synthetic split (what was fitted on it)", "calibration", "temperature",
+                 "background cosine", f"ECE ({cal['bins']} bins)", "NLL", "accuracy", "mean confidence"], rows)
+    check = cal["domain_check"]
+    def answered(f: dict) -> str:
+        u, c = f["uncalibrated"], f["calibrated"]
+        return (f"{pct(u['labelled_share'])} / {pct(c['labelled_share'])}", f"{pct(u['confident_share'])} / "
+                f"{pct(c['confident_share'])}", f"{num(u['max_score'], 2)} / {num(c['max_score'], 2)}")
+
+    frames = [[f["source"], f["sample"][:12], num(f["statistic"], 4), "in" if f["in_domain"] else "**out**",
+               num(f["recon_psnr_median"], 2), *answered(f)]
+              for kind in ("synthetic", "real") for f in d["frames"][kind]]
+    s = d["summary"]
+    text = (f"Domain check stored with the calibration: `{check['statistic']}` >= {check['threshold']:.4f} (the fit"
+            f" frames' minimum {check['in_domain']['min']:.4f} minus {check['margin_stds']:g} standard deviations"
+            f" of {check['in_domain']['std']:.4f}). Synthetic frames (fit and held out)"
+            f" {s['synthetic_statistic'][0]:.4f} .."
+            f" {s['synthetic_statistic'][1]:.4f}, real frames {s['real_statistic'][0]:.4f} .."
+            f" {s['real_statistic'][1]:.4f}: {'separated' if s['separated'] else 'NOT separated'}. The recon PSNR of"
+            f" the same frames (synthetic {s['synthetic_recon_psnr'][0]:.2f} .. {s['synthetic_recon_psnr'][1]:.2f} dB,"
+            f" real {s['real_recon_psnr'][0]:.2f} .. {s['real_recon_psnr'][1]:.2f} dB)"
+            f" {'separates them too' if s['recon_psnr_separates'] else 'does not separate them'}.")
+    queried = (f"Last three columns: all {len(cal['queries'])} classes queried with the background option, "
+               "uncalibrated / calibrated (share of the occupied voxels labelled, share labelled with a score >= 0.9, "
+               "highest score).")
+    return join(fit, table(["frame (as the node sees it)", "sample", check["statistic"], "domain",
+                            "recon PSNR median dB", "labelled", "score >= 0.9", "max score"], frames), queried, text,
+                ctx.source(QUERY_CALIBRATION))
 
 
 REAL_SEMANTICS = RESULTS + "real_semantics.json"
@@ -647,6 +763,41 @@ def cpu_lookup_accuracy(ctx: Context) -> str:
     v = d["fine_voxel_m"]
     return join(table(["voxel lookup", "smooth feature field RMSE", "tilted wall depth mean error"], rows),
                 f"Fine voxel size {v['x']:.3f} m (x, y) by {v['z']:.4f} m (z).", ctx.source(LOOKUP))
+
+
+LOADER_CPU = RESULTS + "loader_throughput_cpu.json"
+
+
+def loader_throughput_block(ctx: Context, rel: str) -> str:
+    """The table of one benchmarks/loader_throughput.py run: per decode mode, the decode and per-sample CPU cost,
+    the cores one rank needs for the aim, and the measured samples/s per worker count against the step."""
+    d = ctx.load(rel)
+    workers = sorted({r["workers"] for r in d["loader"]})
+    rows = []
+    for mode, cost in d["in_process"].items():
+        dec = d["decode_one_jpeg"]
+        runs = {r["workers"]: r for r in d["loader"] if r["decode"] == mode}
+        rows.append([mode, f"{dec[f'synthetic_{mode}_ms']:.1f} / {num(dec.get(f'real_{mode}_ms'), 1)}",
+                     f"{cost['cpu_ms_median']:.0f}", f"{cost['cores_for_aim']:.2f}"]
+                    + [f"{runs[k]['samples_per_s']:.1f} ({runs[k]['step_ratio']:.2f}x)" if k in runs else "-"
+                       for k in workers])
+    header = ["decode", f"one JPEG -> {d['image_hw'][1]}x{d['image_hw'][0]}, CPU ms (synthetic / real nuScenes)",
+              "CPU ms per sample", f"cores for {d['aim_ratio']:g}x the step rate",
+              *[f"samples/s, {k} worker{'s' if k != 1 else ''} (x step rate)" for k in workers]]
+    built = d["dataroot"]
+    note = d["provenance"].get("note", "")
+    text = (f"Step {d['step_ms']:g} ms = {d['step_rate_per_s']:.1f} samples/s per rank (batch 1); the aim is "
+            f"{d['aim_ratio']:g}x that. Dataroot: {built['keyframes']} keyframes x 6 cameras at "
+            f"{built['image_wh'][0]}x{built['image_wh'][1]} (JPEG median {built['jpeg_kb_median']:.0f} kB; the real "
+            f"nuScenes sample's {num(d['decode_one_jpeg'].get('real_jpeg_kb_median'), 0)} kB), LiDAR "
+            f"{built['lidar_points_median']:,.0f} points per sweep; {d['cpu_count']} CPU cores"
+            + (f"; {note}" if note else "") + ".")
+    return join(table(header, rows), text, ctx.source(rel))
+
+
+@generator("cpu:loader_throughput", reads=[LOADER_CPU])
+def cpu_loader_throughput(ctx: Context) -> str:
+    return loader_throughput_block(ctx, LOADER_CPU)
 
 
 # ---------------------------------------------------------------------------------------------------------
