@@ -65,6 +65,12 @@ def _as_rank(monkeypatch, rank: int, world: int) -> None:
     monkeypatch.delenv("MASTER_ADDR", raising=False)
 
 
+def _single_process(monkeypatch) -> None:
+    """No torchrun variables at all (a RANK left over from _as_rank would be a rank of a world of one)."""
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"):
+        monkeypatch.delenv(name, raising=False)
+
+
 def test_assignment_exactly_once_and_env_checked(monkeypatch):
     keys = [f"tok{i:02d}" for i in range(11)][::-1]
     shares = [Shard(r, 3).owns(keys) for r in range(3)]
@@ -91,7 +97,7 @@ def test_torn_line_is_dropped(tmp_path):
 
 @pytest.mark.slow
 def test_cache_two_torchrun_ranks_equal_one_process(root, sharded, monkeypatch):
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    _single_process(monkeypatch)
     assert cache_cli.main(["--dataroot", str(root), "--version", VERSION, *CACHE_ARGS]) == 0
     single = root / "features" / "oracle"
     out, stdout = sharded
@@ -123,14 +129,14 @@ def test_cache_independent_ranks_resume_and_merge(root, tmp_path, monkeypatch, c
     assert cache_cli.main([*args, "--merge"]) == 0
     single = root / "features" / "oracle"
     if not (single / MANIFEST).is_file():
-        monkeypatch.delenv("WORLD_SIZE")
+        _single_process(monkeypatch)
         assert cache_cli.main(["--dataroot", str(root), "--version", VERSION, *CACHE_ARGS]) == 0
     assert _manifest(out) == _manifest(single) and _entries(out) == _entries(single)
 
 
 @pytest.mark.slow
 def test_eval_two_torchrun_ranks_equal_one_process(root, tiny_checkpoint, sharded, tmp_path, monkeypatch):
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    _single_process(monkeypatch)
     assert eval_cli.main(["--checkpoint", str(tiny_checkpoint), "--dataroot", str(root), "--version", VERSION,
                           "--threads", "1", "--no-progress", "--json", str(tmp_path / "single.json"),
                           "--details-json", str(tmp_path / "single_details.json")]) == 0
@@ -174,7 +180,7 @@ def _scenes(out):
 
 @pytest.mark.slow
 def test_fit_scene_two_torchrun_ranks_equal_one_process(root, sharded, tmp_path, monkeypatch, capsys):
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    _single_process(monkeypatch)
     single = tmp_path / "single"
     assert fit_cli.main(["--dataroot", str(root), "--version", VERSION, *FIT, "--out", str(single)]) == 0
     out = sharded[0] / "nerf"
