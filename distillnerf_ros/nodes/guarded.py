@@ -6,7 +6,9 @@ source) makes goes through the guard.
 An exception in a guarded callback is logged (throttled per callback), counted (`callback_errors/<name>`, the
 name being the timer's callback, the subscription's topic or the service's name), kept with its reason
 (`callback_last_error/<name>`) for /diagnostics (WARN while recent), and a service call is answered with
-`success=false` and the reason where the response has those fields. The node keeps running.
+`success=false` and the reason where the response has those fields. The node keeps running. An `async def`
+callback (rclpy runs it as a task, the response going out when it returns) gets an `async def` guard, which
+catches what it raises before or after any await.
 `GuardedNode.on_callback_error(name, reason)` lets a node react (its diagnostics timer failing: publish a
 reduced status instead).
 """
@@ -14,6 +16,7 @@ reduced status instead).
 from __future__ import annotations
 
 import functools
+import inspect
 import threading
 import time
 from collections import Counter
@@ -82,20 +85,40 @@ class GuardedNode:
         service the response comes back with success=false and the reason."""
         if is_guarded(callback):
             return callback
+        if inspect.iscoroutinefunction(callback):  # rclpy runs it as a task: the guard must be a coroutine too
+            return self._guard_coroutine(name, callback, service)
 
         @functools.wraps(callback)  # keeps the signature: rclpy looks for a TimerInfo parameter in it
         def run(*args, **kwargs):
             try:
                 return callback(*args, **kwargs)
             except Exception as error:  # noqa: BLE001 - the one boundary between a callback and rclpy's spin
-                reason = self.callback_errors.record(name, error)
-                self._report_callback_error(name, reason)
-                if service:
-                    return _failed_response(args[1] if len(args) > 1 else None, name, reason)
-                return None
+                return self._caught(name, error, args if service else None)
 
         setattr(run, GUARD_MARK, True)
         return run
+
+    def _guard_coroutine(self, name: str, callback: Callable, service: bool) -> Callable:
+        """The guard of an `async def` callback (a service answered once work off the executor thread is
+        done): an exception raised while it runs or after any of its awaits is caught the same way."""
+
+        @functools.wraps(callback)
+        async def run(*args, **kwargs):
+            try:
+                return await callback(*args, **kwargs)
+            except Exception as error:  # noqa: BLE001 - the one boundary between a callback and rclpy's spin
+                return self._caught(name, error, args if service else None)
+
+        setattr(run, GUARD_MARK, True)
+        return run
+
+    def _caught(self, name: str, error: Exception, service_args: tuple | None):
+        """Record and report `error`; a service's answer (success=false and the reason), else None."""
+        reason = self.callback_errors.record(name, error)
+        self._report_callback_error(name, reason)
+        if service_args is not None:
+            return _failed_response(service_args[1] if len(service_args) > 1 else None, name, reason)
+        return None
 
     def guard_existing_callbacks(self) -> None:
         """Guard what was registered without create_* (rclpy's lifecycle services are built directly)."""

@@ -21,8 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.exceptions import InvalidHandle
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.task import Future
 from std_msgs.msg import Header
 
 from distillnerf_core.inference import DeviceUnavailableError, ScenePredictor
@@ -45,7 +48,7 @@ from distillnerf_ros.nodes.perception_parameters import (
     semantic_source_from_parameters,
     validate_queries,
 )
-from distillnerf_ros.nodes.perception_semantics import SceneQueries
+from distillnerf_ros.nodes.perception_semantics import RELEASING, QueryAnswer, SceneQueries
 from distillnerf_ros.nodes.rig_parameters import rig_input_from_parameters
 from distillnerf_ros.nodes.services import answer_waiting_requests
 from distillnerf_ros.nodes.signals import init_without_signal_handlers, node_or_none, run_node
@@ -129,6 +132,12 @@ class PerceptionNode(GuardedNode, LifecycleNode):
         self.query_service = None
         self._query_times: list[float] = []
         self.queries = SceneQueries()
+        # ~/query_scene is an `async def` callback in a group of its own: while a call waits for the labelling
+        # thread, the default (mutually exclusive) group's timers, subscriptions and lifecycle services run on.
+        self._query_group = ReentrantCallbackGroup()
+        self._query_wake = self.create_guard_condition(lambda: None, callback_group=self._query_group)
+        self._queries_in_flight = 0  # calls waiting for the labelling thread
+        self._retired_query_services: list = []  # released while calls were in flight: destroyed once answered
         self.worker: FrameWorker[RigFrame] = FrameWorker(self._process_and_trim, self._on_worker_error,
                                                          "distillnerf_inference")
         self._decode_pool: ThreadPoolExecutor | None = None  # while active: decodes a frame's cameras at once
@@ -173,7 +182,8 @@ class PerceptionNode(GuardedNode, LifecycleNode):
             self._warm_up_in_background(len(cameras))
         self.outputs = PerceptionOutputs.create(self, cameras)
         self.grading = SelfGrading(self, cameras, camera_topic_name)
-        self.query_service = self.create_service(QueryScene, "~/query_scene", self._query_scene, qos_profile=QUERY_QOS)
+        self.query_service = self.create_service(QueryScene, "~/query_scene", self._query_scene, qos_profile=QUERY_QOS,
+                                                 callback_group=self._query_group)
         self.status_message = "configured"
         self.get_logger().info(f"loaded {self.model_path} on {self.predictor.device} ({self.predictor.precision})")
         text_problem = self.predictor.text_query_problem()  # depth and occupancy need no text encoder: a warning
@@ -186,7 +196,8 @@ class PerceptionNode(GuardedNode, LifecycleNode):
     @reported_transition("activate")
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         """Move the model to its device, enable the publishers, subscribe the rig and start the worker."""
-        self.predictor.to_device()
+        with self.queries.lock:  # not under a call being labelled
+            self.predictor.to_device()
         result = super().on_activate(state)  # enables the lifecycle publishers
         self._decode_pool = decode_pool(len(self.get_parameter("cameras").value))
         self.worker.start()
@@ -199,7 +210,8 @@ class PerceptionNode(GuardedNode, LifecycleNode):
         """Unsubscribe, stop the worker after its current frame, disable the publishers, free GPU memory."""
         self._stop_processing()
         self._wait_for_warm_up(timeout_s=60.0)  # a warm-up frame still running needs the model on its device
-        self.predictor.to_host()
+        with self.queries.lock:  # a call being labelled finishes on the device first
+            self.predictor.to_host()
         self.status_message = "inactive"
         return super().on_deactivate(state)
 
@@ -293,11 +305,15 @@ class PerceptionNode(GuardedNode, LifecycleNode):
         if self.grading is not None:
             self.grading.destroy()
             self.grading = None
+        self.queries.close()  # the labelling in progress finishes (it uses the model); calls waiting: RELEASING
         if self.query_service is not None:  # calls still queued are refused with the reason, never left waiting
             refused = answer_waiting_requests(self.query_service, self._refuse_query_while_releasing)
             if refused:
                 self.get_logger().info(f"~/query_scene: {refused} waiting calls refused before the service goes")
-            self.destroy_service(self.query_service)
+            if self._queries_in_flight:  # their answers go out when the executor resumes them, after this
+                self._retired_query_services.append(self.query_service)  # transition: the service stays till then
+            else:
+                self.destroy_service(self.query_service)
             self.query_service = None
         self.queries.forget()  # the kept frame belongs to the model being released
         if self.predictor is not None:
@@ -312,6 +328,7 @@ class PerceptionNode(GuardedNode, LifecycleNode):
         """Stop the worker thread and the rig first: a worker left running keeps the node, and with it the
         context's DDS participant, alive after destroy_node (each such node leaked ~6 sockets)."""
         self._stop_processing()
+        self.queries.close()  # the labelling thread, after the labelling in progress (it uses the model)
         super().destroy_node()
 
     def _stop_processing(self) -> None:
@@ -412,14 +429,13 @@ class PerceptionNode(GuardedNode, LifecycleNode):
     @staticmethod
     def _refuse_query_while_releasing(_request: QueryScene.Request, response: QueryScene.Response
                                       ) -> QueryScene.Response:
-        response.success = False
-        response.message = ("refused: the node is releasing its model (cleanup or shutdown) and ~/query_scene goes"
-                            " away until it is configured again")
+        response.success, response.message = False, RELEASING
         return response
 
-    def _query_scene(self, request: QueryScene.Request, response: QueryScene.Response) -> QueryScene.Response:
-        """Answer every call: requests queue up to QUERY_QOS.depth deep; beyond QUERY_BURST calls in one
-        second each is refused at once with the reason (never left unanswered)."""
+    async def _query_scene(self, request: QueryScene.Request, response: QueryScene.Response) -> QueryScene.Response:
+        """Answer every call: beyond QUERY_BURST calls in one second each is refused at once with the reason
+        (never left unanswered). A call that labels is answered from the labelling thread (SceneQueries.submit,
+        one call after the other) while the executor thread goes on; refusals are answered at once."""
         now = time.monotonic()
         self._query_times = [t for t in self._query_times if now - t < 1.0] + [now]
         if len(self._query_times) > QUERY_BURST:
@@ -435,7 +451,9 @@ class PerceptionNode(GuardedNode, LifecycleNode):
             response.success, response.message = False, reason
             return response
         distinct = distinct_texts(queries)  # equal texts would split the softmax between them
-        answer = self.queries.answer(self.predictor, distinct, float(request.threshold))
+        answer = self.queries.refusal(self.predictor, distinct)
+        if answer is None:
+            answer = await self._answer_off_executor(distinct, float(request.threshold))
         response.success, response.message = answer.success, answer.message
         if distinct != queries:
             listed = repr(distinct) if len(repr(distinct)) <= 1000 else f"{repr(distinct)[:1000]}...]"
@@ -444,6 +462,34 @@ class PerceptionNode(GuardedNode, LifecycleNode):
         if answer.success:
             response.cloud, response.max_scores = answer.cloud, answer.max_scores
         return response
+
+    async def _answer_off_executor(self, queries: list[str], threshold: float) -> QueryAnswer:
+        """SceneQueries.answer on the labelling thread; this coroutine waits (the executor runs other callbacks)
+        and resumes on the executor thread once the guard condition says the answer is there."""
+        predictor = self.predictor
+        job = self.queries.submit(lambda: self.queries.answer(predictor, queries, threshold))
+        ready: Future = Future()
+
+        def wake(_job) -> None:  # on the labelling thread (or here, if the job is already done)
+            ready.set_result(None)
+            with contextlib.suppress(InvalidHandle):  # the node is being destroyed: nobody waits any more
+                self._query_wake.trigger()
+
+        self._queries_in_flight += 1
+        try:
+            job.add_done_callback(wake)
+            await ready
+        finally:
+            self._queries_in_flight -= 1
+            if not self._queries_in_flight and self._retired_query_services and self.executor is not None:
+                self.executor.create_task(self.guard("destroy_retired_query_services",  # runs after this
+                                                     self._destroy_retired_query_services))  # answer is sent
+        return QueryAnswer(False, RELEASING) if job.cancelled() else job.result()
+
+    def _destroy_retired_query_services(self) -> None:
+        if not self._queries_in_flight:  # a call taken by a retired service meanwhile keeps it one more round
+            while self._retired_query_services:
+                self.destroy_service(self._retired_query_services.pop())
 
     # -- diagnostics ----------------------------------------------------------------------------------
     def losses(self) -> dict[str, int]:

@@ -7,6 +7,8 @@ distillnerf_core (ScenePredictor.query); here only the messages and the node's a
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,14 +68,34 @@ class QueryAnswer:
     max_scores: list[float] | None = None
 
 
+RELEASING = ("refused: the node is releasing its model (cleanup or shutdown) and ~/query_scene goes away until it"
+             " is configured again")
+
+
 class SceneQueries:
-    """The newest frame's occupancy kept for `~/query_scene`, and the lock that serialises the predictor's
-    text querier (its embedding cache) between the worker thread and the service."""
+    """The newest frame's occupancy kept for `~/query_scene`, the lock that serialises the predictor's text
+    querier (its embedding cache) and the live segmenter between the worker thread and the service, and the
+    labelling thread that answers the calls: the live segmenter (and its depth render) or a text encoder takes
+    seconds on a CPU, which must not hold the node's one executor thread (timers, cameras, TF, other calls)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self._latest: tuple[FramePrediction, Header] | None = None
         self.domain: DomainVerdict | None = None  # the latest answered query's features against the domain check
+        self._labeller: ThreadPoolExecutor | None = None  # one thread: calls labelled one after the other
+
+    def submit(self, job: Callable[[], QueryAnswer]) -> Future:
+        """Run `job` on the labelling thread (started at the first call after construction or close)."""
+        if self._labeller is None:
+            self._labeller = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distillnerf_query")
+        return self._labeller.submit(job)
+
+    def close(self) -> None:
+        """Before the model goes: wait for the labelling in progress (it uses the model) and cancel the calls
+        still waiting for the thread (their callers are answered RELEASING)."""
+        labeller, self._labeller = self._labeller, None
+        if labeller is not None:
+            labeller.shutdown(wait=True, cancel_futures=True)
 
     def remember(self, prediction: FramePrediction, header: Header) -> None:
         if prediction.voxel_features is not None or prediction.teacher_frame is not None:
@@ -92,31 +114,53 @@ class SceneQueries:
 
     def domain_value(self, predictor: ScenePredictor | None) -> str:
         """/diagnostics `query_domain`: the latest verdict, or why there is none."""
+        if predictor is not None and predictor.live_teacher:  # the labels are not the model's features: a
+            return "labels from the live segmenter: the model's domain check does not apply"  # verdict is stale
         if self.domain is not None:
             return self.domain.message()
-        if predictor is not None and predictor.live_teacher:  # the labels are not the model's features
-            return "labels from the live segmenter: the model's domain check does not apply"
         teacher = (predictor.teacher or {}) if predictor is not None else {}
         if not (teacher.get("calibration") or {}).get("domain_check"):
             return "no domain check stored with the model (scores uncalibrated)" if teacher else "no text queries"
         return "no query answered yet"
 
-    def answer(self, predictor: ScenePredictor | None, queries: list[str], threshold: float) -> QueryAnswer:
-        """Label the newest frame's occupied voxels; keep those whose best query scores >= threshold."""
+    def refusal(self, predictor: ScenePredictor | None, queries: list[str]) -> QueryAnswer | None:
+        """The answer of a call refused without labelling (no model, texts outside the live segmenter's closed
+        vocabulary, no frame yet), cheap enough for the executor thread; None: it goes to the labelling thread.
+        A distilled model's texts are checked there (the check may build its text encoder)."""
         if predictor is None:
             return QueryAnswer(False, "the node is not configured (no model loaded)")
-        teacher = f" (teacher: {teacher_description(predictor)})" if predictor.teacher else ""
-        if predictor.live_teacher:  # the labels are the live segmenter's, whatever the model was distilled from
-            teacher = f" ({label_source(predictor)})"
+        return self._refusal(predictor, queries, locked=False) if predictor.live_teacher else None
+
+    def _refusal(self, predictor: ScenePredictor, queries: list[str], locked: bool = True) -> QueryAnswer | None:
+        teacher = self._source_note(predictor)
         try:
-            with self.lock:
+            if locked:  # the text querier's cache is shared with the worker thread; the segmenter's names are not
+                with self.lock:
+                    predictor.check_queries(queries)
+            else:
                 predictor.check_queries(queries)
         except ValueError as error:  # undistilled model, or texts an oracle-distilled model does not know
             return QueryAnswer(False, f"{error}{teacher}")
-        latest = self._latest
-        if latest is None:
+        if self._latest is None:
             return QueryAnswer(False, f"no frame with occupancy processed yet{teacher}")
-        prediction, header = latest
+        return None
+
+    @staticmethod
+    def _source_note(predictor: ScenePredictor) -> str:
+        if predictor.live_teacher:  # the labels are the live segmenter's, whatever the model was distilled from
+            return f" ({label_source(predictor)})"
+        return f" (teacher: {teacher_description(predictor)})" if predictor.teacher else ""
+
+    def answer(self, predictor: ScenePredictor | None, queries: list[str], threshold: float) -> QueryAnswer:
+        """Label the newest frame's occupied voxels; keep those whose best query scores >= threshold (on the
+        labelling thread: `submit`)."""
+        if predictor is None:
+            return QueryAnswer(False, "the node is not configured (no model loaded)")
+        refused = self._refusal(predictor, queries)
+        if refused is not None:
+            return refused
+        teacher = self._source_note(predictor)
+        prediction, header = self._latest
         with self.lock:
             result = predictor.query(queries, prediction)
         label, score = result.label.numpy(), result.score.numpy()

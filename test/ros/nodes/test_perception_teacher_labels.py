@@ -6,15 +6,32 @@ the labels come from; the vocabulary is closed; `semantic_queries` labels every 
 from __future__ import annotations
 
 import numpy as np
+from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from test_perception_semantics import call, play_keyframe, start
+from test_perception_semantics import NODE, call, play_keyframe, start
 
 from distillnerf_core.teachers.segmenter import CLASS_NAMES
 from distillnerf_ros.conversions.pointcloud import pointcloud2_to_points
 from distillnerf_ros.nodes.perception_diagnostics import diagnostic_values
 from distillnerf_ros.nodes.perception_parameters import bundled_model_path
+from distillnerf_ros.srv import QueryScene
 
 WIDTH = 256  # the segmenter's input width: small for CI's CPU (the default is 1024)
+
+
+def labelling_call_and_a_quick_one(session) -> tuple[QueryScene.Response, QueryScene.Response]:
+    """A call that runs the segmenter on the newest frame and, 0.1 s later, one refused at once (a text outside
+    the closed vocabulary); asserts that the second is answered while the first is still being labelled: the
+    executor thread, which also runs /diagnostics, TF and the camera callbacks, is not held by the segmenter."""
+    client = session.node("client").create_client(QueryScene, f"{NODE}/query_scene")
+    assert client.wait_for_service(timeout_sec=10), "~/query_scene is not offered"
+    labelling = client.call_async(QueryScene.Request(queries=["vehicle", "road", "building", "vegetation"]))
+    session.spin_until(lambda: False, 0.1)  # the node takes the call and starts the segmenter
+    quick = client.call_async(QueryScene.Request(queries=["a red car"]))
+    assert session.spin_until(quick.done, 20), "no answer to the quick call"
+    assert not labelling.done(), "the quick call waited for the segmenter: the executor thread was held"
+    assert session.spin_until(labelling.done, 30), "no answer to the labelling call"
+    return labelling.result(), quick.result()
 
 
 def test_teacher_source_answers_queries_from_the_live_segmenter(session):
@@ -32,7 +49,7 @@ def test_teacher_source_answers_queries_from_the_live_segmenter(session):
     assert prediction.teacher_frame.classes is None, "the segmenter has not run: nothing asked for labels"
     assert min(image.shape[1] for image in prediction.teacher_frame.images) >= WIDTH, "decoded for the segmenter"
 
-    response = call(session, ["vehicle", "road", "building", "vegetation"], threshold=0.0)
+    response, unknown = labelling_call_and_a_quick_one(session)
     assert response.success, response.message
     assert "labels from the live segmenter" in response.message and "closed vocabulary" in response.message
     assert "teacher: oracle" not in response.message, "the labels are not the distilled model's"
@@ -49,7 +66,6 @@ def test_teacher_source_answers_queries_from_the_live_segmenter(session):
 
     again = call(session, ["road"], threshold=0.5)
     assert again.success and prediction.teacher_frame.classes is classes, "one segmenter run per frame"
-    unknown = call(session, ["a red car"])
     assert not unknown.success and "closed vocabulary" in unknown.message and "road" in unknown.message
 
 
@@ -63,6 +79,27 @@ def test_teacher_source_with_semantic_queries_labels_every_frame(session):
     assert labels.min() >= -1 and labels.max() <= 2 and (labels == 0).any()
     assert node.last["semantic_queries"].startswith("labelling every frame")
     assert len(CLASS_NAMES) == len(node.queries._latest[0].teacher_frame.classes.probabilities[0])
+
+
+def test_a_call_being_labelled_when_the_node_cleans_up_is_answered_and_the_service_goes(session):
+    node = start(session, bundled_model_path(), semantic_source="teacher", semantic_teacher_width=WIDTH)
+    play_keyframe(session, [])
+    client = session.node("client").create_client(QueryScene, f"{NODE}/query_scene")
+    assert client.wait_for_service(timeout_sec=10), "~/query_scene is not offered"
+    labelling = client.call_async(QueryScene.Request(queries=["road"]))
+    session.spin_until(lambda: False, 0.1)  # the node takes the call and starts the segmenter
+    assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS, "the segmenter finished before the model went"
+    assert session.spin_until(labelling.done, 30), "the call in flight at cleanup was never answered"
+    answer = labelling.result()
+    assert answer.success or "releasing its model" in answer.message, answer.message
+    assert session.spin_until(lambda: not client.service_is_ready(), 20), "the service must go once answered"
+    assert node.status_message == "unconfigured" and int(diagnostic_values(node)["callback_errors"]) == 0
+    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    assert session.spin_until(client.service_is_ready, 20)
+    again = client.call_async(QueryScene.Request(queries=["road"]))
+    assert session.spin_until(again.done, 30) and "no frame with occupancy processed yet" in again.result().message
 
 
 def test_an_unknown_semantic_source_or_missing_segmenter_weights_fail_configure(session, tmp_path):
