@@ -66,6 +66,7 @@ def test_teacher_source_answers_queries_from_the_live_segmenter(session):
 
     again = call(session, ["road"], threshold=0.5)
     assert again.success and prediction.teacher_frame.classes is classes, "one segmenter run per frame"
+    assert diagnostic_values(node)["query_domain"].startswith("labels from the live segmenter"), "no stale verdict"
     assert not unknown.success and "closed vocabulary" in unknown.message and "road" in unknown.message
 
 
