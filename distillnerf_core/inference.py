@@ -32,6 +32,7 @@ from distillnerf_core.teacher_semantics import (
     TeacherFrame,
     TeacherSemanticsConfig,
     VoxelClasses,
+    camera_pixels,
     label_voxels,
     query_classes,
     resolve_weights,
@@ -105,13 +106,7 @@ def occupancy_probability(density: torch.Tensor, voxel_size: float) -> torch.Ten
 def project_points(points: torch.Tensor, K: torch.Tensor, ego_from_camera: torch.Tensor, hw: tuple[int, int]
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pixel u, v and a visibility mask of ego-frame points (P, 3) in each camera: K (N,3,3), (N,4,4)."""
-    camera_from_ego = torch.linalg.inv(ego_from_camera)
-    cam = points[None] @ camera_from_ego[:, :3, :3].transpose(1, 2) + camera_from_ego[:, None, :3, 3]
-    z = cam[..., 2]
-    pix = cam @ K.transpose(1, 2)
-    u = pix[..., 0] / z.clamp(min=1e-6)
-    v = pix[..., 1] / z.clamp(min=1e-6)
-    visible = (z > 0.1) & (u >= 0) & (u < hw[1]) & (v >= 0) & (v < hw[0])
+    u, v, _, visible = camera_pixels(points, K, ego_from_camera, hw)
     return u, v, visible
 
 
