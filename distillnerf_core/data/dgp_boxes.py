@@ -10,13 +10,13 @@ by `dgp.write_dataroot` (ego pose at the LiDAR timestamp). A 3D box's pose is it
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from distillnerf_core.data.dgp import DGPFormatError, find_scene_file
+from distillnerf_core.data.dgp import _load_json as _load  # the scene reader's size-bounded JSON object read
 from distillnerf_core.geometry import quaternion_to_matrix
 
 BOX_2D, BOX_3D = "0", "1"  # DGP annotation-type ids
@@ -46,15 +46,6 @@ class Box3D:
     rotation: np.ndarray
     size: np.ndarray
     num_points: int = 0
-
-
-def _load(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} is missing")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise DGPFormatError(f"{path}: not valid JSON ({error})") from error
 
 
 def read_ontology(scene_dir: str | Path, annotation_type: str = BOX_3D) -> dict[int, str]:

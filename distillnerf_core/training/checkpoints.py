@@ -83,8 +83,7 @@ def save_checkpoint(model: DistillNeRFModel, path: str | Path, extra: dict[str, 
         "weights_sha256": sha256_file(path),
         "extra": extra or {},
     }
-    side = sidecar_path(path)
-    _atomic_write(side, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, sort_keys=True)))
+    write_metadata(path, meta)
     return path
 
 
