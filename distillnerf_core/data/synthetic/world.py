@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from distillnerf_core.data.synthetic import shading
+from distillnerf_core.data.synthetic.shading import shade
 from distillnerf_core.geometry import invert_transform, make_transform
 
 SEMANTIC_CLASSES = (
@@ -57,9 +59,6 @@ SEMANTIC_PALETTE = np.array(
     ],
     dtype=np.uint8,
 )
-
-# Texture ids of boxes.
-TEX_PLAIN, TEX_FACADE, TEX_CABIN, TEX_PAVING = 0, 1, 2, 3
 
 ROAD_HALF = 9.0  # lanes + parking strips
 LANE_EDGE = 7.0  # solid white edge line, start of the parking strip
@@ -113,12 +112,13 @@ class Town:
     box_vel: np.ndarray
     box_albedo: np.ndarray
     box_cls: np.ndarray
-    box_tex: np.ndarray
+    box_material: np.ndarray  # shading.MATERIALS ids
     sph_center: np.ndarray
     sph_radius: np.ndarray
     sph_vel: np.ndarray
     sph_albedo: np.ndarray
     sph_cls: np.ndarray
+    sph_material: np.ndarray
     ego_x0: float
     ego_speed: float
     weave_amp: float
@@ -158,20 +158,20 @@ def generate_town(seed: int, scene_index: int = 0, duration: float = 10.0) -> To
     rng = np.random.default_rng([int(seed), int(scene_index), 4242])
     speed = float(rng.uniform(7.0, 10.0))
     x_min, x_max = -150.0, speed * duration + 200.0
-    boxes: list[tuple] = []  # (center, half, vel, albedo, cls, tex)
-    spheres: list[tuple] = []  # (center, radius, vel, albedo, cls)
+    boxes: list[tuple] = []  # (center, half, vel, albedo, cls, material)
+    spheres: list[tuple] = []  # (center, radius, vel, albedo, cls, material)
     objects: list[SceneObject] = []
     zero = np.zeros(3)
 
-    def box(lo, hi, albedo, cls, tex=TEX_PLAIN, vel=zero):
+    def box(lo, hi, albedo, cls, material, vel=zero):
         lo, hi = np.asarray(lo, float), np.asarray(hi, float)
-        boxes.append(((lo + hi) / 2, (hi - lo) / 2, np.asarray(vel, float), albedo, CLASS_ID[cls], tex))
+        boxes.append(((lo + hi) / 2, (hi - lo) / 2, np.asarray(vel, float), albedo, CLASS_ID[cls], material))
 
     # Sidewalks (raised slabs) on both sides.
     for side in (-1, 1):
         ys = sorted([side * ROAD_HALF, side * SIDEWALK_OUTER])
         box([x_min - 50, ys[0], 0], [x_max + 50, ys[1], SIDEWALK_HEIGHT], [0.62, 0.6, 0.57], "sidewalk",
-            TEX_PAVING)
+            shading.PAVING)
 
     # Buildings: rows of blocks with random size, gaps, setback, colour.
     palette = [(0.07, 0.45, 0.75), (0.1, 0.25, 0.85), (0.0, 0.55, 0.6), (0.58, 0.2, 0.8), (0.12, 0.1, 0.9),
@@ -187,7 +187,7 @@ def generate_town(seed: int, scene_index: int = 0, duration: float = 10.0) -> To
             albedo = _hsv(h + rng.uniform(-0.04, 0.04), s * rng.uniform(0.7, 1.1), v * rng.uniform(0.8, 1.05))
             y0 = SIDEWALK_OUTER + setback
             ys = sorted([side * y0, side * (y0 + depth)])
-            box([x, ys[0], 0], [x + width, ys[1], height], albedo, "building", TEX_FACADE)
+            box([x, ys[0], 0], [x + width, ys[1], height], albedo, "building", shading.FACADE_PLASTER)
             x += width + (rng.uniform(10, 16) if rng.random() < 0.15 else rng.uniform(0.0, 5.0))
 
     # Trees and poles on the sidewalks.
@@ -196,15 +196,17 @@ def generate_town(seed: int, scene_index: int = 0, duration: float = 10.0) -> To
         while x < x_max:
             y = side * (SIDEWALK_OUTER - 1.2)
             trunk_h = rng.uniform(2.2, 3.2)
-            box([x - 0.15, y - 0.15, 0], [x + 0.15, y + 0.15, trunk_h], [0.35, 0.25, 0.15], "vegetation")
+            box([x - 0.15, y - 0.15, 0], [x + 0.15, y + 0.15, trunk_h], [0.35, 0.25, 0.15], "vegetation",
+                shading.BARK)
             r = rng.uniform(1.3, 2.1)
             green = _hsv(rng.uniform(0.22, 0.33), rng.uniform(0.5, 0.8), rng.uniform(0.35, 0.6))
-            spheres.append((np.array([x, y, trunk_h + 0.7 * r]), r, zero, green, CLASS_ID["vegetation"]))
+            spheres.append((np.array([x, y, trunk_h + 0.7 * r]), r, zero, green, CLASS_ID["vegetation"],
+                            shading.LEAVES))
             x += rng.uniform(9, 20)
         x = x_min + rng.uniform(0, 15)
         while x < x_max:
             y = side * (ROAD_HALF + 0.45)
-            box([x - 0.09, y - 0.09, 0], [x + 0.09, y + 0.09, 6.5], [0.55, 0.55, 0.6], "pole")
+            box([x - 0.09, y - 0.09, 0], [x + 0.09, y + 0.09, 6.5], [0.55, 0.55, 0.6], "pole", shading.METAL)
             x += rng.uniform(18, 35)
 
     def car(cx, cy, vx, heading_sign, parked):
@@ -213,11 +215,11 @@ def generate_town(seed: int, scene_index: int = 0, duration: float = 10.0) -> To
         vel = np.array([vx, 0.0, 0.0])
         body_top = rng.uniform(0.95, 1.1)
         box([cx - length / 2, cy - width / 2, 0.15], [cx + length / 2, cy + width / 2, body_top], albedo, "car",
-            TEX_PLAIN, vel)
+            shading.CAR_PAINT, vel)
         cab_len = 0.55 * length
         cab_c = cx - heading_sign * 0.08 * length
         box([cab_c - cab_len / 2, cy - width / 2 + 0.08, body_top], [cab_c + cab_len / 2, cy + width / 2 - 0.08,
-            body_top + rng.uniform(0.42, 0.55)], albedo, "car", TEX_CABIN, vel)
+            body_top + rng.uniform(0.42, 0.55)], albedo, "car", shading.CAR_CABIN, vel)
         objects.append(SceneObject(len(objects), "vehicle.car", np.array([cx, cy, (body_top + 0.55) / 2 + 0.05]),
                                    vel, (width, length, body_top + 0.5), 0.0 if heading_sign > 0 else math.pi))
 
@@ -248,9 +250,9 @@ def generate_town(seed: int, scene_index: int = 0, duration: float = 10.0) -> To
             height = rng.uniform(1.45, 1.65)
             shirt = _hsv(rng.random(), rng.uniform(0.3, 0.9), rng.uniform(0.3, 0.9))
             box([x - 0.22, y - 0.18, SIDEWALK_HEIGHT], [x + 0.22, y + 0.18, SIDEWALK_HEIGHT + height], shirt,
-                "pedestrian", TEX_PLAIN, v)
+                "pedestrian", shading.CLOTH, v)
             spheres.append((np.array([x, y, SIDEWALK_HEIGHT + height + 0.12]), 0.13, v, [0.85, 0.65, 0.5],
-                            CLASS_ID["pedestrian"]))
+                            CLASS_ID["pedestrian"], shading.SKIN))
             objects.append(SceneObject(len(objects), "human.pedestrian.adult",
                                        np.array([x, y, SIDEWALK_HEIGHT + (height + 0.25) / 2]), v,
                                        (0.5, 0.5, height + 0.25), 0.0 if v[0] >= 0 else math.pi))
@@ -261,11 +263,12 @@ def generate_town(seed: int, scene_index: int = 0, duration: float = 10.0) -> To
     town2global = make_transform(np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]]),
                                  [rng.uniform(300, 1500), rng.uniform(300, 1500), 0.0])
     sun = np.array([rng.uniform(-0.6, 0.6), rng.uniform(-0.6, 0.6), 0.85])
-    bc, bh, bv, ba, bk, bt = (np.array(v) for v in zip(*boxes, strict=True))
-    sc, sr, sv, sa, sk = (np.array(v) for v in zip(*spheres, strict=True))
-    return Town(bc, bh, bv, ba, bk.astype(np.int64), bt.astype(np.int64), sc, sr.astype(float), sv, sa,
-                sk.astype(np.int64), ego_x0=0.0, ego_speed=speed, weave_amp=float(rng.uniform(0.1, 0.35)),
-                weave_period=float(rng.uniform(6, 12)), town2global=town2global, sun=sun / np.linalg.norm(sun),
+    bc, bh, bv, ba, bk, bm = (np.array(v) for v in zip(*boxes, strict=True))
+    sc, sr, sv, sa, sk, sm = (np.array(v) for v in zip(*spheres, strict=True))
+    return Town(bc, bh, bv, ba, bk.astype(np.int64), bm.astype(np.int64), sc, sr.astype(float), sv, sa,
+                sk.astype(np.int64), sm.astype(np.int64), ego_x0=0.0, ego_speed=speed,
+                weave_amp=float(rng.uniform(0.1, 0.35)), weave_period=float(rng.uniform(6, 12)),
+                town2global=town2global, sun=sun / np.linalg.norm(sun),
                 objects=objects)
 
 
@@ -279,24 +282,7 @@ class Hits:
     normal: torch.Tensor  # (R, 3)
     cls: torch.Tensor  # (R,) semantic class
     albedo: torch.Tensor  # (R, 3)
-
-
-def _hash2(ix: torch.Tensor, iy: torch.Tensor, salt: int) -> torch.Tensor:
-    h = (ix * 73856093) ^ (iy * 19349663) ^ (salt * 83492791)
-    h = (h ^ (h >> 13)) * 1274126177
-    return ((h ^ (h >> 16)) & 0xFFFF).float() / 65535.0
-
-
-def value_noise(u: torch.Tensor, v: torch.Tensor, scale: float, salt: int = 0) -> torch.Tensor:
-    """Smooth value noise in [0, 1] on a lattice of `scale` metres (bilinear, smoothstep)."""
-    u, v = u / scale, v / scale
-    iu, iv = torch.floor(u), torch.floor(v)
-    fu, fv = u - iu, v - iv
-    fu, fv = fu * fu * (3 - 2 * fu), fv * fv * (3 - 2 * fv)
-    iu, iv = iu.long(), iv.long()
-    a, b = _hash2(iu, iv, salt), _hash2(iu + 1, iv, salt)
-    c, d = _hash2(iu, iv + 1, salt), _hash2(iu + 1, iv + 1, salt)
-    return (a * (1 - fu) + b * fu) * (1 - fv) + (c * (1 - fu) + d * fu) * fv
+    material: torch.Tensor  # (R,) shading.MATERIALS id (0 = none)
 
 
 def _box_corners(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -393,11 +379,13 @@ def cast_rays(town: Town, t: float, origin: np.ndarray, dirs: torch.Tensor, far:
 
 def _shade_attributes(town: Town, t: float, o: torch.Tensor, dirs: torch.Tensor, best: torch.Tensor,
                       kind: torch.Tensor, index: torch.Tensor) -> Hits:
+    """Hit points, normals, classes and materials; the albedo comes from shading.surface_albedo."""
     n = dirs.shape[0]
     point = o + dirs * torch.where(torch.isfinite(best), best, torch.zeros_like(best))[:, None]
     normal = torch.zeros(n, 3)
     cls = torch.zeros(n, dtype=torch.long)
-    albedo = torch.zeros(n, 3)
+    base = torch.zeros(n, 3)
+    material = torch.zeros(n, dtype=torch.long)
     px, py = point[:, 0], point[:, 1]
 
     g = kind == 1
@@ -405,21 +393,17 @@ def _shade_attributes(town: Town, t: float, o: torch.Tensor, dirs: torch.Tensor,
         gx, gy = px[g], py[g]
         ay = gy.abs()
         on_road = ay < ROAD_HALF
-        n1 = value_noise(gx, gy, 0.7, 1)
-        n2 = value_noise(gx, gy, 6.0, 2)
-        asphalt = (0.26 + 0.1 * n1 + 0.06 * n2)[:, None] * torch.tensor([1.0, 1.0, 1.04])
-        grass = (0.6 + 0.4 * n1)[:, None] * torch.tensor([0.25, 0.42, 0.16]) * (0.8 + 0.4 * n2)[:, None]
-        col = torch.where(on_road[:, None], asphalt, grass)
         yellow = (ay > 0.06) & (ay < 0.2)
         dashed = ((ay - 3.5).abs() < 0.075) & (torch.remainder(gx, 9.0) < 3.0)
         edge = (ay - LANE_EDGE).abs() < 0.1
         white = dashed | edge
-        col = torch.where(yellow[:, None], torch.tensor([0.85, 0.7, 0.15]), col)
-        col = torch.where(white[:, None], torch.tensor([0.9, 0.9, 0.88]), col)
         k = torch.where(on_road, CLASS_ID["road"], CLASS_ID["terrain"])
         k = torch.where(yellow | white, CLASS_ID["lane_marking"], k)
-        albedo[g] = col
+        m = torch.where(on_road, shading.ASPHALT, shading.GRASS)
+        m = torch.where(yellow, shading.LANE_YELLOW, m)
+        m = torch.where(white, shading.LANE_WHITE, m)
         cls[g] = k
+        material[g] = m
         normal[g] = torch.tensor([0.0, 0.0, 1.0])
 
     b = kind == 2
@@ -428,70 +412,25 @@ def _shade_attributes(town: Town, t: float, o: torch.Tensor, dirs: torch.Tensor,
         lo, hi = town.boxes_at(t)
         c = torch.as_tensor((lo + hi) / 2, dtype=torch.float32)[idx]
         h = torch.as_tensor(town.box_half, dtype=torch.float32)[idx]
-        p = point[b]
-        local = (p - c) / h
+        local = (point[b] - c) / h
         axis = local.abs().argmax(dim=1)
-        nrm = torch.zeros_like(p)
+        nrm = torch.zeros_like(local)
         nrm.scatter_(1, axis[:, None], torch.sign(local.gather(1, axis[:, None])))
         normal[b] = nrm
         cls[b] = torch.as_tensor(town.box_cls)[idx]
-        col = torch.as_tensor(town.box_albedo, dtype=torch.float32)[idx].clone()
-        tex = torch.as_tensor(town.box_tex)[idx]
-        # Face coordinates (u along the face, v up) for textures.
-        u = torch.where(axis == 0, p[:, 1], p[:, 0])
-        v = p[:, 2]
-        wall_noise = 0.85 + 0.3 * value_noise(u * 3.0, v * 3.0, 1.0, 3)
-        col = col * torch.where(tex[:, None] == TEX_PLAIN, 0.92 + 0.16 * value_noise(u, v, 0.5, 4)[:, None],
-                                torch.ones(1))
-        facade = tex == TEX_FACADE
-        side = axis != 2
-        floor_v = torch.remainder(v, 3.2)
-        win = facade & side & (v > 2.2) & (floor_v > 0.9) & (floor_v < 2.4) & (torch.remainder(u, 2.6) > 0.8) \
-            & (torch.remainder(u, 2.6) < 2.0)
-        door_band = facade & side & (v < 2.2) & (torch.remainder(u, 7.0) < 1.6)
-        col = torch.where(facade[:, None], col * wall_noise[:, None], col)
-        glass = torch.tensor([0.16, 0.22, 0.3]) * (0.8 + 0.5 * value_noise(u, v, 2.0, 5))[:, None]
-        col = torch.where(win[:, None], glass, col)
-        col = torch.where(door_band[:, None], torch.tensor([0.22, 0.16, 0.12]), col)
-        cabin_glass = (tex == TEX_CABIN) & side
-        col = torch.where(cabin_glass[:, None], torch.tensor([0.08, 0.1, 0.13]), col)
-        paving = tex == TEX_PAVING
-        tile = (torch.remainder(p[:, 0], 1.5) < 0.05) | (torch.remainder(p[:, 1], 1.5) < 0.05)
-        pav = col * (0.85 + 0.3 * value_noise(p[:, 0], p[:, 1], 0.75, 6))[:, None]
-        pav = torch.where(tile[:, None], pav * 0.7, pav)
-        col = torch.where(paving[:, None], pav, col)
-        albedo[b] = col
+        base[b] = torch.as_tensor(town.box_albedo, dtype=torch.float32)[idx]
+        material[b] = torch.as_tensor(town.box_material)[idx]
 
     s = kind == 3
     if s.any():
         idx = index[s]
         sc = torch.as_tensor(town.spheres_at(t), dtype=torch.float32)[idx]
-        p = point[s]
-        nrm = (p - sc) / torch.as_tensor(town.sph_radius, dtype=torch.float32)[idx][:, None]
-        normal[s] = nrm
+        normal[s] = (point[s] - sc) / torch.as_tensor(town.sph_radius, dtype=torch.float32)[idx][:, None]
         cls[s] = torch.as_tensor(town.sph_cls)[idx]
-        leaf = 0.75 + 0.5 * value_noise(p[:, 0] + p[:, 2] * 1.7, p[:, 1] - p[:, 2], 0.35, 7)
-        albedo[s] = torch.as_tensor(town.sph_albedo, dtype=torch.float32)[idx] * leaf[:, None]
-    return Hits(best, kind, index, point, normal, cls, albedo)
-
-
-SKY_HORIZON = torch.tensor([0.80, 0.86, 0.94])
-SKY_ZENITH = torch.tensor([0.33, 0.52, 0.84])
-
-
-def shade(town: Town, hits: Hits, dirs: torch.Tensor) -> torch.Tensor:
-    """(R, 3) colours in [0, 1]: Lambert with sun + sky light, distance fog, gradient sky."""
-    unit = dirs / dirs.norm(dim=1, keepdim=True)
-    elev = unit[:, 2].clamp(min=0.0) ** 0.6
-    sky = SKY_HORIZON * (1 - elev[:, None]) + SKY_ZENITH * elev[:, None]
-    sun = torch.as_tensor(town.sun, dtype=torch.float32)
-    lambert = (hits.normal @ sun).clamp(min=0.0)
-    skylight = 0.5 + 0.15 * hits.normal[:, 2]
-    col = hits.albedo * (skylight + 0.75 * lambert)[:, None]
-    dist = torch.where(hits.kind > 0, hits.t * dirs.norm(dim=1), torch.zeros_like(hits.t))
-    fog = (1 - torch.exp(-dist / 350.0))[:, None]
-    col = col * (1 - fog) + SKY_HORIZON * fog
-    return torch.where((hits.kind > 0)[:, None], col, sky).clamp(0, 1)
+        base[s] = torch.as_tensor(town.sph_albedo, dtype=torch.float32)[idx]
+        material[s] = torch.as_tensor(town.sph_material)[idx]
+    albedo = shading.surface_albedo(material, base, point, normal)
+    return Hits(best, kind, index, point, normal, cls, albedo, material)
 
 
 # ---------------------------------------------------------------------------------------------- sensors
