@@ -32,6 +32,7 @@ from rclpy.qos import (
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from tf2_msgs.msg import TFMessage
 
+from distillnerf_core.rectify import MIN_VALID_FRACTION, DistortionError, Rectifier
 from distillnerf_ros.conversions.camera_info import (
     CameraInfoError,
     CameraIntrinsics,
@@ -40,7 +41,6 @@ from distillnerf_ros.conversions.camera_info import (
     topic_is_rectified,
 )
 from distillnerf_ros.conversions.images import ImageConversionError, message_to_rgb_sized
-from distillnerf_ros.conversions.rectify import MIN_VALID_FRACTION, DistortionError, Rectifier
 from distillnerf_ros.input.camera_sync import CameraSet, LatestCameraSynchronizer
 from distillnerf_ros.input.tf_cache import FrameNotAvailableError, TfCache, TfLookupError, stamp_to_ns
 

@@ -11,10 +11,10 @@ from std_msgs.msg import Header
 from tf2_msgs.msg import TFMessage
 
 from distillnerf_core.geometry import make_transform, quaternion_to_matrix
+from distillnerf_core.rectify import Rectifier
 from distillnerf_ros.conversions.camera_info import CameraIntrinsics, intrinsics_to_camera_info
 from distillnerf_ros.conversions.images import rgb_to_compressed_image, rgb_to_image
 from distillnerf_ros.conversions.nuscenes_messages import stamp_from_us, transform_stamped
-from distillnerf_ros.conversions.rectify import Rectifier
 from distillnerf_ros.input.rig_input import CameraRigInput, RigFrame, input_qos, share_jobs, topics_from_format
 
 CAMERAS = ["front", "left", "back"]

@@ -5,7 +5,14 @@ sees it."""
 import numpy as np
 import pytest
 
-from distillnerf_ros.conversions.rectify import DistortionError, Rectifier, distort, has_distortion, rectify_maps
+from distillnerf_core.rectify import (
+    DistortionError,
+    Rectifier,
+    distort,
+    has_distortion,
+    rectify_maps,
+    undistort,
+)
 
 K = np.array([[2000.0, 0, 960], [0, 2000.0, 640], [0, 0, 1]])
 MODELS = {
@@ -56,7 +63,7 @@ def test_unknown_distortion_models_are_refused_and_zero_d_is_no_distortion():
 
 
 def test_non_finite_map_coordinates_read_as_outside_never_as_an_index():
-    from distillnerf_ros.conversions.rectify import remap
+    from distillnerf_core.rectify import remap
 
     image = np.full((4, 6, 3), 200, np.uint8)
     map_x = np.array([[np.nan, np.inf, -np.inf, 2.0, 1e30, 0.0]] * 4, np.float32)
@@ -81,3 +88,15 @@ def test_distortion_that_cannot_be_rectified_is_refused_and_the_refusal_cached(m
     assert Rectifier(min_valid_fraction=0.01).min_valid_fraction == 0.01
     strong = Rectifier().rectify("cam", np.zeros((64, 96, 3), np.uint8), small_K, "plumb_bob", [0.0, -0.33, 0, 0, 0])
     assert strong.shape == (64, 96, 3), "a strong but sane barrel distortion is still rectified"
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_undistort_inverts_distort_and_reports_a_lens_it_cannot_invert(model):
+    rng = np.random.default_rng(1)
+    x, y = rng.uniform(-0.5, 0.5, 500), rng.uniform(-0.3, 0.3, 500)
+    xu, yu, residual = undistort(*distort(x, y, model, MODELS[model]), model, MODELS[model])
+    assert np.abs(xu - x).max() < 1e-9 and np.abs(yu - y).max() < 1e-9, f"{model}: undistort is not the inverse"
+    assert residual.max() < 1e-9, f"{model}: residual {residual.max()} for an invertible lens"
+    # a barrel so strong that r (1 + k1 r^2) never reaches r_d = 1.2: no inverse, and the residual says so
+    _, _, residual = undistort(np.array([1.2]), np.array([0.0]), "plumb_bob", [-0.4, 0.0, 0.0, 0.0, 0.0])
+    assert residual[0] > 1e-3, f"an impossible inverse was reported with residual {residual[0]}"

@@ -1,5 +1,9 @@
 """Rectification from CameraInfo distortion (what image_proc does), vectorised numpy, no OpenCV.
 
+Camera-model maths shared by the ROS camera input (distillnerf_ros/input/rig_input.py) and the synthetic
+world's distorted lenses (data/synthetic/lens.py renders through `undistort` and rectifies with `Rectifier`),
+so both resample with the same model.
+
 The model takes pinhole images. A camera whose CameraInfo has non-zero `d` is resampled to the pinhole
 camera with the same K: for each output pixel the ray (x, y, 1) = K^-1 (u, v, 1) is distorted with the
 CameraInfo's model and looked up bilinearly in the input. Supported: `plumb_bob` (k1, k2, p1, p2, k3),
@@ -57,6 +61,48 @@ def distort(x: np.ndarray, y: np.ndarray, model: str, d) -> tuple[np.ndarray, np
         scale = np.where(r > 1e-12, theta_d / np.maximum(r, 1e-12), 1.0)
         return x * scale, y * scale
     raise DistortionError(f"distortion model '{model}' is not supported (supported: {', '.join(SUPPORTED_MODELS)})")
+
+
+def undistort(xd: np.ndarray, yd: np.ndarray, model: str, d, iterations: int = 30
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Undistorted normalised coordinates of distorted ones (the inverse of `distort`) and the residual.
+
+    Fixed-point iteration as OpenCV's undistortPoints (x = (xd - tangential(x)) / radial(x)) for the
+    polynomial models, Newton on theta for `equidistant`. Returns (x, y, residual): residual is |distort(x, y)
+    - (xd, yd)| per point, so the caller can refuse a lens the iteration does not invert (a non-monotonic
+    radial profile inside the image has no unique inverse).
+    """
+    xd, yd = np.asarray(xd, dtype=np.float64), np.asarray(yd, dtype=np.float64)
+    d = np.asarray(d, dtype=np.float64)
+    if model in ("plumb_bob", "rational_polynomial"):
+        k = np.zeros(8)
+        k[: min(len(d), 8)] = d[:8]
+        k1, k2, p1, p2, k3, k4, k5, k6 = k
+        x, y = xd.copy(), yd.copy()
+        for _ in range(iterations):
+            r2 = x * x + y * y
+            radial = (1 + r2 * (k1 + r2 * (k2 + r2 * k3))) / (1 + r2 * (k4 + r2 * (k5 + r2 * k6)))
+            dx = 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
+            dy = p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
+            x, y = (xd - dx) / radial, (yd - dy) / radial
+    elif model == "equidistant":
+        k = np.zeros(4)
+        k[: min(len(d), 4)] = d[:4]
+        theta_d = np.hypot(xd, yd)
+        theta = theta_d.copy()
+        for _ in range(iterations):
+            t2 = theta * theta
+            f = theta * (1 + t2 * (k[0] + t2 * (k[1] + t2 * (k[2] + t2 * k[3])))) - theta_d
+            df = 1 + t2 * (3 * k[0] + t2 * (5 * k[1] + t2 * (7 * k[2] + t2 * 9 * k[3])))
+            theta = theta - f / np.where(np.abs(df) > 1e-9, df, 1e-9)
+        scale = np.where(theta_d > 1e-12, np.tan(theta) / np.maximum(theta_d, 1e-12), 1.0)
+        x, y = xd * scale, yd * scale
+    else:
+        raise DistortionError(f"distortion model '{model}' is not supported (supported: {', '.join(SUPPORTED_MODELS)})")
+    with np.errstate(over="ignore", invalid="ignore"):
+        xr, yr = distort(x, y, model, d)
+        residual = np.hypot(xr - xd, yr - yd)
+    return x, y, np.where(np.isfinite(residual), residual, np.inf)
 
 
 def rectify_maps(K: np.ndarray, model: str, d, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
