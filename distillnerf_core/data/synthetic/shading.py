@@ -10,8 +10,10 @@ Ground points get their material from world.py (asphalt, grass, lane paint), whi
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 if TYPE_CHECKING:  # annotations only: importing world.py at run time would be a cycle
@@ -161,6 +163,19 @@ SKY_HORIZON = torch.tensor([0.80, 0.86, 0.94])
 SKY_ZENITH = torch.tensor([0.33, 0.52, 0.84])
 
 
+@dataclass
+class Environment:
+    """Per-scene light and surface look, drawn by `draw_environment` (the default is the old fixed look)."""
+
+    sun: np.ndarray = field(default_factory=lambda: np.array([0.0, 0.0, 1.0]))  # unit, towards the sun
+
+
+def draw_environment(rng: np.random.Generator) -> Environment:
+    """A scene's environment from its own generator (world.py gives it a stream apart from the geometry's)."""
+    sun = np.array([rng.uniform(-0.6, 0.6), rng.uniform(-0.6, 0.6), 0.85])
+    return Environment(sun=sun / np.linalg.norm(sun))
+
+
 def shade(town: Town, hits: Hits, dirs: torch.Tensor, lit: torch.Tensor | None = None) -> torch.Tensor:
     """(R, 3) colours in [0, 1]: Lambert with sun + sky light, distance fog, gradient sky.
 
@@ -174,7 +189,8 @@ def shade(town: Town, hits: Hits, dirs: torch.Tensor, lit: torch.Tensor | None =
     if lit is not None:
         lambert = lambert * lit.to(lambert.dtype)
     skylight = 0.5 + 0.15 * hits.normal[:, 2]
-    col = hits.albedo * (skylight + 0.75 * lambert)[:, None]
+    albedo = surface_albedo(hits.material, hits.albedo, hits.point, hits.normal)
+    col = albedo * (skylight + 0.75 * lambert)[:, None]
     dist = torch.where(hits.kind > 0, hits.t * dirs.norm(dim=1), torch.zeros_like(hits.t))
     fog = (1 - torch.exp(-dist / 350.0))[:, None]
     col = col * (1 - fog) + SKY_HORIZON * fog

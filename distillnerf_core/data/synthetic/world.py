@@ -124,8 +124,9 @@ class Town:
     weave_amp: float
     weave_period: float
     town2global: np.ndarray
-    sun: np.ndarray
+    sun: np.ndarray  # unit, towards the sun (= env.sun)
     objects: list[SceneObject] = field(default_factory=list)
+    env: shading.Environment = field(default_factory=shading.Environment)  # light and surface look
 
     # ------------------------------------------------------------------ ego motion
     def ego_pose(self, t: float) -> np.ndarray:
@@ -262,14 +263,14 @@ def generate_town(seed: int, scene_index: int = 0, duration: float = 10.0) -> To
     c, s = math.cos(yaw_g), math.sin(yaw_g)
     town2global = make_transform(np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]]),
                                  [rng.uniform(300, 1500), rng.uniform(300, 1500), 0.0])
-    sun = np.array([rng.uniform(-0.6, 0.6), rng.uniform(-0.6, 0.6), 0.85])
+    # The light has its own stream: changes to the geometry's draws do not move the sun, and back.
+    env = shading.draw_environment(np.random.default_rng([int(seed), int(scene_index), 777]))
     bc, bh, bv, ba, bk, bm = (np.array(v) for v in zip(*boxes, strict=True))
     sc, sr, sv, sa, sk, sm = (np.array(v) for v in zip(*spheres, strict=True))
     return Town(bc, bh, bv, ba, bk.astype(np.int64), bm.astype(np.int64), sc, sr.astype(float), sv, sa,
                 sk.astype(np.int64), sm.astype(np.int64), ego_x0=0.0, ego_speed=speed,
                 weave_amp=float(rng.uniform(0.1, 0.35)), weave_period=float(rng.uniform(6, 12)),
-                town2global=town2global, sun=sun / np.linalg.norm(sun),
-                objects=objects)
+                town2global=town2global, sun=env.sun, objects=objects, env=env)
 
 
 # ---------------------------------------------------------------------------------------------- casting
@@ -281,7 +282,7 @@ class Hits:
     point: torch.Tensor  # (R, 3) hit point (town)
     normal: torch.Tensor  # (R, 3)
     cls: torch.Tensor  # (R,) semantic class
-    albedo: torch.Tensor  # (R, 3)
+    albedo: torch.Tensor  # (R, 3) the primitive's base albedo; shading.shade textures it by material
     material: torch.Tensor  # (R,) shading.MATERIALS id (0 = none)
 
 
@@ -379,7 +380,7 @@ def cast_rays(town: Town, t: float, origin: np.ndarray, dirs: torch.Tensor, far:
 
 def _shade_attributes(town: Town, t: float, o: torch.Tensor, dirs: torch.Tensor, best: torch.Tensor,
                       kind: torch.Tensor, index: torch.Tensor) -> Hits:
-    """Hit points, normals, classes and materials; the albedo comes from shading.surface_albedo."""
+    """Hit points, normals, classes, base albedos and materials (shading.shade adds the textures)."""
     n = dirs.shape[0]
     point = o + dirs * torch.where(torch.isfinite(best), best, torch.zeros_like(best))[:, None]
     normal = torch.zeros(n, 3)
@@ -429,8 +430,7 @@ def _shade_attributes(town: Town, t: float, o: torch.Tensor, dirs: torch.Tensor,
         cls[s] = torch.as_tensor(town.sph_cls)[idx]
         base[s] = torch.as_tensor(town.sph_albedo, dtype=torch.float32)[idx]
         material[s] = torch.as_tensor(town.sph_material)[idx]
-    albedo = shading.surface_albedo(material, base, point, normal)
-    return Hits(best, kind, index, point, normal, cls, albedo, material)
+    return Hits(best, kind, index, point, normal, cls, base, material)
 
 
 # ---------------------------------------------------------------------------------------------- sensors
