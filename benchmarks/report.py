@@ -228,6 +228,29 @@ def synthetic_ablations(ctx: Context) -> str:
     return join(table(["held out", *names], rows), ctx.source(SYN))
 
 
+REALISM = RESULTS + "realism.json"
+
+
+@generator("synthetic:realism", reads=[REALISM])
+def synthetic_realism(ctx: Context) -> str:
+    d = ctx.load(REALISM)
+    classes = dig(d, "classes")
+    runs = dig(d, "runs")
+    if not runs:
+        raise ReportError(f"{REALISM} has no runs")
+    rows = []
+    for r in runs:
+        commit = str(dig(r, "provenance", "commit")) + (" +" if r["provenance"].get("uncommitted_changes") else "")
+        car = ", ".join(f"{k} {pct(v)}" for k, v in dig(r, "read_as", "car").items())
+        rows.append([r["label"], commit, f"**{num(dig(r, 'miou'), 3)}**",
+                     *[num(dig(r, "per_class", c), 2) for c in classes], car, dig(r, "images")])
+    mapping = "; ".join(f"{c}: {' + '.join(v)}" for c, v in dig(d, "mapping").items() if list(v) != [c])
+    text = (f"Segmenter classes counted as a shared class where the names differ: {mapping}. Each row names its "
+            "code commit (\"+\": with uncommitted changes); its source line below gives the command and data.")
+    sources = "\n\n".join(ctx.source_of(REALISM, dig(r, "provenance"), f"row {r['label']}") for r in runs)
+    return join(table(["world", "code", "mIoU", *classes, "car pixels read as", "images"], rows), text, sources)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Real data
 # ---------------------------------------------------------------------------------------------------------
