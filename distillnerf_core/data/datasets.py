@@ -30,6 +30,18 @@ Tables are read through nuscenes-devkit. Per sample (keyframe) it yields, for N 
                     render size; virtual_images float32 (N, V, 3, H, W) and virtual_depth (N, V, h, w): the
                     field's renders of V virtual cameras per camera, virtual_cam2ego (N, V, 4, 4) their poses
                     (same intrinsics); only with `nerf_targets` (DataConfig.nerf_targets, data/nerf_targets.py)
+    neighbour_*     only with `neighbour_targets` (DataConfig.neighbour_targets: prev, next or both): a
+                    neighbouring keyframe of the same scene as an extra target, rendered from THIS frame's
+                    encoding (the reference's option). has_neighbour bool; neighbour_images (N, 3, H, W),
+                    neighbour_intrinsics (N, 3, 3), neighbour_cam2ego (N, 4, 4): its cameras, their poses
+                    (motion-compensated as above) expressed in THIS sample's reference ego frame through the ego
+                    poses; neighbour_lidar_depth (N, h, w): ITS keyframe sweep in its cameras (as lidar_depth);
+                    neighbour_sky_mask (N, h, w): its segmenter sky (with `sky_mask`); neighbour_offset float32:
+                    its LiDAR timestamp minus this one's, s. With "both" one of the sample's existing neighbours
+                    is drawn (torch's RNG) per load. Without one (a scene's first / last keyframe) has_neighbour
+                    is False, images and depths are zeros and the cameras are this sample's (finite poses for a
+                    batched render whose loss skips them). The ego-body `masks` are per camera, so they apply
+                    to the neighbour's cameras too
     sky_mask        bool (N, h, w): where the segmenter calls the render pixel sky (argmax of a segmenter feature
                     cache's class log-probabilities, resized to the render size; data/sky.py); only with
                     `sky_mask` (DataConfig.sky_mask: "auto" = the dataroot's segmenter cache when it has one).
@@ -58,6 +70,8 @@ from distillnerf_core.geometry import invert_transform, make_transform
 LIDAR_CHANNEL = "LIDAR_TOP"
 GT_CAMERA = {"depth": ("f", 2), "semantics": ("iu", 2)}  # gt/<CAM>/<token>.npz, read checked (checked_files)
 GT_LIDAR = {"voxel_semantics": ("iu", 3)}  # gt/LIDAR_TOP/<token>.npz
+# DataConfig.neighbour_targets -> the sample links whose keyframes may be targets
+NEIGHBOUR_LINKS = {"none": (), "prev": ("prev",), "next": ("next",), "both": ("prev", "next")}
 
 
 @dataclass
@@ -83,6 +97,10 @@ class DataConfig:
     sky_mask: str | None = "auto"
     """Sky mask for the sky depth target: "auto" (the dataroot's segmenter feature cache when it has one, else
     none), "none", or a segmenter cache (a name under DATAROOT/features/ or a directory)."""
+    neighbour_targets: str = "none"
+    """Neighbouring keyframes as extra targets (the reference's option): "prev", "next" or "both" (one of the
+    sample's neighbours drawn per load) renders that keyframe's cameras from this frame's encoding with the
+    neighbour_* losses (RGB, LiDAR, sky; losses.py); "none" = the current frame's targets only."""
     jpeg_draft: bool = False
     """Decode each JPEG at the smallest DCT reduction (1/2, 1/4, 1/8) that stays at least the model's input size
     (PIL draft, as the node decodes), then resize: several times less decoding for 1600x900 cameras and a
@@ -160,8 +178,13 @@ class NuScenesDataset(Dataset):
                  scenes: Sequence[str] | None = None, depth_range: tuple[float, float] = (1.0, 80.0),
                  load_next: bool = True, nusc: Any = None, features: str | Path | None = None,
                  nerf_targets: str | Path | None = None, sky_mask: str | Path | None = None,
-                 jpeg_draft: bool = False):
+                 jpeg_draft: bool = False, neighbour_targets: str = "none"):
         from nuscenes.nuscenes import NuScenes
+
+        if neighbour_targets not in NEIGHBOUR_LINKS:
+            raise ValueError(f"neighbour_targets must be one of {', '.join(NEIGHBOUR_LINKS)}, got "
+                             f"{neighbour_targets!r}")
+        self.neighbour_links = NEIGHBOUR_LINKS[neighbour_targets]
 
         self.dataroot = Path(dataroot)
         table_dir = self.dataroot / version
@@ -353,7 +376,45 @@ class NuScenesDataset(Dataset):
             item.update(self._nerf_items(cams, item["cam2ego"]))
         if self.sky_cache is not None:
             item["sky_mask"] = self._sky_items(cams, item.get("teacher_features"))
+        if self.neighbour_links:
+            item.update(self._neighbour_items(sample, lidar_sd, ref_ego2global, item))
         return item
+
+    def _neighbour_items(self, sample: dict, lidar_sd: dict, ref_ego2global: np.ndarray,
+                         item: dict[str, Any]) -> dict[str, Any]:
+        """One neighbouring keyframe as a target (see the module docstring): its images, its cameras in THIS
+        sample's reference ego frame, its own sweep's depth in its cameras and its sky."""
+        tokens = [sample[link] for link in self.neighbour_links if sample[link]]
+        N, (H, W) = len(self.cameras), self.image_size
+        if not tokens:
+            empty: dict[str, Any] = {
+                "has_neighbour": False, "neighbour_images": torch.zeros(N, 3, H, W),
+                "neighbour_intrinsics": item["intrinsics"].clone(), "neighbour_cam2ego": item["cam2ego"].clone(),
+                "neighbour_lidar_depth": torch.zeros(N, *self.render_size),
+                "neighbour_offset": torch.tensor(0.0)}
+            if self.sky_cache is not None:
+                empty["neighbour_sky_mask"] = torch.zeros(N, *self.render_size, dtype=torch.bool)
+            return empty
+        token = tokens[int(torch.randint(len(tokens), ()))] if len(tokens) > 1 else tokens[0]
+        nb = self.nusc.get("sample", token)
+        nb_lidar_sd, nb_lidar2ego, nb_ego2global = self.reference(nb)
+        # its cameras in ITS reference frame (for its own sweep), then moved into ours: ref <- global <- ref_nb
+        cams = self._cameras(nb, nb_ego2global)
+        points = load_lidar_points(_table_path(self.dataroot, nb_lidar_sd))[:, :3].astype(np.float64)
+        projections = self._project(points, nb_lidar2ego, cams, *self.depth_range)
+        to_ref = invert_transform(ref_ego2global) @ nb_ego2global
+        f32 = lambda xs: torch.as_tensor(np.stack(xs), dtype=torch.float32)  # noqa: E731
+        out: dict[str, Any] = {
+            "has_neighbour": True, "neighbour_images": torch.stack(cams["images"]),
+            "neighbour_intrinsics": f32(cams["intrinsics"]),
+            "neighbour_cam2ego": f32([to_ref @ c for c in cams["cam2ego"]]),
+            "neighbour_lidar_depth": torch.stack([min_pool_depth(u, v, z, wh, self.render_size) for (u, v, z), wh
+                                                  in zip(projections, cams["native_wh"], strict=True)]),
+            "neighbour_offset": torch.tensor((nb_lidar_sd["timestamp"] - lidar_sd["timestamp"]) / 1e6,
+                                             dtype=torch.float32)}
+        if self.sky_cache is not None:
+            out["neighbour_sky_mask"] = self._sky_items(cams, None)
+        return out
 
     def _sky_items(self, cams: dict, teacher_features: torch.Tensor | None) -> torch.Tensor:
         """(N, h, w) bool sky of this sample's cameras from the segmenter cache (the loaded teacher features when
@@ -472,4 +533,5 @@ def make_dataset(dataroot: str, version: str, image_hw: Sequence[int], data: Dat
         cameras=dataroot_cameras(dataroot, version, data.cameras), scenes=scenes, depth_range=tuple(data.depth_range),
         load_next=data.load_next if load_next is None else load_next, features=data.features,
         nerf_targets=data.nerf_targets, sky_mask=data.sky_mask, jpeg_draft=data.jpeg_draft,
+        neighbour_targets=data.neighbour_targets,
     )

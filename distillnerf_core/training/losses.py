@@ -23,6 +23,13 @@
     entropy       mean entropy of the normalised ray-sample weights (peaky rays)
     opacity       BCE of the accumulated opacity against 1 (every ray hits something; sky is far, not empty)
     nvs_l1        optional: L1 on the NEXT keyframe's cameras rendered from the current frame
+    neighbour_rgb_l1 / neighbour_rgb_ssim / neighbour_lidar / neighbour_sky  with data.neighbour_targets: a
+                  neighbouring keyframe's cameras (poses through the ego poses) rendered from the current frame's
+                  encoding (`neighbour` argument, the trainer), scored as the current frame is: RGB L1 and
+                  1 - SSIM against its images, the LiDAR loss on the rendered depth against ITS sweep, and the
+                  sky depth target on its segmenter sky (batch neighbour_sky_mask; weighted by the sky's share of
+                  the valid rays, as the sky-only dense term above; a sky pixel with a return keeps none).
+                  Samples without a neighbour (has_neighbour False) are left out
     feature       MSE between the rendered feature image and the teacher's cached features, PCA-projected and
                   min-max normalised by the model's stored PCA (`batch["feature_target"]`, set by the trainer)
 
@@ -87,6 +94,14 @@ class LossConfig:
     """-log(opacity): every ray should end on something."""
     nvs_l1: float = 0.0
     """L1 on the next keyframe's cameras rendered from this frame (novel views; loads the next keyframe)."""
+    neighbour_rgb_l1: float = 1.0
+    """L1 on a neighbouring keyframe's cameras rendered from this frame (only with data.neighbour_targets)."""
+    neighbour_rgb_ssim: float = 0.2
+    """1 - SSIM on the neighbour's rendered cameras."""
+    neighbour_lidar: float = 10.0
+    """LiDAR depth loss of the neighbour's rendered depth against the neighbour's own sweep."""
+    neighbour_sky: float = 10.0
+    """Sky depth target (dense_sky_depth) on the neighbour's segmenter sky pixels (needs a sky mask)."""
     l1_ratio: float = 0.1
     """Depth losses are MSE + l1_ratio * L1."""
     feature: float | None = None
@@ -215,9 +230,12 @@ class DistillNeRFLoss(torch.nn.Module):
             self.lpips = LPIPSVGG(self.cfg.lpips_vgg_weights)
 
     def forward(self, out: Any, batch: dict[str, Any], nvs_rgb: torch.Tensor | None = None,
-                virtual: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                virtual: dict[str, torch.Tensor] | None = None, neighbour: dict[str, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """`virtual`: rgb (B, N, 3, H, W) and depth (B, N, h, w) of the model's virtual-camera renders, `choice`
-        (B, N) which of the field's V virtual cameras each is, `selected` (B, N) bool which cameras count."""
+        (B, N) which of the field's V virtual cameras each is, `selected` (B, N) bool which cameras count.
+        `neighbour`: rgb (B, N, 3, H, W) and depth (B, N, h, w) of the model's renders of the batch's
+        neighbour_* cameras."""
         cfg = self.cfg
         terms: dict[str, torch.Tensor] = {}
         images = batch["images"]
@@ -278,6 +296,8 @@ class DistillNeRFLoss(torch.nn.Module):
                 terms["nerf_render"] = dense_depth_loss(out.depth.float(), nerf, **kw)
         if virtual is not None and bool(virtual["selected"].any()):
             terms.update(self._virtual_terms(virtual, batch, valid, valid_r))
+        if neighbour is not None and bool(batch["has_neighbour"].any()):
+            terms.update(self._neighbour_terms(neighbour, batch, valid, valid_r))
         if cfg.entropy:
             terms["entropy"] = weight_entropy_loss(out.weights.float(), valid=valid_r)
         if cfg.opacity:
@@ -316,6 +336,39 @@ class DistillNeRFLoss(torch.nn.Module):
             terms["virtual_depth"] = dense_depth_loss(virtual["depth"][b, n].float(), target_depth,
                                                       near=cfg.dense_near, far=cfg.dense_far,
                                                       sky_depth=cfg.dense_sky_depth, l1_ratio=cfg.l1_ratio)
+        return terms
+
+
+    def _neighbour_terms(self, neighbour: dict[str, torch.Tensor], batch: dict[str, Any], valid: torch.Tensor | None,
+                         valid_r: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The neighbour_* terms over the samples that have a neighbour (the module docstring). The ego-body masks
+        are per camera, so the current frame's masks hold for the neighbour's cameras too."""
+        cfg = self.cfg
+        has = batch["has_neighbour"].to(neighbour["rgb"].device)
+        rgb, depth = neighbour["rgb"][has].float(), neighbour["depth"][has].float()
+        images = batch["neighbour_images"][has]
+        v = None if valid is None else valid[has]
+        v_r = None if valid_r is None else valid_r[has]
+        terms: dict[str, torch.Tensor] = {}
+        if cfg.neighbour_rgb_l1:
+            terms["neighbour_rgb_l1"] = rgb_l1_loss(rgb, images, v)
+        if cfg.neighbour_rgb_ssim:
+            terms["neighbour_rgb_ssim"] = rgb_ssim_loss(rgb, images, v)
+        lidar = batch["neighbour_lidar_depth"][has]
+        if v_r is not None:
+            lidar = torch.where(v_r, lidar, torch.zeros_like(lidar))  # 0 = no target
+        if cfg.neighbour_lidar:
+            terms["neighbour_lidar"] = lidar_depth_loss(depth, lidar, cfg.lidar_max_depth, cfg.l1_ratio)
+        sky = batch.get("neighbour_sky_mask")
+        if cfg.neighbour_sky and sky is not None and cfg.dense_sky_depth is not None:
+            sky = sky[has] & ~(lidar > 0)
+            if v_r is not None:
+                sky = sky & v_r
+            rays = v_r.sum() if v_r is not None else torch.tensor(sky.numel(), device=sky.device)
+            share = sky.sum() / rays.clamp_min(1)
+            terms["neighbour_sky"] = share * dense_depth_loss(
+                depth, with_sky(None, sky, cfg.dense_sky_depth), near=cfg.dense_near, far=cfg.dense_far,
+                sky_depth=cfg.dense_sky_depth, l1_ratio=cfg.l1_ratio)
         return terms
 
 

@@ -46,8 +46,9 @@ logger = logging.getLogger(__name__)
 
 
 class TrainStep(nn.Module):
-    """Forward + loss in one module (so DDP sees one forward): renders the input cameras and, when the
-    NVS loss is on, the next keyframe's cameras from the same scene encoding."""
+    """Forward + loss in one module (so DDP sees one forward): renders the input cameras and, from the same
+    scene encoding, the next keyframe's cameras when the NVS loss is on, a neighbouring keyframe's cameras when
+    the batch carries them (data.neighbour_targets) and the field's virtual cameras."""
 
     def __init__(self, model: DistillNeRFModel, loss: DistillNeRFLoss) -> None:
         super().__init__()
@@ -66,12 +67,27 @@ class TrainStep(nn.Module):
         if m.feature_pca is not None and "teacher_features" in batch:
             batch = {**batch, "feature_target": feature_target(m.feature_pca, batch["teacher_features"])}
         virtual = self.virtual_views(scene, batch, image_hw)
-        total, terms = self.loss(out, batch, nvs_rgb, virtual)
+        neighbour = self.neighbour_views(scene, batch, image_hw)
+        total, terms = self.loss(out, batch, nvs_rgb, virtual, neighbour)
         # Only the loss may carry the graph out of forward: DDP (find_unused_parameters) walks the graph of
         # every returned tensor, and e.g. the unsupervised feature head would count as used but get no grad.
         detached = ModelOutput(**{k: v.detach() if torch.is_tensor(v) else v for k, v in vars(out).items()})
         return total, {k: v.detach() for k, v in terms.items()}, detached
 
+
+    def neighbour_views(self, scene: Any, batch: dict[str, Any], image_hw: tuple[int, int]
+                        ) -> dict[str, torch.Tensor] | None:
+        """The batch's neighbouring keyframe cameras (data.neighbour_targets) rendered from this frame's encoding;
+        None when the batch has none. Samples without a neighbour carry their own cameras (finite poses) and are
+        rendered in the same call; their loss terms are left out by has_neighbour."""
+        c = self.loss.cfg
+        if not (c.neighbour_rgb_l1 or c.neighbour_rgb_ssim or c.neighbour_lidar or c.neighbour_sky):
+            return None  # every neighbour term is off: nothing to render for
+        if "neighbour_images" not in batch or not bool(batch["has_neighbour"].any()):
+            return None
+        views = self.model.render(scene, CameraRig(batch["neighbour_intrinsics"], batch["neighbour_cam2ego"],
+                                                   image_hw), features=False)
+        return {"rgb": views.rgb, "depth": views.depth}
 
     def virtual_views(self, scene: Any, batch: dict[str, Any], image_hw: tuple[int, int]
                       ) -> dict[str, torch.Tensor] | None:
@@ -251,7 +267,7 @@ class Trainer:
         if pca is not None:
             self.model.feature_pca.load_state_dict(pca.state_dict())
         if cfg.init and not self.resume:
-            load_init_weights(self.model, cfg.init)
+            load_init_weights(self.model, cfg.init, cfg.init_fresh)
         if cfg.compile:
             self.model.compile_stages()
         self.step_module = TrainStep(self.model, DistillNeRFLoss(cfg.loss).to(self.dev))
