@@ -6,6 +6,17 @@ intrinsics are scaled from the native 1600x900 to the requested resolution. `way
 front, front-left/right at +-45 deg, side-left/right at +-90 deg) and `front3` (the Waymo variant's 3
 front cameras) are pinhole rigs with a 55 deg horizontal field of view on the roof. A comma-separated
 list of nuScenes channels selects a subset of the nuScenes rig.
+
+`random` rigs are drawn per scene, deterministic from (seed, scene index): `random5` .. `random8` have that
+many cameras, `random` a count in 5..8 drawn once per seed (every scene of a dataroot has the same channels, as
+the loader needs). Per scene and camera: the mount (a roof height of 1.40-1.95 m for the vehicle, +-8 cm per
+camera, the camera 0.3-0.9 m out from the roof centre towards its view), yaw (+-6 deg around the layout's),
+pitch (-2..+7 deg down), horizontal field of view (the layout's range per camera), the principal point (+-2 %
+of the image) and a barrel lens distortion (lens.random_lens; the export renders the raw image through it and
+rectifies it). Layouts (channel, yaw, field of view): 5 = Waymo's (front, front-left/right at +-45 deg,
+sides at +-90 deg), 6 = nuScenes' (front, front-left/right at +-55, back-left/right at +-110, back), 7 = a
+ring like Argoverse 2's (front, +-45, +-100, +-150), 8 = the ring and a narrow front camera. Channel names
+never make a 5/7/8-camera rig a superset of the nuScenes six (the loader would read only those six).
 """
 
 from __future__ import annotations
@@ -19,9 +30,10 @@ import numpy as np
 
 from distillnerf_core.data.bundled import bundled_data
 from distillnerf_core.data.nuscenes_tables import NUSCENES_CAMERAS
+from distillnerf_core.data.synthetic.lens import Lens, random_lens
 from distillnerf_core.geometry import make_transform
 
-RIG_NAMES = ("nuscenes", "waymo5", "front3")
+RIG_NAMES = ("nuscenes", "waymo5", "front3", "random", "random5", "random6", "random7", "random8")
 # LIDAR_TOP of the real keyframe (used by the non-nuScenes rigs, which need no calibration file).
 NUSCENES_LIDAR_TRANSLATION = [0.943713, 0.0, 1.84023]
 NUSCENES_LIDAR_ROTATION = [0.7077955119163518, -0.006492242056004365, 0.010646214713995808, -0.7063073142877817]
@@ -35,6 +47,7 @@ class CameraSpec:
     height: int
     cam2ego: np.ndarray  # (4, 4) optical camera frame (x right, y down, z forward) to ego
     time_offset_us: int  # firing time relative to the LiDAR keyframe timestamp
+    lens: Lens | None = None  # a distorted lens (the raw image is rectified to K); None: pinhole
 
 
 @dataclass
@@ -87,8 +100,66 @@ def load_nuscenes_rig(width: int, height: int, channels=NUSCENES_CAMERAS,
     return Rig("nuscenes", cams, make_transform(lid["rotation"], lid["translation"]))
 
 
-def load_rig(name: str, width: int, height: int, calibration_root: str | Path | None = None) -> Rig:
+# Random rig layouts: (channel, yaw deg, horizontal field of view range deg), in the table's camera order.
+_FRONT, _NARROW = (45.0, 70.0), (28.0, 40.0)
+_SIDE, _BACK = (55.0, 90.0), (70.0, 110.0)
+RANDOM_LAYOUTS = {
+    5: [("CAM_FRONT", 0, _FRONT), ("CAM_FRONT_RIGHT", -45, _SIDE), ("CAM_FRONT_LEFT", 45, _SIDE),
+        ("CAM_SIDE_LEFT", 90, _SIDE), ("CAM_SIDE_RIGHT", -90, _SIDE)],
+    6: [("CAM_FRONT", 0, _FRONT), ("CAM_FRONT_RIGHT", -55, _SIDE), ("CAM_FRONT_LEFT", 55, _SIDE),
+        ("CAM_BACK", 180, _BACK), ("CAM_BACK_LEFT", 110, _SIDE), ("CAM_BACK_RIGHT", -110, _SIDE)],
+    7: [("CAM_FRONT", 0, _FRONT), ("CAM_FRONT_RIGHT", -45, _SIDE), ("CAM_FRONT_LEFT", 45, _SIDE),
+        ("CAM_BACK_LEFT", 150, _SIDE), ("CAM_BACK_RIGHT", -150, _SIDE), ("CAM_SIDE_LEFT", 100, _SIDE),
+        ("CAM_SIDE_RIGHT", -100, _SIDE)],
+}
+RANDOM_LAYOUTS[8] = RANDOM_LAYOUTS[7] + [("CAM_FRONT_NARROW", 0, _NARROW)]
+
+
+def random_camera_count(name: str, seed: int) -> int:
+    """Cameras of a `random*` rig: the digit of `randomN`, for `random` a count in 5..8 fixed by the seed."""
+    if name == "random":
+        return int(np.random.default_rng([int(seed), 31337]).integers(5, 9))
+    digits = name[len("random"):]
+    count = int(digits) if digits.isdigit() else -1
+    if count not in RANDOM_LAYOUTS:
+        raise ValueError(f"unknown rig {name!r}: random rigs have {min(RANDOM_LAYOUTS)}-{max(RANDOM_LAYOUTS)} cameras")
+    return count
+
+
+def random_rig(width: int, height: int, cameras: int, seed: int, scene_index: int, lenses: bool = True) -> Rig:
+    """The random rig of one scene (module docstring), deterministic from (seed, scene_index); `lenses` False
+    keeps the same draws and leaves the lenses pinhole."""
+    rng = np.random.default_rng([int(seed), int(scene_index), 2718])
+    roof = float(rng.uniform(1.40, 1.95))
+    roof_x = float(rng.uniform(0.6, 1.4))
+    base_pitch = float(rng.uniform(0.0, 4.0))
+    layout = RANDOM_LAYOUTS[cameras]
+    offsets = np.linspace(-45000, -5000, len(layout)).astype(int)
+    cams = []
+    for (channel, yaw0, (fov_lo, fov_hi)), offset in zip(layout, offsets, strict=True):
+        yaw = yaw0 + float(rng.uniform(-6.0, 6.0))
+        pitch = float(np.clip(base_pitch + rng.normal(0.0, 2.0), -2.0, 7.0))
+        hfov = float(rng.uniform(fov_lo, fov_hi))
+        reach = float(rng.uniform(0.3, 0.9))
+        a = math.radians(yaw)
+        translation = [roof_x + reach * math.cos(a), 0.7 * reach * math.sin(a), roof + float(rng.uniform(-0.08, 0.08))]
+        K = _pinhole(width, height, hfov)
+        K[0, 2] += float(rng.uniform(-0.02, 0.02)) * width
+        K[1, 2] += float(rng.uniform(-0.02, 0.02)) * height
+        lens = random_lens(rng, K, (width, height))
+        cams.append(CameraSpec(channel, K, width, height, optical_to_ego(yaw, translation, pitch),
+                               int(offset) + int(rng.integers(-2000, 2001)), lens if lenses else None))
+    rig = Rig(f"random{cameras}", cams, make_transform(NUSCENES_LIDAR_ROTATION, NUSCENES_LIDAR_TRANSLATION))
+    return rig
+
+
+def load_rig(name: str, width: int, height: int, calibration_root: str | Path | None = None, seed: int = 0,
+             scene_index: int = 0, lenses: bool = True) -> Rig:
+    """The rig `name` (RIG_NAMES or a comma list of nuScenes channels) at this image size; `seed`,
+    `scene_index` and `lenses` only shape the random rigs (the fixed ones are the same for every scene)."""
     lidar2ego = make_transform(NUSCENES_LIDAR_ROTATION, NUSCENES_LIDAR_TRANSLATION)
+    if name.startswith("random"):
+        return random_rig(width, height, random_camera_count(name, seed), seed, scene_index, lenses)
     if name == "nuscenes":
         return load_nuscenes_rig(width, height, NUSCENES_CAMERAS, calibration_root)
     if name == "waymo5":

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from distillnerf_core.data.synthetic import shading
+from distillnerf_core.data.synthetic.lens import RayGrid
 from distillnerf_core.data.synthetic.shading import shade
 from distillnerf_core.geometry import invert_transform, make_transform
 
@@ -434,26 +435,41 @@ def _shade_attributes(town: Town, t: float, o: torch.Tensor, dirs: torch.Tensor,
 
 
 # ---------------------------------------------------------------------------------------------- sensors
-def render_camera(town: Town, t: float, cam2town: np.ndarray, K: np.ndarray, size: tuple[int, int]
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def render_camera(town: Town, t: float, cam2town: np.ndarray, K: np.ndarray, size: tuple[int, int],
+                  camera_rays: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """RGB uint8 (H, W, 3), z-depth float32 (H, W) (0 = sky) and semantics uint8 (H, W) of one camera.
 
     Rays go through pixel centres (u + 0.5, v + 0.5): pixel u covers [u, u + 1) in the continuous
     image coordinates that K maps to (the convention the data loader uses when resizing).
+    `camera_rays` (H, W, 3), camera-frame directions with z = 1 (a distorted lens: lens.camera_rays), are
+    cast instead of K's pinhole rays (depth stays the z-depth); primitives are then culled in lens.RayGrid's
+    virtual pinhole camera that covers them (`rects` below: every primitive's screen rectangle goes through it).
     """
     w, h = size
-    vs, us = torch.meshgrid(torch.arange(h, dtype=torch.float32) + 0.5, torch.arange(w, dtype=torch.float32) + 0.5,
-                            indexing="ij")
-    Kinv = torch.as_tensor(np.linalg.inv(K), dtype=torch.float32)
-    pix = torch.stack([us.reshape(-1), vs.reshape(-1), torch.ones(h * w)], dim=1)
-    d_cam = pix @ Kinv.T  # z = 1: the ray parameter IS the camera z-depth
+    world2cam = invert_transform(cam2town)
+    if camera_rays is None:
+        vs, us = torch.meshgrid(torch.arange(h, dtype=torch.float32) + 0.5,
+                                torch.arange(w, dtype=torch.float32) + 0.5, indexing="ij")
+        Kinv = torch.as_tensor(np.linalg.inv(K), dtype=torch.float32)
+        pix = torch.stack([us.reshape(-1), vs.reshape(-1), torch.ones(h * w)], dim=1)
+        d_cam = pix @ Kinv.T  # z = 1: the ray parameter IS the camera z-depth
+
+        def rects(corners: np.ndarray) -> np.ndarray:
+            return screen_rects(corners, world2cam, K, size, CAMERA_FAR)
+    else:
+        if tuple(camera_rays.shape) != (h, w, 3):
+            raise ValueError(f"camera_rays has shape {tuple(camera_rays.shape)}, expected {(h, w, 3)} for size {size}")
+        grid = RayGrid(camera_rays, K)
+        d_cam = torch.as_tensor(np.ascontiguousarray(camera_rays, dtype=np.float32)).reshape(-1, 3)
+
+        def rects(corners: np.ndarray) -> np.ndarray:
+            return grid.rects(screen_rects(corners, world2cam, grid.K, grid.size, CAMERA_FAR))
     R = torch.as_tensor(cam2town[:3, :3], dtype=torch.float32)
     dirs = d_cam @ R.T
     lo, hi = town.boxes_at(t)
-    world2cam = invert_transform(cam2town)
     sc, sr = town.spheres_at(t), town.sph_radius[:, None]
-    box_rects = screen_rects(_box_corners(lo, hi), world2cam, K, size, CAMERA_FAR)
-    sph_rects = screen_rects(_box_corners(sc - sr, sc + sr), world2cam, K, size, CAMERA_FAR)
+    box_rects = rects(_box_corners(lo, hi))
+    sph_rects = rects(_box_corners(sc - sr, sc + sr))
     hits = cast_rays(town, t, cam2town[:3, 3], dirs.reshape(h, w, 3), CAMERA_FAR, box_rects, sph_rects)
     rgb = shade(town, hits, dirs)
     depth = torch.where(hits.kind > 0, hits.t, torch.zeros_like(hits.t))
