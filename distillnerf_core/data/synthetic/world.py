@@ -175,9 +175,7 @@ def generate_town(seed: int, scene_index: int = 0, duration: float = 10.0) -> To
         box([x_min - 50, ys[0], 0], [x_max + 50, ys[1], SIDEWALK_HEIGHT], [0.62, 0.6, 0.57], "sidewalk",
             shading.PAVING)
 
-    # Buildings: rows of blocks with random size, gaps, setback, colour.
-    palette = [(0.07, 0.45, 0.75), (0.1, 0.25, 0.85), (0.0, 0.55, 0.6), (0.58, 0.2, 0.8), (0.12, 0.1, 0.9),
-               (0.3, 0.2, 0.7), (0.0, 0.0, 0.8)]
+    # Buildings: rows of blocks with random size, gaps, setback, facade material and colour.
     for side in (-1, 1):
         x = x_min + rng.uniform(0, 10)
         while x < x_max:
@@ -185,11 +183,10 @@ def generate_town(seed: int, scene_index: int = 0, duration: float = 10.0) -> To
             depth = rng.uniform(8, 18)
             height = rng.uniform(5, 28)
             setback = rng.uniform(0.5, 4.0)
-            h, s, v = palette[rng.integers(len(palette))]
-            albedo = _hsv(h + rng.uniform(-0.04, 0.04), s * rng.uniform(0.7, 1.1), v * rng.uniform(0.8, 1.05))
+            material, albedo = shading.draw_facade(rng)
             y0 = SIDEWALK_OUTER + setback
             ys = sorted([side * y0, side * (y0 + depth)])
-            box([x, ys[0], 0], [x + width, ys[1], height], albedo, "building", shading.FACADE_PLASTER)
+            box([x, ys[0], 0], [x + width, ys[1], height], albedo, "building", material)
             x += width + (rng.uniform(10, 16) if rng.random() < 0.15 else rng.uniform(0.0, 5.0))
 
     # Trees and poles on the sidewalks.
@@ -201,7 +198,7 @@ def generate_town(seed: int, scene_index: int = 0, duration: float = 10.0) -> To
             box([x - 0.15, y - 0.15, 0], [x + 0.15, y + 0.15, trunk_h], [0.35, 0.25, 0.15], "vegetation",
                 shading.BARK)
             r = rng.uniform(1.3, 2.1)
-            green = _hsv(rng.uniform(0.22, 0.33), rng.uniform(0.5, 0.8), rng.uniform(0.35, 0.6))
+            green = shading.draw_foliage(rng)
             spheres.append((np.array([x, y, trunk_h + 0.7 * r]), r, zero, green, CLASS_ID["vegetation"],
                             shading.LEAVES))
             x += rng.uniform(9, 20)
@@ -213,7 +210,7 @@ def generate_town(seed: int, scene_index: int = 0, duration: float = 10.0) -> To
 
     def car(cx, cy, vx, heading_sign, parked):
         length, width = rng.uniform(3.9, 4.9), rng.uniform(1.75, 2.0)
-        albedo = _hsv(rng.random(), rng.uniform(0.0, 0.9), rng.uniform(0.25, 0.95))
+        albedo = shading.draw_car_paint(rng)
         vel = np.array([vx, 0.0, 0.0])
         body_top = rng.uniform(0.95, 1.1)
         box([cx - length / 2, cy - width / 2, 0.15], [cx + length / 2, cy + width / 2, body_top], albedo, "car",
@@ -250,10 +247,10 @@ def generate_town(seed: int, scene_index: int = 0, duration: float = 10.0) -> To
             y = side * rng.uniform(ROAD_HALF + 1.0, SIDEWALK_OUTER - 0.4)
             v = np.array([rng.choice([-1, 1]) * rng.uniform(0.8, 1.6) * (rng.random() < 0.8), 0, 0])
             height = rng.uniform(1.45, 1.65)
-            shirt = _hsv(rng.random(), rng.uniform(0.3, 0.9), rng.uniform(0.3, 0.9))
+            shirt = shading.draw_clothes(rng)
             box([x - 0.22, y - 0.18, SIDEWALK_HEIGHT], [x + 0.22, y + 0.18, SIDEWALK_HEIGHT + height], shirt,
                 "pedestrian", shading.CLOTH, v)
-            spheres.append((np.array([x, y, SIDEWALK_HEIGHT + height + 0.12]), 0.13, v, [0.85, 0.65, 0.5],
+            spheres.append((np.array([x, y, SIDEWALK_HEIGHT + height + 0.12]), 0.13, v, shading.draw_skin(rng),
                             CLASS_ID["pedestrian"], shading.SKIN))
             objects.append(SceneObject(len(objects), "human.pedestrian.adult",
                                        np.array([x, y, SIDEWALK_HEIGHT + (height + 0.25) / 2]), v,
