@@ -30,6 +30,7 @@ setup(
             "distillnerf-calibrate=distillnerf_core.cli.calibrate:main",
             "distillnerf-fit-scene=distillnerf_core.cli.fit_scene:main",
             "distillnerf-nusc2bag=distillnerf_ros.tools.nusc2bag:main",
+            "distillnerf-bag2nusc=distillnerf_ros.tools.bag2nusc:main",
             "distillnerf-play=distillnerf_ros.tools.play:main",
         ],
     },

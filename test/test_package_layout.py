@@ -72,7 +72,7 @@ def test_package_xml_declares_every_ros_package_the_code_and_launch_file_use():
 
 def test_installed_programs_and_directories_exist():
     cmake = (REPO / "CMakeLists.txt").read_text()
-    programs = ("perception_node", "rig_monitor", "dataroot_publisher", "nusc2bag", "play", "nusc_sample")
+    programs = ("perception_node", "rig_monitor", "dataroot_publisher", "nusc2bag", "bag2nusc", "play", "nusc_sample")
     for program in (f"scripts/{name}" for name in programs):
         assert program in cmake and (REPO / program).stat().st_mode & 0o111, f"{program} missing or not executable"
     for directory in ("launch", "config", "rviz", "data"):
