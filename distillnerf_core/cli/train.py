@@ -1,7 +1,7 @@
 """`distillnerf-train`: self-supervised training on any nuScenes-format dataroot.
 
     distillnerf-train --config train_small --dataroot D --version V --out RUN [--max-steps N]
-                      [--max-minutes M] [--resume]
+                      [--max-minutes M] [--resume] [--init CKPT [--init-fresh MODULE,...]]
     torchrun --nproc_per_node 2 -m distillnerf_core.cli.train ...           (DDP: gloo on CPU, nccl on GPU)
 
 Checkpoints: RUN/checkpoints/step_XXXXXXXX/ holds model.safetensors + model.json (weights + model config,
@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
                         "cache when it has one), none, or a segmenter cache; its sky pixels get the 115 m sky depth")
     parser.add_argument("--virtual-prob", type=float, help="override loss.virtual_prob (virtual cameras per camera)")
     parser.add_argument("--init", help="override init: start from this checkpoint's weights")
+    parser.add_argument("--init-fresh", help="override init_fresh: comma list of modules (e.g. feature_head,"
+                        "encoder.frozen_2d,encoder.fuse) that start fresh instead of taking --init's tensors, for a "
+                        "checkpoint whose head or encoder differ (any other difference is an error)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK if available)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads on CPU")
     parser.add_argument("--no-progress", action="store_true")
@@ -71,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg.loss.virtual_prob = args.virtual_prob
     if args.init:
         cfg.init = args.init
+    if args.init_fresh is not None:
+        cfg.init_fresh = [m.strip() for m in args.init_fresh.split(",") if m.strip()]
+    if cfg.init_fresh and not cfg.init:
+        parser.error("--init-fresh needs --init (or init in the train YAML)")
     try:
         summary = train(cfg, args.dataroot, args.version, args.out, args.max_steps, args.max_minutes, args.resume,
                         args.device, args.threads, not args.no_progress)

@@ -1,7 +1,9 @@
-"""2D image encoders: a trainable FPN from scratch and an optional frozen pretrained ViT beside it.
+"""2D image encoders: a trainable FPN from scratch and an optional frozen pretrained 2D branch beside it.
 
-The paper pairs a frozen DINOv2-based depth ViT with a trainable FPN. Pretrained weights are read from
-a LOCAL safetensors file only; nothing is ever downloaded (timm models are built with pretrained=False).
+The paper pairs a frozen DINOv2-based depth ViT with a trainable FPN. Two frozen branches can take the ViT's
+place: a timm ViT (`encoder.vit_name`) or the shipped real-trained ESPNetv2 Cityscapes segmenter
+(`encoder.frozen_2d: segmenter`, `FrozenSegmenterBranch`). Pretrained weights are read from a LOCAL
+safetensors file only; nothing is ever downloaded (timm models are built with pretrained=False).
 """
 
 from __future__ import annotations
@@ -31,6 +33,20 @@ class EncoderConfig:
     """Extra timm constructor kwargs (tiny test models set depth / width here)."""
     vit_channels: int = 128
     """Projection width of the ViT features (the paper's 128)."""
+    frozen_2d: str | None = None
+    """A frozen real-trained 2D branch fused with the FPN: "segmenter" (the shipped ESPNetv2 Cityscapes
+    segmenter's multi-scale decoder maps) or None. An alternative to `vit_name` (not both)."""
+    frozen_2d_weights: str | None = None
+    """LOCAL .safetensors file of the frozen branch; None = the segmenter weights shipped with the package. The
+    weights are not stored in model.safetensors: they are read from this file whenever the model is built."""
+    frozen_2d_sha256: str | None = None
+    """sha256 of those weights: recorded when the model is first built, verified whenever it is built again
+    (a checkpoint whose frozen weights changed under it is refused)."""
+    frozen_2d_width: int = 0
+    """Input width of the frozen branch (a multiple of 16, aspect kept); 0 = the model's image width rounded
+    to a multiple of 16 (cheap; the segmenter was trained at 1024 wide)."""
+    frozen_2d_channels: int = 32
+    """Projection width of the frozen branch's features before the fusion with the FPN."""
 
 
 
@@ -152,19 +168,135 @@ def load_safetensors_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"cannot read pretrained encoder weights {path}: {err}") from err
 
 
+FROZEN_2D_KINDS = ("segmenter",)
+SEGMENTER_MAP_CHANNELS = (64, 48, 32, 32, 20)
+"""Channels of the segmenter maps the frozen branch fuses: its decoder at H/16, H/8, H/4, the penultimate map
+(H/2) and the class log-probabilities (H/2) (`ESPNetv2Segmentation.decoder_maps`)."""
+
+
+def check_frozen_2d(cfg: EncoderConfig) -> None:
+    """ValueError naming the field when the frozen-branch settings are unusable."""
+    if cfg.frozen_2d is None:
+        return
+    if cfg.frozen_2d not in FROZEN_2D_KINDS:
+        raise ValueError(f"encoder.frozen_2d must be one of {list(FROZEN_2D_KINDS)} or null, got {cfg.frozen_2d!r}")
+    if cfg.vit_name is not None:
+        raise ValueError("encoder.frozen_2d and encoder.vit_name are alternatives (one frozen 2D branch): "
+                         f"got frozen_2d={cfg.frozen_2d!r} and vit_name={cfg.vit_name!r}")
+    if cfg.frozen_2d_width < 0 or cfg.frozen_2d_width % 16:
+        raise ValueError(f"encoder.frozen_2d_width must be 0 (the image width) or a positive multiple of 16, "
+                         f"got {cfg.frozen_2d_width}")
+    if cfg.frozen_2d_channels < 1:
+        raise ValueError(f"encoder.frozen_2d_channels must be >= 1, got {cfg.frozen_2d_channels}")
+
+
+def _state_dict_without_frozen(module: nn.Module, state_dict: dict, prefix: str, _: Any) -> None:
+    """State-dict post-hook of FrozenSegmenterBranch: drop the frozen network's tensors (they come from its file)."""
+    for key in [k for k in state_dict if k.startswith(f"{prefix}net.")]:
+        del state_dict[key]
+
+
+class FrozenSegmenterBranch(nn.Module):
+    """The shipped ESPNetv2 Cityscapes segmenter, frozen, as a multi-scale 2D feature extractor.
+
+    Its decoder maps (H/16 .. H/2) and class log-probabilities are resized to the lift's grid, concatenated and
+    projected by a trainable 1x1 conv (`proj`). The network stays in eval mode (its BatchNorm statistics never
+    move) and without gradients. Its weights are NOT part of the model's state dict: they are read (strictly)
+    from `weights` every time the model is built and checked against the sha256 the config recorded; a state
+    dict that does carry them must hold exactly these values.
+    """
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        from distillnerf_core.checked_files import sha256_file
+        from distillnerf_core.teachers.base import load_strict, read_weights
+        from distillnerf_core.teachers.segmenter import (
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            ESPNetv2Segmentation,
+            default_weights_path,
+        )
+
+        path = Path(cfg.frozen_2d_weights) if cfg.frozen_2d_weights else default_weights_path()
+        digest = sha256_file(path) if path.is_file() else None
+        if cfg.frozen_2d_sha256 and digest is not None and digest != cfg.frozen_2d_sha256:
+            raise ValueError(f"encoder.frozen_2d weights {path} have sha256 {digest}, the model was built with "
+                             f"{cfg.frozen_2d_sha256}: not the frozen branch this model was trained with")
+        net = ESPNetv2Segmentation()
+        load_strict(net, read_weights(path, "frozen 2D branch (ESPNetv2 segmenter)"), path,
+                    "ESPNetv2 (s=2.0, 20 classes)")
+        cfg.frozen_2d_sha256 = digest  # recorded in the model config, so checkpoints name their frozen weights
+        self.net = net.eval().requires_grad_(False)
+        self.width = cfg.frozen_2d_width
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.proj = nn.Conv2d(sum(SEGMENTER_MAP_CHANNELS), cfg.frozen_2d_channels, 1)
+        self.register_state_dict_post_hook(_state_dict_without_frozen)
+        self.register_load_state_dict_pre_hook(self._frozen_from_file)
+
+    def _frozen_from_file(self, module: nn.Module, state_dict: dict, prefix: str, *_: Any) -> None:
+        """Load pre-hook: the frozen tensors come from the file, not from the state dict. A state dict that
+        carries them (a strict load of a checkpoint that saved them) must hold exactly the file's values."""
+        for key, value in self.net.state_dict().items():
+            name = f"{prefix}net.{key}"
+            if name in state_dict and not torch.equal(state_dict[name].to(value.device, value.dtype), value):
+                raise ValueError(f"{name}: the state dict's frozen segmenter tensor differs from the weights file")
+            state_dict[name] = value
+
+    def train(self, mode: bool = True) -> FrozenSegmenterBranch:
+        super().train(mode)
+        self.net.eval()  # frozen: BatchNorm statistics must never move (they would in train mode, even no_grad)
+        return self
+
+    def input_hw(self, image_hw: tuple[int, int]) -> tuple[int, int]:
+        """(h, w) the segmenter runs at: `width` (0 = the image width) rounded to 16, aspect kept."""
+        from distillnerf_core.teachers.segmenter import segmenter_input_hw
+
+        return segmenter_input_hw(image_hw, self.width or int(image_hw[1]))
+
+    def forward(self, images: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
+        """images (B, 3, H, W) in [0, 1] -> projected features (B, frozen_2d_channels, *out_hw)."""
+        hw = self.input_hw(tuple(images.shape[-2:]))
+        with torch.no_grad():
+            x = images
+            if tuple(x.shape[-2:]) != hw:
+                down = hw[0] < x.shape[-2] or hw[1] < x.shape[-1]
+                x = F.interpolate(x, size=hw, mode="bilinear", align_corners=False, antialias=down)
+            x = ((x - self.mean) / self.std).contiguous()
+            *maps, logits = self.net.decoder_maps(x)
+            maps.append(torch.log_softmax(logits, dim=1))
+            maps = [F.interpolate(m, size=out_hw, mode="bilinear", align_corners=False) for m in maps]
+            stacked = torch.cat(maps, dim=1)
+        return self.proj(stacked)
+
+
 class ImageEncoder(nn.Module):
-    """FPN features, plus frozen-ViT features when configured, fused at the requested resolution."""
+    """FPN features, plus frozen-branch (ViT or segmenter) features when configured, fused at the requested
+    resolution."""
 
     def __init__(self, cfg: EncoderConfig, load_pretrained: bool = True) -> None:
         super().__init__()
+        check_frozen_2d(cfg)
         self.fpn = FPNEncoder(cfg.fpn_widths, cfg.out_channels)
         self.vit: PretrainedViT | None = None
+        self.frozen_2d: FrozenSegmenterBranch | None = None
         self.out_channels = cfg.out_channels
         if cfg.vit_name is not None:
             self.vit = PretrainedViT(
                 cfg.vit_name, cfg.vit_weights, cfg.vit_channels, cfg.vit_kwargs, load_weights=load_pretrained
             )
             self.fuse = nn.Conv2d(cfg.out_channels + cfg.vit_channels, cfg.out_channels, 1)
+        if cfg.frozen_2d is not None:
+            # the segmenter's weights are read from their file even when a checkpoint follows: it does not hold them
+            self.frozen_2d = FrozenSegmenterBranch(cfg)
+            self.fuse = nn.Conv2d(cfg.out_channels + cfg.frozen_2d_channels, cfg.out_channels, 1)
+            # The fusion starts as the identity on the FPN and zero on the branch: a model initialised from a
+            # checkpoint without the branch (`--init ... --init-fresh encoder.frozen_2d,encoder.fuse`) starts out
+            # computing exactly what that checkpoint did, and the branch's share grows as it trains.
+            with torch.no_grad():
+                self.fuse.weight.zero_()
+                self.fuse.weight[:, : cfg.out_channels, 0, 0].copy_(torch.eye(cfg.out_channels))
+                self.fuse.bias.zero_()
 
     def forward(self, images: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
         """images (B, 3, H, W) -> features (B, out_channels, *out_hw)."""
@@ -172,4 +304,6 @@ class ImageEncoder(nn.Module):
         if self.vit is not None:
             vit = F.interpolate(self.vit(images), size=out_hw, mode="bilinear", align_corners=False)
             feats = self.fuse(torch.cat([feats, vit], dim=1))
+        if self.frozen_2d is not None:
+            feats = self.fuse(torch.cat([feats, self.frozen_2d(images, out_hw)], dim=1))
         return feats

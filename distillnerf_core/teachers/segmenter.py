@@ -281,14 +281,20 @@ class ESPNetv2Segmentation(nn.Module):
         self.bu_br_l3 = nn.Sequential(nn.BatchNorm2d(48, eps=1e-5), nn.PReLU(48))
         self.bu_br_l4 = nn.Sequential(nn.BatchNorm2d(32, eps=1e-5), nn.PReLU(32))
 
+    def decoder_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The decoder's maps, coarse to fine: (N, 64, H/16), (N, 48, H/8), (N, 32, H/4), the penultimate map
+        (N, 32, H/2) and the logits at H/2 (N, 20, H/2) before their final upsampling."""
+        e1, e2, e3, e4 = self.base_net(x)
+        d16 = self.bu_dec_l1(e4)
+        d8 = self.bu_dec_l2(self.bu_br_l2(_up2(d16) + self.merge_enc_dec_l2(e3)))
+        d4 = self.bu_dec_l3(self.bu_br_l3(_up2(d8) + self.merge_enc_dec_l3(e2)))
+        feats = self.bu_br_l4(_up2(d4) + self.merge_enc_dec_l4(e1))
+        return d16, d8, d4, feats, self.bu_dec_l4(feats)
+
     def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits (N, 20, H, W), penultimate map (N, 32, H/2, W/2): the input of the last decoder block)."""
-        e1, e2, e3, e4 = self.base_net(x)
-        d = self.bu_dec_l1(e4)
-        d = self.bu_dec_l2(self.bu_br_l2(_up2(d) + self.merge_enc_dec_l2(e3)))
-        d = self.bu_dec_l3(self.bu_br_l3(_up2(d) + self.merge_enc_dec_l3(e2)))
-        feats = self.bu_br_l4(_up2(d) + self.merge_enc_dec_l4(e1))
-        logits = F.interpolate(self.bu_dec_l4(feats), size=x.shape[2:], mode="bilinear", align_corners=True)
+        *_, feats, half = self.decoder_maps(x)
+        logits = F.interpolate(half, size=x.shape[2:], mode="bilinear", align_corners=True)
         return logits, feats
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -183,7 +183,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Dis
         config = ModelConfig.from_dict(meta["config"])
     except (ValueError, TypeError) as err:
         raise CheckpointError(f"{sidecar_path(path)}: invalid config ({err})") from err
-    model = DistillNeRFModel(config, load_pretrained=False)
+    try:
+        model = DistillNeRFModel(config, load_pretrained=False)
+    except ValueError as err:  # e.g. a frozen 2D branch whose weights file is not the one the model was built with
+        raise CheckpointError(f"{sidecar_path(path)}: cannot build its model ({err})") from err
     load_weights(model, path)
     return model.to(device)
 

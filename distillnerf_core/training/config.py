@@ -73,6 +73,10 @@ class TrainConfig:
     """Seed of weights and data order."""
     init: str | None = None
     """Start from this checkpoint's weights (not with --resume); tensors it lacks (a new PCA) keep theirs."""
+    init_fresh: list[str] = field(default_factory=list)
+    """Modules (tensor-name prefixes, e.g. feature_head, encoder.frozen_2d, encoder.fuse) that start fresh
+    with `init` instead of taking the checkpoint's tensors: for a checkpoint whose head or encoder differ.
+    Any other difference between the checkpoint and the model is an error that names the modules to list."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (stored with every checkpoint)."""

@@ -11,6 +11,7 @@ similarity between the PCA reconstruction and the teacher's own D-dim features.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -101,21 +102,46 @@ def feature_metrics(pca: FeaturePCA, rendered: torch.Tensor, teacher: torch.Tens
     return {"feat_psnr": -10.0 * torch.log10(torch.tensor(max(mse, 1e-12))).item(), "feat_cosine": cosine}
 
 
-def load_init_weights(model: torch.nn.Module, path: str) -> None:
-    """Start training from a checkpoint's weights (`TrainConfig.init`).
+def _under(name: str, prefixes: Sequence[str]) -> bool:
+    """Whether tensor `name` belongs to one of the modules `prefixes` (whole dotted components only)."""
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
 
-    Every tensor must match by name and shape, except the PCA buffers: those come from this run's feature
-    cache (an undistilled checkpoint has none, a distilled one may have been fitted on another cache).
+
+def _modules_of(names: Sequence[str]) -> list[str]:
+    """The modules (first two dotted components, e.g. encoder.fuse) the tensors `names` belong to."""
+    return sorted({".".join(n.split(".")[:2]) for n in names})
+
+
+def load_init_weights(model: torch.nn.Module, path: str, fresh: Sequence[str] = ()) -> list[str]:
+    """Start training from a checkpoint's weights (`TrainConfig.init`); returns the tensors that start fresh.
+
+    Every tensor must match by name and shape, except the PCA buffers (those come from this run's feature cache:
+    an undistilled checkpoint has none, a distilled one may have been fitted on another cache) and the modules
+    named in `fresh` (`TrainConfig.init_fresh`, `--init-fresh`): those keep this model's fresh initialisation,
+    whatever the checkpoint holds for them (e.g. a 64-channel feature head onto a 20-channel one, or a frozen 2D
+    branch the checkpoint never had). Any other difference is an error naming the modules to list there.
     """
     from distillnerf_core.training.checkpoints import CheckpointError, load_state, resolve_checkpoint
 
     file = resolve_checkpoint(path)
+    fresh = [p.strip().strip(".") for p in fresh if p.strip().strip(".")]
     state = {k: v for k, v in load_state(file).items() if not k.startswith("feature_pca.")}
     own = model.state_dict()
-    missing = sorted(k for k in set(own) - set(state) if not k.startswith("feature_pca."))
-    unexpected = sorted(set(state) - set(own))
-    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    unknown = [p for p in fresh if not any(_under(k, [p]) for k in (*own, *state))]
+    if unknown:
+        raise CheckpointError(f"init_fresh {unknown}: no tensor of the model or of {file} is under these modules "
+                              f"(modules: {_modules_of(list(own))})")
+    missing = sorted(k for k in set(own) - set(state) if not k.startswith("feature_pca.") and not _under(k, fresh))
+    unexpected = sorted(k for k in set(state) - set(own) if not _under(k, fresh))
+    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape and not _under(k, fresh))
     if missing or unexpected or shapes:
         raise CheckpointError(f"{file}: cannot initialise from it (missing {missing[:4]}, unexpected "
-                              f"{unexpected[:4]}, shape mismatches {shapes[:4]})")
-    model.load_state_dict({**own, **state})
+                              f"{unexpected[:4]}, shape mismatches {shapes[:4]}); to start those modules fresh "
+                              f"instead, say so: --init-fresh {','.join(_modules_of(missing + unexpected + shapes))}")
+    kept = {k: v for k, v in state.items() if k in own and not _under(k, fresh)}
+    started_fresh = sorted(k for k in own if k not in kept and not k.startswith("feature_pca."))
+    model.load_state_dict({**own, **kept})
+    if fresh:
+        logger.info("init from %s: %d tensors loaded, %d start fresh (%s)", file, len(kept), len(started_fresh),
+                    ", ".join(_modules_of(started_fresh)) or "none")
+    return started_fresh
