@@ -115,12 +115,18 @@ def test_ddad_round_trip_from_sqlite_with_the_ddad_parameter_file(tmp_path):
     assert len(load_sensor_records(out)) == 3 * 7
 
 
+SYNTH_CAMERAS = ["CAM_FRONT", "CAM_FRONT_LEFT", "CAM_FRONT_RIGHT"]  # distillnerf-synth's front3 rig
+
+
 @pytest.fixture(scope="module")
 def synthetic_drive(tmp_path_factory):
-    """A 2-keyframe synthetic drive (distillnerf-synth's world, 64x32 cameras) and its bag."""
-    from train_helpers import make_tiny_dataroot
+    """A 2-keyframe synthetic drive (distillnerf-synth's world, front3 rig, 64x32 cameras) and its bag."""
+    from distillnerf_core.data.synthetic.export import write_dataroot as synth
+    from distillnerf_core.data.synthetic.world import VoxelSpec
 
-    root = make_tiny_dataroot(tmp_path_factory.mktemp("synth") / "root", frames=2, seed=11)
+    root = tmp_path_factory.mktemp("synth") / "root"
+    synth(root, frames=2, seed=11, cameras="front3", width=64, height=32, voxel_spec=VoxelSpec(voxel_size=1.6),
+          progress=False, threads=1)
     bag = root.parent / "bag"
     nusc2bag.convert(root, bag, progress=False)
     return root, bag
@@ -128,12 +134,13 @@ def synthetic_drive(tmp_path_factory):
 
 def test_synthetic_drive_round_trip(synthetic_drive, tmp_path):
     root, bag = synthetic_drive
-    report = convert(bag, tmp_path / "converted", Options(lidar_topic="/LIDAR_TOP", rate=2.0))
+    report = convert(bag, tmp_path / "converted", Options(cameras=SYNTH_CAMERAS, lidar_topic="/LIDAR_TOP", rate=2.0))
     assert report["keyframes"] == 2 and report["skipped"] == {}, report
-    assert assert_same_keyframes(root, tmp_path / "converted", list(Options().cameras)) == 0
-    assert len(load_sensor_records(tmp_path / "converted")) == 2 * 7
-    # at 4 Hz asked of a 2 Hz drive every LiDAR stamp is still one keyframe; at 1 Hz only the first is
-    assert convert(bag, tmp_path / "one", Options(lidar_topic="/LIDAR_TOP", rate=1.0))["keyframes"] == 1
+    assert assert_same_keyframes(root, tmp_path / "converted", SYNTH_CAMERAS) == 0
+    assert len(load_sensor_records(tmp_path / "converted")) == 2 * 4
+    # at 1 Hz only the first of the 2 Hz keyframes is kept
+    one = convert(bag, tmp_path / "one", Options(cameras=SYNTH_CAMERAS, lidar_topic="/LIDAR_TOP", rate=1.0))
+    assert one["keyframes"] == 1 and one["between_keyframes"] == 1, one
 
 
 # -- a rig written here: 5 raw cameras with plumb_bob distortion, poses from nav_msgs/Odometry only --------------
@@ -329,7 +336,7 @@ def test_bag_recorded_live_from_the_node_input_topics_converts_like_the_dataroot
     from ros_helpers import wait_for_match
 
     root, _ = synthetic_drive
-    options = Options()  # the node's defaults: /{camera}/image_rect_compressed, /{camera}/camera_info, /tf
+    options = Options(cameras=SYNTH_CAMERAS)  # the node's topics: /{camera}/image_rect_compressed, .../camera_info
     source = session.node("source", DatarootPublisher, dataroot=str(root), version=None)
     recorder, received = session.node("recorder"), []
     reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -363,7 +370,8 @@ def test_fine_tune_recipe_on_a_tiny_bag(synthetic_drive, tiny_checkpoint, tmp_pa
 
     _, bag = synthetic_drive
     data = tmp_path / "mycar"
-    assert main([str(bag), "--out", str(data), "--lidar-topic", "/LIDAR_TOP"]) == 0
+    cameras = ",".join(SYNTH_CAMERAS)
+    assert main([str(bag), "--out", str(data), "--cameras", cameras, "--lidar-topic", "/LIDAR_TOP"]) == 0
     assert train_cli.main(["--config", "train_tiny", "--init", str(tiny_checkpoint), "--dataroot", str(data),
                            "--version", "v1.0-bag", "--out", str(tmp_path / "run"), "--max-steps", "1",
                            "--no-progress", "--threads", "1"]) == 0
