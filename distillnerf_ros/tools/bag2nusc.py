@@ -105,6 +105,8 @@ class Options:
     reference: str = ""  # a camera name or "lidar"; "": the LiDAR when there is one, else reference_camera / first
     rate: float = 2.0  # keyframes per second at most; 0: every reference stamp
     tolerance: float | None = None  # s; None: max_camera_delay
+    start: float = 0.0  # s after the first reference stamp: keyframes from here ...
+    end: float | None = None  # ... to before here (None: the end of the bag); e.g. fit on one part, score on another
     version: str = VERSION
     scene_name: str = ""
     jpeg_quality: int = 95
@@ -147,6 +149,9 @@ class Options:
             raise Bag2NuscError(f"--rate {self.rate} must be a finite number >= 0 (0: every reference stamp)")
         if self.tolerance is not None and not 0 <= self.tolerance <= 10:
             raise Bag2NuscError(f"--tolerance {self.tolerance} must be in 0 .. 10 s")
+        if not (self.start >= 0 and np.isfinite(self.start)) or (self.end is not None and not self.end > self.start):
+            raise Bag2NuscError(f"--start {self.start} / --end {self.end}: need 0 <= start < end (seconds after the"
+                                " first reference stamp)")
         if not 1 <= self.jpeg_quality <= 100:
             raise Bag2NuscError(f"--jpeg-quality {self.jpeg_quality} must be in 1 .. 100")
         if not re.fullmatch(r"v1\.0-[A-Za-z0-9_.-]+", self.version):
@@ -211,6 +216,7 @@ class Summary:
 
     reference_stamps: int = 0
     between_keyframes: int = 0
+    outside_window: int = 0
     skipped: Counter = field(default_factory=Counter)
     first_example: dict[str, str] = field(default_factory=dict)
     nonfinite_lidar_points: int = 0
@@ -225,6 +231,8 @@ class Summary:
                for kind, count in sorted(self.skipped.items())]
         if self.between_keyframes:
             out.append(f"  {self.between_keyframes} reference stamps between keyframes (--rate)")
+        if self.outside_window:
+            out.append(f"  {self.outside_window} reference stamps outside --start / --end")
         if self.nonfinite_lidar_points:
             out.append(f"  {self.nonfinite_lidar_points} non-finite LiDAR points dropped")
         return out
@@ -452,7 +460,12 @@ class KeyframeChooser:
         self.summary.reference_stamps = len(stamps)
         period = int(1e9 / self.options.rate) if self.options.rate > 0 else 0
         keyframes: list[Keyframe] = []
+        first = stamps[0] if stamps else 0
+        end = np.inf if self.options.end is None else self.options.end
         for stamp_ns in stamps:
+            if not self.options.start <= (stamp_ns - first) / 1e9 < end:
+                self.summary.outside_window += 1
+                continue
             if keyframes and stamp_ns - keyframes[-1].stamp_ns < period * (1 - RATE_SLACK):
                 self.summary.between_keyframes += 1
                 continue
@@ -666,7 +679,8 @@ def convert(bag_path: Path, out: Path, options: Options, overwrite: bool = False
                   "cameras": options.cameras, "lidar": options.lidar_topic or None,
                   "first_stamp_ns": keyframes[0].stamp_ns, "last_stamp_ns": keyframes[-1].stamp_ns,
                   "reference": options.reference_stream(), "reference_stamps": summary.reference_stamps,
-                  "between_keyframes": summary.between_keyframes, "skipped": dict(summary.skipped),
+                  "between_keyframes": summary.between_keyframes, "outside_window": summary.outside_window,
+                  "skipped": dict(summary.skipped),
                   "skipped_examples": summary.first_example, "nonfinite_lidar_points": summary.nonfinite_lidar_points,
                   "images_on_topics": summary.images_on_topics, "options": asdict(options),
                   "seconds": round(time.monotonic() - started, 3)}
@@ -711,6 +725,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=2.0, help="keyframes per second at most (default 2; 0: all)")
     p.add_argument("--tolerance", type=float, help="s a camera may be from the reference stamp (default: the"
                    " node's max_camera_delay, 0.1)")
+    p.add_argument("--start", type=float, default=0.0, help="keyframes from this many s after the first reference"
+                   " stamp (default 0)")
+    p.add_argument("--end", type=float, help="... to before this many s after it (default: the end of the bag)")
     p.add_argument("--version", default=VERSION, help=f"table folder (default {VERSION})")
     p.add_argument("--scene-name", default="", help="scene name (default: the bag folder's name)")
     p.add_argument("--jpeg-quality", type=int, default=95, help="for raw or rectified images (default 95)")
@@ -732,8 +749,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
     values.update({key: value for key, value in flags.items() if value is not None})
     if isinstance(values.get("cameras"), tuple):
         values["cameras"] = list(values["cameras"])
-    return Options(**values, rate=args.rate, version=args.version, scene_name=args.scene_name,
-                   jpeg_quality=args.jpeg_quality)
+    return Options(**values, rate=args.rate, start=args.start, end=args.end, version=args.version,
+                   scene_name=args.scene_name, jpeg_quality=args.jpeg_quality)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -141,6 +141,9 @@ def test_synthetic_drive_round_trip(synthetic_drive, tmp_path):
     # at 1 Hz only the first of the 2 Hz keyframes is kept
     one = convert(bag, tmp_path / "one", Options(cameras=SYNTH_CAMERAS, lidar_topic="/LIDAR_TOP", rate=1.0))
     assert one["keyframes"] == 1 and one["between_keyframes"] == 1, one
+    # --start / --end cut the drive (fit on one part, score on another): only the second keyframe
+    late = convert(bag, tmp_path / "late", Options(cameras=SYNTH_CAMERAS, lidar_topic="/LIDAR_TOP", start=0.25))
+    assert late["keyframes"] == 1 and late["first_stamp_ns"] == report["last_stamp_ns"], late
 
 
 # -- a rig written here: 5 raw cameras with plumb_bob distortion, poses from nav_msgs/Odometry only --------------
