@@ -22,6 +22,8 @@ bag's receive time, so a bag recorded live converts as one written offline.
   (float32 x 5, nuScenes layout) in its own frame; non-finite points are dropped and counted. Without a
   LiDAR topic every keyframe gets an EMPTY `LIDAR_TOP` sweep (0 points, in output_frame) at the reference
   stamp: the loaders find the keyframe's reference ego pose there, and there is no LiDAR depth target.
+- Ego-body masks: `--masks DIR` takes DIR/<camera>.png (255 valid, 0 the car's body) in the recorded pixels;
+  a rectified camera's mask is rectified with it and its pixels without a source pixel are masked too.
 - Output: the 13 devkit tables (as distillnerf-dgp2nusc writes them; no annotations), a placeholder map,
   `bag2nusc.json` (options, counts, what was skipped and why), written to a temporary folder beside DIR
   and renamed into place. A message that cannot be used (undecodable, a bad CameraInfo, a malformed
@@ -110,6 +112,7 @@ class Options:
     version: str = VERSION
     scene_name: str = ""
     jpeg_quality: int = 95
+    masks: str = ""  # folder of <camera>.png ego-body masks (255 valid, 0 body) in the images' pixels as recorded
 
     def image_topic(self, camera: str) -> str:
         return self.image_topic_format.replace("{camera}", camera)
@@ -152,6 +155,8 @@ class Options:
         if not (self.start >= 0 and np.isfinite(self.start)) or (self.end is not None and not self.end > self.start):
             raise Bag2NuscError(f"--start {self.start} / --end {self.end}: need 0 <= start < end (seconds after the"
                                 " first reference stamp)")
+        if self.masks and not Path(self.masks).is_dir():
+            raise Bag2NuscError(f"--masks {self.masks} is not a folder")
         if not 1 <= self.jpeg_quality <= 100:
             raise Bag2NuscError(f"--jpeg-quality {self.jpeg_quality} must be in 1 .. 100")
         if not re.fullmatch(r"v1\.0-[A-Za-z0-9_.-]+", self.version):
@@ -490,8 +495,7 @@ class DatarootWriter:
         self.tables: dict[str, list[dict]] = {name: [] for name in (
             "sensor", "calibrated_sensor", "ego_pose", "sample", "sample_data", "scene", "log", "map", "instance",
             "sample_annotation", "category", "attribute", "visibility")}
-        self.files: dict[tuple[str, int], str] = {}  # (channel, stamp_ns) -> dataroot-relative filename
-        self.summary_points = 0
+        self.models: dict[str, Any] = {}  # camera -> the CameraModel its last image was read with
 
     def token(self, *parts: object) -> str:
         return hashlib.md5("/".join(str(p) for p in ("bag", self.seed, *parts)).encode()).hexdigest()
@@ -525,6 +529,7 @@ class DatarootWriter:
         except (ImageConversionError, CameraInfoError, DistortionError) as error:
             kind = "its distortion cannot be rectified" if isinstance(error, DistortionError) else "cannot be used"
             raise Bag2NuscError(f"{where}: {kind}: {error}") from error
+        self.models[camera] = model
         if isinstance(message, CompressedImage) and not model.distortion_model:
             data = bytes(message.data)  # the recorded bytes, unchanged
             ext = "png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "jpg"
@@ -559,6 +564,42 @@ class DatarootWriter:
         name = f"samples/{LIDAR_CHANNEL}/{self.log_name}__{LIDAR_CHANNEL}__{us(chosen.stamp_ns)}.pcd.bin"
         self._write(name, points.astype("<f4").tobytes())
         return name, dropped
+
+    def write_masks(self) -> dict[str, dict]:
+        """masks/<camera>.png (255 valid, 0 not: ego_masks.py's layout): the --masks file of the camera, rectified
+        with its images, and for a rectified camera the pixels without a source pixel. Only cameras with an
+        invalid pixel get a file; returns what was written per camera."""
+        written = {}
+        for camera, model in self.models.items():
+            size = (model.intrinsics.width, model.intrinsics.height)
+            valid, source = np.full(size[::-1], 255, np.uint8), None
+            path = Path(self.options.masks) / f"{camera}.png" if self.options.masks else None
+            if path is not None and path.is_file():
+                try:
+                    with PILImage.open(path) as image:
+                        valid = np.asarray(image.convert("L")).copy()
+                except (OSError, ValueError, PILImage.DecompressionBombError) as error:
+                    raise Bag2NuscError(f"--masks {path}: not a readable image: {error}") from error
+                if valid.shape != size[::-1]:
+                    raise Bag2NuscError(f"--masks {path} is {valid.shape[1]}x{valid.shape[0]}, but {camera}'s images"
+                                        f" are {size[0]}x{size[1]}")
+                source = str(path)
+            if model.distortion_model:  # the mask is in raw pixels: rectified as the images are, border invalid
+                rgb = np.repeat(np.where(valid > 127, 255, 0).astype(np.uint8)[..., None], 3, axis=2)
+                valid = self.rectifier.rectify(f"{camera} mask", rgb, model.intrinsics.K, model.distortion_model,
+                                               model.d)[..., 0]
+            valid = np.where(valid > 127, 255, 0).astype(np.uint8)
+            if valid.min() == 255:
+                continue
+            (self.root / "masks").mkdir(exist_ok=True)
+            PILImage.fromarray(valid).save(self.root / "masks" / f"{camera}.png")
+            written[camera] = {"from": source, "rectified": bool(model.distortion_model),
+                               "masked_fraction": round(float(np.mean(valid == 0)), 6)}
+        if written:
+            (self.root / "masks" / "meta.json").write_text(json.dumps(
+                {"method": "distillnerf-bag2nusc: --masks files and rectification borders", "cameras": written},
+                indent=1))
+        return written
 
     def _write(self, name: str, data: bytes) -> None:
         path = self.root / name
@@ -675,6 +716,7 @@ def convert(bag_path: Path, out: Path, options: Options, overwrite: bool = False
             raise Bag2NuscError(f"the second read of {bag.bag} did not find {missing[:3]}: the bag changed")
         writer.build_tables(keyframes, written, name, f"converted from rosbag2 {bag.bag.name} by distillnerf-bag2nusc")
         writer.write_tables()
+        masks = writer.write_masks()
         report = {"bag": bag.bag.name, "version": options.version, "keyframes": len(keyframes),
                   "cameras": options.cameras, "lidar": options.lidar_topic or None,
                   "first_stamp_ns": keyframes[0].stamp_ns, "last_stamp_ns": keyframes[-1].stamp_ns,
@@ -682,7 +724,7 @@ def convert(bag_path: Path, out: Path, options: Options, overwrite: bool = False
                   "between_keyframes": summary.between_keyframes, "outside_window": summary.outside_window,
                   "skipped": dict(summary.skipped),
                   "skipped_examples": summary.first_example, "nonfinite_lidar_points": summary.nonfinite_lidar_points,
-                  "images_on_topics": summary.images_on_topics, "options": asdict(options),
+                  "images_on_topics": summary.images_on_topics, "masks": masks, "options": asdict(options),
                   "seconds": round(time.monotonic() - started, 3)}
         (staging / "bag2nusc.json").write_text(json.dumps(report, indent=1, allow_nan=False))
         if out.exists():
@@ -731,6 +773,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", default=VERSION, help=f"table folder (default {VERSION})")
     p.add_argument("--scene-name", default="", help="scene name (default: the bag folder's name)")
     p.add_argument("--jpeg-quality", type=int, default=95, help="for raw or rectified images (default 95)")
+    p.add_argument("--masks", default="", help="folder of <camera>.png ego-body masks (255 valid, 0 the car's body)"
+                   " in the recorded images' pixels")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.add_argument("--max-decompressed-mb", type=int, default=DEFAULT_MAX_DECOMPRESSED_MB,
                    help="a zstd-compressed bag may decompress to at most this many MB")
@@ -750,7 +794,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
     if isinstance(values.get("cameras"), tuple):
         values["cameras"] = list(values["cameras"])
     return Options(**values, rate=args.rate, start=args.start, end=args.end, version=args.version,
-                   scene_name=args.scene_name, jpeg_quality=args.jpeg_quality)
+                   scene_name=args.scene_name, jpeg_quality=args.jpeg_quality, masks=args.masks)
 
 
 def main(argv: list[str] | None = None) -> int:

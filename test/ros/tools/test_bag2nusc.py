@@ -258,7 +258,15 @@ RIG_OPTIONS = dict(cameras=RIG, image_topic_format="/{camera}/image_raw", compre
 
 def test_five_camera_rig_with_distortion_and_odometry_only(tmp_path):
     cam0 = write_rig_bag(tmp_path / "bag")
-    report = convert(tmp_path / "bag", tmp_path / "out", Options(**RIG_OPTIONS))
+    from PIL import Image as PILImage
+
+    (tmp_path / "masks").mkdir()
+    body = np.full((H, W), 255, np.uint8)
+    body[-10:] = 0  # cam1 sees the car's body in its bottom 10 rows
+    PILImage.fromarray(body).save(tmp_path / "masks" / "cam1.png")
+    report = convert(tmp_path / "bag", tmp_path / "out", Options(**RIG_OPTIONS, masks=str(tmp_path / "masks")))
+    mask = np.asarray(PILImage.open(tmp_path / "out" / "masks" / "cam1.png"))
+    assert sorted(report["masks"]) == ["cam1"] and mask[-6:].max() == 0 and mask[:30].min() == 255, report["masks"]
     assert report["keyframes"] == 2 and report["skipped"] == {"camera cam3 missing": 1}, report
     records = {(r.channel, r.timestamp_us): r for r in load_sensor_records(tmp_path / "out")}
     x, y = pixel_rays()
@@ -271,8 +279,6 @@ def test_five_camera_rig_with_distortion_and_odometry_only(tmp_path):
         assert np.abs(record.global_from_ego - ego_at(stamp_ns)).max() < TOL, f"{channel}: interpolated ego pose"
         assert np.abs(record.ego_from_sensor - camera_extrinsic(i)).max() < TOL, f"{channel}: extrinsic"
         assert np.abs(record.intrinsics - K).max() < TOL
-        from PIL import Image as PILImage
-
         rectified = np.asarray(PILImage.open(record.path), dtype=np.float64)
         expected = pattern(x, y, i)
         inner = np.s_[6:-6, 6:-6]  # away from the border (bilinear lookups of the edge pixels)
@@ -308,6 +314,8 @@ def test_unusable_messages_are_errors_naming_topic_and_stamp(tmp_path, capsys, c
 
 
 def test_what_cannot_be_used_is_skipped_with_the_reason_or_refused(tmp_path, capsys):
+    from PIL import Image as PILImage
+
     write_rig_bag(tmp_path / "bag", frames=2, drop=None)
     # no pose source: every stamp skipped, the error lists why
     with pytest.raises(Bag2NuscError, match=r"(?s)no keyframe.*no TF at that stamp.*'odom' has not been received"):
@@ -318,10 +326,14 @@ def test_what_cannot_be_used_is_skipped_with_the_reason_or_refused(tmp_path, cap
         convert(tmp_path / "bag", tmp_path / "out", Options(cameras=RIG, image_topic_format="/{camera}/image_raw"))
     with pytest.raises(Bag2NuscError, match="cameras = .* is not allowed"):
         convert(tmp_path / "bag", tmp_path / "out", Options(cameras=["1bad"]))
+    (tmp_path / "masks").mkdir()
+    PILImage.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "masks" / "cam2.png")
+    with pytest.raises(Bag2NuscError, match=r"--masks .*cam2.png is 10x10, but cam2's images are 64x48"):
+        convert(tmp_path / "bag", tmp_path / "out", Options(**RIG_OPTIONS, masks=str(tmp_path / "masks")))
     (tmp_path / "exists").mkdir()
     assert main([str(tmp_path / "bag"), "--out", str(tmp_path / "exists")]) == 2
     assert "exists" in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bag", "exists"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bag", "exists", "masks"]
 
 
 
