@@ -156,12 +156,14 @@ def score_model(weights: Path, data: dict) -> dict:
     return {"pairs": rows, "mean": {k: sum(r[k] for r in rows) / len(rows) for k in SCORE_KEYS}}
 
 
-def write_arms(path: Path, key: str, section: dict, arms: dict) -> None:
+def write_arms(path: Path, key: str, section: dict, arms: dict, started: dict) -> None:
     """Set section `key` of the results JSON and replace its `arms` of this invocation, keeping its other arms
-    and the other sections (atomically: temp file + os.replace)."""
+    and the other sections (atomically: temp file + os.replace). The top-level provenance is the latest
+    invocation's; every arm keeps its own."""
     doc = json.loads(path.read_text()) if path.is_file() else {}
     kept = doc.get(key, {}).get("arms", {})
     doc[key] = {**section, "arms": {**kept, **arms}}
+    doc["provenance"] = {**started, "note": "the latest invocation; each arm of each section records its own"}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(doc, indent=1) + "\n")
     os.replace(tmp, path)
@@ -217,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dataset == "ddad":
         section["train_frames"], section["pairs"] = data["train_frames"], data["pairs"]
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    write_arms(args.json, key, section, results)
+    write_arms(args.json, key, section, results, started)
     print(json.dumps({a: r["mean"] for a, r in results.items()}, indent=1))
     print(f"wrote {', '.join(results)} of section {key} of {args.json} ({(time.perf_counter() - wall0) / 60:.1f} min)")
     return 0

@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
                         "DATAROOT/nerf/ or a directory, from distillnerf-fit-scene): dense depth + virtual cameras")
     parser.add_argument("--sky-mask", help="override data.sky_mask: auto (default: the dataroot's segmenter feature "
                         "cache when it has one), none, or a segmenter cache; its sky pixels get the 115 m sky depth")
+    parser.add_argument("--neighbour-targets", choices=("none", "prev", "next", "both"),
+                        help="override data.neighbour_targets: the previous / next keyframe's cameras as extra "
+                             "targets rendered from this frame (both: one of the two drawn per sample and step)")
     parser.add_argument("--virtual-prob", type=float, help="override loss.virtual_prob (virtual cameras per camera)")
     parser.add_argument("--init", help="override init: start from this checkpoint's weights")
     parser.add_argument("--init-fresh", help="override init_fresh: comma list of modules (e.g. feature_head,"
@@ -70,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg.data.nerf_targets = args.nerf_targets
     if args.sky_mask:
         cfg.data.sky_mask = args.sky_mask
+    if args.neighbour_targets:
+        cfg.data.neighbour_targets = args.neighbour_targets
     if args.virtual_prob is not None:
         cfg.loss.virtual_prob = args.virtual_prob
     if args.init:
