@@ -115,10 +115,10 @@ class Options:
     masks: str = ""  # folder of <camera>.png ego-body masks (255 valid, 0 body) in the images' pixels as recorded
 
     def image_topic(self, camera: str) -> str:
-        return self.image_topic_format.replace("{camera}", camera)
+        return absolute(self.image_topic_format.replace("{camera}", camera))
 
     def info_topic(self, camera: str) -> str:
-        return self.camera_info_topic_format.replace("{camera}", camera)
+        return absolute(self.camera_info_topic_format.replace("{camera}", camera))
 
     def rectified(self, camera: str) -> bool:
         """The node's image_rectified: auto = the topic has a part starting image_rect."""
@@ -162,8 +162,16 @@ class Options:
         if not re.fullmatch(r"v1\.0-[A-Za-z0-9_.-]+", self.version):
             raise Bag2NuscError(f"--version {self.version!r} must look like v1.0-<name> (letters, digits, _ . -)")
         for topic in (self.lidar_topic, self.odometry_topic):
-            if topic and not re.fullmatch(r"/?[A-Za-z0-9_~][A-Za-z0-9_/]*", topic):
+            if topic and not re.fullmatch(r"/?[A-Za-z_][A-Za-z0-9_/]*", topic):
                 raise Bag2NuscError(f"topic {topic!r} is not a ROS topic name")
+        if "~" in self.image_topic_format + self.camera_info_topic_format:
+            raise Bag2NuscError("a private topic (~) is the node's own name: give the bag's topic formats")
+        self.lidar_topic, self.odometry_topic = absolute(self.lidar_topic), absolute(self.odometry_topic)
+
+
+def absolute(topic: str) -> str:
+    """A relative topic as a node in the root namespace resolves it (bags store absolute names); "" stays."""
+    return topic if not topic or topic.startswith("/") else f"/{topic}"
 
 
 def _rig_default(name: str) -> Any:

@@ -252,7 +252,8 @@ def write_rig_bag(path: Path, frames: int = 3, drop: tuple[str, int] | None = ("
     return cam0
 
 
-RIG_OPTIONS = dict(cameras=RIG, image_topic_format="/{camera}/image_raw", compressed=False, fixed_frame="odom",
+# a relative topic format, as a node in the root namespace resolves it: /cam0/image_raw
+RIG_OPTIONS = dict(cameras=RIG, image_topic_format="{camera}/image_raw", compressed=False, fixed_frame="odom",
                    odometry_topic="/odom", rate=0.0, tolerance=0.05)
 
 
