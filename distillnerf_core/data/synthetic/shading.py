@@ -174,32 +174,75 @@ def draw_foliage(rng: np.random.Generator) -> list[float]:
 
 
 # ---------------------------------------------------------------------------------------------- noise
+# Noise comes from a few fixed, periodic 256 x 256 texel tables looked up with grid_sample (one C++ call per
+# lookup) instead of hashing every lattice corner: the noise is most of the shading's cost. Each table has 4
+# channels: smooth value noise with lattice spacings of 1, 4, 16 and 64 texels, so one lookup at `scale`
+# metres per texel gives four octaves (scale, 4 scale, 16 scale, 64 scale). One extra row and column repeat
+# the first (periodic bilinear lookups).
+_TABLE_COUNT, _PERIOD, _OCTAVES = 8, 256, (1, 4, 16, 64)
+_tables: torch.Tensor | None = None
+
+
+def _bake(rng: np.random.Generator, spacing: int) -> np.ndarray:
+    """(256, 256) periodic value noise with a lattice every `spacing` texels (smoothstep interpolation)."""
+    n = _PERIOD // spacing
+    lat = rng.random((n, n), dtype=np.float32)
+    if spacing == 1:
+        return lat
+    f = (np.arange(_PERIOD, dtype=np.float32) % spacing) / spacing
+    f = f * f * (3 - 2 * f)
+    i0 = np.arange(_PERIOD) // spacing
+    i1 = (i0 + 1) % n
+    rows0, rows1 = lat[i0], lat[i1]  # (256, n): the lattice rows at each texel row
+    top = rows0[:, i0] * (1 - f) + rows0[:, i1] * f
+    bottom = rows1[:, i0] * (1 - f) + rows1[:, i1] * f
+    return top * (1 - f[:, None]) + bottom * f[:, None]
+
+
+def _lattice() -> torch.Tensor:
+    """(8, 4, 257, 257) float32 tables in [0, 1), the same on every machine (numpy's PCG64, fixed seed)."""
+    global _tables
+    if _tables is None:
+        rng = np.random.default_rng(20261203)
+        r = np.stack([np.stack([_bake(rng, s) for s in _OCTAVES]) for _ in range(_TABLE_COUNT)])
+        r = np.concatenate([r, r[:, :, :1]], 2)
+        r = np.concatenate([r, r[:, :, :, :1]], 3)
+        _tables = torch.from_numpy(np.ascontiguousarray(r))
+    return _tables
+
+
 def _hash2(ix: torch.Tensor, iy: torch.Tensor, salt: int) -> torch.Tensor:
-    h = (ix * 73856093) ^ (iy * 19349663) ^ (salt * 83492791)
-    h = (h ^ (h >> 13)) * 1274126177
-    return ((h ^ (h >> 16)) & 0xFFFF).float() / 65535.0
+    """A value in [0, 1) per integer lattice point (ix, iy) (any int tensors); period 256 in each."""
+    tab = _lattice()[salt % _TABLE_COUNT, 0].reshape(-1)
+    return tab[((iy + 7 * salt) & (_PERIOD - 1)) * (_PERIOD + 1) + ((ix + 13 * salt) & (_PERIOD - 1))]
+
+
+def noise4(u: torch.Tensor, v: torch.Tensor, scale: float, salt: int = 0) -> torch.Tensor:
+    """(R, 4) smooth value noise in [0, 1] at lattice spacings scale x (1, 4, 16, 64) metres (periodic over
+    256 scale). The smoothstep is applied to the fractional texel coordinate before the bilinear lookup:
+    the finest octave is then exactly value noise with smoothstep weights."""
+    shift = (salt // _TABLE_COUNT) * 37.17 + 0.5  # salts sharing a table read it far apart
+    u = torch.remainder(u * (1.0 / scale) + shift, float(_PERIOD))
+    v = torch.remainder(v * (1.0 / scale) + 0.61 * shift, float(_PERIOD))
+    iu, iv = torch.floor(u), torch.floor(v)
+    fu, fv = u - iu, v - iv
+    u = iu + fu * fu * (3 - 2 * fu)
+    v = iv + fv * fv * (3 - 2 * fv)
+    grid = torch.stack([u, v], -1).mul_(2.0 / _PERIOD).sub_(1.0).reshape(1, 1, -1, 2)
+    tab = _lattice()[salt % _TABLE_COUNT][None]
+    out = torch.nn.functional.grid_sample(tab, grid, mode="bilinear", align_corners=True)
+    return out.reshape(4, -1).T
 
 
 def value_noise(u: torch.Tensor, v: torch.Tensor, scale: float, salt: int = 0) -> torch.Tensor:
-    """Smooth value noise in [0, 1] on a lattice of `scale` metres (bilinear, smoothstep)."""
-    u, v = u / scale, v / scale
-    iu, iv = torch.floor(u), torch.floor(v)
-    fu, fv = u - iu, v - iv
-    fu, fv = fu * fu * (3 - 2 * fu), fv * fv * (3 - 2 * fv)
-    iu, iv = iu.long(), iv.long()
-    a, b = _hash2(iu, iv, salt), _hash2(iu + 1, iv, salt)
-    c, d = _hash2(iu, iv + 1, salt), _hash2(iu + 1, iv + 1, salt)
-    return (a * (1 - fu) + b * fu) * (1 - fv) + (c * (1 - fu) + d * fu) * fv
+    """(R,) smooth value noise in [0, 1] on a lattice of `scale` metres (the finest octave of `noise4`)."""
+    return noise4(u, v, scale, salt)[:, 0]
 
 
-def fbm(u: torch.Tensor, v: torch.Tensor, scale: float, octaves: int, salt: int) -> torch.Tensor:
-    """Fractal value noise in [0, 1]: `octaves` layers, each half the scale and half the weight."""
-    total, weight, norm = torch.zeros_like(u), 1.0, 0.0
-    for k in range(octaves):
-        total = total + weight * value_noise(u, v, scale / 2 ** k, salt + 17 * k)
-        norm += weight
-        weight *= 0.5
-    return total / norm
+def fbm(u: torch.Tensor, v: torch.Tensor, scale: float, salt: int = 0) -> torch.Tensor:
+    """(R,) fractal noise in [0, 1] with features from `scale` down to scale / 16 (three octaves of noise4)."""
+    n = noise4(u, v, scale / 64, salt)
+    return n[:, 3] * 0.6 + n[:, 2] * 0.28 + n[:, 1] * 0.12
 
 
 def cell_hash(u: torch.Tensor, v: torch.Tensor, su: float, sv: float, salt: int) -> torch.Tensor:
@@ -212,11 +255,13 @@ def _smoothstep(e0: float, e1: float, x: torch.Tensor) -> torch.Tensor:
     return t * t * (3 - 2 * t)
 
 
-def _variant(base: torch.Tensor, salt: int) -> torch.Tensor:
-    """(R,) a value in [0, 1] fixed per primitive colour: per-building window layouts etc. (primitives carry
-    no id of their own; their base albedo is drawn per primitive, and parts of one object share it)."""
+def _variants(base: torch.Tensor) -> torch.Tensor:
+    """(R, 8) values in [0, 1) fixed per primitive colour: per-building window layouts etc. (primitives carry
+    no id of their own; their base albedo is drawn per primitive, and parts of one object share it).
+    One index per point, gathered from all eight tables at once."""
     q = (base * 4095).round().long()
-    return _hash2(q[:, 0] * 4096 + q[:, 2], q[:, 1], salt)
+    idx = (q[:, 1] & (_PERIOD - 1)) * (_PERIOD + 1) + ((q[:, 0] * 7 + q[:, 2]) & (_PERIOD - 1))
+    return _lattice()[:, 0].reshape(_TABLE_COUNT, -1).T[idx]
 
 
 def _t(x: np.ndarray | list[float]) -> torch.Tensor:
@@ -224,10 +269,6 @@ def _t(x: np.ndarray | list[float]) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- surfaces
-def _isin(material: torch.Tensor, ids: tuple[int, ...]) -> torch.Tensor:
-    return torch.isin(material, torch.tensor(ids, dtype=material.dtype))
-
-
 def _face_coords(p: torch.Tensor, normal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(u along the face, v up, dominant normal axis) of surface points (exact on axis-aligned faces)."""
     axis = normal.abs().argmax(dim=1)
@@ -243,69 +284,74 @@ class _Surf:
     p: torch.Tensor
     normal: torch.Tensor
     dist: torch.Tensor
+    variants: torch.Tensor | None = None  # (R, 8) per-primitive values, where a texture needs them
 
 
 def _ground(env: Environment, s: _Surf) -> tuple[torch.Tensor, torch.Tensor]:
     """Asphalt (grain, blotches, oil strip and wheel tracks, repair patches, cracks), worn lane paint, grass."""
-    off = _t(env.offset)
-    x, y = s.p[:, 0] + off[0], s.p[:, 1] + off[1]
+    x, y = s.p[:, 0] + float(env.offset[0]), s.p[:, 1] + float(env.offset[1])
     ay = s.p[:, 1].abs()
     near = 1 - _smoothstep(12.0, 30.0, s.dist)  # fine detail fades out where a pixel spans many cells
-    fine = value_noise(x, y, 0.12, 11)
-    mid = value_noise(x, y, 1.3, 12)
-    large = value_noise(x, y, 14.0, 13)
-    tone = 0.8 + 0.1 * mid + 0.18 * large + 0.12 * (fine - 0.5) * near
+    n = noise4(x, y, 0.15, 11)  # 0.15, 0.6, 2.4, 9.6 m
+    fine, mid, blot, large = n[:, 0], n[:, 1], n[:, 2], n[:, 3]
+    tone = 0.8 + 0.06 * mid + 0.1 * blot + 0.14 * large + 0.12 * (fine - 0.5) * near
     # Lanes are 3.5 m wide, centred at +-1.75 and +-5.25: a dark oil strip in the middle, polished wheel tracks.
     d = torch.remainder(ay, 3.5) - 1.75
-    oil = torch.exp(-(d / 0.3) ** 2) * (0.1 + 0.15 * mid) * env.wear
-    track = torch.exp(-((d.abs() - 0.85) / 0.22) ** 2) * 0.07 * env.wear
+    oil = torch.exp(-(d * (1 / 0.3)) ** 2) * (0.1 + 0.15 * blot) * env.wear
+    track = torch.exp(-((d.abs() - 0.85) * (1 / 0.22)) ** 2) * (0.07 * env.wear)
     tone = tone * (1 - oil + track)
     # Repair patches: a rectangle in some 6 m x 3.5 m cells, fresher (darker) asphalt with sharp edges.
-    cu, cv = torch.floor(x / 6.0), torch.floor(ay / 3.5)
-    h = _hash2(cu.long(), cv.long(), 14)
-    fx, fy = x / 6.0 - cu, ay / 3.5 - cv
-    a0, a1 = 0.1 + 0.3 * _hash2(cu.long(), cv.long(), 15), 0.55 + 0.4 * _hash2(cu.long(), cv.long(), 16)
-    patch = (h < env.patches) & (fx > a0) & (fx < a1) & (fy > 0.15) & (fy < 0.85) & (ay < 7.0)
-    tone = torch.where(patch, tone * (0.72 + 0.1 * _hash2(cu.long(), cv.long(), 17)), tone)
+    cu, cv = torch.floor(x * (1 / 6.0)), torch.floor(ay * (1 / 3.5))
+    ci, cj = cu.long(), cv.long()
+    fx, fy = x * (1 / 6.0) - cu, ay * (1 / 3.5) - cv
+    h = _hash2(ci, cj, 14)
+    patch = (h < env.patches) & (fx > 0.1 + 0.3 * _hash2(ci, cj, 15)) & (fx < 0.55 + 0.4 * _hash2(ci, cj, 16)) \
+        & (fy > 0.15) & (fy < 0.85) & (ay < 7.0)
+    tone = torch.where(patch, tone * (0.72 + 0.3 * (h - env.patches / 2)), tone)
     # Cracks: thin dark lines along an iso-contour of a noise field, where the road is worn.
-    crack = ((value_noise(x, y, 2.5, 18) - 0.5).abs() < 0.006) & (value_noise(x, y, 9.0, 19) < env.wear * 0.7)
-    tone = torch.where(crack & (near > 0.3), tone * 0.75, tone)
+    c = noise4(x, y, 0.65, 18)  # 0.65, 2.6, 10.4 m
+    crack = ((c[:, 1] - 0.5).abs() < 0.006) & (c[:, 2] < env.wear * 0.7) & (near > 0.3)
+    tone = torch.where(crack, tone * 0.75, tone)
     asphalt = tone[:, None] * _t(env.asphalt_rgb)
-    # Lane paint over asphalt, faded in worn places.
-    fade = (env.wear * 0.7 * _smoothstep(0.3, 0.8, value_noise(x, y * 4.0, 0.8, 20)))[:, None]
-    yellow = _t([0.8, 0.64, 0.18]) * (0.9 + 0.1 * mid)[:, None]
-    white = _t([0.86, 0.86, 0.84]) * (0.9 + 0.1 * mid)[:, None]
-    # Grass: green to dry, clumps and grain.
-    g1 = value_noise(x, y, 2.5, 21)
-    dry = (env.grass_dry * (0.5 + g1))[:, None].clamp(0, 1)
-    grass = (_t([0.2, 0.34, 0.1]) * (1 - dry) + _t([0.42, 0.38, 0.22]) * dry) \
-        * (0.75 + 0.35 * value_noise(x, y, 0.6, 22) + 0.15 * (fine - 0.5) * near)[:, None]
-    m = s.material[:, None]
-    col = torch.where(m == ASPHALT, asphalt, grass)
-    col = torch.where(m == LANE_YELLOW, yellow * (1 - fade) + asphalt * fade, col)
-    col = torch.where(m == LANE_WHITE, white * (1 - fade) + asphalt * fade, col)
+    m = s.material
+    col = asphalt
+    paint = (m == LANE_YELLOW) | (m == LANE_WHITE)
+    if paint.any():  # lane paint over asphalt, faded in worn places
+        fade = (env.wear * 0.7 * _smoothstep(0.3, 0.8, c[:, 0]))[:, None]
+        pc = torch.where((m == LANE_YELLOW)[:, None], _t([0.8, 0.64, 0.18]), _t([0.86, 0.86, 0.84]))
+        col = torch.where(paint[:, None], pc * (0.9 + 0.1 * mid)[:, None] * (1 - fade) + asphalt * fade, col)
+    grass = m == GRASS
+    if grass.any():  # green to dry, clumps and grain
+        dry = (env.grass_dry * (0.5 + blot))[:, None].clamp(0, 1)
+        gc = (_t([0.2, 0.34, 0.1]) * (1 - dry) + _t([0.42, 0.38, 0.22]) * dry) \
+            * (0.75 + 0.35 * mid + 0.25 * (fine - 0.5) * near)[:, None]
+        col = torch.where(grass[:, None], gc, col)
     return col, torch.zeros(len(col))
 
 
 def _windows(s: _Surf, u: torch.Tensor, v: torch.Tensor, side: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The building's window grid (layout from its variant): (window, frame, shop window, per-window value)."""
-    storey = 2.9 + 0.9 * _variant(s.base, 31)
-    bay = 1.9 + 1.7 * _variant(s.base, 32)
-    win_w = bay * (0.35 + 0.3 * _variant(s.base, 33))
-    win_h = storey * (0.42 + 0.2 * _variant(s.base, 34))
+    """The building's window grid (layout from its variants): (glass, frame, door, per-window value)."""
+    var = s.variants
+    storey = 2.9 + 0.9 * var[:, 0]
+    bay = 1.9 + 1.7 * var[:, 1]
+    win_w = bay * (0.35 + 0.3 * var[:, 2])
+    win_h = storey * (0.42 + 0.2 * var[:, 3])
     ground = storey * 1.2
-    shop = _variant(s.base, 35) < 0.5
-    uu = u + bay * _variant(s.base, 36)
-    fu = torch.remainder(uu, bay) - bay / 2  # centred in the bay
-    fv = torch.remainder(v - ground, storey) - storey * 0.33  # window bottom at a third of the storey
+    shop = var[:, 4] < 0.5
+    uu = u + bay * var[:, 5]
+    col_i = torch.floor(uu / bay)
+    fu = (uu - col_i * bay - bay / 2).abs()  # distance from the bay's centre
+    row = torch.floor((v - ground) / storey)
+    fv = v - ground - row * storey - storey * 0.33  # window bottom at a third of the storey
     upper = side & (v > ground)
-    win = upper & (fu.abs() < win_w / 2) & (fv > 0) & (fv < win_h)
-    frame = upper & ~win & (fu.abs() < win_w / 2 + 0.1) & (fv > -0.12) & (fv < win_h + 0.1)
-    shop_win = side & ~upper & shop & (v > 0.45) & (v < ground - 0.55) & (fu.abs() < bay / 2 - 0.15)
-    door = side & ~upper & ~shop & (fu.abs() < 0.55) & (v < 2.2) & (_hash2(torch.floor(uu / bay).long(),
-                                                                             torch.zeros_like(fu).long(), 37) < 0.35)
-    cell = _hash2(torch.floor(uu / bay).long(), torch.floor((v - ground) / storey).long(), 38)
+    win = upper & (fu < win_w / 2) & (fv > 0) & (fv < win_h)
+    frame = upper & ~win & (fu < win_w / 2 + 0.1) & (fv > -0.12) & (fv < win_h + 0.1)
+    lower = side & ~upper
+    shop_win = lower & shop & (v > 0.45) & (v < ground - 0.55) & (fu < bay / 2 - 0.15)
+    ci = col_i.long()
+    door = lower & ~shop & (fu < 0.55) & (v < 2.2) & (_hash2(ci, torch.zeros_like(ci), 37) < 0.35)
+    cell = _hash2(ci, row.long(), 38)
     return win | shop_win, frame, door, cell
 
 
@@ -313,43 +359,46 @@ def _facade(env: Environment, s: _Surf) -> tuple[torch.Tensor, torch.Tensor]:
     """Plaster, brick, concrete and curtain-wall facades with windows, frames, shop fronts, doors and grime."""
     u, v, axis = _face_coords(s.p, s.normal)
     side = axis != 2
-    near = 1 - _smoothstep(10.0, 25.0, s.dist)
     m = s.material
-    stain = value_noise(u * 3.0, v * 0.4, 1.0, 41)  # vertical streaks
+    s.variants = _variants(s.base)
+    n = noise4(u * 2.0, v * 0.5, 0.5, 41)  # streaky: 0.25 x 1 m, 1 x 4 m, 4 x 16 m, 16 x 64 m
     grime = 1 - 0.25 * (1 - _smoothstep(0.0, 0.6, v))  # dirt band at the foot of the wall
-    wall = s.base * ((0.88 + 0.2 * value_noise(u, v, 1.5, 42)) * (0.92 + 0.12 * stain) * grime)[:, None]
-    # Brick: per-brick tone, mortar joints (faded out with distance where they would alias).
-    near = 1 - _smoothstep(3.0, 8.0, s.dist)  # brick courses (7.5 cm) alias beyond a few metres
-    course = torch.floor(v / 0.075)
-    bu = u + 0.12 * torch.remainder(course, 2)
-    brick_tone = 0.85 + 0.3 * _hash2(torch.floor(bu / 0.24).long(), course.long(), 43)
-    mortar = ((torch.remainder(v, 0.075) < 0.012) | (torch.remainder(bu, 0.24) < 0.012)).float() * near
-    brick = wall * (1 + (brick_tone - 1) * near)[:, None] * (1 - mortar)[:, None] + _t([0.7, 0.68, 0.64]) \
-        * (0.85 * mortar)[:, None] + wall * (0.04 * (1 - near))[:, None]
-    # Concrete: panel joints on a storey x bay grid.
-    near = 1 - _smoothstep(10.0, 25.0, s.dist)
-    joint = ((torch.remainder(v, 3.0) < 0.04) | (torch.remainder(u, 2.4) < 0.04)) & (near > 0.2)
-    concrete = torch.where(joint[:, None], wall * 0.7, wall)
-    col = torch.where((m == FACADE_BRICK)[:, None], brick, wall)
-    col = torch.where((m == FACADE_CONCRETE)[:, None], concrete, col)
+    tone = (0.8 + 0.1 * n[:, 0] + 0.12 * n[:, 1] + 0.12 * n[:, 2]) * grime
+    col = s.base * tone[:, None]
+    brick = m == FACADE_BRICK
+    if brick.any():  # per-brick tone and mortar joints, faded out beyond a few metres (they would alias)
+        near = 1 - _smoothstep(3.0, 8.0, s.dist[brick])
+        ub, vb = u[brick], v[brick]
+        course = torch.floor(vb * (1 / 0.075))
+        bu = ub + 0.12 * torch.remainder(course, 2)
+        bt = 1 + 0.3 * (_hash2(torch.floor(bu * (1 / 0.24)).long(), course.long(), 43) - 0.5) * near
+        mortar = ((vb - course * 0.075 < 0.012) | (torch.remainder(bu, 0.24) < 0.012)).float() * near
+        cb = col[brick]
+        col[brick] = cb * (bt * (1 - mortar))[:, None] + _t([0.62, 0.6, 0.56]) * mortar[:, None]
+    concrete = (m == FACADE_CONCRETE) & side
+    if concrete.any():  # panel joints on a storey x bay grid
+        joint = (torch.remainder(v[concrete], 3.0) < 0.04) | (torch.remainder(u[concrete], 2.4) < 0.04)
+        col[concrete] = torch.where((joint & (s.dist[concrete] < 25.0))[:, None], col[concrete] * 0.7,
+                                    col[concrete])
     win, frame, door, cell = _windows(s, u, v, side)
     # Glass: dark interiors, some with light blinds or lit warmly; reflective (the gloss).
-    interior = _t([0.05, 0.06, 0.07]) + (cell > 0.75).float()[:, None] * _t([0.35, 0.33, 0.3]) * cell[:, None] \
+    interior = _t([0.05, 0.06, 0.07]) + ((cell > 0.75).float() * cell)[:, None] * _t([0.35, 0.33, 0.3]) \
         + (cell < 0.08).float()[:, None] * _t([0.45, 0.35, 0.2])
-    frame_col = torch.where((_variant(s.base, 39) < 0.6)[:, None], _t([0.85, 0.85, 0.82]), s.base * 0.6)
+    frame_col = torch.where((s.variants[:, 6] < 0.6)[:, None], _t([0.85, 0.85, 0.82]), s.base * 0.6)
     col = torch.where(frame[:, None], frame_col, col)
     col = torch.where(win[:, None], interior, col)
-    col = torch.where(door[:, None], _t([0.2, 0.14, 0.1]) * (0.8 + 0.4 * _variant(s.base, 40))[:, None], col)
+    col = torch.where(door[:, None], _t([0.2, 0.14, 0.1]) * (0.8 + 0.4 * s.variants[:, 7])[:, None], col)
     gloss = win.float() * 0.12
-    # Curtain wall: panes between thin mullions, strongly reflective.
-    cw = m == FACADE_GLASS
-    mull = (torch.remainder(u, 1.5) < 0.08) | (torch.remainder(v, 3.4) < 0.15)
-    pane = s.base * (0.8 + 0.3 * cell_hash(u, v, 1.5, 3.4, 44))[:, None]
-    col = torch.where((cw & side)[:, None], torch.where(mull[:, None], _t([0.55, 0.56, 0.58]), pane), col)
-    gloss = torch.where(cw & side & ~mull, torch.full_like(gloss, 0.25), gloss)
-    # Roofs (seen from upper floors' cameras, rarely): grey tar and gravel.
-    col = torch.where((axis == 2)[:, None], _t([0.3, 0.29, 0.28]) * (0.8 + 0.4 * value_noise(u, s.p[:, 1], 2.0, 45)
-                                                                     )[:, None], col)
+    cw = (m == FACADE_GLASS) & side
+    if cw.any():  # curtain wall: panes between thin mullions, strongly reflective
+        uc, vc = u[cw], v[cw]
+        mull = (torch.remainder(uc, 1.5) < 0.08) | (torch.remainder(vc, 3.4) < 0.15)
+        pane = s.base[cw] * (0.8 + 0.3 * cell_hash(uc, vc, 1.5, 3.4, 44))[:, None]
+        col[cw] = torch.where(mull[:, None], _t([0.55, 0.56, 0.58]), pane)
+        gloss[cw] = torch.where(mull, 0.0, 0.25)
+    roof = axis == 2
+    if roof.any():  # roofs (seen from high cameras, rarely): grey tar and gravel
+        col[roof] = _t([0.3, 0.29, 0.28]) * (0.8 + 0.4 * n[roof, 1])[:, None]
     return col, gloss
 
 
@@ -358,70 +407,72 @@ def _paving(env: Environment, s: _Surf) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = s.p[:, 0], s.p[:, 1]
     near = 1 - _smoothstep(8.0, 22.0, s.dist)
     a = env.paver
-    slab = 0.9 + 0.18 * cell_hash(x, y, a, a, 51) * near + 0.05
+    slab = 0.95 + 0.18 * (cell_hash(x, y, a, a, 51) - 0.5) * near
     joint = ((torch.remainder(x, a) < 0.025) | (torch.remainder(y, a) < 0.025)) & (near > 0.3)
     dirt = 0.82 + 0.25 * value_noise(x, y, 2.0, 52)
-    col = s.base * _t(env.paving_tint) * (slab * dirt)[:, None]
-    col = torch.where(joint[:, None], col * 0.7, col)
-    # The top face of the slab: the kerb side (vertical faces) is a little darker concrete.
-    col = torch.where((s.normal[:, 2].abs() < 0.5)[:, None], col * 0.85, col)
-    return col, torch.zeros(len(col))
+    # The kerb side (vertical faces) is a little darker than the top.
+    shade_ = torch.where(joint, 0.7, 1.0) * torch.where(s.normal[:, 2].abs() < 0.5, 0.85, 1.0)
+    return s.base * _t(env.paving_tint) * (slab * dirt * shade_)[:, None], torch.zeros(len(x))
 
 
 def _leafy(env: Environment, s: _Surf) -> tuple[torch.Tensor, torch.Tensor]:
-    """Canopies and hedges: clumps, dark gaps between them, hue variation."""
+    """Canopies and hedges: clumps, dark gaps between them, hue variation; skin: a faint mottle."""
     # Three axis-plane noises summed: a solid texture on curved canopies (no stripes along one direction).
-    scale = torch.where(s.material == HEDGE, torch.full_like(s.dist, 0.5), torch.ones_like(s.dist))
-    x, y, z = s.p[:, 0] / scale, s.p[:, 1] / scale, s.p[:, 2] / scale
-    clump = (value_noise(x, y, 0.45, 61) + value_noise(y, z, 0.45, 64) + value_noise(z, x, 0.45, 65)) / 3
-    grain = (value_noise(x + z, y, 0.13, 66) + value_noise(y - z, x, 0.13, 67)) / 2
-    gap = _smoothstep(0.32, 0.5, clump)
+    x, y, z = s.p[:, 0], s.p[:, 1], s.p[:, 2]
+    hedge = (s.material == HEDGE)[:, None]
+    a = torch.where(hedge, noise4(x, y, 0.06, 61), noise4(x, y, 0.12, 61)) if hedge.any() else noise4(x, y, 0.12, 61)
+    b = noise4(y, z, 0.12, 64)
+    c = noise4(z, x, 0.12, 65)
+    grain = (a[:, 0] + b[:, 0] + c[:, 0]) / 3  # 0.12 m
+    clump = (a[:, 1] + b[:, 1] + c[:, 1]) / 3  # 0.5 m
+    gap = _smoothstep(0.34, 0.5, clump)
     leaf = (0.45 + 0.5 * clump + 0.35 * grain) * (0.35 + 0.65 * gap)
-    a, b = x + z, y - z
-    hue = value_noise(x + y, z, 2.0, 62)[:, None]
+    hue = ((a[:, 2] + b[:, 2]) / 2)[:, None]  # 2 m
     tint = _t([1.1, 1.05, 0.7]) * hue + _t([0.9, 1.0, 1.15]) * (1 - hue)
     col = s.base * tint * leaf[:, None]
     skin = s.material == SKIN
-    col = torch.where(skin[:, None], s.base * (0.9 + 0.15 * value_noise(a, b, 0.2, 63))[:, None], col)
+    col = torch.where(skin[:, None], s.base * (0.9 + 0.15 * grain)[:, None], col)
     return col, torch.zeros(len(col))
 
 
-_GLOSS = {CAR_PAINT: 0.06, GLASS: 0.15, METAL: 0.05, SIGN: 0.03}
+# Specular reflectance at normal incidence (the Fresnel term rises to grazing angles).
+_GLOSS = torch.zeros(len(MATERIALS))
+for _m, _g in {CAR_PAINT: 0.06, GLASS: 0.15, METAL: 0.05, SIGN: 0.03, CAR_CABIN: 0.06}.items():
+    _GLOSS[_m] = _g
+# Mottle of plain materials: (mean, amplitude, octave of noise4 at 0.125 m: 0.125, 0.5, 2, 8 m).
+_MOTTLE = torch.tensor([[0.92, 0.16, 1]] * len(MATERIALS))
+for _m, _v in {BARK: (0.7, 0.5, 0), CLOTH: (0.85, 0.25, 0), CAR_PAINT: (0.97, 0.06, 2), KERB: (0.85, 0.2, 2),
+               TYRE: (1.0, 0.0, 0), GLASS: (1.0, 0.0, 0)}.items():
+    _MOTTLE[_m] = torch.tensor(_v)
+_FIXED = {TYRE: (0.05, 0.05, 0.055), GLASS: (0.05, 0.06, 0.07)}  # colours that do not come from the base
 
 
 def _plain(env: Environment, s: _Surf) -> tuple[torch.Tensor, torch.Tensor]:
     """Materials that are their base colour with a mottle: car paint, cloth, metal, bark, tyres, kerbs, signs."""
     u, v, axis = _face_coords(s.p, s.normal)
     m = s.material
-    mottle = 0.92 + 0.16 * value_noise(u, v, 0.5, 4)
-    bark = m == BARK
-    mottle = torch.where(bark, 0.7 + 0.5 * value_noise(u * 8.0, v * 0.7, 1.0, 71), mottle)
-    cloth = m == CLOTH
-    mottle = torch.where(cloth, 0.85 + 0.25 * value_noise(u, v, 0.25, 72), mottle)
-    paint = m == CAR_PAINT
-    mottle = torch.where(paint, 0.97 + 0.06 * value_noise(u, v, 0.8, 73), mottle)
+    n = noise4(u, v, 0.125, 4)
+    mot = _MOTTLE[m]
+    mottle = mot[:, 0] + mot[:, 1] * n.gather(1, mot[:, 2:].long()).squeeze(1)
     col = s.base * mottle[:, None]
-    col = torch.where((m == TYRE)[:, None], _t([0.05, 0.05, 0.055]), col)
-    col = torch.where((m == GLASS)[:, None], _t([0.05, 0.06, 0.07]), col)
-    col = torch.where((m == KERB)[:, None], s.base * (0.85 + 0.2 * value_noise(u, v, 0.9, 74))[:, None], col)
-    gloss = torch.zeros(len(col))
-    for mid, g in _GLOSS.items():
-        gloss = torch.where(m == mid, torch.full_like(gloss, g), gloss)
+    for mid, rgb in _FIXED.items():
+        col = torch.where((m == mid)[:, None], _t(rgb), col)
+    gloss = _GLOSS[m]
     # A cabin: the roof in the body colour, the sides glass.
     cabin_side = (m == CAR_CABIN) & (axis != 2)
     col = torch.where(cabin_side[:, None], _t([0.05, 0.06, 0.07]), col)
-    gloss = torch.where(m == CAR_CABIN, torch.where(cabin_side, 0.15, 0.06), gloss)
+    gloss = torch.where(cabin_side, 0.15, gloss)
     return col, gloss
 
 
-_GROUND = (ASPHALT, GRASS, LANE_YELLOW, LANE_WHITE)
-_GROUPS = (
-    (_GROUND, _ground),
-    ((FACADE_PLASTER, FACADE_BRICK, FACADE_CONCRETE, FACADE_GLASS), _facade),
-    ((PAVING,), _paving),
-    ((LEAVES, HEDGE, SKIN), _leafy),
-    ((KERB, GLASS, CAR_PAINT, CAR_CABIN, TYRE, BARK, METAL, CLOTH, SIGN), _plain),
-)
+_SURFACES = (_ground, _facade, _paving, _leafy, _plain)
+# Material id -> index into _SURFACES (-1: keep the base albedo).
+_GROUP = torch.full((len(MATERIALS),), -1, dtype=torch.long)
+for _i, _ids in enumerate(((ASPHALT, GRASS, LANE_YELLOW, LANE_WHITE),
+                           (FACADE_PLASTER, FACADE_BRICK, FACADE_CONCRETE, FACADE_GLASS),
+                           (PAVING,), (LEAVES, HEDGE, SKIN),
+                           (KERB, GLASS, CAR_PAINT, CAR_CABIN, TYRE, BARK, METAL, CLOTH, SIGN))):
+    _GROUP[list(_ids)] = _i
 
 
 def surface(env: Environment, material: torch.Tensor, base: torch.Tensor, point: torch.Tensor,
@@ -431,44 +482,50 @@ def surface(env: Environment, material: torch.Tensor, base: torch.Tensor, point:
     Each material's texture is evaluated only on its own points; unknown ids keep their base albedo."""
     out = base.clone()
     gloss = torch.zeros(len(base))
-    for ids, fn in _GROUPS:
-        m = _isin(material, ids)
-        if not m.any():
+    group = _GROUP[material.clamp(0, len(MATERIALS) - 1)]
+    for i, fn in enumerate(_SURFACES):
+        idx = torch.nonzero(group == i).squeeze(1)
+        if not idx.numel():
             continue
-        col, g = fn(env, _Surf(material[m], base[m], point[m], normal[m], dist[m]))
-        out[m] = col
-        gloss[m] = g
-    return out.clamp(0, 1), gloss
+        col, g = fn(env, _Surf(material[idx], base[idx], point[idx], normal[idx], dist[idx]))
+        out[idx] = col
+        gloss[idx] = g
+    return out.clamp_(0, 1), gloss
 
 
 # ---------------------------------------------------------------------------------------------- light
 def sky_colour(env: Environment, unit: torch.Tensor, clouds: bool = True) -> torch.Tensor:
     """(R, 3) the sky seen along unit directions: gradient, sun glow and disc, clouds; haze colour below."""
     dz = unit[:, 2]
-    elev = dz.clamp(min=0.0) ** 0.5
-    sky = _t(env.sky_horizon) * (1 - elev[:, None]) + _t(env.sky_zenith) * elev[:, None]
+    elev = dz.clamp(min=0.0).sqrt()
+    horizon, zenith = _t(env.sky_horizon), _t(env.sky_zenith)
+    sky = horizon + (zenith - horizon) * elev[:, None]
     sun = _t(env.sun)
     cosg = (unit @ sun).clamp(min=0.0)
+    c8 = cosg.square().square().square()
+    c128 = c8.square().square().square().square()
     clear = 1 - 0.8 * env.cloud_cover
     sun_rgb = _t(env.sun_rgb) / float(max(env.sun_rgb.max(), 1e-3))
-    sky = sky + sun_rgb * (0.18 * cosg ** 8 + 0.35 * cosg ** 128)[:, None] * clear
+    sky = sky + sun_rgb * ((0.18 * c8 + 0.35 * c128) * clear)[:, None]
     if clouds and env.cloud_cover > 0:
-        up = dz > 0.005
-        if up.any():
+        up = torch.nonzero(dz > 0.005).squeeze(1)
+        if up.numel():
             d = unit[up]
             k = CLOUD_HEIGHT / d[:, 2]
-            cx, cy = d[:, 0] * k + env.offset[0], d[:, 1] * k + env.offset[1]
-            dens = fbm(cx, cy, env.cloud_scale, 4, 81)
+            cx, cy = d[:, 0] * k + float(env.offset[0]), d[:, 1] * k + float(env.offset[1])
+            n = noise4(cx, cy, env.cloud_scale / 64, 81)
+            dens = n[:, 3] * 0.68 + n[:, 2] * 0.32
             edge = 1 - env.cloud_cover
-            c = _smoothstep(edge - 0.12, edge + 0.12, dens)
-            # Near the horizon the layer's cells shrink below a pixel: fade to the mean cover (no sparkle).
-            far = _smoothstep(0.02, 0.12, d[:, 2])
-            c = c * far + env.cloud_cover * 0.8 * (1 - far)
-            lit = 0.8 + 0.2 * fbm(cx + 40 * sun[0], cy + 40 * sun[1], env.cloud_scale * 0.5, 2, 82) \
-                + 0.15 * cosg[up] ** 4
-            cloud = _t(env.cloud_rgb) * lit[:, None] * (1 - 0.25 * _smoothstep(0.6, 1.0, dens))[:, None]
-            sky[up] = sky[up] * (1 - c[:, None]) + cloud * c[:, None]
-    return torch.where((dz > 0)[:, None], sky, _t(env.haze_rgb).expand_as(sky))
+            c = _smoothstep(edge - 0.1, edge + 0.15, dens)
+            # Near the horizon the layer's cells shrink towards a pixel: fade to the mean cover (no sparkle).
+            far = _smoothstep(0.03, 0.3, d[:, 2])
+            c = c * far + env.cloud_cover * 0.7 * (1 - far)
+            # Thicker parts darker underneath; the side towards the sun brighter.
+            lit = (0.88 + 0.25 * (n[:, 3] - n[:, 2]) * far + 0.12 * c8[up].sqrt()) \
+                * (1 - 0.2 * _smoothstep(0.65, 1.0, dens))
+            cloud = _t(env.cloud_rgb) * lit[:, None]
+            sky[up] = sky[up] + (cloud - sky[up]) * c[:, None]
+    return torch.where((dz > 0)[:, None], sky, _t(env.haze_rgb))
 
 
 def shade(town: Town, hits: Hits, dirs: torch.Tensor, lit: torch.Tensor | None = None) -> torch.Tensor:
@@ -476,28 +533,25 @@ def shade(town: Town, hits: Hits, dirs: torch.Tensor, lit: torch.Tensor | None =
 
     Sky light + the sun (times `lit` (R,) bool, which hit points see the sun; None: all) on the textured
     albedo, a sky reflection on glossy surfaces, haze with distance; the sky where nothing is hit.
+    Computed on whole arrays (sky rays have material 0: no texture, their colour replaced at the end).
     """
     env: Environment = getattr(town, "env", None) or Environment(sun=np.asarray(town.sun, float))
-    norm = dirs.norm(dim=1, keepdim=True)
-    unit = dirs / norm
+    norm = dirs.norm(dim=1)
     hit = hits.kind > 0
-    out = sky_colour(env, unit)
-    if not hit.any():
-        return out.clamp(0, 1)
-    n = hits.normal[hit]
-    u = unit[hit]
-    dist = hits.t[hit] * norm[hit, 0]
-    albedo, gloss = surface(env, hits.material[hit], hits.albedo[hit], hits.point[hit], n, dist)
+    dist = torch.where(hit, hits.t, 0.0) * norm
+    n = hits.normal
+    albedo, gloss = surface(env, torch.where(hit, hits.material, 0), hits.albedo, hits.point, n, dist)
     sun = _t(env.sun)
-    lambert = (n @ sun).clamp(min=0.0)
+    lambert = (n @ sun).clamp_(min=0.0)
     if lit is not None:
-        lambert = lambert * lit[hit].to(lambert.dtype)
+        lambert = lambert * lit.to(lambert.dtype)
     # Sky light, most from above; vertical and downward faces also get light bounced off the street.
-    ambient = (0.75 + 0.25 * n[:, 2])[:, None] * _t(env.sky_rgb) + (0.12 * (1 - n[:, 2]))[:, None]
-    col = albedo * (ambient + lambert[:, None] * _t(env.sun_rgb))
-    g = gloss > 0
-    if g.any():
-        ng, ug = n[g], u[g]
+    nz = n[:, 2:3]
+    light = (0.75 + 0.25 * nz) * _t(env.sky_rgb) + 0.12 * (1 - nz) + lambert[:, None] * _t(env.sun_rgb)
+    col = albedo.mul_(light)
+    g = torch.nonzero(gloss > 0).squeeze(1)
+    if g.numel():
+        ng, ug = n[g], dirs[g] / norm[g, None]
         cos_i = -(ug * ng).sum(1)
         refl = ug + 2 * cos_i[:, None] * ng
         # Schlick's Fresnel term, halved at grazing angles: street surfaces are dusty, not mirrors.
@@ -507,7 +561,11 @@ def shade(town: Town, hits: Hits, dirs: torch.Tensor, lit: torch.Tensor | None =
         env_col = sky_colour(env, refl, clouds=False) * down + _t([0.18, 0.18, 0.19]) * (1 - down)
         spec = (refl @ sun).clamp(min=0.0) ** 300 * 4.0 * (lambert[g] > 0).float()
         col[g] = col[g] * (1 - fres[:, None]) + fres[:, None] * (env_col + spec[:, None] * _t(env.sun_rgb))
-    haze = (1 - torch.exp(-dist / env.haze_dist))[:, None]
-    scatter = _t(env.haze_rgb) * (1 + 0.15 * ((u @ sun).clamp(min=0.0) ** 4))[:, None]
-    out[hit] = col * (1 - haze) + scatter * haze
-    return out.clamp(0, 1)
+    haze = 1 - torch.exp(dist * (-1.0 / env.haze_dist))
+    c4 = ((dirs @ sun) / norm).clamp_(min=0.0).square_().square_()
+    scatter = _t(env.haze_rgb) * (1 + 0.15 * c4)[:, None]
+    col += (scatter - col) * haze[:, None]
+    sky = torch.nonzero(~hit).squeeze(1)
+    if sky.numel():
+        col[sky] = sky_colour(env, dirs[sky] / norm[sky, None])
+    return col.clamp_(0, 1)
