@@ -1181,6 +1181,27 @@ def tools_timing(ctx: Context) -> str:
     return join(table(["tool", "command", "measured", "data"], rows), ctx.source(TOOLS))
 
 
+BAG2NUSC = RESULTS + "bag2nusc_roundtrip.json"
+
+
+@generator("bag2nusc_roundtrip", reads=[BAG2NUSC])
+def bag2nusc_roundtrip(ctx: Context) -> str:
+    d = ctx.load(BAG2NUSC)
+    rows = []
+    for name, r in dig(d, "sources").items():
+        pose = f"{r['ego_pose_max_diff']:.1e}"
+        if r["shared_stamp_ego_pose_spread"] > 0:  # DDAD: a TF tree holds one of the cameras' poses per stamp
+            pose += (f" (the bag's TF pose: {r['ego_pose_max_diff_to_bag_tf']:.1e}; the source's cameras of one stamp"
+                     f" disagree by {r['shared_stamp_ego_pose_spread'] * 1000:.1f} mm)")
+        rows.append([name, f"{r['records_back']} / {r['records']}", f"{r['extrinsic_max_diff']:.1e}",
+                     f"{r['intrinsics_max_diff']:.1e}", pose, f"{r['images_same_bytes']} / {r['images']}",
+                     f"{r['sweeps_same_points']} / {r['sweeps']} ({r['lidar_points']:,} points)",
+                     f"{r['nusc2bag_s']:.1f} / {r['bag2nusc_s']:.1f} s"])
+    header = ["source", "records back", "extrinsic max diff", "K max diff", "ego pose max diff (m, rotation)",
+              "JPEG bytes unchanged", "LiDAR sweeps unchanged", "nusc2bag / bag2nusc"]
+    return join(table(header, rows), ctx.source(BAG2NUSC))
+
+
 @generator("demo_run", reads=[DEMO])
 def demo_run(ctx: Context) -> str:
     d = ctx.load(DEMO)
