@@ -16,7 +16,7 @@ from conftest import REPO
 
 pytestmark = pytest.mark.slow
 
-EXECUTABLES = ("perception_node", "rig_monitor", "dataroot_publisher", "nusc2bag", "play", "nusc_sample")
+EXECUTABLES = ("perception_node", "rig_monitor", "dataroot_publisher", "nusc2bag", "bag2nusc", "play", "nusc_sample")
 # What the package build needs of the source tree (docs, benchmarks and build outputs stay behind).
 COPY_IGNORE = shutil.ignore_patterns(".venv", "build", "install", "log", ".git", "demo_out", "runs", "docs",
                                      "benchmarks", "__pycache__", "*.egg-info", ".pytest_cache", ".ruff_cache")
