@@ -321,6 +321,9 @@ def test_what_cannot_be_used_is_skipped_with_the_reason_or_refused(tmp_path, cap
     # no pose source: every stamp skipped, the error lists why
     with pytest.raises(Bag2NuscError, match=r"(?s)no keyframe.*no TF at that stamp.*'odom' has not been received"):
         convert(tmp_path / "bag", tmp_path / "out", Options(**{**RIG_OPTIONS, "odometry_topic": ""}))
+    no_info = Options(**{**RIG_OPTIONS, "camera_info_topic_format": "/{camera}/no"})
+    with pytest.raises(Bag2NuscError, match=r"(?s)no keyframe.*CameraInfo of cam0 never seen: e.g. nothing on /cam0/"):
+        convert(tmp_path / "bag", tmp_path / "out", no_info)
     with pytest.raises(Bag2NuscError, match=r"topics \['/cam0/image_rect_compressed'"):
         convert(tmp_path / "bag", tmp_path / "out", Options(cameras=RIG))
     with pytest.raises(Bag2NuscError, match=r"has type \['sensor_msgs/msg/Image'\].*--compressed false"):
