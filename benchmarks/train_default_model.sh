@@ -1,72 +1,102 @@
 #!/usr/bin/env bash
-# Reproduce the bundled model (models/default) as shipped, both stages, into a NEW directory:
-#   stage 1: the `small` model trained for a wall-clock budget (shipped: 28 min on 2 CPU cores, 1615 steps) on
-#            16 x 8 synthetic keyframes (seed 101), configs/train/train_default.yaml          -> OUT/stage1/
-#   stage 2: from stage 1's weights, 6000 steps of oracle-feature distillation on 8 x 8 keyframes (seed 101)
-#            through benchmarks/semantic_oracle.py (shipped: 244 s on an H200; hours on a CPU)  -> OUT/default/
-# each evaluated on the held-out 2 x 4 keyframes (seed 999, other towns) into its eval.json.
+# The bundled model's recipe (issue 24), into a NEW directory; each variant is one run directory of OUT:
+#   data:    OUT/train   synthetic keyframes of the new world (seed 101, --scenes x --frames, 456x256, --synth-args)
+#            OUT/heldout the held-out set (seed 999, 2 x 4 keyframes, other towns, same --synth-args)
+#   world    OUT/world    the `small` model from scratch, configs/train/train_default.yaml (stage 1, FPN only)
+#   frozen   OUT/frozen   the same with the frozen 2D branch (train_default_frozen2d.yaml, encoder.frozen_2d)
+#   distill  OUT/default  from OUT/frozen (or --distill-init): + distillation from the segmenter teacher
+#                         (distillnerf-cache-features --teacher segmenter on OUT/train; its sky also gives the
+#                         115 m sky depth target), the 64-ch feature head started fresh as the 20-ch one
+# Stage-1 variants train without a sky mask (--sky-mask none), so that only the distillation stage uses the
+# segmenter's labels. Each variant is evaluated on OUT/heldout into its eval.json; benchmarks/world_transfer.py
+# scores the variants on the real frames.
 #
-#   benchmarks/train_default_model.sh OUT [--stage 1|2|both] [--minutes 28] [--stage2-steps 6000]
-#                                         [--stage2-minutes 720] [--init STAGE1.safetensors] [--install]
+#   benchmarks/train_default_model.sh OUT [--variants world,frozen,distill] [--minutes 28]
+#       [--distill-minutes 28] [--max-steps N] [--synth-args "--rig random --look realistic"] [--scenes 16]
+#       [--frames 8] [--segmenter-width 1024] [--distill-init CKPT] [--distill-init-fresh feature_head]
+#       [--threads N] [--install]
 #
-# --stage 2 alone starts from --init (default: the shipped stage-1 weights, models/stage1/model.safetensors).
-# Nothing under models/ is written unless --install is given (then OUT/default replaces models/default).
+# --distill-init CKPT skips the frozen stage: e.g. the old bundled model (64-ch oracle head, no frozen branch):
+#   --distill-init models/default/model.safetensors --distill-init-fresh feature_head,encoder.frozen_2d,encoder.fuse
+# --max-steps caps every training (a quick check of the recipe). Nothing under models/ is written unless
+# --install (then OUT/default replaces models/default and OUT/frozen models/stage1).
 set -euo pipefail
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [ $# -ge 1 ] || usage
+case $1 in -*) usage ;; esac
 OUT=$1; shift
-STAGE=both; MINUTES=28; STEPS2=6000; MINUTES2=720; INIT=""; INSTALL=0
+VARIANTS=world,frozen,distill; MINUTES=28; MINUTES2=28; MAX_STEPS=""; SYNTH_ARGS="--rig random --look realistic"
+SCENES=16; FRAMES=8; SEG_WIDTH=1024; DINIT=""; DFRESH=feature_head; THREADS=""; INSTALL=0
 while [ $# -gt 0 ]; do
   case $1 in
-    --stage) STAGE=$2; shift 2 ;;
+    --variants) VARIANTS=$2; shift 2 ;;
     --minutes) MINUTES=$2; shift 2 ;;
-    --stage2-steps) STEPS2=$2; shift 2 ;;
-    --stage2-minutes) MINUTES2=$2; shift 2 ;;
-    --init) INIT=$2; shift 2 ;;
+    --distill-minutes) MINUTES2=$2; shift 2 ;;
+    --max-steps) MAX_STEPS=$2; shift 2 ;;
+    --synth-args) SYNTH_ARGS=$2; shift 2 ;;
+    --scenes) SCENES=$2; shift 2 ;;
+    --frames) FRAMES=$2; shift 2 ;;
+    --segmenter-width) SEG_WIDTH=$2; shift 2 ;;
+    --distill-init) DINIT=$2; shift 2 ;;
+    --distill-init-fresh) DFRESH=$2; shift 2 ;;
+    --threads) THREADS=$2; shift 2 ;;
     --install) INSTALL=1; shift ;;
     *) echo "train_default_model.sh: unknown option $1" >&2; usage ;;
   esac
 done
-case $STAGE in 1|2|both) ;; *) echo "train_default_model.sh: --stage must be 1, 2 or both" >&2; exit 2 ;; esac
+for v in ${VARIANTS//,/ }; do
+  case $v in world|frozen|distill) ;; *) echo "train_default_model.sh: unknown variant $v (world, frozen, distill)" >&2; exit 2 ;; esac
+done
+has() { case ",$VARIANTS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-$REPO/.venv/bin/python}
 [ -x "$PY" ] || PY=python
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 case $OUT/ in "$REPO"/models/*) echo "train_default_model.sh: OUT must not be inside models/ (use --install)" >&2; exit 2 ;; esac
+if [ -n "$DINIT" ]; then DINIT=$(cd "$(dirname "$DINIT")" && pwd)/$(basename "$DINIT"); fi
 cd "$REPO"
-THREADS=$(nproc)
+THREADS=${THREADS:-$(nproc)}
+STEPS_OPT=(); [ -n "$MAX_STEPS" ] && STEPS_OPT=(--max-steps "$MAX_STEPS")
+read -r -a SYNTH <<< "$SYNTH_ARGS"
+run() { echo "+ $*" >&2; "$@"; }
 
-[ -f "$OUT/heldout/v1.0-synthetic/sample.json" ] || \
-  $PY -m distillnerf_core.cli.synth --out "$OUT/heldout" --scenes 2 --frames 4 --seed 999 --width 456 --height 256 --quiet
-
-evaluate() {  # evaluate MODEL_DIR: the bundled model's held-out protocol into MODEL_DIR/eval.json
-  $PY -m distillnerf_core.cli.eval --checkpoint "$1/model.safetensors" --dataroot "$OUT/heldout" \
-    --version v1.0-synthetic --json "$1/eval.json" --threads "$THREADS"
+synth() {  # synth DIR SEED SCENES FRAMES: a dataroot of the new world (kept when complete)
+  [ -f "$1/v1.0-synthetic/sample.json" ] || run "$PY" -m distillnerf_core.cli.synth --out "$1" --seed "$2" \
+    --scenes "$3" --frames "$4" --width 456 --height 256 "${SYNTH[@]}" --quiet
+}
+evaluate() {  # evaluate RUN_DIR: the held-out protocol into RUN_DIR/eval.json
+  run "$PY" -m distillnerf_core.cli.eval --checkpoint "$1/model.safetensors" --dataroot "$OUT/heldout" \
+    --version v1.0-synthetic --json "$1/eval.json" --threads "$THREADS" --no-progress
+}
+train() {  # train CONFIG RUN_DIR MINUTES [extra distillnerf-train options]
+  local config=$1 dir=$2 minutes=$3; shift 3
+  run "$PY" -m distillnerf_core.cli.train --config "$config" --dataroot "$OUT/train" --version v1.0-synthetic \
+    --out "$dir" --max-minutes "$minutes" "${STEPS_OPT[@]}" --threads "$THREADS" --no-progress "$@"
+  evaluate "$dir"
 }
 
-if [ "$STAGE" != 2 ]; then
-  [ -f "$OUT/train/v1.0-synthetic/sample.json" ] || \
-    $PY -m distillnerf_core.cli.synth --out "$OUT/train" --scenes 16 --frames 8 --seed 101 --width 456 --height 256 --quiet
-  $PY -m distillnerf_core.cli.train --config train_default --dataroot "$OUT/train" --version v1.0-synthetic \
-    --out "$OUT/stage1" --max-minutes "$MINUTES" --threads "$THREADS"
-  evaluate "$OUT/stage1"
-  INIT=${INIT:-$OUT/stage1/model.safetensors}
-fi
+synth "$OUT/heldout" 999 2 4
+synth "$OUT/train" 101 "$SCENES" "$FRAMES"
+printf '{"synth_args": "%s", "train": "seed 101, %s x %s keyframes, 456x256", "heldout": "seed 999, 2 x 4 keyframes, 456x256", "segmenter_width": %s}\n' \
+  "$SYNTH_ARGS" "$SCENES" "$FRAMES" "$SEG_WIDTH" > "$OUT/recipe.json"
 
-if [ "$STAGE" != 1 ]; then
-  INIT=${INIT:-$REPO/models/stage1/model.safetensors}
-  WORKERS=$(( THREADS > 6 ? 6 : THREADS ))
-  $PY benchmarks/semantic_oracle.py --work "$OUT/stage2" --init "$INIT" --max-steps "$STEPS2" \
-    --minutes "$MINUTES2" --threads "$THREADS" --workers "$WORKERS" --no-progress --reuse \
-    --json "$OUT/stage2/semantic_oracle.json"
-  mkdir -p "$OUT/default"
-  cp "$OUT/stage2/run/model.safetensors" "$OUT/stage2/run/model.json" "$OUT/stage2/run/train_config.json" \
-     "$OUT/stage2/run/train_summary.json" "$OUT/default/"
-  evaluate "$OUT/default"
+has world && train train_default "$OUT/world" "$MINUTES" --sky-mask none
+has frozen && train train_default_frozen2d "$OUT/frozen" "$MINUTES" --sky-mask none
+if has distill; then
+  INIT=${DINIT:-$OUT/frozen/model.safetensors}
+  [ -f "$INIT" ] || { echo "train_default_model.sh: distill starts from $INIT, which does not exist (run the frozen variant or give --distill-init)" >&2; exit 2; }
+  run "$PY" -m distillnerf_core.cli.cache_features --dataroot "$OUT/train" --version v1.0-synthetic \
+    --teacher segmenter --segmenter-width "$SEG_WIDTH" --threads "$THREADS" --no-progress
+  train train_default_frozen2d "$OUT/default" "$MINUTES2" --features segmenter --init "$INIT" \
+    --init-fresh "$DFRESH"
   if [ "$INSTALL" = 1 ]; then
     cp "$OUT/default/"{model.safetensors,model.json,train_config.json,train_summary.json,eval.json} models/default/
     echo "installed $OUT/default into models/default"
+    if [ -z "$DINIT" ]; then
+      cp "$OUT/frozen/"{model.safetensors,model.json,train_config.json,train_summary.json,eval.json} models/stage1/
+      echo "installed $OUT/frozen into models/stage1"
+    fi
   fi
 fi
 echo "done: $OUT"

@@ -17,7 +17,7 @@ from distillnerf_core.training.features import load_init_weights
 from distillnerf_core.training.losses import DistillNeRFLoss
 from distillnerf_core.training.trainer import TrainStep, optimizer_step
 
-CAMERAS = 2
+CAMERAS = 1  # the cost is per op, not per pixel: one camera keeps these tests cheap
 
 
 def _config(frozen: bool = True) -> ModelConfig:
