@@ -11,15 +11,17 @@
 # segmenter's labels. Each variant is evaluated on OUT/heldout into its eval.json; benchmarks/world_transfer.py
 # scores the variants on the real frames.
 #
-#   benchmarks/train_default_model.sh OUT [--variants world,frozen,distill] [--minutes 28]
+#   benchmarks/train_default_model.sh OUT [--variants world,frozen,distill|data] [--minutes 28]
 #       [--distill-minutes 28] [--max-steps N] [--synth-args "--rig random --look realistic"] [--scenes 16]
 #       [--frames 8] [--segmenter-width 1024] [--distill-init CKPT] [--distill-init-fresh feature_head]
 #       [--threads N] [--install]
 #
 # --distill-init CKPT skips the frozen stage: e.g. the old bundled model (64-ch oracle head, no frozen branch):
 #   --distill-init models/default/model.safetensors --distill-init-fresh feature_head,encoder.frozen_2d,encoder.fuse
-# --max-steps caps every training (a quick check of the recipe). Nothing under models/ is written unless
-# --install (then OUT/default replaces models/default and OUT/frozen models/stage1).
+# --max-steps caps every training (a quick check of the recipe). --variants data only writes the data (the two
+# sets in parallel), so that variants can then train side by side (e.g. `--variants world` and `--variants
+# frozen,distill` at --threads 1 each on two cores). Nothing under models/ is written unless --install (then
+# OUT/default replaces models/default and OUT/frozen models/stage1).
 set -euo pipefail
 usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [ $# -ge 1 ] || usage
@@ -45,7 +47,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 for v in ${VARIANTS//,/ }; do
-  case $v in world|frozen|distill) ;; *) echo "train_default_model.sh: unknown variant $v (world, frozen, distill)" >&2; exit 2 ;; esac
+  case $v in world|frozen|distill|data) ;; *) echo "train_default_model.sh: unknown variant $v (world, frozen, distill, data)" >&2; exit 2 ;; esac
 done
 has() { case ",$VARIANTS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -76,13 +78,15 @@ train() {  # train CONFIG RUN_DIR MINUTES [extra distillnerf-train options]
   evaluate "$dir"
 }
 
-synth "$OUT/heldout" 999 2 4
+synth "$OUT/heldout" 999 2 4 & HELDOUT=$!  # one thread each (the renderer's fastest): both sets side by side
 synth "$OUT/train" 101 "$SCENES" "$FRAMES"
+wait "$HELDOUT"
 printf '{"synth_args": "%s", "train": "seed 101, %s x %s keyframes, 456x256", "heldout": "seed 999, 2 x 4 keyframes, 456x256", "segmenter_width": %s}\n' \
   "$SYNTH_ARGS" "$SCENES" "$FRAMES" "$SEG_WIDTH" > "$OUT/recipe.json"
 
 has world && train train_default "$OUT/world" "$MINUTES" --sky-mask none
 has frozen && train train_default_frozen2d "$OUT/frozen" "$MINUTES" --sky-mask none
+if has data; then echo "data written: $OUT/train $OUT/heldout"; fi
 if has distill; then
   INIT=${DINIT:-$OUT/frozen/model.safetensors}
   [ -f "$INIT" ] || { echo "train_default_model.sh: distill starts from $INIT, which does not exist (run the frozen variant or give --distill-init)" >&2; exit 2; }
