@@ -12,6 +12,11 @@
 # 6. the training data loader's samples/s with 1 and 8 workers on a nuScenes-sized synthetic dataroot (6 x
 #    1600x900 JPEG + LiDAR; full and DCT-reduced decode) against the 55 ms paper step -> loader_throughput.json
 #    (issue 26 item 4; CPU work, the GPU box's cores)
+# 6b. the realistic load (issue 26 item 1): distillnerf-bench --scene realistic, paper + small, infer + train,
+#    fp32 + bf16, on the bundled real keyframe with trained weights (small: the bundled model; paper: 100 Adam
+#    steps on the keyframe first) -> bench_*_realistic.json
+# 6c. host syncs of the no-grad render (issue 26 item 2) under torch.cuda.set_sync_debug_mode("error"),
+#    tiny + paper -> render_sync.json
 # 7. summary.md from all of the above; then every file (per-run JSON, profiler tables, logs log_*.txt) is
 #    packed into results.tar.gz and every JSON merged into results.json: OUTDIR holds those three files
 # GPU_CHECK_QUICK=1 (or no CUDA): a dry run on the CPU: tiny config only, 2 iterations, fp32 + bf16 (no
@@ -31,8 +36,8 @@ fi
 [ -n "$PY" ] || { echo "no python with torch found (set PYTHON=...)"; exit 1; }
 echo "python: $(command -v "$PY")"
 START=$(date +%s)
-TOTAL_LIMIT=${GPU_CHECK_LIMIT_S:-325}  # the whole script stays under 6 minutes, kill grace included (265 + 60 for
-# the loader step of issue 26)
+TOTAL_LIMIT=${GPU_CHECK_LIMIT_S:-425}  # the whole script stays under 7.5 minutes, kill grace included (265 + 60
+# for the loader step of issue 26, + 70 for the realistic bench, + 30 for the render sync check)
 step() {  # step NAME TIMEOUT_S CMD...: run with a time limit, log to OUT/log_NAME.txt, never abort the script
   local name=$1 limit=$2; shift 2
   local left=$(( TOTAL_LIMIT - ($(date +%s) - START) ))
@@ -77,14 +82,16 @@ if [ "${GPU_CHECK_QUICK:-0}" = 1 ] || ! "$PY" -c 'import torch, sys; sys.exit(0 
   DEV=cpu; CONFIGS="tiny"; PRECS="fp32 bf16"; QUICK=--quick; KF_PRECS=fp32; KF_ITERS=1; KF_WARM=0; PROF=tiny
   COMPILE_CONFIGS=tiny; COMPILE_PRECS=fp32; COMPILE_MODES=infer
   LOADER_ARGS="--scenes 1 --frames 2 --workers 1,2 --samples 8 --cost-samples 2"
+  REAL_CONFIGS=tiny; REAL_PRECS=fp32; FIT_STEPS=2; SYNC_CONFIGS=tiny
 else
   DEV=cuda; CONFIGS="paper small tiny"; PRECS="fp32 bf16 fp16"; QUICK=; KF_PRECS=$PRECS; KF_ITERS=20; KF_WARM=3
   COMPILE_CONFIGS=paper; COMPILE_PRECS="fp32 bf16"; COMPILE_MODES="infer train"
   PROF=paper
   LOADER_ARGS="--scenes 1 --frames 4 --workers 1,8 --samples 64 --cost-samples 8"
+  REAL_CONFIGS="paper small"; REAL_PRECS="fp32 bf16"; FIT_STEPS=100; SYNC_CONFIGS="tiny paper"
 fi
-# Limits: 60 + 135 + 40 + 60 + 2 x 25 + 105 + 45 + 10 + 15 s, but no step runs past TOTAL_LIMIT (325 s) and the
-# pack adds <= 15 s: under 6 min whatever happens (late steps are cut or skipped). The bench stops starting new runs
+# Limits: 60 + 135 + 40 + 60 + 70 + 30 + 2 x 25 + 105 + 45 + 10 + 15 s, but no step runs past TOTAL_LIMIT (425 s)
+# and the pack adds <= 15 s: under 7.5 min whatever happens (late steps are cut or skipped). The bench stops starting new runs
 # after 115 s; measured on an H200: the eager steps take ~75 s in all.
 
 step bench 135 "$PY" benchmarks/gpu_bench_all.py --out "$OUT" --device $DEV --configs $CONFIGS --precisions $PRECS \
@@ -96,6 +103,11 @@ step keyframe 40 "$PY" benchmarks/keyframe_predictor.py --device $DEV --precisio
 step loader 60 "$PY" benchmarks/loader_throughput.py $LOADER_ARGS --step-ms 55 --work "$OUT/loader_dataroot" \
   --json "$OUT/loader_throughput.json"
 rm -rf "$OUT/loader_dataroot"  # ~10 MB of JPEGs: not results
+# shellcheck disable=SC2086  # the config / precision lists are lists
+step bench_realistic 70 "$PY" benchmarks/gpu_bench_all.py --out "$OUT" --device $DEV --configs $REAL_CONFIGS \
+  --precisions $REAL_PRECS --scene realistic --fit-steps $FIT_STEPS --no-batch4 --budget-s 50 $QUICK
+# shellcheck disable=SC2086
+step render_sync 30 "$PY" benchmarks/render_sync.py --device $DEV --configs $SYNC_CONFIGS --json "$OUT/render_sync.json"
 for prec in fp32 bf16; do
   step "profile_$prec" 25 "$PY" benchmarks/profile_step.py --config $PROF --mode train --precision $prec \
     --device $DEV --steps 3 --warmup 2 --out "$OUT"

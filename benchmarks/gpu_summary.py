@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"# GPU check: {env.get('gpu', 'no GPU')}, torch {env.get('torch', '?')}, {env.get('date', '?')}", ""]
     if env.get("missing"):
         lines += [f"Missing optional modules (their checks skipped): {', '.join(env['missing'])}", ""]
-    lines += ["## distillnerf-bench (random weights, 6 cameras at 228x128 unless the config says otherwise)", "",
+    lines += ["## distillnerf-bench (random weights, 6 cameras at 228x128 unless the config says otherwise; "
+              "`realistic`: the bundled real keyframe with trained weights)", "",
               "| config | mode | precision | batch | median ms | p90 ms | images/s | peak MB | floor ms | x floor |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     compiled_note = ("`compiled`: `--compile` (torch.compile of encoder, lift, decoder); first call s = its "
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         ratio = total.get("measured_over_floor")
         floor = f"{total['floor_ms']:.3f} | {ratio:.0f}" if ratio else "- | -"
         mode = r["mode"]
+        if r.get("scene") == "realistic":  # the load: a trained model's occupancy on the real keyframe
+            voxels = r.get("voxels_occupied", {})
+            mode += f" realistic ({voxels.get('fine', '?')} fine voxels; {r.get('weights', '?')})"
         if r.get("compiled"):
             failed = f", failed: {', '.join(r['compile_errors'])}" if r.get("compile_errors") else ""
             mode += f" compiled (first call {r['first_call_ms'] / 1000:.0f} s{failed})"
@@ -81,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         for mode, cost in ld["in_process"].items():
             lines.append(f"\n{mode}: {cost['cpu_ms_median']:.0f} CPU ms per sample, {cost['cores_for_aim']:.2f} cores "
                          f"for {ld['aim_ratio']:g}x the step rate")
+    if (out / "render_sync.json").is_file():  # issue 26 item 2: a no-grad render without host syncs
+        rs = _load(out / "render_sync.json")
+        lines += ["", f"## Host syncs of the no-grad render ({rs.get('device')})", "", "| config | method | syncs |",
+                  "|---|---|---|"]
+        for r in rs.get("runs", []):
+            lines.append(f"| {r['config']} | {r['method']} | {'; '.join(r['syncs'])[:300] or 'none'} |")
     for path in sorted(out.glob("profile_*.json")):
         prof = _load(path)
         lines += ["", f"## Top kernels: {prof['config']} {prof['mode']} {prof['precision']} "

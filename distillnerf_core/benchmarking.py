@@ -11,11 +11,13 @@ a stage is from what this device demonstrably does.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from distillnerf_core.provenance import provenance as provenance  # re-exported: the benchmarks' results JSON
@@ -104,3 +106,61 @@ def measure_peaks(device: torch.device, dtype: torch.dtype, matmul_n: int | None
 def floor_ms(flops: float, nbytes_: float, peaks: dict[str, float]) -> float:
     """max(FLOPs / peak FLOP/s, bytes / peak bandwidth) in milliseconds."""
     return 1000.0 * max(flops / (peaks["matmul_tflops"] * 1e12), nbytes_ / (peaks["copy_gbs"] * 1e9))
+
+
+# Ops after which the host must read device data (a result size or a value) before it can go on.
+HOST_SYNC_OPS = ("nonzero", "_local_scalar_dense", "unique", "_unique", "_unique2", "unique_dim",
+                 "unique_consecutive", "masked_select", "argwhere", "item")
+
+
+class HostSyncRecorder(TorchDispatchMode):
+    """Records every dispatched op that would make the host wait for the device (`HOST_SYNC_OPS`, boolean-mask
+    indexing), plus `.tolist()` / `.numpy()` calls (host reads that bypass the dispatcher on the CPU): the CPU
+    proxy for `torch.cuda.set_sync_debug_mode("error")`. Use as a context manager; `syncs` lists what ran."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.syncs: list[str] = []
+        self._patched: dict[str, Any] = {}
+
+    def __enter__(self) -> HostSyncRecorder:
+        for method in ("tolist", "numpy"):
+            original = getattr(torch.Tensor, method)
+            self._patched[method] = original
+
+            def recording(tensor: torch.Tensor, *args: Any, _name: str = method, _orig: Any = original,
+                          **kwargs: Any) -> Any:
+                self.syncs.append(f"Tensor.{_name}")
+                return _orig(tensor, *args, **kwargs)
+
+            setattr(torch.Tensor, method, recording)
+        return super().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        for method, original in self._patched.items():
+            setattr(torch.Tensor, method, original)
+        self._patched.clear()
+        super().__exit__(*exc)
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        name = func.__name__.split(".")[0]
+        if name in HOST_SYNC_OPS:
+            self.syncs.append(str(func))
+        elif name == "index" and len(args) > 1 and any(
+                isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1]):
+            self.syncs.append(f"{func} (boolean mask)")
+        return func(*args, **(kwargs or {}))
+
+
+@contextmanager
+def sync_free_policy() -> Iterator[None]:
+    """Run the no-grad model with the GPU's sync-free choices on any device: no compaction of hits or weighted
+    samples (`compaction_pays` False), as a GPU forward without grad runs; the CPU's results are the same."""
+    from distillnerf_core.model import renderer, voxels
+
+    saved = renderer.compaction_pays, voxels.compaction_pays
+    renderer.compaction_pays = voxels.compaction_pays = lambda table: False
+    try:
+        yield
+    finally:
+        renderer.compaction_pays, voxels.compaction_pays = saved

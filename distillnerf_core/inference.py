@@ -92,6 +92,29 @@ class FramePrediction:
     stage_ms: dict[str, float] = field(default_factory=dict)
 
 
+def upload_resized(images: list[np.ndarray], hw: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """(N, 3, H, W) float in [0, 1] at hw on `device` from HxWx3 uint8 images: the uint8 pixels go up once
+    (one pinned staging buffer per image size, one asynchronous copy: a quarter of float32's bytes), then
+    convert and resize there, one antialiased bilinear pass per image size. Per image the same operations as
+    a one-image upload + resize, so the same values."""
+    out = torch.empty(len(images), 3, *hw, device=device)  # filled per size when the sizes differ
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for i, image in enumerate(images):
+        by_size.setdefault(tuple(image.shape[:2]), []).append(i)
+    for size, indices in by_size.items():
+        staging = torch.empty(len(indices), *size, 3, dtype=torch.uint8, pin_memory=device.type == "cuda")
+        host = staging.numpy()
+        for slot, i in enumerate(indices):
+            host[slot] = images[i]  # straight into the (pinned) staging buffer: one host copy
+        batch = staging.to(device, non_blocking=True).permute(0, 3, 1, 2).float() / 255.0
+        if size != tuple(hw):
+            batch = F.interpolate(batch, size=hw, mode="bilinear", align_corners=False, antialias=True)
+        if len(by_size) == 1:
+            return batch
+        out[torch.as_tensor(indices, device=device)] = batch
+    return out
+
+
 def scaled_intrinsics(K: np.ndarray, from_hw: tuple[int, int], to_hw: tuple[int, int]) -> np.ndarray:
     """K of an image resized from from_hw to to_hw (aspect ratio may change)."""
     scale = np.diag([to_hw[1] / from_hw[1], to_hw[0] / from_hw[0], 1.0])
@@ -288,16 +311,29 @@ class ScenePredictor:
             raise ValueError(f"need the same non-zero number of images ({len(images)}), intrinsics"
                              f" ({len(intrinsics)}) and extrinsics ({len(ego_from_camera)})")
         hw = self.input_hw
-        resized, scaled = [], []
+        scaled = []
         for image, K in zip(images, intrinsics, strict=True):
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 raise ValueError(f"images must be HxWx3 uint8, got {image.shape} {image.dtype}")
-            resized.append(self._resize(image, hw))
             scaled.append(scaled_intrinsics(K, image.shape[:2], hw))
-        images_t = torch.stack(resized)[None]
+        if self.device.type == "cpu":
+            images_t = torch.stack([self._resize(image, hw) for image in images])[None]
+        else:
+            images_t = upload_resized(images, hw, self.device)[None]
         K_t = torch.as_tensor(np.stack(scaled), dtype=torch.float32, device=self.device)[None]
         E_t = torch.as_tensor(np.stack(ego_from_camera), dtype=torch.float32, device=self.device)[None]
         return images_t, K_t, E_t
+
+    def _host(self, tensor: torch.Tensor) -> np.ndarray:
+        """`tensor` as a host array. From a GPU: an asynchronous copy into pinned memory (the array is valid
+        once the device is synchronised, which `predict` does before it returns), so the outputs' copies
+        overlap each other and the remaining GPU work instead of each waiting for the device. Only for
+        outputs nothing reads before that (depth, opacity, RGB; the occupancy outputs are read by the
+        teacher frame and copied synchronously)."""
+        if tensor.device.type == "cpu":
+            return tensor.numpy()
+        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        return host.copy_(tensor, non_blocking=True).numpy()
 
     def _resize(self, image: np.ndarray, hw: tuple[int, int]) -> torch.Tensor:
         """(3, H, W) float tensor in [0, 1] at hw. Antialiased: PIL on the CPU (about 5x faster than torch
@@ -327,6 +363,9 @@ class ScenePredictor:
                 raise ValueError("semantic_queries label occupied voxels: predict with occupancy=True")
         started = time.perf_counter()
         images_t, K_t, E_t = self._inputs(images, intrinsics, ego_from_camera)
+        # the intrinsics as K_t holds them (float32), read from the host copy: no device read-back
+        scaled = np.stack([scaled_intrinsics(K, image.shape[:2], self.input_hw)
+                           for image, K in zip(images, intrinsics, strict=True)]).astype(np.float32)
         autocast = torch.autocast(self.device.type, dtype=PRECISIONS[self.precision],
                                   enabled=self.precision != "fp32")
         result = FramePrediction()
@@ -344,14 +383,14 @@ class ScenePredictor:
                 if occupancy and self.live_teacher:
                     teacher_views = (views.depth[0].float(), views.opacity[0].float(), render_hw)
                 if depth:
-                    result.depth = views.depth[0].float().cpu().numpy()
-                    result.opacity = views.opacity[0].float().cpu().numpy()
+                    result.depth = self._host(views.depth[0].float())
+                    result.opacity = self._host(views.opacity[0].float())
                     result.depth_intrinsics = np.stack(
-                        [scaled_intrinsics(K, self.input_hw, render_hw) for K in K_t[0].cpu().numpy()])
+                        [scaled_intrinsics(K, self.input_hw, render_hw) for K in scaled])
                 if rgb:
                     frames = (views.rgb[0].float().clamp(0, 1) * 255).round().byte()
-                    result.rgb = frames.permute(0, 2, 3, 1).cpu().numpy()
-                    result.rgb_intrinsics = K_t[0].cpu().numpy()
+                    result.rgb = self._host(frames.permute(0, 2, 3, 1).contiguous())
+                    result.rgb_intrinsics = scaled.copy()
             if occupancy:
                 self._occupancy(scene, images_t, K_t, E_t, result)
                 if self.live_teacher:

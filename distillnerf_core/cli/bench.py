@@ -3,8 +3,14 @@
 `--mode infer` times a no-grad forward; `--mode train` times a full training step (forward, the default
 loss, backward, grad clip, Adam; a GradScaler with fp16). `--precision bf16|fp16` runs under autocast. Each
 stage's time is printed beside its floor (FLOPs and minimum bytes over the device's measured peaks, see
-`distillnerf_core/benchmarking.py`). Uses a synthetic ring of outward-looking cameras; weights are random,
-so occupancy statistics (points, voxels) describe an untrained model.
+`distillnerf_core/benchmarking.py`).
+
+`--scene random` (default) uses a synthetic ring of outward-looking cameras, random pixels and random weights,
+so occupancy statistics (points, voxels) describe an untrained model: few voxels, most render samples empty.
+`--scene realistic` runs on the bundled real keyframe (data/nuscenes_sample: its 6 images, calibration and
+LiDAR depth targets) with trained weights, so the field has a trained model's occupancy: `--weights`, else
+the bundled model (models/default) when its config is the one benchmarked, else the random init after
+`--fit-steps` depth-supervised Adam steps on that keyframe (done before the timing, reported as `weights`).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import platform
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +40,7 @@ from distillnerf_core.benchmarking import (
     synchronize,
 )
 from distillnerf_core.cli import configure_logging
-from distillnerf_core.model.cameras import ring_rig
+from distillnerf_core.model.cameras import CameraRig, ring_rig
 from distillnerf_core.model.distillnerf import STAGES, DistillNeRFModel, ModelConfig
 from distillnerf_core.provenance import command_line, provenance
 from distillnerf_core.training.losses import DistillNeRFLoss
@@ -51,13 +58,67 @@ def _median_p90(values: list[float]) -> tuple[float, float]:
     return statistics.median(values), ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
 
 
+SCENES = ("random", "realistic")
+_FITTED: dict[tuple[str, int, str, int], dict[str, torch.Tensor]] = {}  # fitted weights per (config, steps, ...)
+BUNDLED_MODEL = Path(__file__).resolve().parents[2] / "models" / "default" / "model.safetensors"
+
+
+def keyframe_batch(image_hw: tuple[int, int], render_hw: tuple[int, int], batch: int, work: Path) -> dict[str, Any]:
+    """The bundled real keyframe as a training batch (images, intrinsics, cam2ego, LiDAR depth at render size),
+    repeated `batch` times; `work` receives the devkit-loadable dataroot (links to the bundled files)."""
+    from distillnerf_core.data.datasets import NuScenesDataset, collate_samples
+    from distillnerf_core.data.nuscenes_sample import build_dataroot
+
+    root = build_dataroot(out=work, link=True)
+    dataset = NuScenesDataset(root, "v1.0-test", image_size=image_hw, render_size=render_hw, load_next=False,
+                              sky_mask="none")
+    sample = collate_samples([dataset[0]] * batch)
+    return {k: sample[k] for k in ("images", "intrinsics", "cam2ego", "lidar_depth")}
+
+
+def fit_to_batch(model: DistillNeRFModel, data: dict[str, Any], steps: int, lr: float = 1e-3) -> None:
+    """`steps` Adam steps of the default loss on one batch: enough depth supervision for the lift to spread
+    its points over the scene's surfaces (a trained model's occupancy), far from a converged model."""
+    model.train()
+    step_module = TrainStep(model, DistillNeRFLoss())
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=lr)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    for _ in range(steps):
+        optimizer_step(step_module, data, optimizer, scaler, params, 35.0, None, data["images"].device.type)
+
+
+def realistic_model(config: str, weights: str | Path | None, fit_steps: int, dev: torch.device
+                    ) -> tuple[DistillNeRFModel, str]:
+    """The trained model of the realistic scene and a description of its weights (see the module docstring)."""
+    from distillnerf_core.training.checkpoints import load_checkpoint, read_metadata
+
+    if weights is None and BUNDLED_MODEL.is_file() and read_metadata(BUNDLED_MODEL)["config"]["name"] == config:
+        weights = BUNDLED_MODEL
+    if weights is not None:
+        model = load_checkpoint(weights, dev)
+        if model.config.name != config:
+            raise ValueError(f"--weights {weights} hold a '{model.config.name}' model, not '{config}'")
+        label = "the bundled model (models/default)" if Path(weights) == BUNDLED_MODEL else "checkpoint"
+        return model, label
+    model = DistillNeRFModel(ModelConfig.load(config)).to(dev)
+    return model, f"random init + {fit_steps} Adam steps (lr 1e-3, default loss) on the bundled keyframe"
+
+
 def run_benchmark(
     config: str, device: str = "cpu", cameras: int = 6, iters: int = 5, warmup: int = 1, seed: int = 0,
     mode: str = "infer", precision: str = "fp32", batch: int = 1, floors: bool = True, compile: bool = False,
+    scene: str = "random", weights: str | Path | None = None, fit_steps: int = 100,
 ) -> dict[str, Any]:
     """Time `iters` forwards (infer) or training steps (train) after `warmup`; returns the JSON-able result."""
     if mode not in ("infer", "train"):
         raise ValueError(f"mode must be infer or train, got {mode!r}")
+    if scene not in SCENES:
+        raise ValueError(f"scene must be one of {SCENES}, got {scene!r}")
+    if scene == "realistic" and cameras != 6:
+        raise ValueError(f"the realistic scene is the bundled keyframe's 6 cameras, not {cameras}")
+    if fit_steps < 0:
+        raise ValueError(f"fit_steps must be >= 0, got {fit_steps}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     dev = torch.device(device)
@@ -67,13 +128,30 @@ def run_benchmark(
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(seed)
-    cfg = ModelConfig.load(config)
-    model = DistillNeRFModel(cfg).to(dev)
+    weights_label, keyframe = "random", None
+    if scene == "realistic":
+        model, weights_label = realistic_model(config, weights, fit_steps, dev)
+        cfg = model.config
+        hw = tuple(cfg.image_hw)
+        with tempfile.TemporaryDirectory() as work:
+            keyframe = {k: v.to(dev) for k, v in
+                        keyframe_batch(hw, model.renderer.render_hw(hw), batch, Path(work)).items()}
+        if weights_label.startswith("random init"):
+            key = (config, fit_steps, str(dev), batch)
+            if key not in _FITTED:  # one fit per config and process (gpu_bench_all runs several modes)
+                fit_to_batch(model, keyframe, fit_steps)
+                _FITTED[key] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            model.load_state_dict(_FITTED[key])
+        rig = CameraRig(keyframe["intrinsics"], keyframe["cam2ego"], hw)
+        images = keyframe["images"]
+    else:
+        cfg = ModelConfig.load(config)
+        model = DistillNeRFModel(cfg).to(dev)
+        hw = tuple(cfg.image_hw)
+        rig = ring_rig(cameras, hw, batch_size=batch).to(dev)
+        images = torch.rand(batch, cameras, 3, *hw, device=dev)
     if compile:
         model.compile_stages()
-    hw = tuple(cfg.image_hw)
-    rig = ring_rig(cameras, hw, batch_size=batch).to(dev)
-    images = torch.rand(batch, cameras, 3, *hw, device=dev)
     amp_dtype = PRECISIONS[precision] if precision != "fp32" else None
 
     def autocast() -> torch.autocast:
@@ -88,8 +166,8 @@ def run_benchmark(
     else:
         model.train()
         render_hw = model.renderer.render_hw(hw)
-        data = {"images": images, "intrinsics": rig.intrinsics, "cam2ego": rig.cam2ego,
-                "lidar_depth": 2.0 + 40.0 * torch.rand(batch, cameras, *render_hw, device=dev)}
+        data = keyframe or {"images": images, "intrinsics": rig.intrinsics, "cam2ego": rig.cam2ego,
+                            "lidar_depth": 2.0 + 40.0 * torch.rand(batch, cameras, *render_hw, device=dev)}
         step_module = TrainStep(model, DistillNeRFLoss())
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=2e-4, betas=(0.0, 0.99))
@@ -98,15 +176,19 @@ def run_benchmark(
         def run() -> Any:
             return optimizer_step(step_module, data, optimizer, scaler, params, 35.0, amp_dtype, dev.type)[2]
 
+    cpu_ms: list[float] = []  # process CPU time per call: on a shared CPU less load-sensitive than the wall time
+
     def timed(n: int, stages: bool) -> tuple[list[float], dict[str, list[float]], Any]:
         model.profile_stages = stages
         times, per_stage, out = [], {s: [] for s in STAGES}, None
+        cpu_ms.clear()
         for _ in range(n):
             synchronize(dev)
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             out = run()
             synchronize(dev)
             times.append(1000.0 * (time.perf_counter() - start))
+            cpu_ms.append(1000.0 * (time.process_time() - cpu))
             for s in STAGES:
                 per_stage[s].append(model.stage_ms.get(s, 0.0))
         return times, per_stage, out
@@ -117,6 +199,7 @@ def run_benchmark(
         torch.cuda.reset_peak_memory_stats(dev)
     # On CUDA the per-stage synchronisation slows the whole, so stages get their own pass.
     latencies, stages, out = timed(iters, dev.type != "cuda")
+    cpu_median = statistics.median(cpu_ms)
     if dev.type == "cuda":
         _, stages, _ = timed(iters, True)
     model.profile_stages = False
@@ -125,6 +208,8 @@ def run_benchmark(
     result: dict[str, Any] = {
         "config": config,
         "mode": mode,
+        "scene": scene,
+        "weights": weights_label,
         "precision": precision,
         "batch": batch,
         "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
@@ -136,6 +221,7 @@ def run_benchmark(
         "latency_ms_median": median,
         "latency_ms_p90": p90,
         "latency_ms_all": latencies,
+        "process_cpu_ms_median": cpu_median,
         "images_per_s": 1000.0 * batch * cameras / median,
         "stage_ms": stage_ms,
         "stage_ms_note": "train: the forward's stages (with grad); the rest of the step is backward + Adam"
@@ -205,9 +291,11 @@ def _floors(model: DistillNeRFModel, images: torch.Tensor, rig: Any, run: Any, m
 def _table(result: dict[str, Any]) -> str:
     rows = [
         ("config / mode / precision", f"{result['config']} / {result['mode']} / {result['precision']}"),
+        ("scene / weights", f"{result['scene']} / {result['weights']}"),
         ("device", result["device"]),
         ("batch x cameras x HxW", f"{result['batch']} x {result['cameras']} x {result['image_hw']}"),
         ("latency median / p90 ms", f"{result['latency_ms_median']:.1f} / {result['latency_ms_p90']:.1f}"),
+        ("process CPU ms median", f"{result['process_cpu_ms_median']:.1f}"),
         ("images per s", f"{result['images_per_s']:.1f}"),
     ]
     floors = result.get("floors")
@@ -254,6 +342,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-floors", action="store_true", help="skip FLOP / byte counting and peak measurement")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the encoder, lift and RGB decoder (first call compiles; no floors)")
+    parser.add_argument("--scene", default="random", choices=SCENES,
+                        help="random: ring rig, random pixels and weights; realistic: the bundled real keyframe with "
+                             "trained weights (a trained model's occupancy; see --weights, --fit-steps)")
+    parser.add_argument("--weights", type=Path, help="realistic scene: a checkpoint of --config's model "
+                        "(default: the bundled model if its config is --config, else --fit-steps from random init)")
+    parser.add_argument("--fit-steps", type=int, default=100,
+                        help="realistic scene without weights for --config: Adam steps on the keyframe first")
     parser.add_argument("--json", type=Path, help="write the result JSON here")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -262,16 +357,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run_benchmark(args.config, args.device, args.cameras, args.iters, args.warmup, mode=args.mode,
                                precision=args.precision, batch=args.batch, floors=not args.no_floors,
-                               compile=args.compile)
-    except ValueError as err:
+                               compile=args.compile, scene=args.scene, weights=args.weights,
+                               fit_steps=args.fit_steps)
+    except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(_table(result))
     if args.json:
-        result["provenance"] = provenance(
-            command_line("distillnerf-bench", argv), model=f"random weights (`{args.config}` config)",
-            data=f"random images: batch {args.batch} x {args.cameras} cameras at {result['image_hw'][1]}x"
-                 f"{result['image_hw'][0]} (a synthetic ring rig)")
+        if args.scene == "realistic":
+            model, data = (f"{result['weights']} (`{args.config}` config)",
+                           f"the bundled real keyframe (data/nuscenes_sample): batch {args.batch} x 6 cameras at "
+                           f"{result['image_hw'][1]}x{result['image_hw'][0]}, its LiDAR depth as the step's target")
+        else:
+            model, data = (f"random weights (`{args.config}` config)",
+                           f"random images: batch {args.batch} x {args.cameras} cameras at {result['image_hw'][1]}x"
+                           f"{result['image_hw'][0]} (a synthetic ring rig)")
+        result["provenance"] = provenance(command_line("distillnerf-bench", argv), model=model, data=data)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -28,6 +28,9 @@ class CameraRig:
     cam2ego: torch.Tensor
     image_hw: tuple[int, int]
     camera_ids: torch.Tensor | None = None
+    max_camera_id: int | None = None
+    """The largest camera id as a host int where known without reading the device (the default ids, ids
+    given on the CPU): the decoder's id check then costs no host sync."""
 
     def __post_init__(self) -> None:
         k, e = self.intrinsics, self.cam2ego
@@ -38,6 +41,9 @@ class CameraRig:
         self.image_hw = (int(self.image_hw[0]), int(self.image_hw[1]))
         if self.camera_ids is None:
             self.camera_ids = torch.arange(k.shape[1], device=k.device)
+            self.max_camera_id = k.shape[1] - 1
+        elif self.max_camera_id is None and self.camera_ids.device.type == "cpu" and self.camera_ids.numel():
+            self.max_camera_id = int(self.camera_ids.max())
 
     @property
     def batch_size(self) -> int:
@@ -48,12 +54,13 @@ class CameraRig:
         return self.intrinsics.shape[1]
 
     def to(self, device: torch.device | str) -> CameraRig:
-        return CameraRig(self.intrinsics.to(device), self.cam2ego.to(device), self.image_hw, self.camera_ids.to(device))
+        return CameraRig(self.intrinsics.to(device), self.cam2ego.to(device), self.image_hw, self.camera_ids.to(device),
+                         self.max_camera_id)
 
     def resized(self, hw: tuple[int, int]) -> CameraRig:
         """The same cameras for images resized to `hw` (H, W)."""
         k = rescale_intrinsics(self.intrinsics, self.image_hw, hw)
-        return CameraRig(k, self.cam2ego, hw, self.camera_ids)
+        return CameraRig(k, self.cam2ego, hw, self.camera_ids, self.max_camera_id)
 
     def rays(self) -> Rays:
         """One ray per pixel at this rig's image size."""

@@ -85,12 +85,13 @@ class RGBDecoder(nn.Module):
         self.high = ConditionedBlock(cfg.width, cfg.width // 2, cfg.groups, cfg.camera_embed_dim)
         self.out = nn.Conv2d(cfg.width // 2, 3, 3, padding=1)
 
-    def check_camera_ids(self, camera_ids: torch.Tensor) -> None:
+    def check_camera_ids(self, camera_ids: torch.Tensor, max_id: int | None = None) -> None:
         """ValueError for an id without an embedding (kept out of `forward`: the host sync would break its
-        torch.compile graph)."""
-        if int(camera_ids.max()) >= self.num_embeddings:
+        torch.compile graph). `max_id`: the ids' maximum where the host knows it (no read from the device)."""
+        largest = int(camera_ids.max()) if max_id is None else max_id
+        if largest >= self.num_embeddings:
             raise ValueError(
-                f"camera id {int(camera_ids.max())} >= decoder.num_camera_embeddings "
+                f"camera id {largest} >= decoder.num_camera_embeddings "
                 f"({self.num_embeddings}); raise it in the config"
             )
 

@@ -257,7 +257,8 @@ class DistillNeRFModel(nn.Module):
                 fine = fine.emptied()
         with self._stage("sparse_conv", dev):
             coarse = self.sparse_cnn(coarse, fine)
-        field = VoxelField(coarse, fine, tuple(cfg.voxels.radius), cfg.lift.logit_clamp)
+        # voxelize pools both levels from the same points: nested (no check, no host sync)
+        field = VoxelField(coarse, fine, tuple(cfg.voxels.radius), cfg.lift.logit_clamp, nested=True)
         return SceneEncoding(field, lifted, rig)
 
     def render(self, scene: SceneEncoding, targets: CameraRig | dict[str, Any], rgb: bool = True,
@@ -280,7 +281,7 @@ class DistillNeRFModel(nn.Module):
                 dec_in = torch.cat([out.features, depth_channel.to(out.features.dtype)], dim=2).flatten(0, 1)
                 dec_in = dec_in.contiguous(memory_format=torch.channels_last)
                 camera_ids = rig.camera_ids.repeat(b)
-                self.decoder.check_camera_ids(camera_ids)
+                self.decoder.check_camera_ids(camera_ids, rig.max_camera_id)
                 image = self._run("decoder", dec_in, camera_ids, rig.image_hw)
                 image = image.view(b, m, 3, *rig.image_hw)
         return RenderedViews(

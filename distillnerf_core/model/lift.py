@@ -82,11 +82,16 @@ def logits_to_density(logits: torch.Tensor) -> torch.Tensor:
 
 
 def march(density: torch.Tensor, deltas: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Ray-marching weights w_i = T_i (1 - exp(-sigma_i delta_i)) along `dim`, in log space for stability."""
+    """Ray-marching weights w_i = T_i (1 - exp(-sigma_i delta_i)) along `dim`, in log space for stability:
+    T after sample i is exp(-cumsum(tau)_i), so w_i = T before i - T after i with one exp per sample (the
+    transmittance before sample i is the one after sample i - 1, not exp of a second, re-rounded sum)."""
     tau = density * deltas
-    cum = torch.cumsum(tau, dim=dim)
-    excl = cum - tau
-    return torch.exp(-excl) - torch.exp(-cum)
+    after = torch.cumsum(tau, dim=dim).neg_().exp_()
+    n = after.shape[dim]
+    if n == 0:
+        return after
+    before = torch.cat([torch.ones_like(after.narrow(dim, 0, 1)), after.narrow(dim, 0, n - 1)], dim=dim)
+    return before.sub_(after)
 
 
 def expected_depth(weights: torch.Tensor, t: torch.Tensor, dim: int = -1, max_depth: float = 120.0) -> torch.Tensor:
@@ -128,10 +133,10 @@ class LiftSplat(nn.Module):
         if cfg.two_stage:
             self.fine_pixel = nn.Conv2d(cfg.feature_dim + 1, cfg.fine_hidden, 1)
             self.fine_candidate = nn.Linear(2, cfg.fine_hidden)
-            self.fine_out = nn.Sequential(
-                nn.ReLU(),
+            self.fine_out = nn.Sequential(  # in-place ReLUs: the hidden tensors are K x the pixels (no copies)
+                nn.ReLU(inplace=True),
                 nn.Linear(cfg.fine_hidden, cfg.fine_hidden),
-                nn.ReLU(),
+                nn.ReLU(inplace=True),
                 nn.Linear(cfg.fine_hidden, 1),
             )
 

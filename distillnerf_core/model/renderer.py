@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from distillnerf_core.model.cameras import CameraRig
-from distillnerf_core.model.contraction import contract, linearize, voxel_index
+from distillnerf_core.model.contraction import contract, contracted_voxel_index, key_dtype, linearize, voxel_index
 from distillnerf_core.model.lift import expected_depth, logits_to_density, march, soft_clamp
 from distillnerf_core.model.voxels import SparseVoxels, compaction_pays, gather_rows, hit_positions
 
@@ -50,6 +50,13 @@ class RendererConfig:
     """Skip feature lookups of samples whose weight is below this (0 = exact)."""
 
 CORNERS = torch.tensor([(i, j, k) for i in (0, 1) for j in (0, 1) for k in (0, 1)])
+DENSE_GRID_CELLS = 2**22  # coarse cells (batch x r^3) up to which nearest lookups read a dense row table
+
+
+def linearize_one(idx: torch.Tensor, resolution: int) -> torch.Tensor:
+    """`linearize` of batch element 0: (i * r + j) * r + k in idx's dtype."""
+    i, j, k = idx.unbind(-1)
+    return (i * resolution).add_(j).mul_(resolution).add_(k)
 
 
 @dataclass
@@ -123,7 +130,8 @@ def _referenced_rows(ids: torch.Tensor, num_rows: int) -> tuple[torch.Tensor, to
 
 
 def _composite(
-    table: torch.Tensor, ids: torch.Tensor, ray: torch.Tensor, weights: torch.Tensor, num_rays: int
+    table: torch.Tensor, ids: torch.Tensor, ray: torch.Tensor | None, weights: torch.Tensor, num_rays: int,
+    bag_starts: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """out[r] = sum over the samples i of ray r of weights[i] * table[ids[i]] -> (num_rays, C); `ray` sorted.
 
@@ -131,7 +139,8 @@ def _composite(
     gather + multiply + `index_add` (50x slower on the CPU, forward and backward), and its backward handles
     repeated rows without atomics on one address. The sums run in fp32 whatever autocast made of the table.
     """
-    bag_starts = torch.searchsorted(ray, torch.arange(num_rays, device=ray.device, dtype=ray.dtype))
+    if bag_starts is None:  # where each ray's samples start in the ray-sorted `ray`
+        bag_starts = torch.searchsorted(ray, torch.arange(num_rays, device=ray.device, dtype=ray.dtype))
     with torch.autocast(table.device.type, enabled=False):
         return nn.functional.embedding_bag(ids, table.float(), bag_starts, mode="sum",
                                            per_sample_weights=weights.float())
@@ -145,10 +154,15 @@ class VoxelField:
     fine: SparseVoxels
     radius: tuple[float, float, float]
     logit_clamp: float = 30.0
+    nested: bool | None = None
+    """True when the caller knows the levels are nested (`voxelize`'s always are, and DistillNeRFModel says
+    so): `_is_nested`'s check, a host sync, is then skipped; None = check when first needed."""
     _logits: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     _features: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     _nested: bool | None = field(default=None, repr=False)  # computed when first needed (see _is_nested)
     _parent_rows: torch.Tensor | None = field(default=None, repr=False)  # see _fine_parent_rows
+    _coarse_grid: torch.Tensor | None = field(default=None, repr=False)  # see _coarse_rows
+    _fine_keys: torch.Tensor | None = field(default=None, repr=False)  # the fine keys in key_dtype
 
     def __post_init__(self) -> None:
         # Density lookups read one column: a contiguous (V,) table keeps that gather and its backward small.
@@ -179,33 +193,67 @@ class VoxelField:
 
     def locate(self, points: torch.Tensor, batch: torch.Tensor, lookup: str = "nearest") -> Hits:
         """Voxel rows and weights of ego points (M, 3) belonging to batch elements (M,)."""
-        s = contract(points, self.radius)
-        if lookup == "nearest" and compaction_pays(self._logits["fine"]):  # it compacts: see compaction_pays
+        if lookup == "nearest":
             if self._nested is None:
-                self._nested = self._is_nested()
+                self._nested = self.has_nearest_rows() and (self.nested if self.nested is not None
+                                                            else self._is_nested())
             if self._nested:
-                return self._locate_nested(s, batch)
+                return self._locate_nested(points, batch)
+        s = contract(points, self.radius)
         fr, fw = _locate(self.fine, s, batch, lookup)
         cr, cw = _locate(self.coarse, s, batch, lookup)
         return Hits(fr, fw, cr, cw)
 
-    def _locate_nested(self, s: torch.Tensor, batch: torch.Tensor) -> Hits:
-        """Nearest lookup of contracted points (M, 3): the fine level is searched only under coarse hits."""
+    def _locate_nested(self, points: torch.Tensor, batch: torch.Tensor) -> Hits:
+        """Nearest lookup of ego points (M, 3) in nested levels: a point's coarse voxel is its fine voxel >> k
+        (one dense-table read, see `_coarse_rows`), and the fine level is searched only under coarse hits
+        (compacted with `nonzero` where that pays, else searched everywhere and masked: no host sync)."""
         fine, coarse = self.fine, self.coarse
-        fine_idx = voxel_index(s, fine.resolution)
+        dtype = key_dtype(fine.batch_size, fine.resolution)
+        fine_idx = contracted_voxel_index(points, self.radius, fine.resolution, dtype)
         shift = (fine.resolution // coarse.resolution).bit_length() - 1  # nested: the ratio is a power of two
-        crow = coarse.find(linearize(batch, fine_idx >> shift, coarse.resolution))  # >>: 6x cheaper than //
-        under = (crow >= 0).nonzero().squeeze(-1)
-        frow = torch.full_like(crow, -1)
-        if under.numel():
-            keys = linearize(batch.index_select(0, under), fine_idx.index_select(0, under), fine.resolution)
-            frow = frow.index_copy(0, under, fine.find(keys))
-        rows = []
-        for level, idx in ((fine, frow), (coarse, crow)):
-            found = idx >= 0
-            rows += [torch.where(found, idx, torch.full_like(idx, level.num_voxels))[:, None],
-                     found.to(s.dtype)[:, None]]
-        return Hits(*rows)
+        crow = self._coarse_rows(batch, fine_idx >> shift)  # >>: 6x cheaper than //
+        coarse_hit = crow < coarse.num_voxels
+        num_fine = fine.num_voxels
+        if compaction_pays(self._logits["fine"]):
+            under = coarse_hit.nonzero().squeeze(-1)
+            frow = torch.full_like(crow, num_fine)
+            if under.numel() and num_fine:
+                keys = linearize(batch.index_select(0, under).to(dtype), fine_idx.index_select(0, under),
+                                 fine.resolution)
+                frow.index_copy_(0, under, self._find_fine(keys))
+        else:
+            frow = self._find_fine(linearize(batch.to(dtype), fine_idx, fine.resolution))
+            frow = torch.where(coarse_hit, frow, torch.full_like(frow, num_fine))
+        dt = points.dtype
+        return Hits(frow[:, None], (frow < num_fine).to(dt)[:, None], crow[:, None], coarse_hit.to(dt)[:, None])
+
+    def _find_fine(self, keys: torch.Tensor) -> torch.Tensor:
+        """Fine rows (int64) of keys in `key_dtype`, num_voxels where not occupied."""
+        n = self.fine.num_voxels
+        if n == 0:
+            return torch.full(keys.shape, 0, dtype=torch.long, device=keys.device)
+        if self._fine_keys is None:
+            self._fine_keys = self.fine.keys.to(keys.dtype)
+        pos = torch.searchsorted(self._fine_keys, keys).clamp_(max=n - 1)
+        found = self._fine_keys.index_select(0, pos) == keys
+        return pos.masked_fill_(~found, n)
+
+    def _coarse_rows(self, batch: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Coarse rows (int64) of voxel indices (M, 3), num_voxels where empty: one read of a dense table of
+        every coarse voxel's row (built once per field, B x r^3 int64) instead of a binary search, when that
+        table stays small (<= 32 MB); else the sorted-key search."""
+        coarse = self.coarse
+        r, n = coarse.resolution, coarse.num_voxels
+        cells = coarse.batch_size * r**3
+        if cells > DENSE_GRID_CELLS:
+            found = coarse.find(linearize(batch, idx.long(), r))
+            return found.masked_fill_(found < 0, n)
+        if self._coarse_grid is None:
+            self._coarse_grid = torch.full((cells,), n, dtype=torch.long, device=idx.device).index_copy_(
+                0, coarse.keys, torch.arange(n, device=idx.device))
+        key = linearize(batch.to(idx.dtype), idx, r) if coarse.batch_size > 1 else linearize_one(idx, r)
+        return self._coarse_grid.index_select(0, key)
 
     def _level_density(self, name: str, rows: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Density of one level (mass-scaled) and its occupied mass."""
@@ -227,6 +275,8 @@ class VoxelField:
         """Fine density where occupied, else coarse, else 0 (blended by occupied mass for trilinear)."""
         fine, fine_mass = self._level_density("fine", hits.fine_rows, hits.fine_w)
         coarse, _ = self._level_density("coarse", hits.coarse_rows, hits.coarse_w)
+        if hits.fine_w.shape[-1] == 1:  # nearest: mass 0 or 1, so the blend below is exactly this choice
+            return torch.where(fine_mass > 0, fine, coarse)
         return fine + (1.0 - fine_mass) * coarse
 
     def features(self, hits: Hits) -> torch.Tensor:
@@ -318,8 +368,9 @@ class VolumeRenderer(nn.Module):
         for start in range(0, origins.shape[1], step):
             sl = slice(start, start + step)
             chunks.append(self._render_rays(field, origins[:, sl], dirs[:, sl], sample_head, features))
-        dist, opacity, feats, head, weights = (
-            torch.cat(parts, dim=1) if parts[0] is not None else None for parts in zip(*chunks, strict=True)
+        dist, opacity, feats, head, weights = (  # one chunk (most calls): no copy
+            (torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]) if parts[0] is not None else None
+            for parts in zip(*chunks, strict=True)
         )
         z = rays.z_per_distance.reshape(b, -1)
 
@@ -354,7 +405,7 @@ class VolumeRenderer(nn.Module):
         batch = torch.arange(b, device=origins.device).view(b, 1, 1)
 
         def locate(t: torch.Tensor) -> Hits:
-            pts = origins[:, :, None] + t[..., None] * dirs[:, :, None]
+            pts = (t[..., None] * dirs[:, :, None]).add_(origins[:, :, None])  # in place: a fresh temporary less
             hits = field.locate(pts.reshape(-1, 3), batch.expand_as(t).reshape(-1), cfg.lookup)
             return hits.map(lambda x: x.view(*t.shape, x.shape[-1]))
 
@@ -383,9 +434,15 @@ class VolumeRenderer(nn.Module):
         # Features only where the weight matters; weights mapped back to the unsorted sample order.
         weights = torch.zeros_like(w_sorted).scatter(-1, order, w_sorted).reshape(-1)
         n_samples = t_all.shape[-1]
+        nearest_rows = cfg.lookup == "nearest" and field.has_nearest_rows()
+        if nearest_rows and not compaction_pays(field._logits["fine"]):
+            # No backward and no compaction (a GPU forward): every sample and every table row, the weights
+            # below the threshold zeroed (the same sums), so no data-dependent size and no host sync.
+            return (dist, opacity, *self._composite_all_rows(field, hits, hits_fine, weights, n_samples, b, r,
+                                                              sample_head), w_sorted)
         sel = (weights > cfg.feature_weight_threshold).nonzero().squeeze(-1)
         ray_idx = sel // n_samples
-        if cfg.lookup == "nearest" and field.has_nearest_rows():
+        if nearest_rows:
             # Features and the head per referenced table row, not per sample (same values; far fewer rows).
             ids_fine = None if hits_fine is None else field.nearest_feature_ids(hits_fine)[..., None]
             ids = _select_samples(field.nearest_feature_ids(hits)[..., None], ids_fine, sel, n_samples).squeeze(-1)
@@ -400,3 +457,22 @@ class VolumeRenderer(nn.Module):
         feat_img, head = composited.split([field.feature_dim, values.shape[-1] - field.feature_dim], dim=-1)
         head = head.reshape(b, r, -1) if sample_head is not None else None
         return dist, opacity, feat_img.view(b, r, -1), head, w_sorted
+
+    def _composite_all_rows(
+        self, field: VoxelField, hits: Hits, hits_fine: Hits | None, weights: torch.Tensor, n_samples: int,
+        b: int, r: int, sample_head: Callable[[torch.Tensor], torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Features (B, R, C) and head (B, R, D) composited over all samples from all nearest-table rows."""
+        ids = field.nearest_feature_ids(hits)
+        if hits_fine is not None:
+            ids = torch.cat([ids, field.nearest_feature_ids(hits_fine)], dim=-1)
+        ids = ids.reshape(-1)
+        table_rows = field.fine.num_voxels + field.coarse.num_voxels + 1
+        values = field.nearest_feature_rows(torch.arange(table_rows, device=ids.device))
+        if sample_head is not None:
+            values = torch.cat([values, sample_head(values).to(values.dtype)], dim=-1)
+        kept = torch.where(weights > self.cfg.feature_weight_threshold, weights, torch.zeros_like(weights))
+        bag_starts = torch.arange(0, b * r * n_samples, n_samples, device=ids.device)  # n samples per ray
+        composited = _composite(values, ids, None, kept, b * r, bag_starts)
+        feat_img, head = composited.split([field.feature_dim, values.shape[-1] - field.feature_dim], dim=-1)
+        return feat_img.view(b, r, -1), head.reshape(b, r, -1) if sample_head is not None else None

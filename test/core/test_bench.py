@@ -53,3 +53,22 @@ def test_bench_compile_times_the_compiled_training_step(monkeypatch):
     assert "floors" not in r, "no floors with --compile"
     (model,) = compiled_models
     assert len(model._compiled) == 3, "a stage fell back to eager during the training steps"
+
+
+def test_bench_realistic_scene_runs_on_the_keyframe_with_trained_weights():
+    """--scene realistic: the bundled keyframe's 6 cameras; the bundled model where its config is asked for,
+    else the random init fitted on the keyframe first; a checkpoint of another config is refused."""
+    from distillnerf_core.cli.bench import BUNDLED_MODEL, realistic_model
+
+    model, label = realistic_model("small", None, 0, "cpu")
+    assert label.startswith("the bundled model") and model.config.name == "small"
+    with pytest.raises(ValueError, match="'small' model, not 'tiny'"):
+        realistic_model("tiny", BUNDLED_MODEL, 0, "cpu")
+    r = run_benchmark("tiny", iters=1, warmup=0, floors=False, scene="realistic", fit_steps=1)
+    random = run_benchmark("tiny", iters=1, warmup=0, floors=False)
+    assert (r["scene"], r["cameras"], random["weights"]) == ("realistic", 6, "random")
+    assert r["weights"].startswith("random init + 1 Adam steps")
+    assert r["voxels_occupied"] != random["voxels_occupied"], "the keyframe must be another load than the ring"
+    assert r["process_cpu_ms_median"] > 0
+    with pytest.raises(ValueError, match="6 cameras"):
+        run_benchmark("tiny", cameras=5, scene="realistic")
