@@ -16,6 +16,14 @@ Layout of DIR (loads unchanged with `NuScenes("v1.0-synthetic", DIR)`):
 
 Only keyframes are written (2 Hz); every camera fires at its own time (nuScenes offsets, tens of ms
 before the LiDAR) and gets its own ego pose, as in nuScenes.
+
+The camera model (rigs.py, lens.py, camera_effects.py): a random rig (`cameras="random*"`) is drawn per scene
+and written as that scene's calibrated_sensor rows. A camera with a lens is taken as a real one: its raw image is
+rendered through the lens (render_camera's camera_rays), the look is applied on the raw sensor image
+(exposure, white balance, vignetting, noise), and the raw image is rectified to the pinhole camera with the same
+K (distillnerf_core.rectify, as the ROS camera input rectifies a CameraInfo with D): the JPEG written is that
+pinhole image, and its depth and semantics are rendered through K's pinhole rays (exact). gt/meta.json
+"camera_model" records per scene the rig, the look and each camera's lens, exposure offset and vignetting.
 """
 
 from __future__ import annotations
@@ -31,7 +39,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from distillnerf_core.data.synthetic.rigs import load_rig
+from distillnerf_core.data.synthetic.camera_effects import (
+    apply_look,
+    camera_offsets,
+    camera_rng,
+    scene_look,
+)
+from distillnerf_core.data.synthetic.lens import camera_rays, rectified_coverage, rectify_image
+from distillnerf_core.data.synthetic.rigs import Rig, load_rig
 from distillnerf_core.data.synthetic.world import (
     SEMANTIC_CLASSES,
     SEMANTIC_PALETTE,
@@ -42,6 +57,7 @@ from distillnerf_core.data.synthetic.world import (
     simulate_lidar,
 )
 from distillnerf_core.geometry import matrix_to_quaternion
+from distillnerf_core.rectify import Rectifier
 
 logger = logging.getLogger(__name__)
 
@@ -72,25 +88,73 @@ def _yaw_quaternion(yaw: float) -> list[float]:
 
 def write_dataroot(out: str | Path, scenes: int = 1, frames: int = 10, seed: int = 0, cameras: str = "nuscenes",
                    width: int = 400, height: int = 224, voxel_spec: VoxelSpec | None = None,
-                   jpeg_quality: int = 92, progress: bool = True, threads: int | None = None) -> dict:
+                   jpeg_quality: int = 92, progress: bool = True, threads: int | None = None, look: str = "plain",
+                   lenses: bool = True) -> dict:
     """Render `scenes` x `frames` keyframes into a nuScenes dataroot at `out`. Returns timing stats.
 
     `threads` sets torch's intra-op threads for the call (restored afterwards); None keeps the current.
+    `look` is the camera look (camera_effects.LOOKS; `plain` writes the renderer's image at `jpeg_quality`,
+    `realistic` a per-scene look with its own JPEG quality); `lenses` False leaves a random rig's cameras pinhole.
     """
+    scene_look(look, seed, 0)  # an unknown look is an error before anything is written
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
         return _write_dataroot(Path(out), scenes, frames, seed, cameras, width, height, voxel_spec, jpeg_quality,
-                               progress)
+                               progress, look, lenses)
     finally:
         torch.set_num_threads(previous)
 
 
+class _SceneCameras:
+    """One scene's camera model: its rig, look, per-camera exposure / vignetting, lens rays and rectifier."""
+
+    def __init__(self, rig: Rig, look_name: str, seed: int, scene_index: int, rectifier: Rectifier) -> None:
+        self.rig, self.seed, self.scene_index, self.rectifier = rig, seed, scene_index, rectifier
+        self.look = scene_look(look_name, seed, scene_index)
+        self.ev, self.vignetting = camera_offsets(self.look, seed, scene_index, len(rig.cameras))
+        self.rays = {}
+        for cam in rig.cameras:
+            if cam.lens is None:
+                continue
+            coverage = rectified_coverage(cam.K, (cam.width, cam.height), cam.lens)
+            if coverage < 1.0:  # random lenses are barrel lenses: never a black border
+                raise ValueError(f"{cam.channel} lens {cam.lens.record()} leaves {100 * (1 - coverage):.2f} % of the"
+                                 f" rectified image without a source pixel")
+            self.rays[cam.channel] = camera_rays(cam.K, (cam.width, cam.height), cam.lens)
+
+    def image(self, town, t_cam: float, cam2town: np.ndarray, index: int, frame: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(the pinhole image the camera writes, exact z-depth, semantics) of camera `index` at t_cam."""
+        cam = self.rig.cameras[index]
+        size = (cam.width, cam.height)
+        if cam.lens is None:
+            rgb, depth, sem = render_camera(town, t_cam, cam2town, cam.K, size)
+        else:  # the raw image through the lens (its geometry is not the pinhole one), the pinhole ground truth
+            rgb = render_camera(town, t_cam, cam2town, cam.K, size, camera_rays=self.rays[cam.channel])[0]
+            _, depth, sem = render_camera(town, t_cam, cam2town, cam.K, size, shaded=False)
+        rgb = apply_look(rgb, self.look, cam.K, float(self.ev[index]), float(self.vignetting[index]),
+                         camera_rng(self.seed, self.scene_index, frame, index))
+        if cam.lens is not None:
+            rgb = rectify_image(self.rectifier, cam.channel, rgb, cam.K, cam.lens)
+        return rgb, depth, sem
+
+    def record(self) -> dict:
+        return {"rig": self.rig.name, "look": self.look.record(), "cameras": {
+            cam.channel: {"lens": cam.lens.record() if cam.lens is not None else None,
+                          "rectified": cam.lens is not None, "exposure_offset_ev": round(float(self.ev[i]), 4),
+                          "vignetting": round(float(self.vignetting[i]), 4)}
+            for i, cam in enumerate(self.rig.cameras)}}
+
+
 def _write_dataroot(out: Path, scenes: int, frames: int, seed: int, cameras: str, width: int, height: int,
-                    voxel_spec: VoxelSpec | None, jpeg_quality: int, progress: bool) -> dict:
+                    voxel_spec: VoxelSpec | None, jpeg_quality: int, progress: bool, look: str, lenses: bool) -> dict:
     voxel_spec = voxel_spec or VoxelSpec()
-    rig = load_rig(cameras, width, height)
+    random_rig = cameras.startswith("random")
+    rig = load_rig(cameras, width, height, seed=seed, scene_index=0, lenses=lenses)
+    rectifier = Rectifier(min_valid_fraction=1.0)
+    camera_model: dict[str, dict] = {}
     table_dir = out / VERSION
     table_dir.mkdir(parents=True, exist_ok=True)
     channels = [c.channel for c in rig.cameras] + ["LIDAR_TOP"]
@@ -116,6 +180,11 @@ def _write_dataroot(out: Path, scenes: int, frames: int, seed: int, cameras: str
         log_name = f"synth-s{seed}-scene{si:03d}"
         duration = frames * KEYFRAME_PERIOD_US / 1e6 + 1.0
         town = generate_town(seed, si, duration)
+        if random_rig and si > 0:
+            rig = load_rig(cameras, width, height, seed=seed, scene_index=si, lenses=lenses)
+        scene_cams = _SceneCameras(rig, look, seed, si, rectifier)
+        camera_model[log_name] = scene_cams.record()
+        quality = jpeg_quality if scene_cams.look.identity else scene_cams.look.jpeg_quality
         t0_us = BASE_TIMESTAMP_US + (seed % 1000) * 10**10 + si * 10**9
         log_tok, scene_tok = token(seed, si, "log"), token(seed, si, "scene")
         T["log"].append({"token": log_tok, "logfile": log_name, "vehicle": "synth", "date_captured": "2024-01-01",
@@ -156,15 +225,15 @@ def _write_dataroot(out: Path, scenes: int, frames: int, seed: int, cameras: str
             np.savez_compressed(out / "gt" / "LIDAR_TOP" / f"{sd_tok}.npz", voxel_semantics=voxels,
                                 point_semantics=point_cls)
             records.append(("LIDAR_TOP", sd_tok, lidar_us, ego_lidar, fname, "pcd", 0, 0))
-            for cam in rig.cameras:
+            for ci, cam in enumerate(rig.cameras):
                 jitter = int(rng.integers(-1500, 1501))
                 cam_us = lidar_us + cam.time_offset_us + jitter
                 t_cam = (cam_us - t0_us) / 1e6
                 ego_cam = town.ego_pose(t_cam)
-                rgb, depth, sem = render_camera(town, t_cam, ego_cam @ cam.cam2ego, cam.K, (cam.width, cam.height))
+                rgb, depth, sem = scene_cams.image(town, t_cam, ego_cam @ cam.cam2ego, ci, k)
                 sd_tok = token(seed, si, "sd", cam.channel, k)
                 fname = f"samples/{cam.channel}/{log_name}__{cam.channel}__{cam_us}.jpg"
-                Image.fromarray(rgb).save(out / fname, quality=jpeg_quality)
+                Image.fromarray(rgb).save(out / fname, quality=quality)
                 np.savez_compressed(out / "gt" / cam.channel / f"{sd_tok}.npz", depth=depth, semantics=sem)
                 records.append((cam.channel, sd_tok, cam_us, ego_cam, fname, "jpg", cam.width, cam.height))
                 n_images += 1
@@ -224,6 +293,7 @@ def _write_dataroot(out: Path, scenes: int, frames: int, seed: int, cameras: str
                    "pc_range": list(voxel_spec.pc_range), "voxel_size": voxel_spec.voxel_size,
                    "shape": list(voxel_spec.shape), "free": 0, "index": "[ix, iy, iz]"},
         "seed": seed, "scenes": scenes, "frames": frames, "rig": rig.name, "width": width, "height": height,
+        "look": look, "camera_model": camera_model,
     }
     (out / "gt" / "meta.json").write_text(json.dumps(meta, indent=1))
     wall = time.perf_counter() - wall0
