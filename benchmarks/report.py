@@ -252,6 +252,74 @@ def synthetic_realism(ctx: Context) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# World transfer (issue 24): the model variants on the real frames and the synthetic held-out sets
+# ---------------------------------------------------------------------------------------------------------
+
+WORLD_TRANSFER = RESULTS + "world_transfer.json"
+FROZEN_2D_COST = RESULTS + "frozen_2d_cost.json"
+# (table row, set, metrics shown, aim text); the aims themselves are computed by benchmarks/world_transfer.py
+WORLD_TRANSFER_ROWS = [
+    ("nuScenes keyframe LiDAR AbsRel / delta1", "nuscenes", ("abs_rel", "delta1"), "<= 0.25 / >= 0.65"),
+    ("DDAD 3 frames LiDAR AbsRel / delta1", "ddad", ("abs_rel", "delta1"), "<= 0.35 / >= 0.50"),
+    ("recon PSNR nuScenes / DDAD", ("nuscenes", "ddad"), ("psnr",), "higher than the reference"),
+    ("synthetic held-out plain (seed 999) PSNR / LiDAR AbsRel", "synthetic:plain", ("psnr", "abs_rel"),
+     "no more than 10% worse than the reference"),
+    ("synthetic held-out realistic (seed 999) PSNR / LiDAR AbsRel", "synthetic:realistic", ("psnr", "abs_rel"), "-"),
+]
+
+
+def _wt_cell(scores: dict, sets: str | tuple[str, ...], metrics: tuple[str, ...]) -> str:
+    if isinstance(sets, tuple):  # one metric over several sets
+        pairs = [(scores.get(name, {}).get(metrics[0]), metrics[0]) for name in sets]
+    else:
+        pairs = [(scores.get(sets, {}).get(m), m) for m in metrics]
+    return slash(*[num(v, 2 if m == "psnr" else 3) for v, m in pairs])
+
+
+@generator("training:world_transfer", reads=[WORLD_TRANSFER, REALISM])
+def world_transfer(ctx: Context) -> str:
+    d = ctx.load(WORLD_TRANSFER)
+    order, models = dig(d, "order"), dig(d, "models")
+    rows = [[label] + [_wt_cell(dig(models, m, "scores"), sets, metrics) for m in order] + [aim]
+            for label, sets, metrics, aim in WORLD_TRANSFER_ROWS]
+    met = []
+    for m in order:
+        known = [v for v in dig(models, m, "aims").values() if v is not None]
+        ref = " (reference)" if m == d["reference"] else ""
+        met.append((f"{sum(known)} of {len(known)}" if known else "-") + ref)
+    rows.append(["aims met"] + met + [f"{len(dig(d, 'aims'))} aims (reference: {dig(d, 'reference')})"])
+    quick = [m for m in order if models[m].get("max_synthetic_samples")]
+    runs = dig(ctx.load(REALISM), "runs")
+    shown = [runs[0], runs[-1]] if len(runs) > 1 else runs
+    realism = ("Realism of the world (benchmarks/realism.py, the segmenter's mIoU on renders; aim >= 0.60, car >= 0.5;"
+               " [synthetic.md](synthetic.md)): " + "; latest: ".join(
+                   f"{r['label']} {num(r['miou'], 3)} (car {num(r['per_class'].get('car'), 2)})" for r in shown)
+               + ".") if runs else ""
+    text = ("Each column is one model, scored with `distillnerf-eval` on frames it never trained on. "
+            + (f"Scored on the first {', '.join(str(models[m]['max_synthetic_samples']) for m in quick)} synthetic "
+               f"samples only: {', '.join(quick)}. " if quick else "") + realism)
+    sources = "\n\n".join(ctx.source_of(WORLD_TRANSFER, dig(models, m, "provenance"), f"column {m}") for m in order)
+    return join(table(["", *order, "aim"], rows), text, sources)
+
+
+@generator("training:frozen_2d_cost", reads=[FROZEN_2D_COST])
+def frozen_2d_cost(ctx: Context) -> str:
+    d = ctx.load(FROZEN_2D_COST)
+    rows = [[label, f"{num(a['cpu_s_median'])} s", f"{num(a['wall_s_median'])} s", ms(a["encoder_ms_median"], 0),
+             num(a["trainable_params"]), num(a["frozen_params"]), a["steps"]] for label, a in dig(d, "arms").items()]
+    added, branch = dig(d, "added_per_step"), dig(d, "frozen_branch_forward")
+    text = (f"The frozen branch adds {num(added['cpu_s'])} s of CPU time per training step "
+            f"({num(added['cpu_ratio'])}x; "
+            f"wall {num(added['wall_s'])} s, {num(added['wall_ratio'])}x, on a machine at load "
+            f"{num(d['load']['before'][0], 1)}-{num(d['load']['after'][0], 1)}); the segmenter's forward alone on the "
+            f"{branch['cameras']} cameras at {branch['segmenter_input_hw'][1]}x{branch['segmenter_input_hw'][0]}: "
+            f"{num(branch['cpu_s_median'])} s CPU, {num(branch['wall_s_median'])} s wall. {dig(d, 'threads')} "
+            f"thread(s). {d.get('note', '')}")
+    return join(table(["training step (small, 6 cameras)", "CPU / step", "wall / step", "encoder", "trainable",
+                       "frozen", "steps"], rows), text, ctx.source(FROZEN_2D_COST))
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Real data
 # ---------------------------------------------------------------------------------------------------------
 

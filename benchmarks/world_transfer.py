@@ -116,11 +116,12 @@ def evaluate(ckpt: Path, data: dict, threads: int, max_samples: int | None, tmp:
 
 
 def aims(scores: dict[str, dict], reference: dict[str, dict] | None) -> dict[str, bool | None]:
-    """Per aim key "set/metric": met (True / False), None where a score or the reference is missing."""
+    """Per aim key "set/metric": met (True / False), None where a score or the reference is missing (and, for the
+    reference model itself, None for the aims relative to it)."""
     met: dict[str, bool | None] = {}
     for (name, metric), (kind, bound) in AIMS.items():
         value = scores.get(name, {}).get(metric)
-        ref = (reference or {}).get(name, {}).get(metric)
+        ref = None if reference is None else reference.get(name, {}).get(metric)
         if value is None or (kind in ("gt_ref", "ref_10pct") and ref is None):
             met[f"{name}/{metric}"] = None
         elif kind == "max":
@@ -155,9 +156,33 @@ def write_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def finish(models: dict, previous: dict, args: argparse.Namespace) -> tuple[list[str], str]:
+    """(table order, reference label), every model's aims recomputed against the reference."""
+    order = [s.strip() for s in args.order.split(",")] if args.order else list(previous.get("order", []))
+    order = [label for label in order if label in models] + [label for label in models if label not in order]
+    reference = args.reference or previous.get("reference") or order[0]
+    if reference not in models:
+        raise SystemExit(f"world_transfer: --reference {reference!r} is not a scored label ({order})")
+    for label in models:
+        models[label]["aims"] = aims(models[label]["scores"],
+                                     None if label == reference else models[reference]["scores"])
+    return order, reference
+
+
+def rescore(args: argparse.Namespace) -> int:
+    """--rescore: the stored scores' aims, order and reference recomputed; the rest of --json kept."""
+    if not args.json.is_file():
+        raise SystemExit(f"world_transfer: --rescore needs an existing {args.json}")
+    data = json.loads(args.json.read_text())
+    data["order"], data["reference"] = finish(data["models"], data, args)
+    write_atomic(args.json, data)
+    print(f"rescored {args.json}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=_model_arg, action="append", required=True, help="LABEL=DIR (repeatable)")
+    p.add_argument("--model", type=_model_arg, action="append", default=[], help="LABEL=DIR (repeatable)")
     p.add_argument("--synthetic", type=_synthetic_arg, action="append",
                    help="LABEL=\"distillnerf-synth options\" of a held-out set (repeatable; default plain and "
                         "realistic)")
@@ -171,7 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--order", help="comma list of labels: the table's column order (default: as first added)")
     p.add_argument("--json", type=Path, default=REPO / "benchmarks/results/world_transfer.json")
     p.add_argument("--note", default="", help="e.g. the machine's load (kept beside each row's provenance)")
+    p.add_argument("--rescore", action="store_true", help="only recompute the aims (and --order / --reference) of "
+                   "the models already in --json; no evaluation")
     args = p.parse_args(argv)
+    if not args.model and not args.rescore:
+        p.error("give at least one --model LABEL=DIR (or --rescore)")
+    if args.rescore:
+        return rescore(args)
     synthetic = dict(args.synthetic) if args.synthetic else dict(DEFAULT_SYNTHETIC)
     previous = json.loads(args.json.read_text()) if args.json.is_file() else {}
     models = dict(previous.get("models", {}))
@@ -198,13 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                                          model=model_identity(ckpt), data=", ".join(sets), threads=args.threads,
                                          note=args.note, evaluations=row_log),
             }
-    order = [s.strip() for s in args.order.split(",")] if args.order else list(previous.get("order", []))
-    order = [label for label in order if label in models] + [label for label in models if label not in order]
-    reference = args.reference or previous.get("reference") or order[0]
-    if reference not in models:
-        raise SystemExit(f"world_transfer: --reference {reference!r} is not a scored label ({order})")
-    for label in models:
-        models[label]["aims"] = aims(models[label]["scores"], models[reference]["scores"])
+    order, reference = finish(models, previous, args)
     held_out = ", ".join(f"{k}: {v or 'no options'}" for k, v in synthetic.items())
     result = {
         "order": order,

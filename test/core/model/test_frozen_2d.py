@@ -154,3 +154,13 @@ def test_init_fresh_head_of_another_width(tmp_path):
     load_init_weights(narrow, str(path), ["feature_head"])
     assert all(torch.equal(v, head_before[k]) for k, v in narrow.feature_head.state_dict().items())
     assert torch.equal(narrow.encoder.fpn.smooth.weight, wide.encoder.fpn.smooth.weight)
+
+
+def test_train_default_frozen2d_is_train_default_with_the_branch():
+    from distillnerf_core.training.config import load_train_config, model_config
+
+    plain, frozen = load_train_config("train_default"), load_train_config("train_default_frozen2d")
+    assert model_config(frozen).encoder.frozen_2d == "segmenter" and model_config(plain).encoder.frozen_2d is None
+    settings = frozen.to_dict()
+    settings["model_overrides"] = {}
+    assert settings == plain.to_dict(), "the two stage-1 configs must differ only in the frozen branch"
