@@ -90,6 +90,7 @@ def test_dense_depth_of_ground_pixels_lies_on_the_ground(synth_root):
     item = ds[1]
     ref = item["ref_ego2global"].numpy()
     v, u = np.meshgrid(np.arange(H) + 0.5, np.arange(W) + 0.5, indexing="ij")
+    seen = 0
     for n, ch in enumerate(item["camera_names"]):
         road = (item["semantics"][n].numpy() == CLASS_ID["road"])
         z = item["dense_depth"][n].numpy()[road]
@@ -97,8 +98,11 @@ def test_dense_depth_of_ground_pixels_lies_on_the_ground(synth_root):
         cam = (pix @ np.linalg.inv(item["intrinsics"][n].double().numpy()).T) * z[:, None]
         T = ref @ item["cam2ego"][n].double().numpy()
         world_z = cam @ T[2, :3] + T[2, 3]
-        assert road.sum() > 100, f"{ch}: too few road pixels ({road.sum()})"
-        assert np.abs(world_z).max() < 0.02, f"{ch}: road pixels back-project to z up to {np.abs(world_z).max():.3f} m"
+        seen += road.sum() > 100  # a passing van can fill a side camera (the world has vans since issue 24)
+        if road.any():
+            assert np.abs(world_z).max() < 0.02, \
+                f"{ch}: road pixels back-project to z up to {np.abs(world_z).max():.3f} m"
+    assert seen >= 4, f"only {seen} of 6 cameras see more than 100 road pixels"
 
 
 def test_voxel_grid(synth_root):
@@ -132,7 +136,7 @@ def test_deterministic_from_seed(tmp_path):
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b"), "same seed gave different files"
     assert _digest(tmp_path / "a") != _digest(tmp_path / "c"), "different seeds gave identical files"
     t1, t2 = generate_town(5, 0), generate_town(5, 1)
-    assert not np.array_equal(t1.box_center[:20], t2.box_center[:20]), "scenes of one seed should differ"
+    assert not np.array_equal(t1.box_center, t2.box_center), "scenes of one seed should differ"
 
 
 def test_other_rigs(tmp_path):
