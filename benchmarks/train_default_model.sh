@@ -11,7 +11,7 @@
 # segmenter's labels. Each variant is evaluated on OUT/heldout into its eval.json; benchmarks/world_transfer.py
 # scores the variants on the real frames.
 #
-#   benchmarks/train_default_model.sh OUT [--variants world,frozen,distill|data] [--minutes 28]
+#   benchmarks/train_default_model.sh OUT [--variants world,frozen,distill|data|install] [--minutes 28]
 #       [--distill-minutes 28] [--max-steps N] [--synth-args "--rig random --look realistic"] [--scenes 16]
 #       [--frames 8] [--segmenter-width 1024] [--distill-init CKPT] [--distill-init-fresh feature_head]
 #       [--threads N] [--install]
@@ -21,7 +21,7 @@
 # --max-steps caps every training (a quick check of the recipe). --variants data only writes the data (the two
 # sets in parallel), so that variants can then train side by side (e.g. `--variants world` and `--variants
 # frozen,distill` at --threads 1 each on two cores). Nothing under models/ is written unless --install (then
-# OUT/default replaces models/default and OUT/frozen models/stage1).
+# OUT/default replaces models/default and OUT/frozen models/stage1; `--variants install` does only that).
 set -euo pipefail
 usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [ $# -ge 1 ] || usage
@@ -47,7 +47,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 for v in ${VARIANTS//,/ }; do
-  case $v in world|frozen|distill|data) ;; *) echo "train_default_model.sh: unknown variant $v (world, frozen, distill, data)" >&2; exit 2 ;; esac
+  case $v in world|frozen|distill|data|install) ;; *) echo "train_default_model.sh: unknown variant $v (world, frozen, distill, data, install)" >&2; exit 2 ;; esac
 done
 has() { case ",$VARIANTS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -78,6 +78,19 @@ train() {  # train CONFIG RUN_DIR MINUTES [extra distillnerf-train options]
   evaluate "$dir"
 }
 
+install_models() {  # OUT/default -> models/default, OUT/frozen -> models/stage1 (when it exists)
+  for pair in default:default frozen:stage1; do
+    local src=$OUT/${pair%%:*} dst=models/${pair##*:}
+    if [ -f "$src/model.safetensors" ]; then
+      cp "$src/"{model.safetensors,model.json,train_config.json,train_summary.json,eval.json} "$dst/"
+      echo "installed $src into $dst"
+    elif [ "$dst" = models/default ]; then
+      echo "train_default_model.sh: nothing to install: $src/model.safetensors does not exist" >&2; exit 2
+    fi
+  done
+}
+if [ "$VARIANTS" = install ]; then install_models; exit 0; fi
+
 synth "$OUT/heldout" 999 2 4 & HELDOUT=$!  # one thread each (the renderer's fastest): both sets side by side
 synth "$OUT/train" 101 "$SCENES" "$FRAMES"
 wait "$HELDOUT"
@@ -94,13 +107,6 @@ if has distill; then
     --teacher segmenter --segmenter-width "$SEG_WIDTH" --threads "$THREADS" --no-progress
   train train_default_frozen2d "$OUT/default" "$MINUTES2" --features segmenter --init "$INIT" \
     --init-fresh "$DFRESH"
-  if [ "$INSTALL" = 1 ]; then
-    cp "$OUT/default/"{model.safetensors,model.json,train_config.json,train_summary.json,eval.json} models/default/
-    echo "installed $OUT/default into models/default"
-    if [ -z "$DINIT" ]; then
-      cp "$OUT/frozen/"{model.safetensors,model.json,train_config.json,train_summary.json,eval.json} models/stage1/
-      echo "installed $OUT/frozen into models/stage1"
-    fi
-  fi
+  if [ "$INSTALL" = 1 ]; then install_models; fi
 fi
 echo "done: $OUT"
