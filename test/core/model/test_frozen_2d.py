@@ -164,3 +164,12 @@ def test_train_default_frozen2d_is_train_default_with_the_branch():
     settings = frozen.to_dict()
     settings["model_overrides"] = {}
     assert settings == plain.to_dict(), "the two stage-1 configs must differ only in the frozen branch"
+
+
+def test_init_fresh_needs_init(tmp_path, capsys):
+    from distillnerf_core.cli.train import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", "tiny", "--dataroot", str(tmp_path), "--version", "v1.0-mini", "--out", str(tmp_path / "run"),
+              "--init-fresh", "feature_head"])
+    assert exit_info.value.code == 2 and "--init-fresh needs --init" in capsys.readouterr().err
