@@ -14,8 +14,11 @@
 #   benchmarks/train_default_model.sh OUT [--variants world,frozen,distill|data|install] [--minutes 28]
 #       [--distill-minutes 28] [--max-steps N] [--synth-args "--rig random --look realistic"] [--scenes 16]
 #       [--frames 8] [--segmenter-width 1024] [--distill-init CKPT] [--distill-init-fresh feature_head]
-#       [--threads N] [--install]
+#       [--threads N] [--install] [--init CKPT]
 #
+# --init CKPT starts the stage-1 variants (world, frozen) from CKPT instead of from scratch (the shipped bundled
+#   model: the old box world's stage 1, models/stage1/model.safetensors); the frozen variant's new modules
+#   (encoder.frozen_2d, encoder.fuse) start fresh, and the fusion starts as the identity on the FPN.
 # --distill-init CKPT skips the frozen stage: e.g. the old bundled model (64-ch oracle head, no frozen branch):
 #   --distill-init models/default/model.safetensors --distill-init-fresh feature_head,encoder.frozen_2d,encoder.fuse
 # --max-steps caps every training (a quick check of the recipe). --variants data only writes the data (the two
@@ -23,12 +26,12 @@
 # frozen,distill` at --threads 1 each on two cores). Nothing under models/ is written unless --install (then
 # OUT/default replaces models/default and OUT/frozen models/stage1; `--variants install` does only that).
 set -euo pipefail
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [ $# -ge 1 ] || usage
 case $1 in -*) usage ;; esac
 OUT=$1; shift
 VARIANTS=world,frozen,distill; MINUTES=28; MINUTES2=28; MAX_STEPS=""; SYNTH_ARGS="--rig random --look realistic"
-SCENES=16; FRAMES=8; SEG_WIDTH=1024; DINIT=""; DFRESH=feature_head; THREADS=""; INSTALL=0
+SCENES=16; FRAMES=8; SEG_WIDTH=1024; DINIT=""; DFRESH=feature_head; THREADS=""; INSTALL=0; SINIT=""
 while [ $# -gt 0 ]; do
   case $1 in
     --variants) VARIANTS=$2; shift 2 ;;
@@ -43,6 +46,7 @@ while [ $# -gt 0 ]; do
     --distill-init-fresh) DFRESH=$2; shift 2 ;;
     --threads) THREADS=$2; shift 2 ;;
     --install) INSTALL=1; shift ;;
+    --init) SINIT=$2; shift 2 ;;
     *) echo "train_default_model.sh: unknown option $1" >&2; usage ;;
   esac
 done
@@ -57,6 +61,10 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 case $OUT/ in "$REPO"/models/*) echo "train_default_model.sh: OUT must not be inside models/ (use --install)" >&2; exit 2 ;; esac
 if [ -n "$DINIT" ]; then DINIT=$(cd "$(dirname "$DINIT")" && pwd)/$(basename "$DINIT"); fi
+if [ -n "$SINIT" ]; then
+  [ -f "$SINIT" ] || { echo "train_default_model.sh: --init $SINIT does not exist" >&2; exit 2; }
+  SINIT=$(cd "$(dirname "$SINIT")" && pwd)/$(basename "$SINIT")
+fi
 cd "$REPO"
 THREADS=${THREADS:-$(nproc)}
 STEPS_OPT=(); [ -n "$MAX_STEPS" ] && STEPS_OPT=(--max-steps "$MAX_STEPS")
@@ -94,11 +102,15 @@ if [ "$VARIANTS" = install ]; then install_models; exit 0; fi
 synth "$OUT/heldout" 999 2 4 & HELDOUT=$!  # one thread each (the renderer's fastest): both sets side by side
 synth "$OUT/train" 101 "$SCENES" "$FRAMES"
 wait "$HELDOUT"
-printf '{"synth_args": "%s", "train": "seed 101, %s x %s keyframes, 456x256", "heldout": "seed 999, 2 x 4 keyframes, 456x256", "segmenter_width": %s}\n' \
-  "$SYNTH_ARGS" "$SCENES" "$FRAMES" "$SEG_WIDTH" > "$OUT/recipe.json"
+printf '{"synth_args": "%s", "train": "seed 101, %s x %s keyframes, 456x256", "heldout": "seed 999, 2 x 4 keyframes, 456x256", "segmenter_width": %s, "stage1_init": "%s"}\n' \
+  "$SYNTH_ARGS" "$SCENES" "$FRAMES" "$SEG_WIDTH" "${SINIT#"$REPO"/}" > "$OUT/recipe.json"
 
-has world && train train_default "$OUT/world" "$MINUTES" --sky-mask none
-has frozen && train train_default_frozen2d "$OUT/frozen" "$MINUTES" --sky-mask none
+WORLD_INIT=(); FROZEN_INIT=()
+if [ -n "$SINIT" ]; then
+  WORLD_INIT=(--init "$SINIT"); FROZEN_INIT=(--init "$SINIT" --init-fresh encoder.frozen_2d,encoder.fuse)
+fi
+has world && train train_default "$OUT/world" "$MINUTES" --sky-mask none "${WORLD_INIT[@]}"
+has frozen && train train_default_frozen2d "$OUT/frozen" "$MINUTES" --sky-mask none "${FROZEN_INIT[@]}"
 if has data; then echo "data written: $OUT/train $OUT/heldout"; fi
 if has distill; then
   INIT=${DINIT:-$OUT/frozen/model.safetensors}
