@@ -224,19 +224,18 @@ class _Builder:
                     cyl_albedo=ca, cyl_cls=ck.astype(i64), cyl_material=cm.astype(i64))
 
 KERB_WIDTH = 0.22
-KERB_HEIGHT = 0.17
 
 
 def _street(b: _Builder, rng: np.random.Generator, x0: float, x1: float) -> None:
     """Sidewalks (raised paving), kerb stones along the road edge, grass verges with gaps on the sidewalk."""
     for side in (-1, 1):
         ys = sorted([side * ROAD_HALF, side * SIDEWALK_OUTER])
-        ky = sorted([side * ROAD_HALF, side * (ROAD_HALF + KERB_WIDTH)])
         # In 25 m pieces: a camera tests a box on every pixel of its screen rectangle, and one 500 m slab
         # spans the whole image of every camera.
+        # The kerb stones are the slab's outer KERB_WIDTH (material only, see _shade_attributes: a box of their
+        # own cost more than it showed).
         for xa in np.arange(x0 - 50, x1 + 50, 25.0):
             b.box([xa, ys[0], 0], [xa + 25.0, ys[1], SIDEWALK_HEIGHT], [0.62, 0.6, 0.57], "sidewalk", shading.PAVING)
-            b.box([xa, ky[0], 0], [xa + 25.0, ky[1], KERB_HEIGHT], [0.66, 0.65, 0.63], "sidewalk", shading.KERB)
         if rng.random() < 0.6:  # a street with grass verges (tree strips) between kerb and footway
             x = x0 + rng.uniform(0, 10)
             y_in, y_out = ROAD_HALF + rng.uniform(0.5, 0.9), ROAD_HALF + rng.uniform(1.8, 2.6)
@@ -645,9 +644,11 @@ def cast_rays(town: Town, t: float, origin: np.ndarray, dirs: torch.Tensor, far:
             s = hit_of(k, i, o, grid[r0:r1, c0:c1], inv[r0:r1, c0:c1])
             sub = best[r0:r1, c0:c1]
             hit = s < sub
-            sub[hit] = s[hit]
-            kind[r0:r1, c0:c1][hit] = k
-            index[r0:r1, c0:c1][hit] = i
+            if not bool(hit.any()):  # hidden or missed: most primitives of a camera
+                continue
+            sub.copy_(torch.where(hit, s, sub))  # in place on views (cheaper than boolean index_put)
+            kind[r0:r1, c0:c1].masked_fill_(hit, k)
+            index[r0:r1, c0:c1].masked_fill_(hit, i)
     flat = grid.reshape(-1, 3)
     return _shade_attributes(town, t, o, flat, best.reshape(-1), kind.reshape(-1), index.reshape(-1))
 
@@ -726,7 +727,7 @@ def occluded(town: Town, t: float, points: torch.Tensor, direction: np.ndarray,
 
 
 def sun_lit(town: Town, t: float, hits: Hits, offset: float = 0.02, grid_hw: tuple[int, int] | None = None,
-            stride: int = 2) -> torch.Tensor:
+            stride: int = 3) -> torch.Tensor:
     """(R,) bool: surface hits that face the sun and see it (no primitive in between); sky rays False.
 
     With `grid_hw` (the rays form an (H, W) image) the shadow rays are cast for one pixel per `stride` x
@@ -797,7 +798,9 @@ def _shade_attributes(town: Town, t: float, o: torch.Tensor, dirs: torch.Tensor,
         normal[b] = nrm
         cls[b] = torch.as_tensor(town.box_cls)[idx]
         base[b] = torch.as_tensor(town.box_albedo, dtype=torch.float32)[idx]
-        material[b] = torch.as_tensor(town.box_material)[idx]
+        mat = torch.as_tensor(town.box_material)[idx]
+        kerb = (mat == shading.PAVING) & ((point[b, 1].abs() - ROAD_HALF) < KERB_WIDTH)
+        material[b] = torch.where(kerb, shading.KERB, mat)
 
     s = kind == KIND_ELLIPSOID
     if s.any():

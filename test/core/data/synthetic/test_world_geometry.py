@@ -73,7 +73,11 @@ def test_generation_is_deterministic_and_has_the_new_objects(town):
     cabins = town.sph_material == shading.CAR_CABIN
     assert cabins.any() and (town.box_material == shading.CAR_CABIN).any(), "no rounded or box cabins"
     assert (town.sph_cls == W.CLASS_ID["vegetation"]).sum() > 3 * (town.cyl_material == shading.BARK).sum() - 1
-    assert (town.box_material == shading.KERB).any() and (town.box_material == shading.HEDGE).any()
+    assert (town.box_material == shading.HEDGE).any(), "no hedges"
+    down = torch.tensor([[0.0, 0.0, -1.0]])
+    for y, want in ((W.ROAD_HALF + 0.1, shading.KERB), (-W.ROAD_HALF - 0.1, shading.KERB)):
+        hit = W.cast_rays(town, 0.0, np.array([3.0, y, 5.0]), down, 50.0)
+        assert int(hit.material[0]) == want and int(hit.cls[0]) == W.CLASS_ID["sidewalk"], "no kerb at the road edge"
     assert (town.cyl_material == shading.SIGN).any() or (town.box_material == shading.SIGN).any()
 
 
