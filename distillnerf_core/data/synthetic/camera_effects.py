@@ -7,16 +7,15 @@ the camera writes, in this order (the sensor's):
 
 1. linearise (sRGB decode: the renderer's output is display-encoded);
 2. exposure: a gain of 2^EV (scene EV + the camera's offset); over-exposure is EV > 0: bright sky and facades
-   clip at the sensor's white level (1.0), as they do on a sunny day;
+   reach white (the shoulder below) or clip at the sensor's white level (HEADROOM), as on a sunny day;
 3. white balance: per-channel gains of a colour temperature the camera guessed wrong (warm / cool cast) and a
    green-magenta tint;
 4. vignetting: the lens's fall-off towards the corners (a cos^4-like polynomial of the radius from the
    principal point, strength per camera);
-5. optical softness: a small separable blur (sigma 0.3-0.7 px): a lens and an anti-aliased sensor never
-   give the hard one-ray-per-pixel edges of the renderer;
-6. sensor noise: shot noise (variance proportional to the signal) + read noise, per channel, at a per-scene
+5. sensor noise: shot noise (variance proportional to the signal) + read noise, per channel, at a per-scene
    ISO, from a generator seeded per image (seed, scene, frame, camera);
-7. tone curve (a mild filmic shoulder, then sRGB encode), quantise to uint8.
+6. tone curve: a highlight shoulder (linear up to a knee, then an exponential roll-off towards white, so an
+   over-exposed sky saturates softly; darks and mid-tones unchanged), then sRGB encode, quantise to uint8.
 
 The caller then writes the JPEG at the look's `jpeg_quality`. The strengths are those of a real camera's
 image at the model's resolution (456x256 is a 1600x900 frame downsampled 3.5x: its noise averaged down, its
@@ -49,8 +48,7 @@ class Look:
     vignetting: float = 0.0  # relative fall-off at the image corner (0 = none)
     shot_noise: float = 0.0  # variance per unit of linear signal
     read_noise: float = 0.0  # standard deviation in linear units
-    shoulder: float = 0.0  # strength of the filmic highlight roll-off (0 = linear up to the clip)
-    blur_sigma: float = 0.0  # optical softness (px, <= 0.7)
+    shoulder: float = 0.0  # highlight roll-off: the knee is at 1 - shoulder (0 = linear up to the clip)
     jpeg_quality: int = PLAIN_JPEG_QUALITY
 
     @property
@@ -62,7 +60,7 @@ class Look:
                 "camera_ev_sigma": round(self.camera_ev_sigma, 4),
                 "white_balance": [round(g, 4) for g in self.white_balance], "vignetting": round(self.vignetting, 4),
                 "shot_noise": self.shot_noise, "read_noise": self.read_noise, "shoulder": round(self.shoulder, 4),
-                "blur_sigma": round(self.blur_sigma, 4), "jpeg_quality": self.jpeg_quality}
+                "jpeg_quality": self.jpeg_quality}
 
 
 def scene_look(name: str, seed: int, scene_index: int) -> Look:
@@ -73,7 +71,7 @@ def scene_look(name: str, seed: int, scene_index: int) -> Look:
         raise ValueError(f"unknown look {name!r}: use one of {', '.join(LOOKS)}")
     rng = np.random.default_rng([int(seed), int(scene_index), 9191])
     # Exposure: mostly around the metered value, a third of the scenes over-exposed (clipped sky).
-    ev = float(rng.normal(0.15, 0.35))
+    ev = float(rng.normal(0.0, 0.3))
     # White balance: the colour cast of a wrong temperature guess (warm: more red, less blue) and a tint.
     warmth = float(rng.normal(0.0, 0.06))
     tint = float(rng.normal(0.0, 0.025))
@@ -81,8 +79,7 @@ def scene_look(name: str, seed: int, scene_index: int) -> Look:
     iso = float(np.exp(rng.uniform(np.log(1.0), np.log(3.0))))  # gain relative to base ISO
     return Look("realistic", exposure_ev=ev, camera_ev_sigma=0.15, white_balance=wb,
                 vignetting=float(rng.uniform(0.1, 0.45)), shot_noise=4e-5 * iso, read_noise=5e-4 * iso,
-                shoulder=float(rng.uniform(0.0, 0.6)), jpeg_quality=int(rng.integers(85, 96)),
-                blur_sigma=float(rng.uniform(0.3, 0.7)))
+                shoulder=float(rng.uniform(0.0, 0.3)), jpeg_quality=int(rng.integers(85, 96)))
 
 
 def camera_rng(seed: int, scene_index: int, frame: int, camera_index: int) -> np.random.Generator:
@@ -101,7 +98,8 @@ def camera_offsets(look: Look, seed: int, scene_index: int, cameras: int) -> tup
 
 _DECODE = np.where(np.arange(256) / 255.0 <= 0.04045, np.arange(256) / 255.0 / 12.92,
                    ((np.arange(256) / 255.0 + 0.055) / 1.055) ** 2.4).astype(np.float32)
-_ENCODE_LEVELS = 16384  # linear values are quantised this finely before the tone + sRGB lookup (< 1/4 LSB)
+_ENCODE_LEVELS = 32768  # linear values in [0, HEADROOM] are quantised this finely before the tone + sRGB lookup
+HEADROOM = 2.0  # the sensor's white level (linear): the tone curve's shoulder maps it to white
 
 
 def srgb_encode(linear: np.ndarray) -> np.ndarray:
@@ -112,12 +110,12 @@ def srgb_encode(linear: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=16)
 def _encode_table(shoulder: float) -> np.ndarray:
-    """uint8 output of each quantised linear level: the shoulder (x (1 + s) / (x + s) with s = 1 / shoulder maps
-    1 to 1 and rolls highlights off), then sRGB."""
-    x = np.arange(_ENCODE_LEVELS, dtype=np.float64) / (_ENCODE_LEVELS - 1)
+    """uint8 output of each quantised linear level: the shoulder (identity below the knee k = 1 - shoulder, above
+    it k + (1 - k)(1 - exp(-(x - k) / (1 - k))): slope 1 at the knee, white approached softly), then sRGB."""
+    x = np.arange(_ENCODE_LEVELS, dtype=np.float64) * (HEADROOM / (_ENCODE_LEVELS - 1))
     if shoulder > 0:
-        s = 1.0 / shoulder
-        x = x * (1 + s) / (x + s)
+        knee = 1.0 - shoulder
+        x = np.where(x <= knee, x, knee + shoulder * (1 - np.exp(-(x - knee) / shoulder)))
     return (srgb_encode(x) * 255.0 + 0.5).astype(np.uint8)
 
 
@@ -138,16 +136,6 @@ def vignette_gain(size: tuple[int, int], K: np.ndarray, strength: float) -> np.n
     return _vignette(int(size[0]), int(size[1]), float(K[0, 2]), float(K[1, 2]), float(strength))
 
 
-def _soften(image: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable 3-tap blur [a, 1 - 2a, a] with variance 2a = sigma^2 (a Gaussian's for sigma <= 0.7), edges
-    replicated."""
-    a = np.float32(min(sigma, 0.7) ** 2 / 2)
-    padded = np.pad(image, ((0, 0), (1, 1), (0, 0)), mode="edge")
-    image = (1 - 2 * a) * padded[:, 1:-1] + a * (padded[:, :-2] + padded[:, 2:])
-    padded = np.pad(image, ((1, 1), (0, 0), (0, 0)), mode="edge")
-    return (1 - 2 * a) * padded[1:-1] + a * (padded[:-2] + padded[2:])
-
-
 def apply_look(rgb: np.ndarray, look: Look, K: np.ndarray, ev_offset: float, vignetting: float,
                rng: np.random.Generator) -> np.ndarray:
     """The uint8 (H, W, 3) image the camera writes for the rendered `rgb` (module docstring's steps)."""
@@ -160,12 +148,10 @@ def apply_look(rgb: np.ndarray, look: Look, K: np.ndarray, ev_offset: float, vig
     linear = (_DECODE[:, None] * gain[None, :])[rgb, np.arange(3)]  # decode and gain in one lookup
     if vignetting > 0:
         linear *= vignette_gain((w, h), K, vignetting)[..., None]
-    np.minimum(linear, 1.0, out=linear)  # the sensor's white level: over-exposed highlights clip here
-    if look.blur_sigma > 0:
-        linear = _soften(linear, look.blur_sigma)
+    np.minimum(linear, HEADROOM, out=linear)  # the sensor's white level: over-exposed highlights clip here
     if look.shot_noise > 0 or look.read_noise > 0:
         sigma = np.sqrt(look.shot_noise * linear + np.float32(look.read_noise ** 2))
         linear += sigma * rng.standard_normal(linear.shape, dtype=np.float32)
-    np.clip(linear, 0.0, 1.0, out=linear)
-    index = (linear * np.float32(_ENCODE_LEVELS - 1) + np.float32(0.5)).astype(np.int32)
+    np.clip(linear, 0.0, HEADROOM, out=linear)
+    index = (linear * np.float32((_ENCODE_LEVELS - 1) / HEADROOM) + np.float32(0.5)).astype(np.int32)
     return _encode_table(round(float(look.shoulder), 6))[index]

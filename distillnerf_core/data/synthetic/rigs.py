@@ -12,11 +12,13 @@ many cameras, `random` a count in 5..8 drawn once per seed (every scene of a dat
 the loader needs). Per scene and camera: the mount (a roof height of 1.40-1.95 m for the vehicle, +-8 cm per
 camera, the camera 0.3-0.9 m out from the roof centre towards its view), yaw (+-6 deg around the layout's),
 pitch (-2..+7 deg down), horizontal field of view (the layout's range per camera), the principal point (+-2 %
-of the image) and a barrel lens distortion (lens.random_lens; the export renders the raw image through it and
-rectifies it). Layouts (channel, yaw, field of view): 5 = Waymo's (front, front-left/right at +-45 deg,
-sides at +-90 deg), 6 = nuScenes' (front, front-left/right at +-55, back-left/right at +-110, back), 7 = a
-ring like Argoverse 2's (front, +-45, +-100, +-150), 8 = the ring and a narrow front camera. Channel names
-never make a 5/7/8-camera rig a superset of the nuScenes six (the loader would read only those six).
+of the image) and, for half of the cameras (LENS_PROBABILITY), a barrel lens distortion (lens.random_lens; the
+export renders the raw image through it and rectifies it: a raw render plus a geometry-only render for the
+exact ground truth, ~1.4x a pinhole camera's cost, which is why not every camera has one). Layouts (channel,
+yaw, field of view): 5 = Waymo's (front, front-left/right at +-45 deg, sides at +-90 deg), 6 = nuScenes'
+(front, front-left/right at +-55, back-left/right at +-110, back), 7 = a ring like Argoverse 2's (front,
++-45, +-100, +-150), 8 = the ring and a narrow front camera. Channel names never make a 5/7/8-camera rig a
+superset of the nuScenes six (the loader would read only those six).
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ RANDOM_LAYOUTS = {
         ("CAM_SIDE_RIGHT", -100, _SIDE)],
 }
 RANDOM_LAYOUTS[8] = RANDOM_LAYOUTS[7] + [("CAM_FRONT_NARROW", 0, _NARROW)]
+LENS_PROBABILITY = 0.5  # share of a random rig's cameras with a distorted lens
 
 
 def random_camera_count(name: str, seed: int) -> int:
@@ -147,8 +150,9 @@ def random_rig(width: int, height: int, cameras: int, seed: int, scene_index: in
         K[0, 2] += float(rng.uniform(-0.02, 0.02)) * width
         K[1, 2] += float(rng.uniform(-0.02, 0.02)) * height
         lens = random_lens(rng, K, (width, height))
+        lensed = bool(rng.random() < LENS_PROBABILITY) and lenses  # drawn either way: lenses=False keeps the rest
         cams.append(CameraSpec(channel, K, width, height, optical_to_ego(yaw, translation, pitch),
-                               int(offset) + int(rng.integers(-2000, 2001)), lens if lenses else None))
+                               int(offset) + int(rng.integers(-2000, 2001)), lens if lensed else None))
     rig = Rig(f"random{cameras}", cams, make_transform(NUSCENES_LIDAR_ROTATION, NUSCENES_LIDAR_TRANSLATION))
     return rig
 
