@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {stats['keyframes']} keyframes ({stats['images']} images, {stats['cameras']} cameras, "
           f"{a.width}x{a.height}) to {a.out}/{VERSION} in {stats['wall_s']:.1f} s")
     print(f"speed: {stats['keyframes_per_min']:.1f} frames/min with {stats['cameras']} cameras "
-          f"({stats['images_per_min']:.0f} camera images/min, {a.threads or torch.get_num_threads()} threads)")
+          f"({stats['images_per_min']:.0f} camera images/min, {a.threads or torch.get_num_threads()} threads); "
+          f"{stats['keyframes_per_cpu_min']:.1f} frames per CPU minute (process CPU time: the speed on a busy machine)")
     return 0
 
 
