@@ -132,7 +132,7 @@ def _realistic_inputs(work: Path) -> list[str]:
 def _run(args: argparse.Namespace, argv: list[str] | None, extra: list[str]) -> int:
     keys = ("infer_ms", "infer_cpu_ms", "train_ms", "train_cpu_ms")
     runs = {portable(t): {**{k: [] for k in keys}, "stages": {}} for t in args.trees}
-    for _ in range(args.rounds):
+    for done in range(1, args.rounds + 1):
         for tree in args.trees:
             proc = subprocess.run([sys.executable, "-c", CHILD, args.config, str(args.infer), str(args.train),
                                    str(args.threads), *extra], cwd=tree, capture_output=True, text=True,
@@ -147,8 +147,17 @@ def _run(args: argparse.Namespace, argv: list[str] | None, extra: list[str]) -> 
                 run[k] += data[k]
             for stage, values in data["stages"].items():
                 run["stages"].setdefault(stage, []).extend(values)
-    report = {"config": args.config, "scene": args.scene, "threads": args.threads, "rounds": args.rounds, "trees": {},
-              "load_average_at_end": list(os.getloadavg()), **({"note": args.note} if args.note else {})}
+        # after every round: a run cut short (a time limit on a loaded machine) keeps the rounds it finished
+        _report(args, argv, extra, runs, done, final=done == args.rounds)
+    return 0
+
+
+def _report(args: argparse.Namespace, argv: list[str] | None, extra: list[str], runs: dict, done: int,
+            final: bool) -> None:
+    """Per-tree medians of the rounds done so far; printed at the end, written to --json after every round."""
+    report = {"config": args.config, "scene": args.scene, "threads": args.threads, "rounds": done,
+              "rounds_asked": args.rounds, "trees": {}, "load_average_at_end": list(os.getloadavg()),
+              **({"note": args.note} if args.note else {})}
     for tree, run in runs.items():
         summary = {
             "infer_ms_median": statistics.median(run["infer_ms"]), "infer_ms_min": min(run["infer_ms"]),
@@ -159,11 +168,12 @@ def _run(args: argparse.Namespace, argv: list[str] | None, extra: list[str]) -> 
             "n_infer": len(run["infer_ms"]), "n_train": len(run["train_ms"]),
         }
         report["trees"][tree] = summary
-        print(f"{tree}: forward median {summary['infer_ms_median']:.1f} ms (min {summary['infer_ms_min']:.1f}), "
-              f"train step median {summary['train_step_ms_median']:.1f} ms (min {summary['train_step_ms_min']:.1f}); "
-              f"process CPU: forward {summary['infer_cpu_ms_median']:.1f} ms, step "
-              f"{summary['train_step_cpu_ms_median']:.1f} ms; stages "
-              + ", ".join(f"{s} {v:.1f}" for s, v in summary["stage_ms_median"].items()))
+        if final:
+            print(f"{tree}: forward median {summary['infer_ms_median']:.1f} ms (min {summary['infer_ms_min']:.1f}), "
+                  f"train step median {summary['train_step_ms_median']:.1f} ms (min "
+                  f"{summary['train_step_ms_min']:.1f}); process CPU: forward {summary['infer_cpu_ms_median']:.1f} "
+                  f"ms, step {summary['train_step_cpu_ms_median']:.1f} ms; stages "
+                  + ", ".join(f"{s} {v:.1f}" for s, v in summary["stage_ms_median"].items()))
     if args.json:
         labels = dict(zip(runs, args.labels or ["not recorded"] * len(runs), strict=True))
         report["trees_are"] = labels
@@ -176,8 +186,9 @@ def _run(args: argparse.Namespace, argv: list[str] | None, extra: list[str]) -> 
             trees=", ".join(f"{tree}: {label}" for tree, label in labels.items()))
         if args.labels:  # the code measured is the trees', not this checkout's
             report["provenance"]["commit"] = " -> ".join(args.labels)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+        tmp = args.json.with_name(args.json.name + ".tmp")
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        os.replace(tmp, args.json)  # atomic: a run killed mid-write leaves the previous round's file
 
 
 if __name__ == "__main__":

@@ -791,8 +791,10 @@ def semantics_real_ddad_aims(ctx: Context) -> str:
 # ---------------------------------------------------------------------------------------------------------
 
 BENCH_CPU = [RESULTS + f"bench_cpu_{c}.json" for c in ("tiny", "small", "paper")]
-CPU_AB = [RESULTS + f"cpu_ab_small_{n}.json" for n in ("2threads_session3", "1thread_session3", "2threads_quiet",
-                                                         "1thread", "2threads")]
+CPU_AB = [RESULTS + f"cpu_ab_small_{n}.json" for n in ("issue26_random", "issue26_realistic", "2threads_session3",
+                                                         "1thread_session3", "2threads_quiet", "1thread", "2threads")]
+BENCH_LOADS = [RESULTS + f"bench_cpu_small_{scene}_{mode}.json" for scene in ("random", "realistic")
+               for mode in ("infer", "train")]
 LOOKUP = RESULTS + "lookup_accuracy.json"
 STAGES = ("encoder", "lift", "voxelize", "sparse_conv", "render", "decode")
 
@@ -844,6 +846,24 @@ def cpu_ab(ctx: Context) -> str:
     header = ["run", "trees (before -> after)", "threads", "forward median ms", "training step median ms",
               "process CPU ms per forward / step", "forwards / steps per tree"]
     return join(table(header, rows), ctx.sources(CPU_AB))
+
+
+@generator("cpu:loads", reads=BENCH_LOADS)
+def cpu_loads(ctx: Context) -> str:
+    """distillnerf-bench on the random load (ring rig, random pixels and weights) and the realistic one (the
+    bundled keyframe with the bundled model's trained weights)."""
+    rows = []
+    for rel in BENCH_LOADS:
+        d = ctx.load(rel)
+        voxels = d["voxels_occupied"]
+        rows.append([d["scene"], d["weights"], d["mode"], f"{d['latency_ms_median']:.0f}",
+                     f"{d['process_cpu_ms_median']:.0f}", f"{d['stage_ms']['render']:.0f}",
+                     f"{d['stage_ms']['sparse_conv']:.0f}", slash(f"{voxels['coarse']:,}", f"{voxels['fine']:,}"),
+                     d["torch_threads"]])
+    header = ["load", "weights", "mode", "median ms", "process CPU ms", "render ms", "sparse CNN ms",
+              "occupied voxels coarse / fine", "threads"]
+    notes = {ctx.load(rel).get("note") for rel in BENCH_LOADS} - {None}
+    return join(table(header, rows), *sorted(notes), ctx.sources(BENCH_LOADS))
 
 
 @generator("cpu:lookup_accuracy", reads=[LOOKUP])

@@ -60,19 +60,24 @@ def _median_p90(values: list[float]) -> tuple[float, float]:
 
 SCENES = ("random", "realistic")
 _FITTED: dict[tuple[str, int, str, int], dict[str, torch.Tensor]] = {}  # fitted weights per (config, steps, ...)
+_KEYFRAMES: dict[tuple[tuple[int, int], tuple[int, int]], dict[str, Any]] = {}  # keyframe samples per sizes
 BUNDLED_MODEL = Path(__file__).resolve().parents[2] / "models" / "default" / "model.safetensors"
 
 
 def keyframe_batch(image_hw: tuple[int, int], render_hw: tuple[int, int], batch: int, work: Path) -> dict[str, Any]:
     """The bundled real keyframe as a training batch (images, intrinsics, cam2ego, LiDAR depth at render size),
-    repeated `batch` times; `work` receives the devkit-loadable dataroot (links to the bundled files)."""
+    repeated `batch` times; `work` receives the devkit-loadable dataroot (links to the bundled files). Loaded
+    once per sizes and process (gpu_bench_all runs several modes on it)."""
     from distillnerf_core.data.datasets import NuScenesDataset, collate_samples
     from distillnerf_core.data.nuscenes_sample import build_dataroot
 
-    root = build_dataroot(out=work, link=True)
-    dataset = NuScenesDataset(root, "v1.0-test", image_size=image_hw, render_size=render_hw, load_next=False,
-                              sky_mask="none")
-    sample = collate_samples([dataset[0]] * batch)
+    key = (tuple(image_hw), tuple(render_hw))
+    if key not in _KEYFRAMES:
+        root = build_dataroot(out=work, link=True)
+        dataset = NuScenesDataset(root, "v1.0-test", image_size=image_hw, render_size=render_hw, load_next=False,
+                                  sky_mask="none")
+        _KEYFRAMES[key] = dataset[0]
+    sample = collate_samples([_KEYFRAMES[key]] * batch)
     return {k: sample[k] for k in ("images", "intrinsics", "cam2ego", "lidar_depth")}
 
 

@@ -103,3 +103,24 @@ def test_compiled_predictor_gives_the_eager_predictions():
     np.testing.assert_allclose(got.depth, want.depth, rtol=1e-4, atol=1e-4, err_msg="depth differs when compiled")
     assert np.abs(got.rgb.astype(int) - want.rgb.astype(int)).max() <= 1, "RGB differs when compiled"
     np.testing.assert_allclose(got.voxel_density, want.voxel_density, rtol=1e-4, atol=1e-5)
+
+
+def test_device_upload_resizes_like_one_image_at_a_time():
+    """The GPU input path (issue 26 item 3: uint8 pixels uploaded once per image size, converted and resized in
+    one batch on the device), run here on the CPU, gives each image exactly what uploading and resizing it
+    alone gives; mixed sizes keep their order."""
+    import torch.nn.functional as F
+
+    from distillnerf_core.inference import upload_resized
+
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, size, dtype=np.uint8) for size in ((90, 160, 3), (45, 80, 3), (90, 160, 3))]
+    images[1].flags.writeable = False  # a decoded JPEG may be read-only
+    hw = (32, 57)
+    batched = upload_resized(images, hw, torch.device("cpu"))
+    for i, image in enumerate(images):
+        alone = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() / 255.0
+        alone = F.interpolate(alone, size=hw, mode="bilinear", align_corners=False, antialias=True)[0]
+        assert torch.equal(batched[i], alone), f"image {i} differs"
+    same = upload_resized([images[0]], (90, 160), torch.device("cpu"))  # no resize at the input size
+    assert torch.equal(same[0], torch.from_numpy(images[0]).permute(2, 0, 1).float() / 255.0)
