@@ -59,6 +59,7 @@ MATERIAL_ID = {name: i for i, name in enumerate(MATERIALS)}
 (NONE, ASPHALT, GRASS, LANE_YELLOW, LANE_WHITE, PAVING, KERB, FACADE_PLASTER, FACADE_BRICK, FACADE_CONCRETE,
  GLASS, CAR_PAINT, CAR_CABIN, TYRE, BARK, LEAVES, HEDGE, METAL, SKIN, CLOTH, SIGN, FACADE_GLASS) = range(len(MATERIALS))
 
+EXPOSURE = 1.0  # the light's overall scale (1.15 scored lower on benchmarks/realism.py)
 CLOUD_HEIGHT = 1500.0  # m, the cloud layer the sky's noise lives on
 
 
@@ -92,23 +93,24 @@ class Environment:
 
 def draw_environment(rng: np.random.Generator) -> Environment:
     """A scene's environment from its own generator (world.py gives it a stream apart from the geometry's)."""
-    overcast = rng.random() < 0.2
-    elev = math.radians(rng.uniform(12.0, 65.0))
+    overcast = rng.random() < 0.1
+    elev = math.radians(rng.uniform(25.0, 70.0))
     az = rng.uniform(-math.pi, math.pi)
     sun = np.array([math.cos(elev) * math.cos(az), math.cos(elev) * math.sin(az), math.sin(elev)])
     # Low sun: warmer and weaker direct light (a longer path through the air).
-    warm = math.exp(-(elev - math.radians(12)) / math.radians(18))
+    warm = math.exp(-(elev - math.radians(25)) / math.radians(15))
     sun_rgb = np.array([1.0, 0.95 - 0.12 * warm, 0.88 - 0.25 * warm]) * rng.uniform(0.9, 1.1)
-    zenith = _hsv(rng.uniform(0.57, 0.62), rng.uniform(0.45, 0.65), rng.uniform(0.75, 0.92))
-    horizon = _hsv(rng.uniform(0.55, 0.62), rng.uniform(0.08, 0.2), rng.uniform(0.85, 0.95))
-    cover = float(rng.uniform(0.0, 0.65))
-    cloud = np.full(3, rng.uniform(0.9, 1.0))
+    # Skies close to the old fixed gradient (a realism run scored varied, cloudier skies lower: sky read as wall).
+    zenith = _hsv(rng.uniform(0.58, 0.61), rng.uniform(0.5, 0.65), rng.uniform(0.8, 0.88))
+    horizon = _hsv(rng.uniform(0.58, 0.61), rng.uniform(0.12, 0.18), rng.uniform(0.9, 0.95))
+    cover = float(rng.uniform(0.0, 0.35)) * float(rng.random() < 0.6)
+    cloud = np.full(3, rng.uniform(0.95, 1.0))
     if overcast:
-        grey = rng.uniform(0.62, 0.82)
+        grey = rng.uniform(0.82, 0.95)  # overcast skies are bright: the camera exposes for the street
         zenith = np.full(3, grey * 0.9) + np.array([0.0, 0.01, 0.03])
         horizon = np.full(3, grey) + np.array([0.0, 0.01, 0.02])
         cloud = np.full(3, grey * rng.uniform(0.95, 1.05))
-        cover = float(rng.uniform(0.85, 1.0))
+        cover = float(rng.uniform(0.7, 0.9))
         sun_rgb = sun_rgb * rng.uniform(0.1, 0.3)
     sky_rgb = 0.5 * (zenith + horizon) / max(0.5 * (zenith + horizon).mean(), 1e-3) * (0.75 if overcast else 0.6)
     haze = horizon * rng.uniform(0.95, 1.02)
@@ -117,9 +119,9 @@ def draw_environment(rng: np.random.Generator) -> Environment:
         cloud_scale=float(rng.uniform(300.0, 900.0)), cloud_rgb=cloud,
         haze_dist=float(rng.uniform(250.0, 700.0) * (0.5 if overcast else 1.0)), haze_rgb=haze,
         offset=rng.uniform(-5000.0, 5000.0, 2), asphalt_rgb=_hsv(rng.uniform(0.55, 0.65), rng.uniform(0.0, 0.08),
-                                                                 rng.uniform(0.22, 0.36)),
+                                                                 rng.uniform(0.3, 0.42)),
         wear=float(rng.uniform(0.1, 1.0)), patches=float(rng.uniform(0.0, 0.35)),
-        paving_tint=_hsv(rng.uniform(0.0, 0.12), rng.uniform(0.0, 0.15), 1.0) * rng.uniform(0.85, 1.1),
+        paving_tint=_hsv(rng.uniform(0.0, 0.12), rng.uniform(0.05, 0.25), 1.0) * rng.uniform(0.95, 1.15),
         paver=float(rng.choice([0.3, 0.5, 0.6, 1.0, 1.5])),
         grass_dry=float(rng.uniform(0.0, 0.8)))
 
@@ -170,7 +172,7 @@ def draw_skin(rng: np.random.Generator) -> list[float]:
 
 def draw_foliage(rng: np.random.Generator) -> list[float]:
     """Leaves: yellow-greens to blue-greens, dark (canopies are dim inside)."""
-    return _hsv(rng.uniform(0.18, 0.36), rng.uniform(0.4, 0.8), rng.uniform(0.22, 0.5)).tolist()
+    return _hsv(rng.uniform(0.22, 0.33), rng.uniform(0.5, 0.8), rng.uniform(0.25, 0.5)).tolist()
 
 
 # ---------------------------------------------------------------------------------------------- noise
@@ -294,10 +296,10 @@ def _ground(env: Environment, s: _Surf) -> tuple[torch.Tensor, torch.Tensor]:
     near = 1 - _smoothstep(12.0, 30.0, s.dist)  # fine detail fades out where a pixel spans many cells
     n = noise4(x, y, 0.15, 11)  # 0.15, 0.6, 2.4, 9.6 m
     fine, mid, blot, large = n[:, 0], n[:, 1], n[:, 2], n[:, 3]
-    tone = 0.8 + 0.06 * mid + 0.1 * blot + 0.14 * large + 0.12 * (fine - 0.5) * near
+    tone = 0.72 + 0.2 * mid + 0.14 * blot + 0.1 * large + 0.12 * (fine - 0.5) * near
     # Lanes are 3.5 m wide, centred at +-1.75 and +-5.25: a dark oil strip in the middle, polished wheel tracks.
     d = torch.remainder(ay, 3.5) - 1.75
-    oil = torch.exp(-(d * (1 / 0.3)) ** 2) * (0.1 + 0.15 * blot) * env.wear
+    oil = torch.exp(-(d * (1 / 0.3)) ** 2) * (0.04 + 0.06 * blot) * env.wear
     track = torch.exp(-((d.abs() - 0.85) * (1 / 0.22)) ** 2) * (0.07 * env.wear)
     tone = tone * (1 - oil + track)
     # Repair patches: a rectangle in some 6 m x 3.5 m cells, fresher (darker) asphalt with sharp edges.
@@ -307,7 +309,7 @@ def _ground(env: Environment, s: _Surf) -> tuple[torch.Tensor, torch.Tensor]:
     h = _hash2(ci, cj, 14)
     patch = (h < env.patches) & (fx > 0.1 + 0.3 * _hash2(ci, cj, 15)) & (fx < 0.55 + 0.4 * _hash2(ci, cj, 16)) \
         & (fy > 0.15) & (fy < 0.85) & (ay < 7.0)
-    tone = torch.where(patch, tone * (0.72 + 0.3 * (h - env.patches / 2)), tone)
+    tone = torch.where(patch, tone * (0.88 + 0.3 * (h - env.patches / 2)), tone)
     # Cracks: thin dark lines along an iso-contour of a noise field, where the road is worn.
     c = noise4(x, y, 0.65, 18)  # 0.65, 2.6, 10.4 m
     crack = ((c[:, 1] - 0.5).abs() < 0.006) & (c[:, 2] < env.wear * 0.7) & (near > 0.3)
@@ -348,7 +350,7 @@ def _windows(s: _Surf, u: torch.Tensor, v: torch.Tensor, side: torch.Tensor
     win = upper & (fu < win_w / 2) & (fv > 0) & (fv < win_h)
     frame = upper & ~win & (fu < win_w / 2 + 0.1) & (fv > -0.12) & (fv < win_h + 0.1)
     lower = side & ~upper
-    shop_win = lower & shop & (v > 0.45) & (v < ground - 0.55) & (fu < bay / 2 - 0.15)
+    shop_win = lower & shop & (v > 0.7) & (v < ground - 0.7) & (fu < win_w / 2 + 0.15)
     ci = col_i.long()
     door = lower & ~shop & (fu < 0.55) & (v < 2.2) & (_hash2(ci, torch.zeros_like(ci), 37) < 0.35)
     cell = _hash2(ci, row.long(), 38)
@@ -363,7 +365,8 @@ def _facade(env: Environment, s: _Surf) -> tuple[torch.Tensor, torch.Tensor]:
     s.variants = _variants(s.base)
     n = noise4(u * 2.0, v * 0.5, 0.5, 41)  # streaky: 0.25 x 1 m, 1 x 4 m, 4 x 16 m, 16 x 64 m
     grime = 1 - 0.25 * (1 - _smoothstep(0.0, 0.6, v))  # dirt band at the foot of the wall
-    tone = (0.8 + 0.1 * n[:, 0] + 0.12 * n[:, 1] + 0.12 * n[:, 2]) * grime
+    grain = noise4(u, v, 0.33, 46)[:, 0]  # the mottle of render and weathering
+    tone = (0.84 + 0.12 * grain + 0.06 * n[:, 1] + 0.08 * n[:, 2]) * grime
     col = s.base * tone[:, None]
     brick = m == FACADE_BRICK
     if brick.any():  # per-brick tone and mortar joints, faded out beyond a few metres (they would alias)
@@ -384,7 +387,8 @@ def _facade(env: Environment, s: _Surf) -> tuple[torch.Tensor, torch.Tensor]:
     # Glass: dark interiors, some with light blinds or lit warmly; reflective (the gloss).
     interior = _t([0.05, 0.06, 0.07]) + ((cell > 0.75).float() * cell)[:, None] * _t([0.35, 0.33, 0.3]) \
         + (cell < 0.08).float()[:, None] * _t([0.45, 0.35, 0.2])
-    frame_col = torch.where((s.variants[:, 6] < 0.6)[:, None], _t([0.85, 0.85, 0.82]), s.base * 0.6)
+    # Frames a little lighter or darker than the wall (white frames in rows read as a train's windows).
+    frame_col = s.base * torch.where(s.variants[:, 6] < 0.5, 1.15, 0.75)[:, None]
     col = torch.where(frame[:, None], frame_col, col)
     col = torch.where(win[:, None], interior, col)
     col = torch.where(door[:, None], _t([0.2, 0.14, 0.1]) * (0.8 + 0.4 * s.variants[:, 7])[:, None], col)
@@ -409,7 +413,7 @@ def _paving(env: Environment, s: _Surf) -> tuple[torch.Tensor, torch.Tensor]:
     a = env.paver
     slab = 0.95 + 0.18 * (cell_hash(x, y, a, a, 51) - 0.5) * near
     joint = ((torch.remainder(x, a) < 0.025) | (torch.remainder(y, a) < 0.025)) & (near > 0.3)
-    dirt = 0.82 + 0.25 * value_noise(x, y, 2.0, 52)
+    dirt = 0.8 + 0.3 * value_noise(x, y, 0.75, 52)
     # The kerb side (vertical faces) is a little darker than the top.
     shade_ = torch.where(joint, 0.7, 1.0) * torch.where(s.normal[:, 2].abs() < 0.5, 0.85, 1.0)
     return s.base * _t(env.paving_tint) * (slab * dirt * shade_)[:, None], torch.zeros(len(x))
@@ -425,10 +429,10 @@ def _leafy(env: Environment, s: _Surf) -> tuple[torch.Tensor, torch.Tensor]:
     c = noise4(z, x, 0.12, 65)
     grain = (a[:, 0] + b[:, 0] + c[:, 0]) / 3  # 0.12 m
     clump = (a[:, 1] + b[:, 1] + c[:, 1]) / 3  # 0.5 m
-    gap = _smoothstep(0.34, 0.5, clump)
-    leaf = (0.45 + 0.5 * clump + 0.35 * grain) * (0.35 + 0.65 * gap)
+    # Leaves: strong fine-scale contrast (single leaves and the gaps between them), darker clumps.
+    leaf = 0.7 + 0.4 * noise4(x + 1.7 * z, y - z, 0.35, 7)[:, 0] + 0.9 * (grain - 0.5) + 0.4 * (clump - 0.5)
     hue = ((a[:, 2] + b[:, 2]) / 2)[:, None]  # 2 m
-    tint = _t([1.1, 1.05, 0.7]) * hue + _t([0.9, 1.0, 1.15]) * (1 - hue)
+    tint = _t([1.05, 1.03, 0.85]) * hue + _t([0.95, 1.0, 1.08]) * (1 - hue)
     col = s.base * tint * leaf[:, None]
     skin = s.material == SKIN
     col = torch.where(skin[:, None], s.base * (0.9 + 0.15 * grain)[:, None], col)
@@ -497,7 +501,7 @@ def surface(env: Environment, material: torch.Tensor, base: torch.Tensor, point:
 def sky_colour(env: Environment, unit: torch.Tensor, clouds: bool = True) -> torch.Tensor:
     """(R, 3) the sky seen along unit directions: gradient, sun glow and disc, clouds; haze colour below."""
     dz = unit[:, 2]
-    elev = dz.clamp(min=0.0).sqrt()
+    elev = dz.clamp(min=0.0) ** 0.6
     horizon, zenith = _t(env.sky_horizon), _t(env.sky_zenith)
     sky = horizon + (zenith - horizon) * elev[:, None]
     sun = _t(env.sun)
@@ -506,7 +510,7 @@ def sky_colour(env: Environment, unit: torch.Tensor, clouds: bool = True) -> tor
     c128 = c8.square().square().square().square()
     clear = 1 - 0.8 * env.cloud_cover
     sun_rgb = _t(env.sun_rgb) / float(max(env.sun_rgb.max(), 1e-3))
-    sky = sky + sun_rgb * ((0.18 * c8 + 0.35 * c128) * clear)[:, None]
+    sky = sky + sun_rgb * ((0.06 * c8 + 0.35 * c128) * clear)[:, None]  # a faint glow (a wide one reads as a wall)
     if clouds and env.cloud_cover > 0:
         up = torch.nonzero(dz > 0.005).squeeze(1)
         if up.numel():
@@ -521,8 +525,8 @@ def sky_colour(env: Environment, unit: torch.Tensor, clouds: bool = True) -> tor
             far = _smoothstep(0.03, 0.3, d[:, 2])
             c = c * far + env.cloud_cover * 0.7 * (1 - far)
             # Thicker parts darker underneath; the side towards the sun brighter.
-            lit = (0.88 + 0.25 * (n[:, 3] - n[:, 2]) * far + 0.12 * c8[up].sqrt()) \
-                * (1 - 0.2 * _smoothstep(0.65, 1.0, dens))
+            lit = (0.95 + 0.1 * (n[:, 3] - n[:, 2]) * far + 0.08 * c8[up].sqrt()) \
+                * (1 - 0.08 * _smoothstep(0.65, 1.0, dens))
             cloud = _t(env.cloud_rgb) * lit[:, None]
             sky[up] = sky[up] + (cloud - sky[up]) * c[:, None]
     return torch.where((dz > 0)[:, None], sky, _t(env.haze_rgb))
@@ -547,7 +551,7 @@ def shade(town: Town, hits: Hits, dirs: torch.Tensor, lit: torch.Tensor | None =
         lambert = lambert * lit.to(lambert.dtype)
     # Sky light, most from above; vertical and downward faces also get light bounced off the street.
     nz = n[:, 2:3]
-    light = (0.75 + 0.25 * nz) * _t(env.sky_rgb) + 0.12 * (1 - nz) + lambert[:, None] * _t(env.sun_rgb)
+    light = ((0.75 + 0.25 * nz) * _t(env.sky_rgb) + 0.12 * (1 - nz) + lambert[:, None] * _t(env.sun_rgb)) * EXPOSURE
     col = albedo.mul_(light)
     g = torch.nonzero(gloss > 0).squeeze(1)
     if g.numel():
