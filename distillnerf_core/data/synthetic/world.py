@@ -634,27 +634,37 @@ def cast_rays(town: Town, t: float, origin: np.ndarray, dirs: torch.Tensor, far:
     full = np.array([0, hh, 0, ww])
     inv = _safe_inverse(grid)
     hit_of = _Intersector(town, t)
+    # Nearest primitives first; one whose nearest possible hit is behind every ray's hit so far is skipped
+    # (a hit at distance D has ray parameter >= D / max |dirs|): the same closest hits, fewer tests.
+    order = []
     for k, (lo, hi) in primitive_bounds(town, t).items():
-        keep = np.linalg.norm((lo + hi) / 2 - origin, axis=1) - np.linalg.norm(hi - lo, axis=1) / 2 < far
+        gap = np.linalg.norm(np.maximum(np.maximum(lo - origin, origin - hi), 0.0), axis=1)  # origin to the box
+        keep = gap < far
         if rects is not None:
             r = rects[k]
             keep &= (r[:, 1] > r[:, 0]) & (r[:, 3] > r[:, 2])
-        for i in np.nonzero(keep)[0].tolist():
-            r0, r1, c0, c1 = (rects[k][i] if rects is not None else full).tolist()
-            s = hit_of(k, i, o, grid[r0:r1, c0:c1], inv[r0:r1, c0:c1])
-            sub = best[r0:r1, c0:c1]
-            hit = s < sub
-            if not bool(hit.any()):  # hidden or missed: most primitives of a camera
-                continue
-            sub.copy_(torch.where(hit, s, sub))  # in place on views (cheaper than boolean index_put)
-            kind[r0:r1, c0:c1].masked_fill_(hit, k)
-            index[r0:r1, c0:c1].masked_fill_(hit, i)
+        order += [(g, k, i) for g, i in zip(gap[keep].tolist(), np.nonzero(keep)[0].tolist(), strict=True)]
+    order.sort()
+    dmax = float(grid.norm(dim=-1).max()) if grid.numel() else 1.0
+    for gap_i, k, i in order:
+        r0, r1, c0, c1 = (rects[k][i] if rects is not None else full).tolist()
+        if gap_i > 0 and float(best[r0:r1, c0:c1].max()) < gap_i / dmax:
+            continue
+        s = hit_of(k, i, o, grid[r0:r1, c0:c1], inv[r0:r1, c0:c1])
+        sub = best[r0:r1, c0:c1]
+        hit = s < sub
+        if not bool(hit.any()):  # hidden or missed
+            continue
+        sub.copy_(torch.where(hit, s, sub))  # in place on views (cheaper than boolean index_put)
+        kind[r0:r1, c0:c1].masked_fill_(hit, k)
+        index[r0:r1, c0:c1].masked_fill_(hit, i)
     flat = grid.reshape(-1, 3)
     return _shade_attributes(town, t, o, flat, best.reshape(-1), kind.reshape(-1), index.reshape(-1))
 
 
 SHADOW_CELL = 1.5  # metres: the bins of the sun-plane grid that `occluded` sorts ray origins into
 SHADOW_MAX_CELLS = 2_000_000
+SHADOW_RANGE = 80.0  # m from the camera
 SHADOW_MIN_VOLUME = 0.03  # m^3: sign plates, lamp arms, lights, limbs and heads cast no shadow in renders
 
 
@@ -727,16 +737,19 @@ def occluded(town: Town, t: float, points: torch.Tensor, direction: np.ndarray,
 
 
 def sun_lit(town: Town, t: float, hits: Hits, offset: float = 0.02, grid_hw: tuple[int, int] | None = None,
-            stride: int = 3) -> torch.Tensor:
+            stride: int = 3, origin: np.ndarray | None = None) -> torch.Tensor:
     """(R,) bool: surface hits that face the sun and see it (no primitive in between); sky rays False.
 
     With `grid_hw` (the rays form an (H, W) image) the shadow rays are cast for one pixel per `stride` x
     `stride` block and for every pixel whose primitive differs from its block's (so silhouettes stay exact);
-    the other pixels take their block's answer (shading only: geometry never depends on it).
+    the other pixels take their block's answer (shading only: geometry never depends on it). With `origin`
+    (the camera centre) points farther than SHADOW_RANGE are lit without a shadow ray.
     """
     sun = torch.as_tensor(town.sun, dtype=torch.float32)
     facing = (hits.kind > 0) & ((hits.normal @ sun) > 0)
     lit = facing.clone()
+    if origin is not None:  # beyond SHADOW_RANGE the haze hides shadows: those points count as lit
+        facing &= (hits.point - torch.as_tensor(origin, dtype=torch.float32)).norm(dim=1) < SHADOW_RANGE
     exact = facing
     rep = None
     if grid_hw is not None and stride > 1:
@@ -875,7 +888,7 @@ def render_camera(town: Town, t: float, cam2town: np.ndarray, K: np.ndarray, siz
     sem = torch.where(hits.kind > 0, hits.cls, torch.zeros_like(hits.cls))
     rgb8 = None
     if shaded:
-        rgb = shade(town, hits, dirs, sun_lit(town, t, hits, grid_hw=(h, w)))
+        rgb = shade(town, hits, dirs, sun_lit(town, t, hits, grid_hw=(h, w), origin=cam2town[:3, 3]))
         rgb8 = (rgb * 255 + 0.5).to(torch.uint8).reshape(h, w, 3).numpy()
     return rgb8, depth.reshape(h, w).numpy().astype(np.float32), sem.reshape(h, w).numpy().astype(np.uint8)
 
