@@ -491,9 +491,10 @@ def surface(env: Environment, material: torch.Tensor, base: torch.Tensor, point:
         idx = torch.nonzero(group == i).squeeze(1)
         if not idx.numel():
             continue
-        col, g = fn(env, _Surf(material[idx], base[idx], point[idx], normal[idx], dist[idx]))
-        out[idx] = col
-        gloss[idx] = g
+        sel = [x.index_select(0, idx) for x in (material, base, point, normal, dist)]
+        col, g = fn(env, _Surf(*sel))
+        out.index_copy_(0, idx, col)
+        gloss.index_copy_(0, idx, g.to(gloss.dtype))
     return out.clamp_(0, 1), gloss
 
 
@@ -571,5 +572,5 @@ def shade(town: Town, hits: Hits, dirs: torch.Tensor, lit: torch.Tensor | None =
     col += (scatter - col) * haze[:, None]
     sky = torch.nonzero(~hit).squeeze(1)
     if sky.numel():
-        col[sky] = sky_colour(env, dirs[sky] / norm[sky, None])
+        col.index_copy_(0, sky, sky_colour(env, dirs.index_select(0, sky) / norm.index_select(0, sky)[:, None]))
     return col.clamp_(0, 1)
