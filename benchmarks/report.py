@@ -1379,6 +1379,75 @@ def segmenter_vocabulary(ctx: Context) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Neighbour-frame targets (docs/results/neighbour_targets.md): novel views vs copying the previous frame
+# ---------------------------------------------------------------------------------------------------------
+
+NEIGHBOURS = RESULTS + "neighbour_targets.json"
+NEIGHBOUR_ARMS = [("bundled", "bundled model, no fine-tune"), ("current", "fine-tuned, current-frame targets"),
+                  ("neighbour", "fine-tuned, + neighbour targets")]
+# (results section, row label, the pairs averaged: None = every pair the section scored)
+NEIGHBOUR_SETS = [("synthetic", "synthetic held-out towns (seed 999), t -> t + 0.5 s", None),
+                  ("ddad_01", "DDAD, fit on frames 0 + 1, 1 -> 2 (unseen)", None),
+                  ("ddad_02", "DDAD, fit on frames 0 + 2, 0 -> 1 (unseen)", [(0, 1)]),
+                  ("ddad_02", "DDAD, fit on frames 0 + 2, mean of 0 -> 1 and 1 -> 2 (real_data.py's pairs)", None)]
+NEIGHBOUR_KEYS = ("psnr", "ssim", "abs_rel", "previous_frame_psnr", "previous_frame_ssim")
+
+
+def _nb_mean(arm: dict, pairs: list[tuple[int, int]] | None) -> dict[str, float]:
+    rows = [r for r in dig(arm, "pairs") if pairs is None or (r["from"], r["to"]) in pairs]
+    if not rows:
+        raise ReportError(f"{NEIGHBOURS}: no scored pair among {pairs}")
+    return {k: sum(r[k] for r in rows) / len(rows) for k in NEIGHBOUR_KEYS}
+
+
+def _nb_aim(key: str, label: str, m: dict[str, float], fit_nvs: float) -> str:
+    if key == "synthetic":
+        met = m["psnr"] > m["previous_frame_psnr"]
+        return (f"{label}: {num(m['psnr'])} dB with neighbour targets vs the copy-previous-frame baseline's "
+                f"{num(m['previous_frame_psnr'])}: **{'met' if met else 'not met'}**")
+    met = m["psnr"] > fit_nvs
+    return (f"{label}: {num(m['psnr'])} dB with neighbour targets (copy baseline {num(m['previous_frame_psnr'])}) vs "
+            f"the per-scene fit's {num(fit_nvs)}: closer to the baseline **{'met' if met else 'not met'}**")
+
+
+@generator("training:neighbour_targets", reads=[NEIGHBOURS, REAL])
+def neighbour_targets(ctx: Context) -> str:
+    d = ctx.load(NEIGHBOURS)
+    fit_nvs = dig(ctx.load(REAL), "per_scene_fit", "novel_view", "mean", "psnr")
+    rows, aims, sourced = [], [], []
+    for key, label, pairs in NEIGHBOUR_SETS:
+        arms = d.get(key, {}).get("arms", {})
+        for arm, arm_label in NEIGHBOUR_ARMS:
+            if arm not in arms:
+                continue
+            m, ft = _nb_mean(arms[arm], pairs), dig(arms, arm, "fine_tune")
+            cost = f"{ft['steps']} / {num(ft['cpu_minutes'], 1)}" if ft.get("steps") else "-"
+            rows.append([label, arm_label, slash(num(m["psnr"]), num(m["ssim"], 3)), num(m["abs_rel"], 3),
+                         slash(num(m["previous_frame_psnr"]), num(m["previous_frame_ssim"], 3)), cost])
+            if (key, arm) not in sourced:
+                sourced.append((key, arm))
+        if "neighbour" in arms:
+            aims.append(_nb_aim(key, label, _nb_mean(arms["neighbour"], pairs), fit_nvs))
+    if not rows:
+        raise ReportError(f"{NEIGHBOURS}: no arm scored")
+    header = ["novel view", "model", "PSNR / SSIM", "LiDAR AbsRel", "copy previous frame PSNR / SSIM",
+              "fine-tune steps / CPU min"]
+    text = ("Aims (issue 25): " + "; ".join(aims or ["no neighbour arm yet"]) + ". The per-scene fit is "
+            f"{ctx.link(REAL)}'s (DDAD frames 0 + 2, 10 CPU minutes, the stage-1 model, no neighbour targets; its "
+            "novel view averages 0 -> 1 and 1 -> 2). Fine-tune cost: steps / process CPU minutes; the fine-tuned "
+            "arms of a set ran the same steps, a neighbour step renders one more set of cameras.")
+    groups: list[tuple[dict, list[str]]] = []  # arms one invocation wrote share its source line
+    for key, arm in sourced:
+        prov = dig(d, key, "arms", arm, "provenance")
+        if groups and groups[-1][0] == prov:
+            groups[-1][1].append(arm)
+        else:
+            groups.append((prov, [f"{key}: {arm}"]))
+    sources = "\n\n".join(ctx.source_of(NEIGHBOURS, prov, ", ".join(names)) for prov, names in groups)
+    return join(table(header, rows), text, sources, ctx.source(REAL, "the per-scene fit's novel view"))
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Headline numbers (README.md): each links to its page
 # ---------------------------------------------------------------------------------------------------------
 
