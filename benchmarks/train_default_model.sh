@@ -12,7 +12,7 @@
 # scores the variants on the real frames.
 #
 #   benchmarks/train_default_model.sh OUT [--variants world,frozen,distill|data|install] [--minutes 28]
-#       [--distill-minutes 28] [--max-steps N] [--synth-args "--rig random --look realistic"] [--scenes 16]
+#       [--distill-minutes 28] [--max-steps N] [--synth-args "--rig random6 --look realistic"] [--scenes 16]
 #       [--frames 8] [--segmenter-width 1024] [--distill-init CKPT] [--distill-init-fresh feature_head]
 #       [--threads N] [--install] [--init CKPT]
 #
@@ -30,7 +30,7 @@ usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [ $# -ge 1 ] || usage
 case $1 in -*) usage ;; esac
 OUT=$1; shift
-VARIANTS=world,frozen,distill; MINUTES=28; MINUTES2=28; MAX_STEPS=""; SYNTH_ARGS="--rig random --look realistic"
+VARIANTS=world,frozen,distill; MINUTES=28; MINUTES2=28; MAX_STEPS=""; SYNTH_ARGS="--rig random6 --look realistic"
 SCENES=16; FRAMES=8; SEG_WIDTH=1024; DINIT=""; DFRESH=feature_head; THREADS=""; INSTALL=0; SINIT=""
 while [ $# -gt 0 ]; do
   case $1 in

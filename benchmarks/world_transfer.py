@@ -13,7 +13,8 @@ Every model (LABEL=DIR: a run or model directory, or a .safetensors file) is sco
                out), cameras CAMERA_01,CAMERA_06,CAMERA_05,CAMERA_09,CAMERA_07,CAMERA_08 (the nuScenes order);
   - synthetic held-out sets, seed 999, 2 towns x 4 keyframes, 456x256 (`distillnerf-synth`): `plain` (the
     nuScenes rig, the renderer's own look: the bundled model's held-out protocol) and `realistic`
-    (`--rig random --look realistic`); `--synthetic LABEL="SYNTH ARGS"` replaces that list.
+    (`--rig random6 --look realistic`: the nuScenes cameras in their order, mounts, fields of view and lenses
+    randomised); `--synthetic LABEL="SYNTH ARGS"` replaces that list.
 None of these frames is trained on. Each model's row in the results JSON is keyed by its label: a later run with
 the same label replaces it (so variants can be scored as they finish); --order sets the table's column order.
 The aims are issue 24's: nuScenes AbsRel <= 0.25 and delta1 >= 0.65, DDAD AbsRel <= 0.35 and delta1 >= 0.50,
@@ -40,7 +41,7 @@ from distillnerf_core.data.datasets import dataroot_cameras  # noqa: E402
 from distillnerf_core.provenance import command_line, model_identity, portable, provenance  # noqa: E402
 
 DDAD_CAMERAS = "CAMERA_01,CAMERA_06,CAMERA_05,CAMERA_09,CAMERA_07,CAMERA_08"
-DEFAULT_SYNTHETIC = {"plain": "", "realistic": "--rig random --look realistic"}
+DEFAULT_SYNTHETIC = {"plain": "", "realistic": "--rig random6 --look realistic"}
 METRICS = ("psnr", "ssim", "abs_rel", "delta1", "rmse", "dense_abs_rel", "num_samples")
 AIMS = {  # (set, metric): (kind, value); kind "max"/"min": absolute bound, "gt_ref": above the reference,
     ("nuscenes", "abs_rel"): ("max", 0.25),  # "ref_10pct": no more than 10% worse than the reference
