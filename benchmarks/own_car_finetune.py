@@ -17,7 +17,8 @@ saw, recorded as a bag, fine-tuned on its first 75% and scored on the last 25%.
   drive) and the later part (the last 25%), LiDAR included, no dense ground truth (as a real car's recording).
 - fit: `distillnerf-train --config train_small --init models/default/model.safetensors` on the fit part for
   --steps steps (lr --lr, --warmup, no workers, 1 thread); control: the same on the fit part of ANOTHER drive
-  (seed --control-seed: another town, another random rig, also through the bag), the "any data helps" control.
+  (seed --control-seed: another town, another random rig, also through the bag), the "any data helps" control;
+  fit_neighbour (not in `all`): the fit with data.neighbour_targets both.
 - Scores (`distillnerf-eval`, the reference protocol, ego-body pixels none here): on the later 25% of the drive
   (recon PSNR, LiDAR AbsRel: the frames no run trained on) and on the synthetic held-out set (2 x 4 keyframes,
   seed 999, nuScenes rig, plain look) for forgetting.
@@ -39,7 +40,7 @@ sys.path.insert(0, str(REPO))
 
 from distillnerf_core.provenance import command_line, portable, provenance  # noqa: E402
 
-PHASES = ("data", "fit", "control", "bundled")
+PHASES = ("data", "fit", "control", "bundled", "fit_neighbour")
 BAG_VERSION = "v1.0-bag"
 SYNTH_VERSION = "v1.0-synthetic"
 
@@ -89,19 +90,20 @@ def heldout(work: Path) -> Path:
     return path
 
 
-def fine_tune(init: Path, root: Path, run: Path, args: argparse.Namespace) -> dict:
+def fine_tune(init: Path, root: Path, run: Path, args: argparse.Namespace, neighbours: str = "none") -> dict:
     from distillnerf_core.training.config import load_train_config
     from distillnerf_core.training.trainer import train
 
     cfg = load_train_config("train_small")
-    cfg.init, cfg.data.num_workers = str(init), 0
+    cfg.init, cfg.data.num_workers, cfg.data.neighbour_targets = str(init), 0, neighbours
     cfg.optim.lr, cfg.optim.warmup_steps = args.lr, args.warmup
     cfg.ckpt_every, cfg.log_every, cfg.image_every = 10**9, 10, 0
     c0, t0 = time.process_time(), time.perf_counter()
     summary = train(cfg, str(root), BAG_VERSION, run, max_steps=args.steps, threads=args.threads, progress=False)
     return {"steps": summary["step"], "cpu_minutes": (time.process_time() - c0) / 60.0,
             "wall_minutes": (time.perf_counter() - t0) / 60.0, "lr": args.lr, "warmup": args.warmup,
-            "threads": args.threads, "config": "train_small", "cameras": cfg.data.cameras}
+            "threads": args.threads, "config": "train_small", "cameras": cfg.data.cameras,
+            "neighbour_targets": neighbours}
 
 
 def score(ckpt: Path, root: Path, version: str, cameras: list[str], out: Path, threads: int) -> dict:
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     split_s = 0.75 * args.frames * 0.5 - 0.25  # keyframes at 0, 0.5, ... s: the first 75% end before this
-    phases = PHASES if args.phase == "all" else (args.phase,)
+    phases = PHASES[:4] if args.phase == "all" else (args.phase,)
     started = provenance(command_line("python benchmarks/own_car_finetune.py", argv), model=portable(args.model),
                          data=f"synthetic drives (random rig{' without lenses' if args.no_lenses else ''}, "
                               f"realistic look, {args.frames} keyframes at {args.width}x{args.height}): seed "
@@ -195,9 +197,10 @@ def main(argv: list[str] | None = None) -> int:
         if phase == "bundled":
             ckpt, info = args.model, {"steps": 0}
         else:
-            root = args.work / ("drive_fit" if phase == "fit" else "control_fit")
+            root = args.work / ("control_fit" if phase == "control" else "drive_fit")
             print(f"== {phase}: {args.steps} steps from {args.model.name} on {root.name}", flush=True)
-            info = fine_tune(args.model, root, args.work / f"run_{phase}", args)
+            info = fine_tune(args.model, root, args.work / f"run_{phase}", args,
+                             "both" if phase == "fit_neighbour" else "none")
             ckpt = args.work / f"run_{phase}" / "model.safetensors"
         row = {"fine_tune": info, "scores": scores(ckpt, args.work, phase, drive, args.threads),
                "provenance": started, "load": load()}
