@@ -299,6 +299,8 @@ def world_transfer(ctx: Context) -> str:
             + (f"Scored on the first {', '.join(str(models[m]['max_synthetic_samples']) for m in quick)} synthetic "
                f"samples only: {', '.join(quick)}. " if quick else "") + realism)
     sources = "\n\n".join(ctx.source_of(WORLD_TRANSFER, dig(models, m, "provenance"), f"column {m}") for m in order)
+    if runs:
+        sources += "\n\n" + ctx.source_of(REALISM, dig(shown[-1], "provenance"), f"realism row {shown[-1]['label']}")
     return join(table(["", *order, "aim"], rows), text, sources)
 
 
