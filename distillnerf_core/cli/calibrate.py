@@ -13,8 +13,13 @@ the honest number: not fitted on); use dataroots of seeds the model was not trai
 threshold comes from D1's frames (the median best-class cosine of the occupied voxels on the node's default
 grid, minus 3 standard deviations).
 `--write` rewrites CKPT's sidecar (`feature_head.teacher.calibration`); the weights are not touched.
-For a segmenter-distilled model the same fitting code (training.calibration.fit_calibration) takes the model's
-class logits against the segmenter's labels on held-out real frames (benchmarks/real_semantics.py).
+A segmenter-distilled model (teacher kind segmenter, closed vocabulary) is calibrated on its 20 class logits
+instead: target = the voxel's synthetic class as a Cityscapes class (road + lane_marking -> road, sidewalk,
+terrain, building, car, pedestrian -> person, vegetation, pole; training.calibration.SEGMENTER_CLASS_OF_SYNTHETIC);
+free voxels the model calls occupied and classes not in --classes -> the segmenter's "background" class
+(`--free background`, the default: what the reply's background option sums) or left out (`--free exclude`).
+Only the temperature of softmax(logits / T) is fitted; the domain check is the median top class probability
+of a frame's occupied voxels (at the fitted T) on the node's grid, threshold from D1's frames as above.
 """
 
 from __future__ import annotations
@@ -38,9 +43,13 @@ from distillnerf_core.teachers.query import (
 )
 from distillnerf_core.training.calibration import (
     ECE_BINS,
+    FREE_TARGETS,
+    SEGMENTER_CLASS_OF_SYNTHETIC,
     domain_threshold,
     fit_calibration,
+    median_max_class_probability,
     store_calibration,
+    synthetic_voxel_class_logits,
     synthetic_voxel_logits,
 )
 from distillnerf_core.training.checkpoints import CheckpointError, load_checkpoint, resolve_checkpoint
@@ -51,9 +60,10 @@ DEFAULT_DOMAIN = "synthetic scenes (distillnerf-synth), held-out seeds"
 
 def calibrate(checkpoint: str | Path, fit_dataroot: str, eval_dataroot: str, version: str,
               classes: tuple[str, ...] = SYNTHETIC_VOXEL_CLASSES, domain: str = DEFAULT_DOMAIN,
-              max_samples: int | None = None, progress: bool = False) -> dict[str, Any]:
+              max_samples: int | None = None, progress: bool = False, free: str = "background") -> dict[str, Any]:
     """{"calibration": what the sidecar stores, "report": ECE / NLL / accuracy before and after on both splits,
-    "domain_statistic": per-frame values of both splits}."""
+    "domain_statistic": per-frame values of both splits}. `free` (segmenter-distilled models only): the target
+    of free / unmapped voxels, see calibrate_segmenter."""
     ckpt = resolve_checkpoint(checkpoint)
     model = load_checkpoint(ckpt, "cpu")
     if model.feature_pca is None:
@@ -61,6 +71,9 @@ def calibrate(checkpoint: str | Path, fit_dataroot: str, eval_dataroot: str, ver
     identity = dict(model.config.feature_head.teacher)
     identity.pop("calibration", None)  # fitted from the raw logits, whatever was stored before
     querier = SemanticQuerier(model.feature_pca, identity, config=QueryConfig(background=True))
+    if identity.get("kind") == "segmenter":  # class logits, not cosines: its own targets and domain statistic
+        return calibrate_segmenter(ckpt, model, querier, fit_dataroot, eval_dataroot, version, classes, domain,
+                                   max_samples, progress, free)
     uncalibrated = querier.temperature
     render_hw = model.renderer.render_hw(tuple(model.config.image_hw))
     splits = {}
@@ -87,12 +100,52 @@ def calibrate(checkpoint: str | Path, fit_dataroot: str, eval_dataroot: str, ver
             "domain_statistic": {"fit": splits["fit"][2], "eval": splits["eval"][2]}}
 
 
+def calibrate_segmenter(ckpt: Path, model: Any, querier: Any, fit_dataroot: str, eval_dataroot: str, version: str,
+                        classes: tuple[str, ...], domain: str, max_samples: int | None, progress: bool,
+                        free: str) -> dict[str, Any]:
+    """A segmenter-distilled model's calibration: T of softmax(class logits / T) fitted on the fit split's
+    voxels against their Cityscapes classes (synthetic classes not in `classes`, and free voxels, -> the
+    background class, or left out with free="exclude"); the domain check's threshold from the fit frames' median
+    top class probability at the fitted T."""
+    uncalibrated = querier.temperature
+    render_hw = model.renderer.render_hw(tuple(model.config.image_hw))
+    splits = {}
+    for name, root in (("fit", fit_dataroot), ("eval", eval_dataroot)):
+        dataset = make_dataset(root, version, model.config.image_hw, DataConfig(), render_hw, load_next=False)
+        indices = list(range(len(dataset)))[:max_samples] if max_samples else None
+        splits[name] = synthetic_voxel_class_logits(model, dataset, querier, indices, free, classes,
+                                                    progress=progress)
+    temperature, _, report = fit_calibration(splits["fit"][0], splits["fit"][1], splits["eval"][0],
+                                             splits["eval"][1], uncalibrated, background=False)
+    statistics = {name: [median_max_class_probability(x, temperature) for x in split[2]]
+                  for name, split in splits.items()}
+    check = domain_threshold(statistics["fit"])
+    targets = sorted({SEGMENTER_CLASS_OF_SYNTHETIC[c] for c in classes})
+    calibration = {
+        "temperature": temperature, "temperature_before": uncalibrated, "domain": domain,
+        "queries": targets, "bins": ECE_BINS,
+        "ece_before": report["eval"]["before"]["ece"], "ece_after": report["eval"]["after"]["ece"],
+        "targets": ("semantic voxels (camera-visible, predicted occupied) as the segmenter's Cityscapes classes "
+                    f"({', '.join(f'{k} -> {v}' for k, v in SEGMENTER_CLASS_OF_SYNTHETIC.items() if k in classes)}); "
+                    + ("free or unmapped = background" if free == "background" else "free or unmapped left out")),
+        "free_voxels": free,
+        "fitted_on": {"dataroot": portable_path(fit_dataroot), "voxels": report["fit"]["after"]["samples"],
+                      "frames": len(statistics["fit"])},
+        "evaluated_on": {"dataroot": portable_path(eval_dataroot), "voxels": report["eval"]["after"]["samples"],
+                         "frames": len(statistics["eval"])},
+        "domain_check": {"statistic": "median_max_class_probability", **check},
+    }
+    return {"checkpoint": str(ckpt), "calibration": calibration, "report": report, "domain_statistic": statistics}
+
+
 def format_report(result: dict[str, Any]) -> str:
     """ECE / NLL / accuracy / confidence before and after, both splits, and the domain check."""
     cal, rep = result["calibration"], result["report"]
-    lines = [f"temperature {cal['temperature_before']:g} -> {cal['temperature']:.4g}, background cosine "
-             f"{cal['background_cosine_before']:g} -> {cal['background_cosine']:.4f} (fitted on "
-             f"{cal['fitted_on']['voxels']:,} voxels of {cal['fitted_on']['frames']} frames)",
+    background = (f", background cosine {cal['background_cosine_before']:g} -> {cal['background_cosine']:.4f}"
+                  if cal.get("background_cosine") is not None else "")
+    lines = [f"temperature {cal['temperature_before']:g} -> {cal['temperature']:.4g}{background} (fitted on "
+             f"{cal['fitted_on']['voxels']:,} voxels of {cal['fitted_on']['frames']} frames"
+             f"{'; targets: ' + cal['targets'] if 'free_voxels' in cal else ''})",
              f"{'split':<8}{'':<8}{'ECE':>8}{'NLL':>8}{'accuracy':>10}{'confidence':>12}{'voxels':>10}"]
     for split in ("fit", "eval"):
         for when in ("before", "temperature_only", "after"):
@@ -118,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", default=",".join(SYNTHETIC_VOXEL_CLASSES),
                         help="comma list of the ground-truth voxel classes queried (default: %(default)s)")
     parser.add_argument("--domain", default=DEFAULT_DOMAIN, help="what the calibration holds for (stored)")
+    parser.add_argument("--free", choices=FREE_TARGETS, default="background",
+                        help="segmenter-distilled models: target of free / unqueried voxels the model calls occupied "
+                             "(background: the segmenter's background class; exclude: left out)")
     parser.add_argument("--json", type=Path, help="write the calibration and the full report here")
     parser.add_argument("--write", action="store_true", help="store the calibration in the checkpoint's sidecar")
     parser.add_argument("--max-samples", type=int)
@@ -129,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     classes = tuple(c.strip() for c in args.classes.split(",") if c.strip())
     try:
         result = calibrate(args.checkpoint, args.fit_dataroot, args.eval_dataroot, args.version, classes, args.domain,
-                           args.max_samples, args.progress)
+                           args.max_samples, args.progress, args.free)
         print(format_report(result))
         if args.write:
             print(f"wrote the calibration into {store_calibration(result['checkpoint'], result['calibration'])}")

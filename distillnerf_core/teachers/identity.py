@@ -16,7 +16,8 @@ SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 PREFIX = "feature_head.teacher"
 CALIBRATION = f"{PREFIX}.calibration"
 # Per-frame statistics a calibration's domain check may store (training/calibration.py computes them).
-DOMAIN_STATISTICS = ("median_best_class_cosine",)
+# median_best_class_cosine: text-embedding teachers; median_max_class_probability: segmenter (class logits).
+DOMAIN_STATISTICS = ("median_best_class_cosine", "median_max_class_probability")
 
 
 def _is_int(value: Any) -> bool:
@@ -182,6 +183,9 @@ def validate_calibration(calibration: Any, kind: str | None = None) -> None:
     if check["statistic"] == "median_best_class_cosine" and kind == "segmenter":
         raise ValueError(f"{where}.domain_check.statistic {check['statistic']} needs text embeddings, which a "
                          "segmenter teacher has not")
+    if check["statistic"] == "median_max_class_probability" and kind not in (None, "segmenter"):
+        raise ValueError(f"{where}.domain_check.statistic {check['statistic']} reads class logits, which only a "
+                         f"segmenter teacher has (this one: {kind})")
     if check["statistic"] == "median_best_class_cosine" and queries is None:
         raise ValueError(f"{where}.queries is required by domain_check {check['statistic']} (the vocabulary it "
                          "compares with)")

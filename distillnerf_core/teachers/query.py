@@ -30,7 +30,12 @@ import torch
 
 from distillnerf_core.teachers.base import Teacher, TeacherConfig, TeacherWeightsError, file_sha256
 from distillnerf_core.teachers.pca import FeaturePCA
-from distillnerf_core.training.calibration import DomainVerdict, median_best_class_cosine, verdict_from_check
+from distillnerf_core.training.calibration import (
+    DomainVerdict,
+    median_best_class_cosine,
+    median_max_class_probability,
+    verdict_from_check,
+)
 
 DEFAULT_BACKGROUND = {"oracle": 0.5, "clip": 0.2}
 # Softmax temperature of a model without a stored calibration (feature_head.teacher.calibration): over cosines
@@ -330,9 +335,16 @@ class SegmenterQuerier(SemanticQuerier):
         return torch.cat([per_text, (p @ rest)[..., None]], dim=-1)
 
     @torch.no_grad()
-    def domain_verdict(self, features: torch.Tensor) -> Any:
-        """The calibration's domain check over the class logits (the statistic over `logits`, as it was fitted)."""
+    def domain_verdict(self, features: torch.Tensor) -> DomainVerdict | None:
+        """The calibration's domain check (distillnerf-calibrate: median_max_class_probability): the median top
+        class probability of the voxels at the CALIBRATED temperature, the one its threshold was measured at (a
+        QueryConfig.temperature override changes the scores, not what counts as in domain); None without a
+        check or without voxels."""
         check = (self.calibration or {}).get("domain_check")
         if not check or features.shape[0] == 0:
             return None
-        return verdict_from_check(self.calibration, median_best_class_cosine(self.class_logits(features)))
+        if check.get("statistic") != "median_max_class_probability":  # the schema refuses any other for a segmenter
+            raise SemanticsUnavailableError(f"a segmenter-distilled model's domain check must be "
+                                            f"median_max_class_probability, got {check.get('statistic')!r}")
+        value = median_max_class_probability(self.class_logits(features), float(self.calibration["temperature"]))
+        return verdict_from_check(self.calibration, value)

@@ -26,6 +26,17 @@ over a frame's occupied voxels, of the best cosine between the voxel's reconstru
 vocabulary the calibration was fitted with ("do these features look like any class the model learnt?");
 measured in benchmarks/query_calibration.py on held-out synthetic frames and on real nuScenes / DDAD frames.
 
+A segmenter-distilled model (teacher kind "segmenter", closed vocabulary) is calibrated on its 20 class logits:
+targets are the synthetic world's voxel classes as Cityscapes classes (SEGMENTER_CLASS_OF_SYNTHETIC: road and
+lane markings -> road, pedestrian -> person, ...); free voxels the model calls occupied (and classes without a
+Cityscapes counterpart) -> the segmenter's "background" class by default, which no class text names and so
+lands in the reply's background option: a confident class on empty space is a wrong answer and the fitted T must
+pay for it (free="exclude" leaves them out instead: scores calibrated where the geometry is right). Only T is
+fitted (no background bias: the background is a class of the softmax, not a fixed cosine). Its domain statistic
+is the median over a frame's occupied voxels of the top class probability at the fitted T
+(median_max_class_probability): class logits have no text to compare with, and features the model never learnt
+read as less peaked class distributions.
+
 The calibration lives in the checkpoint's sidecar as `feature_head.teacher.calibration` (schema in
 teachers/identity.py), beside the PCA it belongs to; `store_calibration` rewrites the sidecar (weights untouched).
 """
@@ -206,6 +217,19 @@ def median_best_class_cosine(cosines: torch.Tensor) -> float:
     return float(cosines.float().max(dim=1).values.median())
 
 
+def median_max_class_probability(logits: torch.Tensor, temperature: float) -> float:
+    """Median over elements of the top class probability of softmax(logits (V, C) / temperature); NaN for no
+    element. The domain statistic of a segmenter-distilled model: its class probabilities are what it answers,
+    and features it never learnt read as flat (or at least less peaked) class distributions."""
+    if logits.ndim != 2 or logits.shape[1] == 0:
+        raise ValueError(f"expected (V, C) class logits with C >= 1, got {tuple(logits.shape)}")
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be a positive finite number, got {temperature}")
+    if logits.shape[0] == 0:
+        return float("nan")
+    return float(torch.softmax(logits.double() / temperature, dim=1).max(dim=1).values.median())
+
+
 def domain_threshold(values: Sequence[float], margin_stds: float = DOMAIN_MARGIN_STDS) -> dict[str, Any]:
     """The stored check from per-frame statistics of in-domain frames: threshold = their minimum minus
     `margin_stds` standard deviations (a frame as typical as the least typical fit frame passes with room)."""
@@ -229,6 +253,122 @@ def verdict_from_check(calibration: dict[str, Any] | None, value: float) -> Doma
 
 
 # -- held-out synthetic targets -----------------------------------------------------------------------------
+# The synthetic world's voxel classes (gt/meta.json) as the segmenter's Cityscapes classes: what a
+# segmenter-distilled model's class logits are scored against (lane markings are road, as in benchmarks/realism.py;
+# sky has no voxel: voxel 0 is free).
+SEGMENTER_CLASS_OF_SYNTHETIC: dict[str, str] = {
+    "road": "road", "lane_marking": "road", "sidewalk": "sidewalk", "terrain": "terrain", "building": "building",
+    "car": "car", "pedestrian": "person", "vegetation": "vegetation", "pole": "pole",
+}
+FREE_TARGETS = ("background", "exclude")
+
+
+def _voxel_grid(dataset: Any, threshold: float) -> tuple[Any, torch.Tensor]:
+    """The ground truth's occupancy grid (OccupancyConfig) and its voxel centres (N, 3)."""
+    from distillnerf_core.model.occupancy import OccupancyConfig, grid_centers
+
+    if dataset.gt_meta is None:
+        raise ValueError(f"{dataset.dataroot} has no semantic voxel ground truth (gt/meta.json)")
+    spec = dataset.gt_meta["voxels"]
+    lo, hi = spec["pc_range"][:3], spec["pc_range"][3:]
+    occ_cfg = OccupancyConfig((lo[0], hi[0]), (lo[1], hi[1]), (lo[2], hi[2]), float(spec["voxel_size"]), threshold)
+    return occ_cfg, grid_centers(occ_cfg.x_range, occ_cfg.y_range, occ_cfg.z_range, occ_cfg.voxel_size).reshape(-1, 3)
+
+
+def _visible_occupied_voxels(model: Any, dataset: Any, indices: Sequence[int], threshold: float, statistic_grid: Any,
+                             progress: bool):
+    """Per sample: (features (n, k) of the model's occupied, camera-visible voxels on the ground-truth grid, their
+    ground-truth class ids (n,), features (m, k) of the occupied voxels on `statistic_grid` (the node's grid, for
+    the domain statistic)). The semantic evaluation's protocol (training/semantic_eval.py)."""
+    from distillnerf_core.data.datasets import collate_samples
+    from distillnerf_core.model.occupancy import query_occupancy
+    from distillnerf_core.training.semantic_eval import visible_voxels
+
+    occ_cfg, centers = _voxel_grid(dataset, threshold)
+    for count, idx in enumerate(indices, start=1):
+        batch = collate_samples([dataset[idx]])
+        scene = model.encode(batch["images"], batch["intrinsics"], batch["cam2ego"])
+        occ = query_occupancy(model, scene, 0, occ_cfg)
+        served = query_occupancy(model, scene, 0, statistic_grid).features.cpu()
+        gt = batch["voxel_semantics"][0]
+        if tuple(occ.density_grid.shape) != tuple(gt.shape):
+            raise ValueError(f"occupancy grid {tuple(occ.density_grid.shape)} != ground truth {tuple(gt.shape)}")
+        features, labels = occ.features.cpu()[:0], gt.new_zeros(0).long()
+        if occ.features.shape[0]:
+            ix = occ.occupied_index.cpu()
+            visible = visible_voxels(centers, batch["intrinsics"][0], batch["cam2ego"][0],
+                                     tuple(batch["images"].shape[-2:]), batch["dense_depth"][0],
+                                     occ_cfg.voxel_size).view(gt.shape)
+            seen = visible[ix[:, 0], ix[:, 1], ix[:, 2]]
+            features, labels = occ.features.cpu()[seen], gt[ix[:, 0], ix[:, 1], ix[:, 2]].long()[seen]
+        if progress:
+            print(f"  calibration targets: {count} / {len(indices)} samples", file=sys.stderr, flush=True)
+        yield features, labels, served
+
+
+def segmenter_targets(names: Sequence[str], free_id: int, classes: Sequence[str] | None = None,
+                      free: str = "background") -> torch.Tensor:
+    """(len(names),) segmenter class id of each ground-truth voxel class id: the Cityscapes class of the synthetic
+    classes in `classes` (default all of SEGMENTER_CLASS_OF_SYNTHETIC; lane markings go with road); free
+    (`free_id`) and every other class -> the background class (free="background") or -1 (free="exclude": left
+    out)."""
+    from distillnerf_core.teachers.segmenter import BACKGROUND_CLASS, CLASS_NAMES
+
+    if free not in FREE_TARGETS:
+        raise ValueError(f"free must be one of {FREE_TARGETS}, got {free!r}")
+    chosen = set(SEGMENTER_CLASS_OF_SYNTHETIC if classes is None else classes)
+    unknown = sorted(chosen - set(SEGMENTER_CLASS_OF_SYNTHETIC))
+    if unknown:
+        raise ValueError(f"classes {unknown} have no Cityscapes class of the segmenter (known: "
+                         f"{', '.join(SEGMENTER_CLASS_OF_SYNTHETIC)})")
+    if "road" in chosen:
+        chosen.add("lane_marking")
+    lookup = torch.full((len(names),), BACKGROUND_CLASS if free == "background" else -1, dtype=torch.long)
+    for j, name in enumerate(names):
+        if name in chosen and j != free_id:
+            lookup[j] = CLASS_NAMES.index(SEGMENTER_CLASS_OF_SYNTHETIC[name])
+    return lookup
+
+
+@torch.no_grad()
+def synthetic_voxel_class_logits(model: Any, dataset: Any, querier: Any, indices: Sequence[int] | None = None,
+                                 free: str = "background", classes: Sequence[str] | None = None,
+                                 threshold: float = 0.1, progress: bool = False,
+                                 statistic_grid: Any = None) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """A segmenter-distilled model's (class logits (N, 20), targets (N,), per-frame class logits of the occupied
+    voxels on `statistic_grid`) on a dataroot with semantic voxel ground truth: the occupied, camera-visible
+    voxels of the ground-truth grid (as synthetic_voxel_logits), target = the Cityscapes class of the voxel's
+    synthetic class (SEGMENTER_CLASS_OF_SYNTHETIC). Free voxels (geometry errors: the model says occupied, the
+    world is empty) and classes without a Cityscapes counterpart: with free="background" the segmenter's
+    background class (what the reply's background option sums; a confident class on empty space is a wrong
+    answer and the fitted temperature must say so), with free="exclude" left out (the scores are then calibrated
+    only where the geometry is right). `classes` (default: every mapped one) selects the synthetic classes
+    scored as themselves (lane markings go with road); the others are treated as unmapped. The per-frame
+    logits are returned, not a statistic: the domain statistic
+    (median_max_class_probability) is taken at the fitted temperature."""
+    from distillnerf_core.model.occupancy import OccupancyConfig
+
+    if dataset.gt_meta is None:
+        raise ValueError(f"{dataset.dataroot} has no semantic voxel ground truth (gt/meta.json)")
+    lookup = segmenter_targets(list(dataset.gt_meta["classes"]), int(dataset.gt_meta["voxels"].get("free", 0)),
+                               classes, free)
+    model.eval()
+    indices = list(range(len(dataset))) if indices is None else list(indices)
+    all_logits, all_targets, served_logits = [], [], []
+    for features, labels, served in _visible_occupied_voxels(model, dataset, indices, threshold,
+                                                             statistic_grid or OccupancyConfig(), progress):
+        if served.shape[0]:
+            served_logits.append(querier.class_logits(served).float())
+        targets = lookup[labels]
+        keep = targets >= 0
+        all_logits.append(querier.class_logits(features[keep]).float())
+        all_targets.append(targets[keep])
+    if not all_targets or sum(t.numel() for t in all_targets) == 0:
+        raise ValueError(f"the model has no occupied, camera-visible voxel with a target on any of the {len(indices)}"
+                         f" samples of {dataset.dataroot}: nothing to calibrate on")
+    return torch.cat(all_logits), torch.cat(all_targets), served_logits
+
+
 @torch.no_grad()
 def synthetic_voxel_logits(model: Any, dataset: Any, querier: Any, classes: Sequence[str],
                            indices: Sequence[int] | None = None, threshold: float = 0.1, progress: bool = False,
@@ -239,9 +379,7 @@ def synthetic_voxel_logits(model: Any, dataset: Any, querier: Any, classes: Sequ
     querier.logits); target = the class's index, or Q (background) where the ground truth is free or a class
     not queried. The statistic is the domain check's (median best-class cosine) of each frame, on the occupied
     voxels of `statistic_grid` (default: OccupancyConfig(), the grid ScenePredictor and the node query)."""
-    from distillnerf_core.data.datasets import collate_samples
-    from distillnerf_core.model.occupancy import OccupancyConfig, grid_centers, query_occupancy
-    from distillnerf_core.training.semantic_eval import visible_voxels
+    from distillnerf_core.model.occupancy import OccupancyConfig
 
     if dataset.gt_meta is None:
         raise ValueError(f"{dataset.dataroot} has no semantic voxel ground truth (gt/meta.json)")
@@ -252,37 +390,17 @@ def synthetic_voxel_logits(model: Any, dataset: Any, querier: Any, classes: Sequ
     lookup = torch.full((len(names),), len(classes), dtype=torch.long)  # free (0) and unqueried -> background
     for j, c in enumerate(classes):
         lookup[names.index(c)] = j
-    spec = dataset.gt_meta["voxels"]
-    lo, hi = spec["pc_range"][:3], spec["pc_range"][3:]
-    occ_cfg = OccupancyConfig((lo[0], hi[0]), (lo[1], hi[1]), (lo[2], hi[2]), float(spec["voxel_size"]), threshold)
-    centers = grid_centers(occ_cfg.x_range, occ_cfg.y_range, occ_cfg.z_range, occ_cfg.voxel_size).reshape(-1, 3)
-    statistic_grid = statistic_grid or OccupancyConfig()
     model.eval()
     texts = querier.check(list(classes))
     all_logits, all_targets, statistics = [], [], []
     indices = list(range(len(dataset))) if indices is None else list(indices)
-    for count, idx in enumerate(indices, start=1):
-        batch = collate_samples([dataset[idx]])
-        scene = model.encode(batch["images"], batch["intrinsics"], batch["cam2ego"])
-        occ = query_occupancy(model, scene, 0, occ_cfg)
-        served = query_occupancy(model, scene, 0, statistic_grid).features.cpu()
+    for features, labels, served in _visible_occupied_voxels(model, dataset, indices, threshold,
+                                                             statistic_grid or OccupancyConfig(), progress):
         if served.shape[0]:
             statistics.append(median_best_class_cosine(querier.logits(served, texts)[:, :len(texts)]))
-        gt = batch["voxel_semantics"][0]
-        if tuple(occ.density_grid.shape) != tuple(gt.shape):
-            raise ValueError(f"occupancy grid {tuple(occ.density_grid.shape)} != ground truth {tuple(gt.shape)}")
-        if occ.features.shape[0] == 0:
-            continue
-        ix = occ.occupied_index.cpu()
-        visible = visible_voxels(centers, batch["intrinsics"][0], batch["cam2ego"][0],
-                                 tuple(batch["images"].shape[-2:]), batch["dense_depth"][0],
-                                 occ_cfg.voxel_size).view(gt.shape)
-        seen = visible[ix[:, 0], ix[:, 1], ix[:, 2]]
-        logits = querier.logits(occ.features.cpu(), texts)
-        all_logits.append(logits[seen])
-        all_targets.append(lookup[gt[ix[:, 0], ix[:, 1], ix[:, 2]].long()][seen])
-        if progress:
-            print(f"  calibration targets: {count} / {len(indices)} samples", file=sys.stderr, flush=True)
+        if features.shape[0]:
+            all_logits.append(querier.logits(features, texts))
+            all_targets.append(lookup[labels])
     if not all_logits:
         raise ValueError(f"the model has no occupied voxel on any of the {len(indices)} samples of "
                          f"{dataset.dataroot}: nothing to calibrate on")
