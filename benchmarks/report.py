@@ -662,18 +662,25 @@ def semantics_calibration(ctx: Context) -> str:
     d = ctx.load(QUERY_CALIBRATION)
     cal, rep = d["calibration"], d["report"]
     rows = []
-    settings = (("before", "uncalibrated", cal["temperature_before"], cal["background_cosine_before"]),
+    # A cosine teacher fits T and the background option's cosine; a segmenter-distilled model (class logits) T only
+    background = cal.get("background_cosine") is not None
+    settings = (("before", "uncalibrated", cal["temperature_before"], cal.get("background_cosine_before")),
                 ("temperature_only", "temperature only", rep["fit"]["temperature_only"]["temperature"],
-                 cal["background_cosine_before"]),
-                ("after", "**stored**: temperature + background", cal["temperature"], cal["background_cosine"]))
+                 cal.get("background_cosine_before")),
+                ("after", "**stored**: temperature + background" if background else "**stored**: temperature",
+                 cal["temperature"], cal.get("background_cosine")))
+    if not background:  # the temperature-only fit is the stored one: one row fewer per split
+        settings = (settings[0], settings[2])
     for split, where in (("fit", cal["fitted_on"]), ("eval", cal["evaluated_on"])):
-        for key, label, temperature, background in settings:
+        for key, label, temperature, cosine in settings:
             r = rep[split][key]
-            rows.append([f"{split} ({where['frames']} frames, {where['voxels']:,} voxels)", label, f"{temperature:.3g}",
-                         num(background, 3), num(r["ece"], 3), num(r["nll"], 3), num(r["accuracy"], 3),
-                         num(r["confidence"], 3)])
+            cells = [f"{split} ({where['frames']} frames, {where['voxels']:,} voxels)", label, f"{temperature:.3g}",
+                     *([num(cosine, 3)] if background else []), num(r["ece"], 3), num(r["nll"], 3),
+                     num(r["accuracy"], 3), num(r["confidence"], 3)]
+            rows.append(cells)
     fit = table(["held-out synthetic split (what was fitted on it)", "calibration", "temperature",
-                 "background cosine", f"ECE ({cal['bins']} bins)", "NLL", "accuracy", "mean confidence"], rows)
+                 *(["background cosine"] if background else []), f"ECE ({cal['bins']} bins)", "NLL", "accuracy",
+                 "mean confidence"], rows)
     check = cal["domain_check"]
     def answered(f: dict) -> str:
         u, c = f["uncalibrated"], f["calibrated"]
@@ -696,6 +703,8 @@ def semantics_calibration(ctx: Context) -> str:
     queried = (f"Last three columns: all {len(cal['queries'])} classes queried with the background option, "
                "uncalibrated / calibrated (share of the occupied voxels labelled, share labelled with a score >= 0.9, "
                "highest score).")
+    if "targets" in cal:  # what the scores were fitted against, as distillnerf-calibrate stored it
+        queried += f" Targets: {cal['targets']}."
     return join(fit, table(["frame (as the node sees it)", "sample", check["statistic"], "domain",
                             "recon PSNR median dB", "labelled", "score >= 0.9", "max score"], frames), queried, text,
                 ctx.source(QUERY_CALIBRATION))

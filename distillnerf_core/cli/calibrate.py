@@ -58,6 +58,20 @@ from distillnerf_core.training.semantic_eval import SYNTHETIC_VOXEL_CLASSES
 DEFAULT_DOMAIN = "synthetic scenes (distillnerf-synth), held-out seeds"
 
 
+WORLD_KEYS = ("seed", "scenes", "frames", "rig", "look", "width", "height")
+
+
+def synthetic_world(dataroot: str | Path) -> dict[str, Any]:
+    """How distillnerf-synth made the dataroot (its gt/meta.json: seed, scenes, frames, rig, look, size), stored
+    with the calibration so that a check can render a frame of the same domain; {} when it does not say."""
+    meta_file = Path(dataroot) / "gt" / "meta.json"
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: meta[k] for k in WORLD_KEYS if k in meta}
+
+
 def calibrate(checkpoint: str | Path, fit_dataroot: str, eval_dataroot: str, version: str,
               classes: tuple[str, ...] = SYNTHETIC_VOXEL_CLASSES, domain: str = DEFAULT_DOMAIN,
               max_samples: int | None = None, progress: bool = False, free: str = "background") -> dict[str, Any]:
@@ -81,6 +95,7 @@ def calibrate(checkpoint: str | Path, fit_dataroot: str, eval_dataroot: str, ver
         dataset = make_dataset(root, version, model.config.image_hw, DataConfig(), render_hw, load_next=False)
         indices = list(range(len(dataset)))[:max_samples] if max_samples else None
         splits[name] = synthetic_voxel_logits(model, dataset, querier, classes, indices, progress=progress)
+    worlds = {name: synthetic_world(root) for name, root in (("fit", fit_dataroot), ("eval", eval_dataroot))}
     temperature, background, report = fit_calibration(splits["fit"][0], splits["fit"][1], splits["eval"][0],
                                                       splits["eval"][1], uncalibrated, background=True)
     check = domain_threshold(splits["fit"][2])
@@ -91,9 +106,9 @@ def calibrate(checkpoint: str | Path, fit_dataroot: str, eval_dataroot: str, ver
         "ece_before": report["eval"]["before"]["ece"], "ece_after": report["eval"]["after"]["ece"],
         "targets": "semantic voxels (camera-visible, predicted occupied; free or unqueried = background)",
         "fitted_on": {"dataroot": portable_path(fit_dataroot), "voxels": report["fit"]["after"]["samples"],
-                      "frames": len(splits["fit"][2])},
+                      "frames": len(splits["fit"][2]), "world": worlds["fit"]},
         "evaluated_on": {"dataroot": portable_path(eval_dataroot), "voxels": report["eval"]["after"]["samples"],
-                         "frames": len(splits["eval"][2])},
+                         "frames": len(splits["eval"][2]), "world": worlds["eval"]},
         "domain_check": {"statistic": "median_best_class_cosine", **check},
     }
     return {"checkpoint": str(ckpt), "calibration": calibration, "report": report,
@@ -130,9 +145,9 @@ def calibrate_segmenter(ckpt: Path, model: Any, querier: Any, fit_dataroot: str,
                     + ("free or unmapped = background" if free == "background" else "free or unmapped left out")),
         "free_voxels": free,
         "fitted_on": {"dataroot": portable_path(fit_dataroot), "voxels": report["fit"]["after"]["samples"],
-                      "frames": len(statistics["fit"])},
+                      "frames": len(statistics["fit"]), "world": synthetic_world(fit_dataroot)},
         "evaluated_on": {"dataroot": portable_path(eval_dataroot), "voxels": report["eval"]["after"]["samples"],
-                         "frames": len(statistics["eval"])},
+                         "frames": len(statistics["eval"]), "world": synthetic_world(eval_dataroot)},
         "domain_check": {"statistic": "median_max_class_probability", **check},
     }
     return {"checkpoint": str(ckpt), "calibration": calibration, "report": report, "domain_statistic": statistics}

@@ -20,6 +20,7 @@ and the background option by the classes no query names.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -231,14 +232,20 @@ class SemanticQuerier:
         return probs.reshape(*lead, probs.shape[-1])
 
     @torch.no_grad()
+    def domain_statistic(self, features: torch.Tensor, calibration: dict[str, Any]) -> float:
+        """The domain statistic of voxel features (V, k) as `calibration` defines it: the median best cosine to the
+        vocabulary it was fitted with (median_best_class_cosine); NaN without voxels."""
+        text = self.embed([normalise_text(t) for t in calibration["queries"]]).to(features.device)
+        return median_best_class_cosine(self.pca.cosine_to_text(features, text)) if features.shape[0] else math.nan
+
+    @torch.no_grad()
     def domain_verdict(self, features: torch.Tensor) -> DomainVerdict | None:
-        """Voxel features (V, k) against the calibration's domain check (median best cosine to the vocabulary the
-        calibration was fitted with); None without a check or without voxels."""
+        """Voxel features (V, k) against the calibration's domain check (domain_statistic); None without a check
+        or without voxels."""
         check = (self.calibration or {}).get("domain_check")
         if not check or features.shape[0] == 0:
             return None
-        text = self.embed([normalise_text(t) for t in self.calibration["queries"]]).to(features.device)
-        return verdict_from_check(self.calibration, median_best_class_cosine(self.pca.cosine_to_text(features, text)))
+        return verdict_from_check(self.calibration, self.domain_statistic(features, self.calibration))
 
     @torch.no_grad()
     def query(self, features: torch.Tensor, texts: Sequence[str]) -> QueryResult:
@@ -335,16 +342,21 @@ class SegmenterQuerier(SemanticQuerier):
         return torch.cat([per_text, (p @ rest)[..., None]], dim=-1)
 
     @torch.no_grad()
+    def domain_statistic(self, features: torch.Tensor, calibration: dict[str, Any]) -> float:
+        """median_max_class_probability of voxel features (V, k): the median top class probability at the
+        CALIBRATED temperature, the one the check's threshold was measured at (a QueryConfig.temperature override
+        changes the scores, not what counts as in domain); NaN without voxels."""
+        statistic = (calibration.get("domain_check") or {}).get("statistic", "median_max_class_probability")
+        if statistic != "median_max_class_probability":  # the schema refuses any other for a segmenter
+            raise SemanticsUnavailableError(f"a segmenter-distilled model's domain check must be "
+                                            f"median_max_class_probability, got {statistic!r}")
+        return median_max_class_probability(self.class_logits(features), float(calibration["temperature"]))
+
+    @torch.no_grad()
     def domain_verdict(self, features: torch.Tensor) -> DomainVerdict | None:
-        """The calibration's domain check (distillnerf-calibrate: median_max_class_probability): the median top
-        class probability of the voxels at the CALIBRATED temperature, the one its threshold was measured at (a
-        QueryConfig.temperature override changes the scores, not what counts as in domain); None without a
-        check or without voxels."""
+        """The calibration's domain check (distillnerf-calibrate: median_max_class_probability, domain_statistic);
+        None without a check or without voxels."""
         check = (self.calibration or {}).get("domain_check")
         if not check or features.shape[0] == 0:
             return None
-        if check.get("statistic") != "median_max_class_probability":  # the schema refuses any other for a segmenter
-            raise SemanticsUnavailableError(f"a segmenter-distilled model's domain check must be "
-                                            f"median_max_class_probability, got {check.get('statistic')!r}")
-        value = median_max_class_probability(self.class_logits(features), float(self.calibration["temperature"]))
-        return verdict_from_check(self.calibration, value)
+        return verdict_from_check(self.calibration, self.domain_statistic(features, self.calibration))

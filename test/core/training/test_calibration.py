@@ -167,17 +167,24 @@ def test_an_undistilled_model_has_nothing_to_calibrate(tiny_checkpoint):
 
 
 def test_the_bundled_model_carries_the_calibration_its_results_report():
+    """Whatever the bundled model's teacher (its sidecar says: a cosine teacher or a segmenter), it stores the
+    calibration benchmarks/query_calibration.py measured, with that teacher's domain statistic."""
     results = json.loads((REPO / "benchmarks" / "results" / "query_calibration.json").read_text())
     meta = read_metadata(REPO / "models" / "default" / "model.safetensors")
-    stored = meta["config"]["feature_head"]["teacher"]["calibration"]
-    validate_calibration(stored)
+    teacher = meta["config"]["feature_head"]["teacher"]
+    stored = teacher["calibration"]
+    validate_calibration(stored, teacher["kind"])
+    statistic = "median_max_class_probability" if teacher["kind"] == "segmenter" else "median_best_class_cosine"
+    assert stored["domain_check"]["statistic"] == statistic, "the domain statistic of the model's teacher kind"
     assert stored == results["calibration"], "models/default stores what benchmarks/results reports"
     report = results["report"]["eval"]
     assert math.isclose(stored["ece_after"], report["after"]["ece"]) and stored["ece_after"] < stored["ece_before"]
-    real = [f["statistic"] for f in results["frames"]["real"]]
-    synthetic = [f["statistic"] for f in results["frames"]["synthetic"]]
     threshold = stored["domain_check"]["threshold"]
-    assert max(real) < threshold < min(synthetic), "the stored threshold separates the measured frames"
+    frames = results["frames"]["real"] + results["frames"]["synthetic"]
+    assert all(f["in_domain"] == (f["statistic"] >= threshold) for f in frames), "verdicts follow the threshold"
+    assert all(f["in_domain"] for f in results["frames"]["synthetic"]), "held-out synthetic frames are in domain"
+    real = [f["statistic"] for f in results["frames"]["real"]]
+    assert results["summary"]["separated"] == (max(real) < threshold), "the docs say whether real frames fall out"
 
 
 @pytest.mark.slow

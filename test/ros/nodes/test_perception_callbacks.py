@@ -153,13 +153,27 @@ def teacher_edit(key, value):
     return edit
 
 
-BAD_TEACHERS = {
-    "sha_int": ("weights_sha256", 12345), "sha_text": ("weights_sha256", "not hex"),
-    "sha_list": ("weights_sha256", ["ab"]), "dim_mismatch": ("dim", 127), "dim_text": ("dim", "128"),
-    "dim_negative": ("dim", -128), "classes_string": ("classes", "car"), "classes_ints": ("classes", [1, 2]),
-    "kind_unknown": ("kind", "sam"), "seed_text": ("seed", "0"), "noise_nan": ("noise", float("nan")),
-    "pca_dim": ("pca.dim", 63), "pca_variance": ("pca.explained_variance", 7.0),
-}
+def bundled_teacher_cases() -> dict[str, tuple[str, object]]:
+    """Bad values of the bundled model's teacher block, from its own sidecar (its kind, its dims): the cases hold
+    for an oracle-distilled and a segmenter-distilled bundled model alike."""
+    config = json.loads((REPO / "models" / "default" / "model.json").read_text())["config"]["feature_head"]
+    dim, kind = config["teacher"]["dim"], config["teacher"]["kind"]
+    cases = {
+        "sha_int": ("weights_sha256", 12345), "sha_text": ("weights_sha256", "not hex"),
+        "sha_list": ("weights_sha256", ["ab"]), "dim_mismatch": ("dim", dim - 1), "dim_text": ("dim", str(dim)),
+        "dim_negative": ("dim", -dim), "classes_string": ("classes", "car"), "classes_ints": ("classes", [1, 2]),
+        "kind_unknown": ("kind", "sam"), "pca_dim": ("pca.dim", config["dim"] - 1),
+        "pca_variance": ("pca.explained_variance", 7.0),
+    }
+    if kind == "oracle":
+        cases |= {"seed_text": ("seed", "0"), "noise_nan": ("noise", float("nan"))}
+    if kind == "segmenter":
+        cases |= {"outputs_unknown": ("outputs", "logits"), "floor_positive": ("log_prob_floor", 1.0),
+                  "stride_zero": ("stride", 0)}
+    return cases
+
+
+BAD_TEACHERS = bundled_teacher_cases()
 
 
 @pytest.mark.parametrize("case", sorted(BAD_TEACHERS))
