@@ -45,6 +45,7 @@ from distillnerf_core.training.calibration import (
     ECE_BINS,
     FREE_TARGETS,
     SEGMENTER_CLASS_OF_SYNTHETIC,
+    TEMPERATURE_RANGE,
     domain_threshold,
     fit_calibration,
     median_max_class_probability,
@@ -168,6 +169,10 @@ def format_report(result: dict[str, Any]) -> str:
             label = "T only" if when == "temperature_only" else when
             lines.append(f"{split:<8}{label:<8}{r['ece']:>8.4f}{r['nll']:>8.3f}{r['accuracy']:>10.3f}"
                          f"{r['confidence']:>12.3f}{r['samples']:>10,}")
+    if cal["temperature"] >= 0.99 * TEMPERATURE_RANGE[1]:  # the NLL wanted flatter still: argmax nearly never right
+        lines.append(f"WARNING: the temperature ended at the top of its range ({TEMPERATURE_RANGE[1]:g}): the model's "
+                     f"top class is right on {rep['fit']['after']['accuracy']:.1%} of the fit voxels, so its "
+                     "calibrated scores are flat (1 / classes) and the domain check cannot tell frames apart")
     check = cal["domain_check"]
     lines.append(f"domain check: {check['statistic']} >= {check['threshold']:.4f} (fit frames "
                  f"{check['in_domain']['min']:.4f} .. {check['in_domain']['max']:.4f}; eval frames "

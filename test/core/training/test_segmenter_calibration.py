@@ -91,6 +91,7 @@ def test_distillnerf_calibrate_fits_a_segmenter_model_and_the_querier_reads_it(t
     result = json.loads(out.read_text())
     stored = read_metadata(path)["config"]["feature_head"]["teacher"]["calibration"]
     assert stored == result["calibration"] and "median_max_class_probability" in printed.out
+    assert "WARNING" not in printed.out, "a finite temperature: no flat-scores warning"
     after = result["report"]["eval"]["after"]
     # Every voxel has the same logits, so the NLL optimum puts p(background) at the share of background targets
     # (free voxels the model calls occupied): exactly calibrated, where T = 1 was not.
