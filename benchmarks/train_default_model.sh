@@ -4,7 +4,8 @@
 #            OUT/heldout the held-out set (seed 999, 2 x 4 keyframes, other towns, same --synth-args)
 #   world    OUT/world    the `small` model from scratch, configs/train/train_default.yaml (stage 1, FPN only)
 #   frozen   OUT/frozen   the same with the frozen 2D branch (train_default_frozen2d.yaml, encoder.frozen_2d)
-#   distill  OUT/default  from OUT/frozen (or --distill-init): + distillation from the segmenter teacher
+#   distill  OUT/default  from OUT/frozen (--distill-from frozen, the default; OUT/world and the FPN-only config
+#                         with --distill-from world; or --distill-init): + distillation from the segmenter teacher
 #                         (distillnerf-cache-features --teacher segmenter on OUT/train; its sky also gives the
 #                         115 m sky depth target), the 64-ch feature head started fresh as the 20-ch one
 # Stage-1 variants train without a sky mask (--sky-mask none), so that only the distillation stage uses the
@@ -14,7 +15,7 @@
 #   benchmarks/train_default_model.sh OUT [--variants world,frozen,distill|data|install] [--minutes 28]
 #       [--distill-minutes 28] [--max-steps N] [--synth-args "--rig random6 --look realistic"] [--scenes 16]
 #       [--frames 8] [--segmenter-width 1024] [--distill-init CKPT] [--distill-init-fresh feature_head]
-#       [--threads N] [--install] [--init CKPT]
+#       [--threads N] [--install] [--init CKPT] [--distill-from frozen|world]
 #
 # --init CKPT starts the stage-1 variants (world, frozen) from CKPT instead of from scratch (the shipped bundled
 #   model: the old box world's stage 1, models/stage1/model.safetensors); the frozen variant's new modules
@@ -24,14 +25,14 @@
 # --max-steps caps every training (a quick check of the recipe). --variants data only writes the data (the two
 # sets in parallel), so that variants can then train side by side (e.g. `--variants world` and `--variants
 # frozen,distill` at --threads 1 each on two cores). Nothing under models/ is written unless --install (then
-# OUT/default replaces models/default and OUT/frozen models/stage1; `--variants install` does only that).
+# OUT/default replaces models/default and OUT/frozen (OUT/world with --distill-from world) models/stage1; `--variants install` does only that).
 set -euo pipefail
-usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [ $# -ge 1 ] || usage
 case $1 in -*) usage ;; esac
 OUT=$1; shift
 VARIANTS=world,frozen,distill; MINUTES=28; MINUTES2=28; MAX_STEPS=""; SYNTH_ARGS="--rig random6 --look realistic"
-SCENES=16; FRAMES=8; SEG_WIDTH=1024; DINIT=""; DFRESH=feature_head; THREADS=""; INSTALL=0; SINIT=""
+SCENES=16; FRAMES=8; SEG_WIDTH=1024; DINIT=""; DFRESH=feature_head; THREADS=""; INSTALL=0; SINIT=""; DFROM=frozen
 while [ $# -gt 0 ]; do
   case $1 in
     --variants) VARIANTS=$2; shift 2 ;;
@@ -47,12 +48,14 @@ while [ $# -gt 0 ]; do
     --threads) THREADS=$2; shift 2 ;;
     --install) INSTALL=1; shift ;;
     --init) SINIT=$2; shift 2 ;;
+    --distill-from) DFROM=$2; shift 2 ;;
     *) echo "train_default_model.sh: unknown option $1" >&2; usage ;;
   esac
 done
 for v in ${VARIANTS//,/ }; do
   case $v in world|frozen|distill|data|install) ;; *) echo "train_default_model.sh: unknown variant $v (world, frozen, distill, data, install)" >&2; exit 2 ;; esac
 done
+case $DFROM in frozen|world) ;; *) echo "train_default_model.sh: --distill-from must be frozen or world" >&2; exit 2 ;; esac
 has() { case ",$VARIANTS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-$REPO/.venv/bin/python}
@@ -86,8 +89,8 @@ train() {  # train CONFIG RUN_DIR MINUTES [extra distillnerf-train options]
   evaluate "$dir"
 }
 
-install_models() {  # OUT/default -> models/default, OUT/frozen -> models/stage1 (when it exists)
-  for pair in default:default frozen:stage1; do
+install_models() {  # OUT/default -> models/default, OUT/<--distill-from> -> models/stage1 (when it exists)
+  for pair in default:default "$DFROM":stage1; do
     local src=$OUT/${pair%%:*} dst=models/${pair##*:}
     if [ -f "$src/model.safetensors" ]; then
       cp "$src/"{model.safetensors,model.json,train_config.json,train_summary.json,eval.json} "$dst/"
@@ -113,11 +116,12 @@ has world && train train_default "$OUT/world" "$MINUTES" --sky-mask none "${WORL
 has frozen && train train_default_frozen2d "$OUT/frozen" "$MINUTES" --sky-mask none "${FROZEN_INIT[@]}"
 if has data; then echo "data written: $OUT/train $OUT/heldout"; fi
 if has distill; then
-  INIT=${DINIT:-$OUT/frozen/model.safetensors}
+  INIT=${DINIT:-$OUT/$DFROM/model.safetensors}
+  DCONFIG=train_default_frozen2d; [ "$DFROM" = world ] && [ -z "$DINIT" ] && DCONFIG=train_default
   [ -f "$INIT" ] || { echo "train_default_model.sh: distill starts from $INIT, which does not exist (run the frozen variant or give --distill-init)" >&2; exit 2; }
   run "$PY" -m distillnerf_core.cli.cache_features --dataroot "$OUT/train" --version v1.0-synthetic \
     --teacher segmenter --segmenter-width "$SEG_WIDTH" --threads "$THREADS" --no-progress
-  train train_default_frozen2d "$OUT/default" "$MINUTES2" --features segmenter --init "$INIT" \
+  train "$DCONFIG" "$OUT/default" "$MINUTES2" --features segmenter --init "$INIT" \
     --init-fresh "$DFRESH"
   if [ "$INSTALL" = 1 ]; then install_models; fi
 fi
