@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,12 +91,9 @@ def calibrate(checkpoint: str | Path, fit_dataroot: str, eval_dataroot: str, ver
         return calibrate_segmenter(ckpt, model, querier, fit_dataroot, eval_dataroot, version, classes, domain,
                                    max_samples, progress, free)
     uncalibrated = querier.temperature
-    render_hw = model.renderer.render_hw(tuple(model.config.image_hw))
-    splits = {}
-    for name, root in (("fit", fit_dataroot), ("eval", eval_dataroot)):
-        dataset = make_dataset(root, version, model.config.image_hw, DataConfig(), render_hw, load_next=False)
-        indices = list(range(len(dataset)))[:max_samples] if max_samples else None
-        splits[name] = synthetic_voxel_logits(model, dataset, querier, classes, indices, progress=progress)
+    splits = _splits(model, {"fit": fit_dataroot, "eval": eval_dataroot}, version, max_samples,
+                     lambda dataset, indices: synthetic_voxel_logits(model, dataset, querier, classes, indices,
+                                                                     progress=progress))
     worlds = {name: synthetic_world(root) for name, root in (("fit", fit_dataroot), ("eval", eval_dataroot))}
     temperature, background, report = fit_calibration(splits["fit"][0], splits["fit"][1], splits["eval"][0],
                                                       splits["eval"][1], uncalibrated, background=True)
@@ -116,6 +114,17 @@ def calibrate(checkpoint: str | Path, fit_dataroot: str, eval_dataroot: str, ver
             "domain_statistic": {"fit": splits["fit"][2], "eval": splits["eval"][2]}}
 
 
+def _splits(model: Any, roots: dict[str, str], version: str, max_samples: int | None,
+            collect: Callable[[Any, list[int] | None], Any]) -> dict[str, Any]:
+    """collect(dataset, indices) on each named dataroot (its first `max_samples` samples, else all)."""
+    render_hw = model.renderer.render_hw(tuple(model.config.image_hw))
+    splits = {}
+    for name, root in roots.items():
+        dataset = make_dataset(root, version, model.config.image_hw, DataConfig(), render_hw, load_next=False)
+        splits[name] = collect(dataset, list(range(len(dataset)))[:max_samples] if max_samples else None)
+    return splits
+
+
 def calibrate_segmenter(ckpt: Path, model: Any, querier: Any, fit_dataroot: str, eval_dataroot: str, version: str,
                         classes: tuple[str, ...], domain: str, max_samples: int | None, progress: bool,
                         free: str) -> dict[str, Any]:
@@ -124,13 +133,9 @@ def calibrate_segmenter(ckpt: Path, model: Any, querier: Any, fit_dataroot: str,
     background class, or left out with free="exclude"); the domain check's threshold from the fit frames' median
     top class probability at the fitted T."""
     uncalibrated = querier.temperature
-    render_hw = model.renderer.render_hw(tuple(model.config.image_hw))
-    splits = {}
-    for name, root in (("fit", fit_dataroot), ("eval", eval_dataroot)):
-        dataset = make_dataset(root, version, model.config.image_hw, DataConfig(), render_hw, load_next=False)
-        indices = list(range(len(dataset)))[:max_samples] if max_samples else None
-        splits[name] = synthetic_voxel_class_logits(model, dataset, querier, indices, free, classes,
-                                                    progress=progress)
+    splits = _splits(model, {"fit": fit_dataroot, "eval": eval_dataroot}, version, max_samples,
+                     lambda dataset, indices: synthetic_voxel_class_logits(model, dataset, querier, indices, free,
+                                                                           classes, progress=progress))
     temperature, _, report = fit_calibration(splits["fit"][0], splits["fit"][1], splits["eval"][0],
                                              splits["eval"][1], uncalibrated, background=False)
     statistics = {name: [median_max_class_probability(x, temperature) for x in split[2]]
